@@ -1,0 +1,296 @@
+//! Command line of `tandem-loader` and the `serve` flow.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::hub::{Hub, HubConfig};
+use crate::logging::LogFormat;
+use crate::server::{self, Allowlist, SocketConfig};
+use crate::source::replay::ReplaySource;
+use crate::source::synthetic::SyntheticSource;
+use crate::source::{EventSource, SourceContext};
+
+/// Default socket path (shared with processors through a volume in Kubernetes).
+pub const DEFAULT_SOCKET: &str = "/var/run/tandem/loader.sock";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tandem-loader",
+    version,
+    about = "tandem's privileged half: captures raw events and serves them to processors over a Unix socket",
+    long_about = "tandem's privileged half. It captures raw events (processes, TCP connections, \
+bytes read and written) and streams them, unparsed, to tandem processors over gRPC \
+(tandem.loader.v1) on a Unix socket. It checks every peer's credentials against an \
+allowlist and never parses payloads.\n\n\
+Without a subcommand it serves. `record` writes events to a capture file instead.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        env = "TANDEM_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, env = "TANDEM_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve events to processors over the Unix socket (the default).
+    Serve(ServeArgs),
+    /// Write events from a source to a capture file (.tcap).
+    Record(RecordArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceKind {
+    /// Events from a capture file (--replay).
+    Replay,
+    /// Deterministic demo HTTP traffic, for demos and benchmarks.
+    Synthetic,
+}
+
+/// Where events come from.
+#[derive(Debug, Args, Clone)]
+pub struct SourceArgs {
+    /// Event source.
+    #[arg(long, env = "TANDEM_SOURCE", value_enum, default_value = "replay")]
+    pub source: SourceKind,
+
+    /// Capture file for --source replay.
+    #[arg(long, env = "TANDEM_REPLAY_FILE", value_name = "FILE")]
+    pub replay: Option<PathBuf>,
+
+    /// Events per second for --source replay, and requests per second for
+    /// --source synthetic; 0 means as fast as possible.
+    #[arg(long, env = "TANDEM_REPLAY_RATE", default_value_t = 0.0)]
+    pub rate: f64,
+
+    /// Number of subscriptions to wait for before replaying or generating anything.
+    #[arg(long, env = "TANDEM_WAIT_SUBSCRIBERS", default_value_t = 1)]
+    pub wait_subscribers: usize,
+
+    /// HTTP exchanges produced by --source synthetic.
+    #[arg(long, default_value_t = 1000)]
+    pub synthetic_requests: u64,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// Unix socket to serve on. Its directory is created; the socket gets mode 0660.
+    #[arg(long, env = "TANDEM_LOADER_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+
+    /// Uids allowed to connect (repeat or comma-separate). Default: 0 and the loader's
+    /// own uid. Giving any replaces the default uids.
+    #[arg(long = "allow-uid", env = "TANDEM_ALLOW_UIDS", value_delimiter = ',')]
+    pub allow_uids: Vec<u32>,
+
+    /// Gids allowed to connect (repeat or comma-separate). Default: the --socket-group,
+    /// if any.
+    #[arg(long = "allow-gid", env = "TANDEM_ALLOW_GIDS", value_delimiter = ',')]
+    pub allow_gids: Vec<u32>,
+
+    /// Group (gid) to own the socket, so processors in that group can connect.
+    #[arg(long, env = "TANDEM_SOCKET_GROUP")]
+    pub socket_group: Option<u32>,
+
+    /// Events each subscription may queue before the loader drops (and counts) them.
+    #[arg(long, env = "TANDEM_QUEUE_CAPACITY", default_value_t = HubConfig::default().queue_capacity)]
+    pub queue_capacity: usize,
+
+    /// Most events per batch sent to a processor.
+    #[arg(long, env = "TANDEM_MAX_BATCH", default_value_t = HubConfig::default().max_batch)]
+    pub max_batch: usize,
+
+    /// Seconds a named subscription keeps queueing after its processor went away.
+    #[arg(long, env = "TANDEM_SUBSCRIPTION_RETENTION_SECS", default_value_t = HubConfig::default().retention.as_secs())]
+    pub retention_secs: u64,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// Capture file to write.
+    #[arg(long, short)]
+    pub output: PathBuf,
+
+    /// Stop after this many events (0: until the source ends or Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    pub max_events: u64,
+
+    /// Stop after this many seconds (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub duration_secs: u64,
+}
+
+impl SourceArgs {
+    /// Builds the chosen source, failing early on a bad file or option.
+    pub fn build(&self, wait_subscribers: usize) -> anyhow::Result<Box<dyn EventSource>> {
+        if !(self.rate >= 0.0 && self.rate.is_finite()) {
+            anyhow::bail!("--rate must be a finite number >= 0, got {}", self.rate);
+        }
+        match self.source {
+            SourceKind::Replay => {
+                let Some(path) = &self.replay else {
+                    anyhow::bail!(
+                        "--source replay needs a capture file: pass --replay FILE (or set TANDEM_REPLAY_FILE)"
+                    );
+                };
+                Ok(Box::new(ReplaySource::open(
+                    path,
+                    self.rate,
+                    wait_subscribers,
+                )?))
+            }
+            SourceKind::Synthetic => Ok(Box::new(SyntheticSource {
+                requests: self.synthetic_requests,
+                rate: self.rate,
+                wait_subscribers,
+            })),
+        }
+    }
+}
+
+impl ServeArgs {
+    fn hub_config(&self) -> anyhow::Result<HubConfig> {
+        if self.queue_capacity == 0 || self.max_batch == 0 {
+            anyhow::bail!("--queue-capacity and --max-batch must be at least 1");
+        }
+        Ok(HubConfig {
+            queue_capacity: self.queue_capacity,
+            max_batch: self.max_batch,
+            retention: Duration::from_secs(self.retention_secs),
+            ..HubConfig::default()
+        })
+    }
+
+    fn allowlist(&self) -> Allowlist {
+        let uids = if self.allow_uids.is_empty() {
+            let me = nix::unistd::geteuid().as_raw();
+            let mut v = vec![0];
+            if me != 0 {
+                v.push(me);
+            }
+            v
+        } else {
+            self.allow_uids.clone()
+        };
+        let mut gids = self.allow_gids.clone();
+        if let Some(g) = self.socket_group {
+            if !gids.contains(&g) {
+                gids.push(g);
+            }
+        }
+        Allowlist { uids, gids }
+    }
+}
+
+/// Runs the chosen command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Record(args)) => crate::record::record(args).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        None => serve(cli.serve).await,
+    }
+}
+
+/// Cancels the returned token on SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let t = token.clone();
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(signal = name, "shutting down");
+        t.cancel();
+    });
+    Ok(token)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let hub = Hub::new(args.hub_config()?);
+    let source = args.source.build(args.source.wait_subscribers)?;
+    hub.set_source(source.name());
+    let allow = args.allowlist();
+    let socket = SocketConfig {
+        path: args.socket.clone(),
+        group: args.socket_group,
+    };
+    let listener = server::bind(&socket)?;
+    let shutdown = shutdown_on_signals()?;
+
+    let ctx = SourceContext {
+        sink: hub.clone(),
+        selection: hub.selection(),
+        shutdown: shutdown.clone(),
+    };
+    let source_hub = hub.clone();
+    let source_task = tokio::spawn(async move {
+        let name = source.name();
+        match source.run(ctx).await {
+            Ok(()) => info!(source = name, "event source finished"),
+            Err(e) => error!(source = name, "event source failed: {e:#}"),
+        }
+        source_hub.set_source_finished();
+    });
+    spawn_expiry(hub.clone(), shutdown.clone());
+
+    let result = server::serve(listener, &socket.path, hub.clone(), allow, shutdown.clone()).await;
+    shutdown.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), source_task)
+        .await
+        .is_err()
+    {
+        warn!("event source did not stop within 5s");
+    }
+    let info = hub.info();
+    info!(
+        ingested = info.events_ingested,
+        unrouted = info.events_unrouted,
+        lost_at_source = info.events_lost_at_source,
+        "loader stopped"
+    );
+    result
+}
+
+/// Periodically ends named subscriptions nobody came back for.
+fn spawn_expiry(hub: Arc<Hub>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => hub.expire(Instant::now()),
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    });
+}

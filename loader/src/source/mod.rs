@@ -1,0 +1,53 @@
+//! Event sources: where the loader's events come from.
+//!
+//! Every source implements [`EventSource`]. A source runs as one task: it reads the
+//! union of all subscribers' selections from [`SourceContext::selection`] (and
+//! follows its changes, e.g. to program the kernel's pid map), publishes events in
+//! batches through [`SourceContext::sink`], reports what it had to drop as loss
+//! events, and returns when it is done or when `shutdown` fires.
+
+pub mod replay;
+pub mod synthetic;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tandem_proto::v1::AttachedProbe;
+use tandem_proto::Selection;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::Hub;
+
+/// What a source needs to run.
+pub struct SourceContext {
+    /// Where events go. Publishing never blocks on subscribers.
+    pub sink: Arc<Hub>,
+    /// Union of all subscriptions' selections: `None` while nobody subscribes, an
+    /// empty selection for "every process". Sources that capture everything they
+    /// are given (replay, synthetic) ignore it; the hub filters per subscriber anyway.
+    #[allow(dead_code)] // read by the kernel source (issue 3)
+    pub selection: watch::Receiver<Option<Selection>>,
+    /// Fires on SIGTERM/SIGINT.
+    pub shutdown: CancellationToken,
+}
+
+/// A producer of loader events.
+pub trait EventSource: Send {
+    /// Short name shown in `Info` and capture headers ("replay", "ebpf", ...).
+    fn name(&self) -> &'static str;
+
+    /// Runs until the source is exhausted or `ctx.shutdown` fires. Probe status is
+    /// reported with [`Hub::set_probes`], losses with [`Hub::report_source_loss`].
+    fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, anyhow::Result<()>>;
+}
+
+/// A probe entry for [`Hub::set_probes`].
+pub fn probe(name: &str, kind: &str, result: Result<(), String>) -> AttachedProbe {
+    AttachedProbe {
+        name: name.to_owned(),
+        kind: kind.to_owned(),
+        attached: result.is_ok(),
+        error: result.err().unwrap_or_default(),
+    }
+}
