@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs everything tandem needs to build and test on Debian bookworm (run as root).
+# Idempotent: skips what is already present. Used by the README's commands and CI.
+set -euo pipefail
+
+log() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: this step installs system packages and must run as root: $*" >&2
+    exit 1
+  fi
+}
+
+APT_PACKAGES=(
+  llvm-22-dev          # bpf-linker links against LLVM 22
+  nginx-light          # test server
+  wrk                  # load generator (benchmarks, tests)
+  curl
+  python3
+  util-linux           # setpriv: run the loader with exactly its capabilities
+  libcap2-bin          # capsh/getpcaps for inspection
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  need_root "apt-get install ${missing[*]}"
+  log "apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# nginx-light's package starts a system nginx on port 80; tandem's tests start their
+# own on other ports, so the system one is left as the package configured it.
+
+if ! rustup toolchain list | grep -q '^nightly'; then
+  log "rustup toolchain install nightly (eBPF programs build with -Z build-std)"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+  log "rustup component add rust-src --toolchain nightly"
+  rustup component add rust-src --toolchain nightly
+fi
+
+if ! command -v bpf-linker >/dev/null 2>&1; then
+  log "cargo install bpf-linker 0.13.0 against LLVM 22 (a few minutes)"
+  LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --version 0.13.0 --locked \
+    --no-default-features --features llvm-22
+fi
+
+log "ready"
