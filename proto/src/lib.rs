@@ -3,6 +3,7 @@
 
 pub mod capture;
 pub mod selection;
+pub mod uds;
 
 /// Generated code for the protobuf package `tandem.loader.v1`.
 #[allow(clippy::all, missing_docs)]

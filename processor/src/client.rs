@@ -1,0 +1,164 @@
+//! The processor's side of `tandem.loader.v1`: connect over the Unix socket,
+//! check the loader's version, subscribe, and reconnect with backoff.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tandem_proto::v1::loader_client::LoaderClient;
+use tandem_proto::v1::{InfoRequest, SubscribeRequest};
+use tandem_proto::uds::connect;
+use tandem_proto::{check_compatible, selection, EventBatch, Selection};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
+use tracing::{info, warn};
+
+/// Shortest and longest wait between connection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What to subscribe with.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub socket: PathBuf,
+    pub name: String,
+    pub selection: Selection,
+}
+
+/// Errors that retrying cannot fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    #[error("{0}")]
+    Version(#[from] tandem_proto::VersionMismatch),
+    #[error("the loader at {socket} refused this processor: {message}")]
+    Refused { socket: String, message: String },
+}
+
+/// Why a session ended.
+enum SessionEnd {
+    Shutdown,
+    /// Try again after a pause; the string says why (logged once per change).
+    Retry(String),
+}
+
+/// Connection states, logged once each time they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Starting,
+    Connected,
+    Unavailable(String),
+}
+
+fn is_fatal(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::PermissionDenied | Code::FailedPrecondition | Code::InvalidArgument | Code::Unimplemented
+    )
+}
+
+/// Subscribes and calls `on_batch` for every batch, reconnecting until `shutdown`.
+/// Returns an error only for problems that retrying cannot fix.
+pub async fn run<F>(config: ClientConfig, shutdown: CancellationToken, mut on_batch: F) -> Result<(), Fatal>
+where
+    F: FnMut(EventBatch),
+{
+    let mut state = State::Starting;
+    let mut backoff = BACKOFF_MIN;
+    info!(
+        socket = %config.socket.display(),
+        subscriber = %config.name,
+        selection = %selection::describe(&config.selection),
+        "processor starting"
+    );
+    loop {
+        let end = session(&config, &shutdown, &mut state, &mut backoff, &mut on_batch).await?;
+        let reason = match end {
+            SessionEnd::Shutdown => return Ok(()),
+            SessionEnd::Retry(reason) => reason,
+        };
+        let next = State::Unavailable(reason.clone());
+        if state != next {
+            // Once per change: the reason is part of the state, so the same failure
+            // repeating does not flood the log.
+            warn!(socket = %config.socket.display(), "loader unavailable: {reason}; retrying with backoff (up to {}s)", BACKOFF_MAX.as_secs());
+            state = next;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn session<F>(
+    config: &ClientConfig,
+    shutdown: &CancellationToken,
+    state: &mut State,
+    backoff: &mut Duration,
+    on_batch: &mut F,
+) -> Result<SessionEnd, Fatal>
+where
+    F: FnMut(EventBatch),
+{
+    let refused = |status: Status| Fatal::Refused {
+        socket: config.socket.display().to_string(),
+        message: status.message().to_owned(),
+    };
+    let channel = match connect(&config.socket).await {
+        Ok(c) => c,
+        Err(e) => return Ok(SessionEnd::Retry(format!("cannot connect: {}", error_chain(&e)))),
+    };
+    let mut client = LoaderClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    let info = match client.info(InfoRequest {}).await {
+        Ok(r) => r.into_inner(),
+        Err(s) if is_fatal(&s) => return Err(refused(s)),
+        Err(s) => return Ok(SessionEnd::Retry(format!("Info failed: {}", s.message()))),
+    };
+    check_compatible(info.protocol.as_ref(), "processor", "loader")?;
+    let request = SubscribeRequest {
+        protocol: Some(tandem_proto::protocol_version()),
+        name: config.name.clone(),
+        selection: Some(config.selection.clone()),
+    };
+    let mut stream = match client.subscribe(request).await {
+        Ok(r) => r.into_inner(),
+        Err(s) if is_fatal(&s) => return Err(refused(s)),
+        Err(s) => return Ok(SessionEnd::Retry(format!("Subscribe failed: {}", s.message()))),
+    };
+    if *state != State::Connected {
+        info!(
+            loader_version = %info.loader_version,
+            source = %info.source,
+            kernel = %info.kernel_release,
+            "connected to loader; subscribed"
+        );
+        *state = State::Connected;
+    }
+    *backoff = BACKOFF_MIN;
+    loop {
+        tokio::select! {
+            msg = stream.message() => match msg {
+                Ok(Some(batch)) => on_batch(batch),
+                Ok(None) => return Ok(SessionEnd::Retry("the loader ended the stream".into())),
+                Err(s) if is_fatal(&s) => return Err(refused(s)),
+                Err(s) => return Ok(SessionEnd::Retry(format!("stream broke: {}", s.message()))),
+            },
+            _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+        }
+    }
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let msg = inner.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = inner.source();
+    }
+    s
+}

@@ -1,0 +1,19 @@
+//! Client side of the Unix-socket transport, shared by processors and tests.
+
+use std::path::Path;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Opens a gRPC channel to the loader's Unix socket at `path`. The URI is a
+/// placeholder tonic requires; it must be `http://` (`https://` would try TLS).
+pub async fn connect(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    let path = path.to_owned();
+    Endpoint::from_static("http://tandem-loader.invalid")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+}
