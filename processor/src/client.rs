@@ -1,7 +1,7 @@
 //! The processor's side of `tandem.loader.v1`: connect over the Unix socket,
 //! check the loader's version, subscribe, and reconnect with backoff.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tandem_proto::v1::loader_client::LoaderClient;
