@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 use crate::hub::{Hub, HubConfig};
 use crate::logging::LogFormat;
 use crate::server::{self, Allowlist, SocketConfig};
+use crate::source::ebpf::{EbpfArgs, EbpfSource};
 use crate::source::replay::ReplaySource;
 use crate::source::synthetic::SyntheticSource;
 use crate::source::{EventSource, SourceContext};
@@ -62,6 +63,9 @@ pub enum Command {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SourceKind {
+    /// TCP traffic of the selected processes, captured by eBPF programs (needs
+    /// root or CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE).
+    Ebpf,
     /// Events from a capture file (--replay).
     Replay,
     /// Deterministic demo HTTP traffic, for demos and benchmarks.
@@ -72,8 +76,12 @@ pub enum SourceKind {
 #[derive(Debug, Args, Clone)]
 pub struct SourceArgs {
     /// Event source.
-    #[arg(long, env = "TANDEM_SOURCE", value_enum, default_value = "replay")]
+    #[arg(long, env = "TANDEM_SOURCE", value_enum, default_value = "ebpf")]
     pub source: SourceKind,
+
+    /// Options of --source ebpf.
+    #[command(flatten)]
+    pub ebpf: EbpfArgs,
 
     /// Capture file for --source replay.
     #[arg(long, env = "TANDEM_REPLAY_FILE", value_name = "FILE")]
@@ -154,6 +162,7 @@ impl SourceArgs {
             anyhow::bail!("--rate must be a finite number >= 0, got {}", self.rate);
         }
         match self.source {
+            SourceKind::Ebpf => Ok(Box::new(EbpfSource::new(&self.ebpf)?)),
             SourceKind::Replay => {
                 let Some(path) = &self.replay else {
                     anyhow::bail!(

@@ -6,6 +6,7 @@
 //! batches through [`SourceContext::sink`], reports what it had to drop as loss
 //! events, and returns when it is done or when `shutdown` fires.
 
+pub mod ebpf;
 pub mod replay;
 pub mod synthetic;
 
@@ -26,7 +27,6 @@ pub struct SourceContext {
     /// Union of all subscriptions' selections: `None` while nobody subscribes, an
     /// empty selection for "every process". Sources that capture everything they
     /// are given (replay, synthetic) ignore it; the hub filters per subscriber anyway.
-    #[allow(dead_code)] // read by the kernel source (issue 3)
     pub selection: watch::Receiver<Option<Selection>>,
     /// Fires on SIGTERM/SIGINT.
     pub shutdown: CancellationToken,

@@ -1,0 +1,299 @@
+//! Records shared by tandem's eBPF programs (`tandem-ebpf`) and the loader.
+//!
+//! Every record the kernel writes to the ring buffer starts with a [`Header`] whose
+//! `kind` says which struct follows. Kinds have explicit numeric ids, grouped by
+//! range, and an id is never reused for another layout:
+//!
+//! | range | group                |
+//! |-------|----------------------|
+//! | 1-9   | process lifecycle    |
+//! | 10-19 | TCP connections      |
+//! | 20-29 | data                 |
+//!
+//! All structs are `#[repr(C)]` with explicit padding (the verifier rejects reads of
+//! uninitialised stack padding, and user space reads them as plain bytes).
+#![no_std]
+
+/// Default number of payload bytes copied per read/write (`--capture-bytes`).
+pub const DEFAULT_CAPTURE_BYTES: u32 = 1024;
+/// Hard upper bound of `--capture-bytes`: the size of [`DataEvent::data`].
+pub const MAX_CAPTURE_BYTES: usize = 16 * 1024;
+
+/// Record kinds (the `kind` field of [`Header`]). Never reuse a retired id.
+pub mod kind {
+    /// [`super::ProcessEvent`]: a traced (or, when user space asked for every exec,
+    /// any) process called execve.
+    pub const EXEC: u32 = 1;
+    /// [`super::ProcessEvent`]: a traced process forked (`child_pid` may be a thread).
+    pub const FORK: u32 = 2;
+    /// [`super::ProcessEvent`]: the last thread of a traced process exited.
+    pub const EXIT: u32 = 3;
+    /// [`super::PortSelectEvent`]: a process started listening on, or connecting
+    /// to, a selected port and was added to the traced processes by the kernel.
+    pub const PORT_SELECTED: u32 = 4;
+    /// [`super::ConnEvent`]: a traced process used a TCP socket for the first time.
+    pub const CONN_OPEN: u32 = 10;
+    /// [`super::CloseEvent`]: a TCP socket a traced process used reached TCP_CLOSE.
+    pub const CONN_CLOSE: u32 = 11;
+    /// [`super::DataEvent`]: bytes a traced process read from or wrote to a TCP socket.
+    pub const DATA: u32 = 20;
+}
+
+/// Roles in [`ConnEvent::role`] and [`ConnInfo::role`].
+pub mod role {
+    pub const UNKNOWN: u8 = 0;
+    /// The socket was accepted (SYN_RECV -> ESTABLISHED).
+    pub const SERVER: u8 = 1;
+    /// The socket connected (SYN_SENT -> ESTABLISHED).
+    pub const CLIENT: u8 = 2;
+}
+
+/// Directions in [`DataEvent::direction`].
+pub mod direction {
+    pub const INGRESS: u8 = 1;
+    pub const EGRESS: u8 = 2;
+}
+
+/// Flags of [`ConnEvent::flags`] and [`ConnInfo::flags`].
+pub mod conn_flags {
+    /// Addresses, ports and role are filled in (seen at TCP_ESTABLISHED).
+    pub const TUPLE_KNOWN: u8 = 1;
+}
+
+/// Why a process is in the kernel's pid map (values of the `PIDS` map).
+pub mod reason {
+    /// Put there by user space (selection matched, or start-up scan).
+    pub const USER: u32 = 1;
+    /// Inherited from a traced parent at fork.
+    pub const FORKED: u32 = 2;
+    /// Listened on / connected to a selected port.
+    pub const PORT: u32 = 3;
+}
+
+/// Bits of [`Config::flags`].
+pub mod config_flags {
+    /// Every process is selected: fork adds every child to the pid map.
+    pub const TRACE_ALL: u32 = 1;
+    /// Report every exec (user space matches executables and containers itself).
+    pub const EXEC_ALL: u32 = 2;
+}
+
+/// What [`PortSelectEvent::how`] means.
+pub mod port_how {
+    pub const LISTEN: u16 = 1;
+    pub const CONNECT: u16 = 2;
+}
+
+/// Indices of the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Ring buffer records dropped because `bpf_ringbuf_output` failed (ring full).
+    pub const RINGBUF_LOST: u32 = 0;
+    /// Connection ids handed out on this CPU (see `conn_id` in the eBPF crate).
+    pub const CONN_IDS: u32 = 1;
+    /// Children the kernel could not add to the pid map (map full).
+    pub const PIDS_FULL: u32 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+/// Common first field of every ring buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// Process id (tgid) the record belongs to.
+    pub pid: u32,
+    /// Thread id that caused it (0 when not in process context).
+    pub tid: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+}
+
+/// [`kind::EXEC`], [`kind::FORK`], [`kind::EXIT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessEvent {
+    pub header: Header,
+    /// FORK: the new task's id (a thread id when the parent created a thread).
+    pub child_pid: u32,
+    /// EXIT: the code passed to exit_group, or -1 when the process did not call it
+    /// (killed by a signal).
+    pub exit_code: i32,
+}
+
+/// [`kind::PORT_SELECTED`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSelectEvent {
+    pub header: Header,
+    pub port: u16,
+    /// One of [`port_how`].
+    pub how: u16,
+    pub _pad: u32,
+}
+
+/// [`kind::CONN_OPEN`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnEvent {
+    pub header: Header,
+    pub conn_id: u64,
+    /// The file descriptor the process used (lets user space resolve a connection
+    /// that existed before the probes were attached through /proc).
+    pub fd: i32,
+    /// AF_INET (2) or AF_INET6 (10); 0 when unknown.
+    pub family: u16,
+    /// One of [`role`].
+    pub role: u8,
+    /// Bits of [`conn_flags`].
+    pub flags: u8,
+    /// Host byte order.
+    pub local_port: u16,
+    pub peer_port: u16,
+    pub _pad: u32,
+    /// IPv4 addresses use the first 4 bytes. Network byte order.
+    pub local_addr: [u8; 16],
+    pub peer_addr: [u8; 16],
+}
+
+/// [`kind::CONN_CLOSE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloseEvent {
+    pub header: Header,
+    pub conn_id: u64,
+}
+
+/// [`kind::DATA`]. Only the first `DATA_OFFSET + captured_len` bytes are written
+/// to the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataEvent {
+    pub header: Header,
+    pub conn_id: u64,
+    /// Bytes the syscall moved.
+    pub total_len: u64,
+    /// Bytes of `data` that are valid.
+    pub captured_len: u32,
+    /// One of [`direction`].
+    pub direction: u8,
+    /// One of [`syscall`], for diagnostics.
+    pub syscall: u8,
+    pub _pad: u16,
+    pub data: [u8; MAX_CAPTURE_BYTES],
+}
+
+/// Byte offset of [`DataEvent::data`].
+pub const DATA_OFFSET: usize = core::mem::offset_of!(DataEvent, data);
+
+/// Which syscall a data record came from ([`DataEvent::syscall`], `Pending::kind`).
+pub mod syscall {
+    pub const READ: u8 = 1;
+    pub const WRITE: u8 = 2;
+    pub const RECVFROM: u8 = 3;
+    pub const SENDTO: u8 = 4;
+    pub const READV: u8 = 5;
+    pub const WRITEV: u8 = 6;
+    pub const RECVMSG: u8 = 7;
+    pub const SENDMSG: u8 = 8;
+
+    /// The syscall's name.
+    pub fn name(nr: u8) -> &'static str {
+        match nr {
+            READ => "read",
+            WRITE => "write",
+            RECVFROM => "recvfrom",
+            SENDTO => "sendto",
+            READV => "readv",
+            WRITEV => "writev",
+            RECVMSG => "recvmsg",
+            SENDMSG => "sendmsg",
+            _ => "?",
+        }
+    }
+}
+
+/// Value of the `CONFIG` array (one entry), written by user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Payload bytes to copy per syscall, 1..=MAX_CAPTURE_BYTES.
+    pub capture_bytes: u32,
+    /// Bits of [`config_flags`].
+    pub flags: u32,
+    /// Added to every connection id, so ids of one loader run never collide with an
+    /// earlier run's (user space sets it to CLOCK_MONOTONIC at start-up).
+    pub conn_id_base: u64,
+    /// The loader's own pid: never selected by port nor inherited by fork.
+    pub loader_pid: u32,
+    pub _pad: u32,
+}
+
+/// Value of the `CONNS` map (key: the kernel `struct sock *`, never exported).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub conn_id: u64,
+    /// The last process a CONN_OPEN was emitted for; 0 for none yet.
+    pub announced_pid: u32,
+    pub family: u16,
+    pub role: u8,
+    pub flags: u8,
+    pub local_port: u16,
+    pub peer_port: u16,
+    pub _pad: u32,
+    pub local_addr: [u8; 16],
+    pub peer_addr: [u8; 16],
+}
+
+/// Value of the `ACTIVE` map (key: pid_tgid): a read/write syscall in flight.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Buffer (read/write/recvfrom/sendto), iovec array (readv/writev) or
+    /// user_msghdr (recvmsg/sendmsg).
+    pub buf: u64,
+    /// The `struct sock *` seen by sock_{recv,send}_length, 0 until then (the fd is
+    /// not a TCP socket when it stays 0).
+    pub sk: u64,
+    pub fd: i32,
+    /// One of [`syscall`].
+    pub syscall: u8,
+    /// One of [`direction`].
+    pub direction: u8,
+    pub _pad: u16,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: plain old data: `#[repr(C)]`, integers and byte arrays only, with
+    // explicit padding fields, so every bit pattern is valid.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for ConnInfo {}
+    unsafe impl aya::Pod for Pending {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Header>(), 24);
+        assert_eq!(size_of::<ProcessEvent>(), 32);
+        assert_eq!(size_of::<PortSelectEvent>(), 32);
+        assert_eq!(
+            size_of::<ConnEvent>(),
+            24 + 8 + 4 + 2 + 1 + 1 + 2 + 2 + 4 + 32
+        );
+        assert_eq!(size_of::<CloseEvent>(), 32);
+        assert_eq!(DATA_OFFSET, 24 + 8 + 8 + 4 + 1 + 1 + 2);
+        assert_eq!(size_of::<DataEvent>(), DATA_OFFSET + MAX_CAPTURE_BYTES);
+        assert_eq!(size_of::<Config>(), 24);
+        assert_eq!(size_of::<ConnInfo>(), 8 + 4 + 2 + 1 + 1 + 2 + 2 + 4 + 32);
+        assert_eq!(size_of::<Pending>(), 24);
+    }
+}

@@ -1,0 +1,570 @@
+//! tandem's kernel programs. See `ebpf/README.md` for the design and for the
+//! tracepoint formats each program relies on (user space checks those formats
+//! against tracefs before attaching).
+//!
+//! Every program that runs in a process's context looks the current tgid up in
+//! `PIDS` first and returns when it is absent, so unselected processes pay one
+//! hash lookup per traced syscall.
+#![no_std]
+#![no_main]
+
+use core::ptr;
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        generated::bpf_probe_read_user,
+    },
+    macros::{map, tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+    EbpfContext,
+};
+use tandem_ebpf_common::{
+    config_flags, conn_flags, counter, direction, kind, port_how, reason, role, syscall,
+    CloseEvent, Config, ConnEvent, ConnInfo, DataEvent, Header, Pending, PortSelectEvent,
+    ProcessEvent, DATA_OFFSET, MAX_CAPTURE_BYTES,
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+const MSG_PEEK: u64 = 2;
+
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
+
+/// Traced processes: tgid -> one of `reason` (thread ids of traced processes may
+/// appear too, added at fork and removed at their exit; they never match a tgid
+/// lookup of another process because a live thread keeps its id).
+#[map]
+static PIDS: HashMap<u32, u32> = HashMap::with_max_entries(65_536, 0);
+
+/// Run-time settings written by user space (one entry).
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Selected TCP ports as a bitmap: bit `p & 63` of word `p >> 6`.
+#[map]
+static PORTS: Array<u64> = Array::with_max_entries(1024, 0);
+
+/// Read/write syscalls of traced threads in flight: pid_tgid -> Pending.
+#[map]
+static ACTIVE: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16_384, 0);
+
+/// TCP sockets: `struct sock *` -> tuple, role and connection id. Filled at
+/// TCP_ESTABLISHED for every socket, or at first use for sockets established before
+/// the programs were attached (tuple unknown: user space resolves it via /proc).
+#[map]
+static CONNS: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Codes passed to exit_group by traced processes, read at their exit.
+#[map]
+static EXIT_CODES: LruHashMap<u32, i32> = LruHashMap::with_max_entries(4_096, 0);
+
+/// Per-CPU scratch space for data records (too big for the 512-byte stack).
+#[map]
+static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU counters, indexed by `counter::*`.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Records for user space. Resized by the loader (`--ring-buffer-kib`). Records are
+/// written with BPF_RB_NO_WAKEUP; user space polls every few milliseconds.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Reads an integer field of the tracepoint record at `offset` (direct context
+/// access: one load instruction at ctx + offset, which the verifier requires; every
+/// field read is naturally aligned in the format).
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: tracepoint programs may read their context record; the offsets are
+    // those of the tracepoint's format file, checked by user space before attaching.
+    unsafe { ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+}
+
+/// Reads a 16-byte address field as two 8-byte loads.
+#[inline(always)]
+fn field16(ctx: &TracePointContext, offset: usize) -> [u8; 16] {
+    let lo: u64 = field(ctx, offset);
+    let hi: u64 = field(ctx, offset + 8);
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&lo.to_ne_bytes());
+    out[8..].copy_from_slice(&hi.to_ne_bytes());
+    out
+}
+
+#[inline(always)]
+fn is_traced(tgid: u32) -> bool {
+    PIDS.get_ptr(&tgid).is_some()
+}
+
+#[inline(always)]
+fn config() -> Option<Config> {
+    CONFIG.get(0).copied()
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU value; tracepoint programs do not nest on one CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn emit<T>(record: &T) {
+    if EVENTS.output::<T>(record, BPF_RB_NO_WAKEUP as u64).is_err() {
+        bump(counter::RINGBUF_LOST);
+    }
+}
+
+#[inline(always)]
+fn header(kind: u32, pid: u32, tid: u32) -> Header {
+    Header {
+        kind,
+        pid,
+        tid,
+        _pad: 0,
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+/// A connection id unique for this loader run: `base + (n << 10 | cpu)`, where `n`
+/// counts ids handed out on this CPU.
+#[inline(always)]
+fn next_conn_id() -> u64 {
+    let base = config().map_or(0, |c| c.conn_id_base);
+    // SAFETY: helper without preconditions.
+    let cpu = u64::from(unsafe { bpf_get_smp_processor_id() }) & 1023;
+    let n = match COUNTERS.get_ptr_mut(counter::CONN_IDS) {
+        // SAFETY: per-CPU value; tracepoint programs do not nest on one CPU.
+        Some(p) => unsafe {
+            *p += 1;
+            *p
+        },
+        None => 0,
+    };
+    base.wrapping_add((n << 10) | cpu)
+}
+
+// ---------------------------------------------------------------------------
+// Process lifecycle
+// ---------------------------------------------------------------------------
+
+/// sched/sched_process_exec: `pid` (offset 12) is the tgid after exec.
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if !is_traced(tgid) {
+        let exec_all = config().is_some_and(|c| c.flags & config_flags::EXEC_ALL != 0);
+        if !exec_all {
+            return 0;
+        }
+    }
+    let pid: i32 = field(&ctx, 12);
+    emit(&ProcessEvent {
+        header: header(kind::EXEC, pid as u32, id as u32),
+        child_pid: 0,
+        exit_code: 0,
+    });
+    0
+}
+
+/// sched/sched_process_fork: runs in the parent; `child_pid` at offset 20.
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if !is_traced(tgid) {
+        let all = config()
+            .is_some_and(|c| c.flags & config_flags::TRACE_ALL != 0 && c.loader_pid != tgid);
+        if !all {
+            return 0;
+        }
+    }
+    let child: i32 = field(&ctx, 20);
+    let child = child as u32;
+    if PIDS
+        .insert(&child, &reason::FORKED, BPF_NOEXIST as u64)
+        .is_err()
+        && !is_traced(child)
+    {
+        bump(counter::PIDS_FULL);
+    }
+    emit(&ProcessEvent {
+        header: header(kind::FORK, tgid, id as u32),
+        child_pid: child,
+        exit_code: 0,
+    });
+    0
+}
+
+/// syscalls/sys_enter_exit_group: `error_code` at offset 16.
+#[tracepoint]
+pub fn sys_enter_exit_group(ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !is_traced(tgid) {
+        return 0;
+    }
+    let code: u64 = field(&ctx, 16);
+    let _ = EXIT_CODES.insert(&tgid, &((code & 0xff) as i32), BPF_ANY as u64);
+    0
+}
+
+/// sched/sched_process_exit: `pid` (the thread id) at 24, `group_dead` at 32.
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    let tid = id as u32;
+    if tid != tgid && is_traced(tid) {
+        // A thread entry added at fork.
+        let _ = PIDS.remove(&tid);
+    }
+    let group_dead: u8 = field(&ctx, 32);
+    if group_dead == 0 || !is_traced(tgid) {
+        return 0;
+    }
+    // SAFETY: the value is copied out at once.
+    let code = unsafe { EXIT_CODES.get(&tgid) }.copied().unwrap_or(-1);
+    emit(&ProcessEvent {
+        header: header(kind::EXIT, tgid, tid),
+        child_pid: 0,
+        exit_code: code,
+    });
+    let _ = PIDS.remove(&tgid);
+    let _ = EXIT_CODES.remove(&tgid);
+    0
+}
+
+// ---------------------------------------------------------------------------
+// TCP state: sock/inet_sock_set_state
+// ---------------------------------------------------------------------------
+
+#[inline(always)]
+fn port_selected(port: u16) -> bool {
+    PORTS
+        .get(u32::from(port >> 6))
+        .is_some_and(|w| *w & (1u64 << (port & 63)) != 0)
+}
+
+/// Listening on / connecting to a selected port selects the current process.
+#[inline(always)]
+fn select_by_port(port: u16, how: u16) {
+    if port == 0 || !port_selected(port) {
+        return;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if tgid == 0 || is_traced(tgid) || config().is_none_or(|c| c.loader_pid == tgid) {
+        return;
+    }
+    if PIDS
+        .insert(&tgid, &reason::PORT, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        bump(counter::PIDS_FULL);
+        return;
+    }
+    emit(&PortSelectEvent {
+        header: header(kind::PORT_SELECTED, tgid, id as u32),
+        port,
+        how,
+        _pad: 0,
+    });
+}
+
+/// sock/inet_sock_set_state. Fields: skaddr 8, oldstate 16, newstate 20, sport 24,
+/// dport 26 (host order), family 28, protocol 30, saddr 32, daddr 36, saddr_v6 40,
+/// daddr_v6 56.
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let protocol: u16 = field(&ctx, 30);
+    if protocol != IPPROTO_TCP {
+        return 0;
+    }
+    let old: i32 = field(&ctx, 16);
+    let new: i32 = field(&ctx, 20);
+    let sk: u64 = field(&ctx, 8);
+    match new {
+        TCP_ESTABLISHED => {
+            let role = match old {
+                TCP_SYN_SENT => role::CLIENT,
+                TCP_SYN_RECV => role::SERVER,
+                _ => return 0,
+            };
+            let family: u16 = field(&ctx, 28);
+            let mut info = ConnInfo {
+                conn_id: next_conn_id(),
+                announced_pid: 0,
+                family,
+                role,
+                flags: conn_flags::TUPLE_KNOWN,
+                local_port: field(&ctx, 24),
+                peer_port: field(&ctx, 26),
+                _pad: 0,
+                local_addr: [0; 16],
+                peer_addr: [0; 16],
+            };
+            if family == AF_INET {
+                let s: u32 = field(&ctx, 32);
+                let d: u32 = field(&ctx, 36);
+                info.local_addr[..4].copy_from_slice(&s.to_ne_bytes());
+                info.peer_addr[..4].copy_from_slice(&d.to_ne_bytes());
+            } else if family == AF_INET6 {
+                info.local_addr = field16(&ctx, 40);
+                info.peer_addr = field16(&ctx, 56);
+            } else {
+                return 0;
+            }
+            let _ = CONNS.insert(&sk, &info, BPF_ANY as u64);
+        }
+        TCP_CLOSE => {
+            // SAFETY: the value is copied out at once.
+            if let Some(c) = unsafe { CONNS.get(&sk) }.copied() {
+                if c.announced_pid != 0 {
+                    emit(&CloseEvent {
+                        header: header(kind::CONN_CLOSE, c.announced_pid, 0),
+                        conn_id: c.conn_id,
+                    });
+                }
+                let _ = CONNS.remove(&sk);
+            }
+        }
+        TCP_LISTEN if old == TCP_CLOSE => select_by_port(field(&ctx, 24), port_how::LISTEN),
+        TCP_SYN_SENT if old == TCP_CLOSE => select_by_port(field(&ctx, 26), port_how::CONNECT),
+        _ => {}
+    }
+    0
+}
+
+// ---------------------------------------------------------------------------
+// Data: sys_enter_* -> sock_{recv,send}_length -> sys_exit_*
+// ---------------------------------------------------------------------------
+
+/// Remembers a read/write-like syscall of a traced process. `flags_offset` is the
+/// offset of the recv flags argument (0: none), to skip MSG_PEEK.
+#[inline(always)]
+fn on_enter(ctx: &TracePointContext, syscall: u8, direction: u8, flags_offset: usize) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if !is_traced((id >> 32) as u32) {
+        return 0;
+    }
+    if flags_offset != 0 {
+        let flags: u64 = field(ctx, flags_offset);
+        if flags & MSG_PEEK != 0 {
+            return 0;
+        }
+    }
+    let fd: u64 = field(ctx, 16);
+    let pending = Pending {
+        buf: field(ctx, 24),
+        sk: 0,
+        fd: fd as i32,
+        syscall,
+        direction,
+        _pad: 0,
+    };
+    let _ = ACTIVE.insert(&id, &pending, BPF_ANY as u64);
+    0
+}
+
+/// sys_enter_{read,write,readv,writev,recvfrom,sendto,recvmsg,sendmsg}: fd at 16,
+/// buffer / iovec / msghdr pointer at 24; recvfrom flags at 40, recvmsg flags at 32.
+macro_rules! enter_program {
+    ($name:ident, $syscall:expr, $direction:expr, $flags_offset:expr) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            on_enter(&ctx, $syscall, $direction, $flags_offset)
+        }
+    };
+}
+
+enter_program!(sys_enter_read, syscall::READ, direction::INGRESS, 0);
+enter_program!(sys_enter_write, syscall::WRITE, direction::EGRESS, 0);
+enter_program!(sys_enter_readv, syscall::READV, direction::INGRESS, 0);
+enter_program!(sys_enter_writev, syscall::WRITEV, direction::EGRESS, 0);
+enter_program!(sys_enter_recvfrom, syscall::RECVFROM, direction::INGRESS, 40);
+enter_program!(sys_enter_sendto, syscall::SENDTO, direction::EGRESS, 0);
+enter_program!(sys_enter_recvmsg, syscall::RECVMSG, direction::INGRESS, 32);
+enter_program!(sys_enter_sendmsg, syscall::SENDMSG, direction::EGRESS, 0);
+
+/// sock/sock_{recv,send}_length fire inside the syscall, in the caller's context:
+/// sk at 8, family 16, protocol 18, ret 20. Marks the pending syscall as a TCP
+/// socket operation.
+#[inline(always)]
+fn on_sock_length(ctx: &TracePointContext, direction: u8) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(p) = ACTIVE.get_ptr_mut(&id) else {
+        return 0;
+    };
+    let protocol: u16 = field(ctx, 18);
+    let family: u16 = field(ctx, 16);
+    if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
+        return 0;
+    }
+    // SAFETY: pointer to a live map value of this thread's key.
+    unsafe {
+        if (*p).direction == direction {
+            (*p).sk = field(ctx, 8);
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    on_sock_length(&ctx, direction::INGRESS)
+}
+
+#[tracepoint]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    on_sock_length(&ctx, direction::EGRESS)
+}
+
+/// The connection id of `sk` for process `tgid`, announcing the connection to user
+/// space the first time this process uses it.
+#[inline(always)]
+fn connection(sk: u64, id: u64, fd: i32) -> u64 {
+    let tgid = (id >> 32) as u32;
+    if let Some(c) = CONNS.get_ptr_mut(&sk) {
+        // SAFETY: pointer to a live map value; fields are plain integers.
+        let c = unsafe { &mut *c };
+        if c.announced_pid != tgid {
+            c.announced_pid = tgid;
+            emit(&ConnEvent {
+                header: header(kind::CONN_OPEN, tgid, id as u32),
+                conn_id: c.conn_id,
+                fd,
+                family: c.family,
+                role: c.role,
+                flags: c.flags,
+                local_port: c.local_port,
+                peer_port: c.peer_port,
+                _pad: 0,
+                local_addr: c.local_addr,
+                peer_addr: c.peer_addr,
+            });
+        }
+        return c.conn_id;
+    }
+    // Established before the programs were attached (or evicted from the LRU map):
+    // user space resolves fd -> socket inode -> /proc/net/tcp{,6}.
+    let conn_id = next_conn_id();
+    let info = ConnInfo {
+        conn_id,
+        announced_pid: tgid,
+        ..ConnInfo::default()
+    };
+    let _ = CONNS.insert(&sk, &info, BPF_NOEXIST as u64);
+    emit(&ConnEvent {
+        header: header(kind::CONN_OPEN, tgid, id as u32),
+        conn_id,
+        fd,
+        ..ConnEvent::default()
+    });
+    conn_id
+}
+
+/// The user memory holding the first bytes moved and how many it can hold.
+#[inline(always)]
+fn source_buffer(p: &Pending, ret: u64) -> (u64, u64) {
+    let iov = match p.syscall {
+        syscall::READV | syscall::WRITEV => p.buf,
+        syscall::RECVMSG | syscall::SENDMSG => {
+            // struct user_msghdr: msg_name 0, msg_namelen 8, msg_iov 16.
+            let mut msg_iov: u64 = 0;
+            // SAFETY: bpf_probe_read_user checks the address.
+            let r = unsafe {
+                bpf_probe_read_user(
+                    ptr::addr_of_mut!(msg_iov).cast(),
+                    8,
+                    (p.buf + 16) as *const _,
+                )
+            };
+            if r != 0 {
+                return (0, 0);
+            }
+            msg_iov
+        }
+        _ => return (p.buf, ret),
+    };
+    // struct iovec { void *iov_base; size_t iov_len; }: the first one only.
+    let mut first = [0u64; 2];
+    // SAFETY: bpf_probe_read_user checks the address.
+    let r = unsafe { bpf_probe_read_user(first.as_mut_ptr().cast(), 16, iov as *const _) };
+    if r != 0 {
+        return (0, 0);
+    }
+    (first[0], first[1].min(ret))
+}
+
+/// sys_exit_* of the syscalls above (`ret` at 16): emits the data record.
+#[tracepoint]
+pub fn sys_exit_io(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out at once.
+    let Some(p) = (unsafe { ACTIVE.get(&id) }).copied() else {
+        return 0;
+    };
+    let _ = ACTIVE.remove(&id);
+    let ret: i64 = field(&ctx, 16);
+    if p.sk == 0 || ret <= 0 {
+        return 0;
+    }
+    let ret = ret as u64;
+    let capture = config().map_or(0, |c| u64::from(c.capture_bytes));
+    let conn_id = connection(p.sk, id, p.fd);
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let (src, avail) = source_buffer(&p, ret);
+    let n = ret.min(avail).min(capture);
+    // SAFETY: `ev` points at this CPU's scratch value, large enough for a DataEvent.
+    unsafe {
+        (*ev).header = header(kind::DATA, (id >> 32) as u32, id as u32);
+        (*ev).conn_id = conn_id;
+        (*ev).total_len = ret;
+        (*ev).direction = p.direction;
+        (*ev).syscall = p.syscall;
+        (*ev)._pad = 0;
+        (*ev).captured_len = 0;
+        let mut len = DATA_OFFSET;
+        if n > 0 && src != 0 {
+            // In [1, MAX_CAPTURE_BYTES] by construction, which the verifier can see.
+            let m = ((n - 1) & (MAX_CAPTURE_BYTES as u64 - 1)) + 1;
+            let dst = ptr::addr_of_mut!((*ev).data).cast::<u8>();
+            if bpf_probe_read_user(dst.cast(), m as u32, src as *const _) == 0 {
+                (*ev).captured_len = m as u32;
+                len = DATA_OFFSET + m as usize;
+            }
+        }
+        let bytes = core::slice::from_raw_parts(ev.cast::<u8>(), len);
+        if EVENTS
+            .output::<[u8]>(bytes, BPF_RB_NO_WAKEUP as u64)
+            .is_err()
+        {
+            bump(counter::RINGBUF_LOST);
+        }
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

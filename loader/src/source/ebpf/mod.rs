@@ -1,0 +1,293 @@
+//! The kernel event source (`--source ebpf`): eBPF programs on syscall, sock and
+//! sched tracepoints capture the TCP traffic of the selected processes; this module
+//! loads them, keeps the kernel's pid map in line with the selection, and turns
+//! ring buffer records into API events. Design: `ebpf/README.md`.
+//!
+//! Flow: [`programs::Kernel`] loads and attaches; [`tracker::Tracker`] scans /proc,
+//! programs the pid map and port bitmap, and converts records ([`convert`]); the
+//! loop below polls the ring buffer every `--poll-interval-ms` (records are written
+//! without wake-ups), follows selection changes and reports kernel-side losses.
+
+pub mod convert;
+pub mod proc;
+pub mod programs;
+pub mod tracker;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tandem_ebpf_common::{counter, Config, DEFAULT_CAPTURE_BYTES, MAX_CAPTURE_BYTES};
+use tandem_proto::v1::{AttachedProbe, LossLocation};
+use tandem_proto::Selection;
+use tracing::{info, warn};
+
+use super::{EventSource, SourceContext};
+use crate::hub::monotonic_ns;
+use crate::selection::Matcher;
+use programs::{Kernel, LoadOptions};
+use tracker::Tracker;
+
+/// Options of `--source ebpf`.
+#[derive(Debug, Args, Clone)]
+pub struct EbpfArgs {
+    /// Payload bytes copied per read/write for --source ebpf (0-16384; for
+    /// readv/writev/recvmsg/sendmsg only the first iovec is copied).
+    #[arg(
+        long,
+        env = "TANDEM_CAPTURE_BYTES",
+        default_value_t = DEFAULT_CAPTURE_BYTES,
+        value_parser = clap::value_parser!(u32).range(0..=MAX_CAPTURE_BYTES as i64)
+    )]
+    pub capture_bytes: u32,
+
+    /// Trace processes listening on (or connecting to) these TCP ports, OBI syntax
+    /// (80,443,8000-8999); added to the subscribers' selections.
+    #[arg(long = "open-port", env = "OTEL_EBPF_OPEN_PORT", value_name = "PORTS")]
+    pub open_port: Option<String>,
+
+    /// Trace processes whose executable path matches this glob (e.g. */nginx);
+    /// added to the subscribers' selections. Repeatable.
+    #[arg(long = "exe", env = "OTEL_EBPF_AUTO_TARGET_EXE", value_name = "GLOB")]
+    pub exe: Vec<String>,
+
+    /// Trace these pids (and their forked children); added to the subscribers'
+    /// selections. Repeat or comma-separate.
+    #[arg(long = "pid", value_delimiter = ',', value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Trace processes of these containers (64-hex id or a prefix of 12+ digits);
+    /// added to the subscribers' selections. Repeat or comma-separate.
+    #[arg(long = "container-id", value_delimiter = ',', value_name = "ID")]
+    pub container_ids: Vec<String>,
+
+    /// Size of the kernel ring buffer in KiB (a power of two, at least 4).
+    #[arg(long, env = "TANDEM_RING_BUFFER_KIB", default_value_t = 8192)]
+    pub ring_buffer_kib: u32,
+
+    /// How often the ring buffer is drained, in milliseconds.
+    #[arg(long, env = "TANDEM_POLL_INTERVAL_MS", default_value_t = 10)]
+    pub poll_interval_ms: u64,
+
+    /// Capacity of the kernel's pid map (processes traced at once).
+    #[arg(long, env = "TANDEM_MAX_TRACED_PROCESSES", default_value_t = 65_536)]
+    pub max_traced_processes: u32,
+}
+
+impl EbpfArgs {
+    /// The selection given by the loader flags, `None` when no flag is set.
+    pub fn selection(&self) -> anyhow::Result<Option<Selection>> {
+        let ports = match &self.open_port {
+            Some(text) => tandem_proto::selection::parse_port_ranges(text)
+                .map_err(|e| anyhow::anyhow!("--open-port / OTEL_EBPF_OPEN_PORT: {e}"))?,
+            None => Vec::new(),
+        };
+        let selection = Selection {
+            ports,
+            exe_globs: self.exe.iter().filter(|g| !g.is_empty()).cloned().collect(),
+            pids: self.pids.clone(),
+            container_ids: self
+                .container_ids
+                .iter()
+                .map(|c| c.to_ascii_lowercase())
+                .collect(),
+        };
+        if selection.is_empty() {
+            return Ok(None);
+        }
+        Matcher::new(selection.clone())
+            .map_err(|e| anyhow::anyhow!("loader selection flags: {e}"))?;
+        Ok(Some(selection))
+    }
+}
+
+/// The kernel source.
+pub struct EbpfSource {
+    args: EbpfArgs,
+    flags: Option<Selection>,
+}
+
+impl EbpfSource {
+    /// Validates the options; nothing touches the kernel before [`EventSource::run`].
+    pub fn new(args: &EbpfArgs) -> anyhow::Result<Self> {
+        let kib = args.ring_buffer_kib;
+        if kib < 4 || !kib.is_power_of_two() || kib > 1024 * 1024 {
+            anyhow::bail!(
+                "--ring-buffer-kib must be a power of two between 4 and 1048576, got {kib}"
+            );
+        }
+        if args.poll_interval_ms == 0 || args.poll_interval_ms > 1000 {
+            anyhow::bail!(
+                "--poll-interval-ms must be 1-1000, got {}",
+                args.poll_interval_ms
+            );
+        }
+        if args.max_traced_processes == 0 {
+            anyhow::bail!("--max-traced-processes must be at least 1");
+        }
+        Ok(EbpfSource {
+            flags: args.selection()?,
+            args: args.clone(),
+        })
+    }
+}
+
+impl EventSource for EbpfSource {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, anyhow::Result<()>> {
+        async move {
+            tokio::task::spawn_blocking(move || self.run_blocking(ctx))
+                .await
+                .map_err(|e| anyhow::anyhow!("the ebpf source thread failed: {e}"))?
+        }
+        .boxed()
+    }
+}
+
+/// Most records handled between two publishes.
+const MAX_RECORDS_PER_BATCH: usize = 8192;
+
+impl EbpfSource {
+    fn run_blocking(self, mut ctx: SourceContext) -> anyhow::Result<()> {
+        report_capabilities();
+        if let Err(e) = programs::ensure_tracefs() {
+            warn!("{e}; tracepoints cannot be attached");
+        }
+        let hub = ctx.sink.clone();
+        let (mut tracker, probes) = start(&self.args, self.flags.clone())?;
+        let total = probes.len();
+        let attached = probes.iter().filter(|p| p.attached).count();
+        hub.set_probes(probes);
+        let subscribers = ctx.selection.borrow_and_update().clone();
+        let events = tracker.apply_selection(subscribers);
+        hub.publish(events);
+        info!(
+            probes_attached = attached,
+            probes_total = total,
+            traced_processes = tracker.traced(),
+            capture_bytes = self.args.capture_bytes,
+            "ebpf source ready"
+        );
+
+        let poll = Duration::from_millis(self.args.poll_interval_ms);
+        let mut lost_reported = tracker.kernel().ring_lost();
+        let mut pids_full_reported = tracker.kernel().counter(counter::PIDS_FULL);
+        let mut last_check = Instant::now();
+        let mut events = Vec::new();
+        loop {
+            if ctx.shutdown.is_cancelled() {
+                break;
+            }
+            if ctx.selection.has_changed().unwrap_or(false) {
+                let subscribers = ctx.selection.borrow_and_update().clone();
+                events.extend(tracker.apply_selection(subscribers));
+            }
+            let n = tracker.drain(&mut events, MAX_RECORDS_PER_BATCH);
+            if !events.is_empty() {
+                hub.publish(std::mem::take(&mut events));
+            }
+            if last_check.elapsed() >= Duration::from_secs(1) {
+                last_check = Instant::now();
+                let lost = tracker.kernel().ring_lost();
+                if lost > lost_reported {
+                    hub.report_source_loss(
+                        monotonic_ns(),
+                        lost - lost_reported,
+                        LossLocation::KernelRingBuffer,
+                        "the kernel ring buffer was full: the loader did not drain it fast \
+                         enough (raise --ring-buffer-kib or lower --capture-bytes)",
+                    );
+                    lost_reported = lost;
+                }
+                let full = tracker.kernel().counter(counter::PIDS_FULL);
+                if full > pids_full_reported {
+                    warn!(
+                        children = full - pids_full_reported,
+                        "the kernel pid map is full: forked children of traced processes are \
+                         not traced (raise --max-traced-processes)"
+                    );
+                    pids_full_reported = full;
+                }
+            }
+            if n < MAX_RECORDS_PER_BATCH {
+                std::thread::sleep(poll);
+            }
+        }
+        info!(
+            records = tracker.stats.records,
+            bad_records = tracker.stats.bad_records,
+            unresolved_connections = tracker.stats.unresolved_connections,
+            "ebpf source stopped"
+        );
+        Ok(())
+    }
+}
+
+/// Loads and attaches; fails when nothing could be attached.
+pub fn start(
+    args: &EbpfArgs,
+    flags: Option<Selection>,
+) -> anyhow::Result<(Tracker, Vec<AttachedProbe>)> {
+    let config = Config {
+        capture_bytes: args.capture_bytes,
+        flags: 0,
+        conn_id_base: monotonic_ns(),
+        loader_pid: std::process::id(),
+        _pad: 0,
+    };
+    let mut kernel = Kernel::load(LoadOptions {
+        ring_buffer_bytes: args.ring_buffer_kib * 1024,
+        max_processes: args.max_traced_processes,
+        config,
+    })?;
+    let probes = kernel.attach();
+    let total = probes.len();
+    let attached = probes.iter().filter(|p| p.attached).count();
+    if attached == 0 {
+        let first = probes.first().map(|p| p.error.clone()).unwrap_or_default();
+        anyhow::bail!("no eBPF probe could be attached (first error: {first})");
+    }
+    if attached < total {
+        warn!(
+            attached,
+            total, "some eBPF probes are not attached: capture is partial (see Info.probes)"
+        );
+    }
+    let tracker = Tracker::new(kernel, proc::ProcFs::default(), flags);
+    Ok((tracker, probes))
+}
+
+/// Logs, for a non-root loader, each feature whose capabilities are missing.
+fn report_capabilities() {
+    if nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let held = match tandem_security::effective_capabilities() {
+        Ok(h) => h,
+        Err(e) => {
+            warn!("cannot read this process's capabilities: {e}");
+            return;
+        }
+    };
+    for id in ["syscall_capture", "sock_tracepoints", "process_discovery"] {
+        let Some(feature) = tandem_security::feature(id) else {
+            continue;
+        };
+        for cap in tandem_security::missing(feature, &held) {
+            warn!(
+                feature = id,
+                capability = %cap,
+                "missing {cap} (used to {}): {} will not work fully",
+                cap.purpose(),
+                feature.description
+            );
+        }
+    }
+}

@@ -1,0 +1,549 @@
+//! Loading the eBPF object, checking tracepoint formats, attaching, and the maps
+//! user space writes (pid map, port bitmap, config) and reads (ring buffer,
+//! counters).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::TracePoint;
+use aya::{Ebpf, EbpfLoader};
+use tandem_ebpf_common::{counter, Config};
+use tandem_proto::v1::AttachedProbe;
+use tracing::{debug, warn};
+
+use crate::source::probe;
+
+/// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tandem-ebpf"));
+
+/// Where tracefs is expected.
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// A tracepoint field the programs read: (name, offset, size).
+type Field = (&'static str, usize, usize);
+
+/// One attachment: a program on a tracepoint whose format it relies on.
+pub struct ProbeSpec {
+    pub program: &'static str,
+    pub category: &'static str,
+    pub tracepoint: &'static str,
+    /// `tandem_security` feature the probe belongs to.
+    pub feature: &'static str,
+    pub fields: &'static [Field],
+}
+
+const SYS_EXIT: &[Field] = &[("ret", 16, 8)];
+const SOCK_LENGTH: &[Field] = &[("sk", 8, 8), ("family", 16, 2), ("protocol", 18, 2)];
+
+macro_rules! syscall_pair {
+    ($enter:literal, $exit:literal, $fields:expr) => {
+        [
+            ProbeSpec {
+                program: $enter,
+                category: "syscalls",
+                tracepoint: $enter,
+                feature: "syscall_capture",
+                fields: $fields,
+            },
+            ProbeSpec {
+                program: "sys_exit_io",
+                category: "syscalls",
+                tracepoint: $exit,
+                feature: "syscall_capture",
+                fields: SYS_EXIT,
+            },
+        ]
+    };
+}
+
+/// Every probe, in attach order: process lifecycle and TCP state first, so that
+/// by the time data flows the kernel already tracks connections.
+pub fn probe_specs() -> Vec<ProbeSpec> {
+    let mut v = vec![
+        ProbeSpec {
+            program: "sched_process_exec",
+            category: "sched",
+            tracepoint: "sched_process_exec",
+            feature: "process_discovery",
+            fields: &[("pid", 12, 4)],
+        },
+        ProbeSpec {
+            program: "sched_process_fork",
+            category: "sched",
+            tracepoint: "sched_process_fork",
+            feature: "process_discovery",
+            fields: &[("child_pid", 20, 4)],
+        },
+        ProbeSpec {
+            program: "sched_process_exit",
+            category: "sched",
+            tracepoint: "sched_process_exit",
+            feature: "process_discovery",
+            fields: &[("pid", 24, 4), ("group_dead", 32, 1)],
+        },
+        ProbeSpec {
+            program: "sys_enter_exit_group",
+            category: "syscalls",
+            tracepoint: "sys_enter_exit_group",
+            feature: "process_discovery",
+            fields: &[("error_code", 16, 8)],
+        },
+        ProbeSpec {
+            program: "inet_sock_set_state",
+            category: "sock",
+            tracepoint: "inet_sock_set_state",
+            feature: "sock_tracepoints",
+            fields: &[
+                ("skaddr", 8, 8),
+                ("oldstate", 16, 4),
+                ("newstate", 20, 4),
+                ("sport", 24, 2),
+                ("dport", 26, 2),
+                ("family", 28, 2),
+                ("protocol", 30, 2),
+                ("saddr", 32, 4),
+                ("daddr", 36, 4),
+                ("saddr_v6", 40, 16),
+                ("daddr_v6", 56, 16),
+            ],
+        },
+        ProbeSpec {
+            program: "sock_recv_length",
+            category: "sock",
+            tracepoint: "sock_recv_length",
+            feature: "sock_tracepoints",
+            fields: SOCK_LENGTH,
+        },
+        ProbeSpec {
+            program: "sock_send_length",
+            category: "sock",
+            tracepoint: "sock_send_length",
+            feature: "sock_tracepoints",
+            fields: SOCK_LENGTH,
+        },
+    ];
+    v.extend(syscall_pair!(
+        "sys_enter_read",
+        "sys_exit_read",
+        &[("fd", 16, 8), ("buf", 24, 8)]
+    ));
+    v.extend(syscall_pair!(
+        "sys_enter_write",
+        "sys_exit_write",
+        &[("fd", 16, 8), ("buf", 24, 8)]
+    ));
+    v.extend(syscall_pair!(
+        "sys_enter_readv",
+        "sys_exit_readv",
+        &[("fd", 16, 8), ("vec", 24, 8)]
+    ));
+    v.extend(syscall_pair!(
+        "sys_enter_writev",
+        "sys_exit_writev",
+        &[("fd", 16, 8), ("vec", 24, 8)]
+    ));
+    v.extend(syscall_pair!(
+        "sys_enter_recvfrom",
+        "sys_exit_recvfrom",
+        &[("fd", 16, 8), ("ubuf", 24, 8), ("flags", 40, 8)]
+    ));
+    v.extend(syscall_pair!(
+        "sys_enter_sendto",
+        "sys_exit_sendto",
+        &[("fd", 16, 8), ("buff", 24, 8)]
+    ));
+    v.extend(syscall_pair!(
+        "sys_enter_recvmsg",
+        "sys_exit_recvmsg",
+        &[("fd", 16, 8), ("msg", 24, 8), ("flags", 32, 8)]
+    ));
+    v.extend(syscall_pair!(
+        "sys_enter_sendmsg",
+        "sys_exit_sendmsg",
+        &[("fd", 16, 8), ("msg", 24, 8)]
+    ));
+    v
+}
+
+/// Parses a tracefs `format` file into (name, offset, size) per field.
+pub fn parse_format(text: &str) -> Vec<(String, usize, usize)> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let decl = line.strip_prefix("field:")?.split(';').next()?;
+            // The name is the last word of the declaration, minus any array suffix.
+            let name = decl.split_whitespace().last()?;
+            let name = name.split('[').next()?.to_owned();
+            let num = |key: &str| -> Option<usize> {
+                line.split(';')
+                    .map(str::trim)
+                    .find_map(|p| p.strip_prefix(key))
+                    .and_then(|v| v.parse().ok())
+            };
+            Some((name, num("offset:")?, num("size:")?))
+        })
+        .collect()
+}
+
+/// Checks that the tracepoint's format has `fields` where the programs read them.
+pub fn check_format(text: &str, fields: &[Field]) -> Result<(), String> {
+    let actual = parse_format(text);
+    for &(name, offset, size) in fields {
+        match actual.iter().find(|(n, _, _)| n == name) {
+            Some((_, o, s)) if *o == offset && *s == size => {}
+            Some((_, o, s)) => {
+                return Err(format!(
+                    "field {name} is at offset {o} size {s}, the program reads offset {offset} size {size}"
+                ))
+            }
+            None => return Err(format!("field {name} is missing from the format")),
+        }
+    }
+    Ok(())
+}
+
+/// The loaded object and the maps user space uses.
+pub struct Kernel {
+    ebpf: Ebpf,
+    pub pids: BpfHashMap<MapData, u32, u32>,
+    config: Array<MapData, Config>,
+    ports: Array<MapData, u64>,
+    counters: PerCpuArray<MapData, u64>,
+    pub ring: RingBuf<MapData>,
+    ports_written: Vec<u64>,
+    config_written: Config,
+}
+
+/// Sizes fixed at load time.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    pub ring_buffer_bytes: u32,
+    pub max_processes: u32,
+    pub config: Config,
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> anyhow::Result<T> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow::anyhow!("the eBPF object has no map {name}"))?;
+    T::try_from(map).map_err(|e| anyhow::anyhow!("map {name}: {}", chain(&e)))
+}
+
+impl Kernel {
+    /// Loads the object (creating its maps). Programs are loaded by [`Self::attach`].
+    pub fn load(opts: LoadOptions) -> anyhow::Result<Kernel> {
+        if OBJECT.is_empty() {
+            anyhow::bail!(
+                "this tandem-loader was built with AYA_BUILD_SKIP=1 and contains no eBPF \
+                 programs; rebuild it without AYA_BUILD_SKIP (prerequisites: bash scripts/setup.sh)"
+            );
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+            .map_max_entries("PIDS", opts.max_processes)
+            .load(OBJECT)
+            .map_err(|e| {
+                let hint = if is_eperm(&e) {
+                    " (creating BPF maps needs CAP_BPF, or root)"
+                } else {
+                    ""
+                };
+                anyhow::anyhow!("cannot load the eBPF object: {}{hint}", chain(&e))
+            })?;
+        let pids = take(&mut ebpf, "PIDS")?;
+        let mut config: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?;
+        let ports = take(&mut ebpf, "PORTS")?;
+        let counters = take(&mut ebpf, "COUNTERS")?;
+        let ring = take(&mut ebpf, "EVENTS")?;
+        config
+            .set(0, opts.config, 0)
+            .map_err(|e| anyhow::anyhow!("cannot write the config map: {}", chain(&e)))?;
+        Ok(Kernel {
+            ebpf,
+            pids,
+            config,
+            ports,
+            counters,
+            ring,
+            ports_written: vec![0; 1024],
+            config_written: opts.config,
+        })
+    }
+
+    /// Loads and attaches every probe it can; returns the status of each.
+    pub fn attach(&mut self) -> Vec<AttachedProbe> {
+        let tracefs = Path::new(TRACEFS);
+        let mut loaded: BTreeSet<&'static str> = BTreeSet::new();
+        let mut failed_load: std::collections::HashMap<&'static str, String> =
+            std::collections::HashMap::new();
+        let mut statuses = Vec::new();
+        for spec in probe_specs() {
+            let name = format!("{}/{}", spec.category, spec.tracepoint);
+            let result = self.attach_one(&spec, tracefs, &mut loaded, &mut failed_load);
+            if let Err(e) = &result {
+                warn!(probe = %name, feature = spec.feature, "probe not attached: {e}");
+            } else {
+                debug!(probe = %name, program = spec.program, "probe attached");
+            }
+            statuses.push(probe(&name, "tracepoint", result));
+        }
+        statuses
+    }
+
+    fn attach_one(
+        &mut self,
+        spec: &ProbeSpec,
+        tracefs: &Path,
+        loaded: &mut BTreeSet<&'static str>,
+        failed_load: &mut std::collections::HashMap<&'static str, String>,
+    ) -> Result<(), String> {
+        if let Some(e) = failed_load.get(spec.program) {
+            return Err(e.clone());
+        }
+        let format_path = tracefs
+            .join("events")
+            .join(spec.category)
+            .join(spec.tracepoint)
+            .join("format");
+        let text = fs::read_to_string(&format_path).map_err(|e| {
+            format!(
+                "cannot read {}: {e}{}",
+                format_path.display(),
+                tracefs_hint(&e)
+            )
+        })?;
+        check_format(&text, spec.fields).map_err(|e| {
+            format!(
+                "tracepoint {}/{} changed on this kernel: {e}",
+                spec.category, spec.tracepoint
+            )
+        })?;
+        let program: &mut TracePoint = self
+            .ebpf
+            .program_mut(spec.program)
+            .ok_or_else(|| format!("the eBPF object has no program {}", spec.program))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| chain(&e))?;
+        if !loaded.contains(spec.program) {
+            if let Err(e) = program.load() {
+                let msg = format!("cannot load program {}: {}", spec.program, chain(&e));
+                failed_load.insert(spec.program, msg.clone());
+                return Err(msg);
+            }
+            loaded.insert(spec.program);
+        }
+        program
+            .attach(spec.category, spec.tracepoint)
+            .map(|_| ())
+            .map_err(|e| {
+                let s = chain(&e);
+                let hint = if s.contains("Permission denied") || s.contains("EPERM") {
+                    " (attaching tracepoints needs CAP_PERFMON and CAP_BPF, or root)"
+                } else {
+                    ""
+                };
+                format!("cannot attach {}: {s}{hint}", spec.program)
+            })
+    }
+
+    /// Writes the run-time config if it changed.
+    pub fn set_config(&mut self, config: Config) -> anyhow::Result<()> {
+        if config != self.config_written {
+            self.config
+                .set(0, config, 0)
+                .map_err(|e| anyhow::anyhow!("cannot write the config map: {}", chain(&e)))?;
+            self.config_written = config;
+        }
+        Ok(())
+    }
+
+    pub fn config(&self) -> Config {
+        self.config_written
+    }
+
+    /// Writes the port bitmap (only the words that changed).
+    pub fn set_ports(&mut self, bitmap: &[u64]) -> anyhow::Result<()> {
+        for (i, (&new, old)) in bitmap.iter().zip(self.ports_written.iter_mut()).enumerate() {
+            if new != *old {
+                self.ports
+                    .set(i as u32, new, 0)
+                    .map_err(|e| anyhow::anyhow!("cannot write the port map: {}", chain(&e)))?;
+                *old = new;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a process to the kernel's pid map.
+    pub fn trace_pid(&mut self, pid: u32, reason: u32) -> Result<(), String> {
+        self.pids.insert(pid, reason, 0).map_err(|e| chain(&e))
+    }
+
+    /// Removes a process from the kernel's pid map (absent is fine).
+    pub fn untrace_pid(&mut self, pid: u32) {
+        let _ = self.pids.remove(&pid);
+    }
+
+    /// Sum over CPUs of a counter.
+    pub fn counter(&self, index: u32) -> u64 {
+        self.counters
+            .get(&index, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Records the kernel dropped because the ring buffer was full.
+    pub fn ring_lost(&self) -> u64 {
+        self.counter(counter::RINGBUF_LOST)
+    }
+}
+
+fn is_eperm(e: &dyn std::error::Error) -> bool {
+    let s = chain(e);
+    s.contains("Operation not permitted") || s.contains("EPERM")
+}
+
+fn tracefs_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::PermissionDenied => {
+            " (tracefs is mode 0700: a non-root loader needs CAP_DAC_READ_SEARCH)"
+        }
+        io::ErrorKind::NotFound => {
+            " (is tracefs mounted? as root: mount -t tracefs tracefs /sys/kernel/tracing)"
+        }
+        _ => "",
+    }
+}
+
+/// The port bitmap the kernel checks (`PORTS`): bit `p & 63` of word `p >> 6`.
+pub fn port_bitmap(ranges: &[tandem_proto::v1::PortRange]) -> Vec<u64> {
+    let mut words = vec![0u64; 1024];
+    for r in ranges {
+        let start = r.start.clamp(1, 65535);
+        let end = r.end.clamp(1, 65535);
+        for p in start..=end {
+            words[(p >> 6) as usize] |= 1u64 << (p & 63);
+        }
+    }
+    words
+}
+
+/// Makes sure tracefs is mounted at [`TRACEFS`]: mounts it when running as root,
+/// otherwise says what to do.
+pub fn ensure_tracefs() -> Result<(), String> {
+    let path = Path::new(TRACEFS);
+    if path.join("events").is_dir() {
+        return Ok(());
+    }
+    // As a non-root user without CAP_DAC_READ_SEARCH the 0700 directory looks empty.
+    match fs::read_dir(path) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(format!(
+                "cannot open {TRACEFS}: {e} (tracefs is mode 0700: a non-root loader needs \
+                 CAP_DAC_READ_SEARCH)"
+            ))
+        }
+        Ok(mut d) => {
+            if d.next().is_some() {
+                return Ok(());
+            }
+        }
+        Err(_) => {}
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err(format!(
+            "tracefs is not mounted at {TRACEFS}; ask root to mount it: \
+             mount -t tracefs tracefs {TRACEFS}"
+        ));
+    }
+    nix::mount::mount(
+        Some("tracefs"),
+        path,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| format!("tracefs is not mounted at {TRACEFS} and mounting it failed: {e}"))?;
+    tracing::info!("mounted tracefs at {TRACEFS}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_proto::selection::parse_port_ranges;
+
+    const FORMAT: &str = "name: inet_sock_set_state
+ID: 1500
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+
+print fmt: \"family=%s\"
+";
+
+    #[test]
+    fn format_files_are_parsed_and_checked() {
+        let fields = parse_format(FORMAT);
+        assert!(fields.contains(&("skaddr".into(), 8, 8)));
+        assert!(fields.contains(&("saddr_v6".into(), 40, 16)));
+        assert_eq!(
+            check_format(FORMAT, &[("skaddr", 8, 8), ("saddr_v6", 40, 16)]),
+            Ok(())
+        );
+        let moved = check_format(FORMAT, &[("oldstate", 20, 4)]).unwrap_err();
+        assert!(moved.contains("offset 16"), "{moved}");
+        let missing = check_format(FORMAT, &[("newstate", 20, 4)]).unwrap_err();
+        assert!(missing.contains("missing"), "{missing}");
+    }
+
+    #[test]
+    fn this_kernel_has_the_formats_the_programs_read() {
+        // Skips (with a reason) only where tracefs is not readable.
+        let events = Path::new(TRACEFS).join("events");
+        if !events.is_dir() {
+            eprintln!(
+                "SKIP: {} not readable (tracefs not mounted or not root)",
+                events.display()
+            );
+            return;
+        }
+        for spec in probe_specs() {
+            let path = events
+                .join(spec.category)
+                .join(spec.tracepoint)
+                .join("format");
+            let text = fs::read_to_string(&path).expect("read format");
+            check_format(&text, spec.fields)
+                .unwrap_or_else(|e| panic!("{}/{}: {e}", spec.category, spec.tracepoint));
+        }
+    }
+
+    #[test]
+    fn port_bitmap_sets_exactly_the_ports() {
+        let bm = port_bitmap(&parse_port_ranges("80,8000-8002,65535").expect("ports"));
+        let set: Vec<u32> = (0..65536u32)
+            .filter(|p| bm[(p >> 6) as usize] & (1 << (p & 63)) != 0)
+            .collect();
+        assert_eq!(set, [80, 8000, 8001, 8002, 65535]);
+    }
+}
