@@ -61,13 +61,29 @@ struct Queue {
     events: VecDeque<Event>,
     /// Events dropped since the last one queued: becomes a Loss marker.
     lost_pending: u64,
+    /// Sent batches not yet acknowledged (acknowledging subscriptions only).
+    unacked: VecDeque<EventBatch>,
+    /// Batches to send again, before anything new, after a resume.
+    resend: VecDeque<EventBatch>,
+    /// Events in `unacked` and `resend`; they count against the capacity.
+    held_events: usize,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.events.len() + self.held_events
+    }
 }
 
 /// One subscription's queue and counters.
 pub struct Subscription {
     id: u64,
     name: String,
+    /// New for every subscription the hub creates; stamped on its batches.
+    epoch: u64,
     capacity: usize,
+    /// The current connection acknowledges what it processed.
+    acknowledging: AtomicBool,
     matcher: Mutex<Arc<Matcher>>,
     queue: Mutex<Queue>,
     notify: Notify,
@@ -292,6 +308,7 @@ impl Hub {
         &self,
         name: &str,
         selection: Selection,
+        acknowledge: bool,
         peer: Peer,
     ) -> Result<Attachment, SelectionError> {
         let matcher = Arc::new(Matcher::new(selection)?);
@@ -307,22 +324,34 @@ impl Hub {
                 info!(
                     subscriber = %s.name,
                     peer_pid = peer.pid,
-                    queued = lock(&s.queue).events.len(),
+                    queued = lock(&s.queue).len(),
                     taken_over = was_connected,
                     "subscriber resumed its subscription"
                 );
                 *lock(&s.matcher) = matcher;
+                // What the previous connection did not acknowledge goes out again
+                // first, in its original order.
+                let mut q = lock(&s.queue);
+                let mut resend = std::mem::take(&mut q.unacked);
+                resend.append(&mut q.resend);
+                q.resend = resend;
+                drop(q);
                 s
             }
             None => {
                 let s = Arc::new(Subscription {
                     id: st.next_subscription_id,
                     name: name.to_owned(),
+                    epoch: new_epoch(st.next_subscription_id),
                     capacity: self.config.queue_capacity,
+                    acknowledging: AtomicBool::new(false),
                     matcher: Mutex::new(matcher),
                     queue: Mutex::new(Queue {
                         events: VecDeque::new(),
                         lost_pending: 0,
+                        unacked: VecDeque::new(),
+                        resend: VecDeque::new(),
+                        held_events: 0,
                     }),
                     notify: Notify::new(),
                     generation: AtomicU64::new(0),
@@ -347,6 +376,7 @@ impl Hub {
             }
         };
         *lock(&subscription.peer) = peer;
+        subscription.acknowledging.store(acknowledge, Relaxed);
         *lock(&subscription.disconnected_at) = None;
         subscription.connections.fetch_add(1, Relaxed);
         let generation = subscription.generation.fetch_add(1, Relaxed) + 1;
@@ -366,7 +396,7 @@ impl Hub {
             return; // taken over; the newer connection owns it now
         }
         s.connected.store(false, Relaxed);
-        let queued = lock(&s.queue).events.len();
+        let queued = lock(&s.queue).len();
         if s.name.is_empty() {
             let mut st = lock(&self.state);
             st.subscriptions.retain(|x| x.id != s.id);
@@ -399,7 +429,7 @@ impl Hub {
             if expired {
                 warn!(
                     subscriber = %s.name,
-                    discarded = lock(&s.queue).events.len(),
+                    discarded = lock(&s.queue).len(),
                     dropped = s.dropped.load(Relaxed),
                     retention_secs = self.config.retention.as_secs(),
                     "subscription expired unclaimed; its queued events are discarded"
@@ -438,27 +468,74 @@ impl Hub {
     /// The next batch for `attachment`.
     pub fn next_batch(&self, attachment: &Attachment) -> Next {
         let s = &attachment.subscription;
+        let acknowledging = s.acknowledging.load(Relaxed);
         let mut q = lock(&s.queue);
         if s.generation.load(Relaxed) != attachment.generation {
             return Next::TakenOver;
         }
-        let n = q.events.len().min(self.config.max_batch);
+        if let Some(batch) = q.resend.pop_front() {
+            if acknowledging {
+                q.unacked.push_back(batch.clone());
+            } else {
+                q.held_events -= batch.events.len();
+            }
+            return Next::Batch(batch);
+        }
+        let mut n = q.events.len().min(self.config.max_batch);
+        if acknowledging {
+            // Unacknowledged batches may use at most half the queue: past that the
+            // stream waits for an Ack, and new events queue (or drop) as usual.
+            let room = (s.capacity / 2).max(1).saturating_sub(q.held_events);
+            n = n.min(room);
+        }
         let mut events: Vec<Event> = q.events.drain(..n).collect();
         if q.events.is_empty() && q.lost_pending > 0 {
             events.push(subscriber_loss(q.lost_pending));
             q.lost_pending = 0;
         }
-        drop(q);
         if events.is_empty() {
             return Next::Empty;
         }
-        let len = events.len() as u64;
-        s.delivered.fetch_add(len, Relaxed);
-        Next::Batch(EventBatch {
-            subscription_seq: s.next_subscription_seq.fetch_add(len, Relaxed),
+        let len = events.len();
+        s.delivered.fetch_add(len as u64, Relaxed);
+        let batch = EventBatch {
+            subscription_seq: s.next_subscription_seq.fetch_add(len as u64, Relaxed),
             events,
             realtime_offset_ns: self.realtime_offset_ns.load(Relaxed),
-        })
+            subscription_epoch: s.epoch,
+        };
+        if acknowledging {
+            q.unacked.push_back(batch.clone());
+            q.held_events += len;
+        }
+        Next::Batch(batch)
+    }
+
+    /// Forgets the batches of subscription `name` processed through `seq`.
+    /// Returns false when no such subscription (or epoch) exists.
+    pub fn ack(&self, name: &str, epoch: u64, seq: u64) -> bool {
+        let Some(s) = lock(&self.state)
+            .subscriptions
+            .iter()
+            .find(|s| s.name == name && s.epoch == epoch)
+            .cloned()
+        else {
+            return false;
+        };
+        let mut q = lock(&s.queue);
+        while let Some(front) = q.unacked.front() {
+            let last = front.subscription_seq + front.events.len() as u64 - 1;
+            if last > seq {
+                break;
+            }
+            let n = front.events.len();
+            q.unacked.pop_front();
+            q.held_events -= n;
+        }
+        drop(q);
+        // The stream may be waiting for room among the unacknowledged.
+        s.notify.notify_one();
+        true
     }
 
     /// Everything `Info` reports.
@@ -469,14 +546,20 @@ impl Hub {
             .iter()
             .map(|s| {
                 let peer = *lock(&s.peer);
+                let (queue_depth, unacknowledged) = {
+                    let q = lock(&s.queue);
+                    (q.events.len() as u64, q.held_events as u64)
+                };
+                let selection = lock(&s.matcher).selection().clone();
                 SubscriberInfo {
                     name: s.name.clone(),
                     connected: s.connected.load(Relaxed),
                     peer_pid: peer.pid,
                     peer_uid: peer.uid,
                     peer_gid: peer.gid,
-                    selection: Some(lock(&s.matcher).selection().clone()),
-                    queue_depth: lock(&s.queue).events.len() as u64,
+                    selection: Some(selection),
+                    queue_depth,
+                    unacknowledged,
                     queue_capacity: self.config.queue_capacity as u64,
                     delivered: s.delivered.load(Relaxed),
                     dropped: s.dropped.load(Relaxed),
@@ -509,7 +592,7 @@ impl Subscription {
     /// Queues one event, or counts it dropped when the queue is full.
     fn push(&self, event: Event) -> bool {
         let mut q = lock(&self.queue);
-        if q.events.len() >= self.capacity {
+        if q.len() >= self.capacity {
             q.lost_pending += 1;
             self.dropped.fetch_add(1, Relaxed);
             return false;
@@ -558,6 +641,14 @@ fn subscriber_loss(count: u64) -> Event {
     )
 }
 
+/// A subscription epoch: unique within this loader run and unlikely to repeat
+/// across runs (the start time is mixed in).
+fn new_epoch(id: u64) -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
+        .map_or(0, |t| t.tv_nsec() as u64 ^ ((t.tv_sec() as u64) << 30));
+    (t << 16) ^ id
+}
+
 fn display_name(name: &str) -> &str {
     if name.is_empty() {
         "(ephemeral)"
@@ -589,4 +680,252 @@ pub fn kernel_release() -> String {
     nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_proto::v1::{ConnectionOpened, Data, ProcessStarted, SocketAddress};
+
+    fn hub(capacity: usize, max_batch: usize) -> Arc<Hub> {
+        Hub::new(HubConfig {
+            queue_capacity: capacity,
+            max_batch,
+            ..HubConfig::default()
+        })
+    }
+
+    fn data(pid: u32, n: u8) -> Event {
+        Event {
+            seq: 0,
+            mono_ns: u64::from(n),
+            kind: Some(EventKind::Data(Data {
+                pid,
+                payload: vec![n],
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn batch(hub: &Hub, a: &Attachment) -> EventBatch {
+        match hub.next_batch(a) {
+            Next::Batch(b) => b,
+            Next::Empty => panic!("expected a batch, queue empty"),
+            Next::TakenOver => panic!("expected a batch, taken over"),
+        }
+    }
+
+    impl Hub {
+        /// A batch of at most `n` events, whatever max_batch says.
+        fn next_batch_limited(&self, a: &Attachment, n: usize) -> EventBatch {
+            let mut q = lock(&a.subscription.queue);
+            let events: Vec<Event> = q.events.drain(..n).collect();
+            EventBatch {
+                events,
+                ..Default::default()
+            }
+        }
+    }
+
+    fn payloads(b: &EventBatch) -> Vec<String> {
+        b.events
+            .iter()
+            .map(|e| match &e.kind {
+                Some(EventKind::Data(d)) => d.payload[0].to_string(),
+                Some(EventKind::Loss(l)) => format!("loss{}", l.count),
+                _ => "?".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn overflow_drops_counts_and_marks_the_gap_in_place() {
+        let h = hub(3, 100);
+        let a = h
+            .attach("p", Selection::default(), false, Peer::default())
+            .unwrap();
+        h.publish((0..5).map(|n| data(1, n)).collect());
+        // 3 queued, 2 dropped: the marker follows the last event queued before the gap.
+        assert_eq!(payloads(&batch(&h, &a)), ["0", "1", "2", "loss2"]);
+        h.publish(vec![data(1, 5)]);
+        assert_eq!(payloads(&batch(&h, &a)), ["5"]);
+        // With room freed before the drain ends, the marker precedes the next event.
+        h.publish((6..10).map(|n| data(1, n)).collect()); // 6,7,8 queued, 9 dropped
+        let first = h.next_batch_limited(&a, 1);
+        assert_eq!(payloads(&first), ["6"]);
+        h.publish(vec![data(1, 10)]);
+        assert_eq!(payloads(&batch(&h, &a)), ["7", "8", "loss1", "10"]);
+        let info = h.info();
+        assert_eq!(info.subscribers[0].dropped, 3);
+        assert_eq!(info.events_ingested, 11);
+    }
+
+    #[test]
+    fn a_loss_at_the_end_is_reported_when_the_queue_drains() {
+        let h = hub(2, 100);
+        let a = h
+            .attach("p", Selection::default(), false, Peer::default())
+            .unwrap();
+        h.publish((0..4).map(|n| data(1, n)).collect());
+        assert_eq!(payloads(&batch(&h, &a)), ["0", "1", "loss2"]);
+        assert!(matches!(h.next_batch(&a), Next::Empty));
+    }
+
+    #[test]
+    fn routing_follows_each_subscribers_selection() {
+        let h = hub(100, 100);
+        let by_pid = h
+            .attach(
+                "pid",
+                Selection {
+                    pids: vec![7],
+                    ..Default::default()
+                },
+                false,
+                Peer::default(),
+            )
+            .unwrap();
+        let by_exe = h
+            .attach(
+                "exe",
+                Selection {
+                    exe_globs: vec!["*/nginx".into()],
+                    ..Default::default()
+                },
+                false,
+                Peer::default(),
+            )
+            .unwrap();
+        let by_port = h
+            .attach(
+                "port",
+                Selection {
+                    ports: tandem_proto::selection::parse_port_ranges("8000-8999").unwrap(),
+                    ..Default::default()
+                },
+                false,
+                Peer::default(),
+            )
+            .unwrap();
+        let start = |pid: u32, exe: &str| Event {
+            seq: 0,
+            mono_ns: 0,
+            kind: Some(EventKind::ProcessStarted(ProcessStarted {
+                pid,
+                exe_path: exe.into(),
+                ..Default::default()
+            })),
+        };
+        let serve = |pid: u32, port: u32| Event {
+            seq: 0,
+            mono_ns: 0,
+            kind: Some(EventKind::ConnectionOpened(ConnectionOpened {
+                pid,
+                local: Some(SocketAddress {
+                    ip: vec![127, 0, 0, 1],
+                    port,
+                }),
+                role: Role::Server as i32,
+                ..Default::default()
+            })),
+        };
+        h.publish(vec![
+            start(7, "/bin/seven"),
+            start(8, "/usr/sbin/nginx"),
+            start(9, "/usr/bin/python3"),
+            serve(9, 8080),
+            data(9, 1),
+            data(10, 2), // unknown, unselected process
+        ]);
+        let pids = |a: &Attachment| -> Vec<u32> {
+            batch(&h, a).events.iter().filter_map(Event::pid).collect()
+        };
+        assert_eq!(pids(&by_pid), [7]);
+        assert_eq!(pids(&by_exe), [8]);
+        // The process start predates the port; from the connection on it is selected.
+        assert_eq!(pids(&by_port), [9, 9]);
+        assert_eq!(h.info().events_unrouted, 2);
+        let union = h.selection().borrow().clone().unwrap();
+        assert_eq!(union.pids, [7]);
+        assert_eq!(union.exe_globs, ["*/nginx"]);
+    }
+
+    #[test]
+    fn unacknowledged_batches_go_to_the_next_connection() {
+        let h = hub(100, 2);
+        let first = h
+            .attach("p", Selection::default(), true, Peer::default())
+            .unwrap();
+        h.publish((0..5).map(|n| data(1, n)).collect());
+        let b1 = batch(&h, &first);
+        let b2 = batch(&h, &first);
+        assert_eq!((b1.subscription_seq, b2.subscription_seq), (1, 3));
+        assert!(h.ack("p", b1.subscription_epoch, 2));
+        assert!(!h.ack("p", b1.subscription_epoch + 1, 2), "wrong epoch");
+        assert_eq!(h.info().subscribers[0].unacknowledged, 2);
+        h.detach(&first);
+        // The second batch was never acknowledged: it comes again, then what is new.
+        let second = h
+            .attach("p", Selection::default(), true, Peer::default())
+            .unwrap();
+        let again = batch(&h, &second);
+        assert_eq!(again.subscription_seq, 3);
+        assert_eq!(payloads(&again), ["2", "3"]);
+        assert_eq!(payloads(&batch(&h, &second)), ["4"]);
+        assert_eq!(h.info().subscribers[0].connections, 2);
+    }
+
+    #[test]
+    fn unacknowledged_events_count_against_the_bound() {
+        let h = hub(4, 100);
+        let a = h
+            .attach("p", Selection::default(), true, Peer::default())
+            .unwrap();
+        h.publish((0..4).map(|n| data(1, n)).collect());
+        // At most half the capacity may be in flight unacknowledged.
+        assert_eq!(payloads(&batch(&h, &a)), ["0", "1"]);
+        assert!(matches!(h.next_batch(&a), Next::Empty));
+        h.publish(vec![data(1, 4)]); // 2 held + 2 queued = full: dropped
+        assert_eq!(h.info().subscribers[0].dropped, 1);
+        assert!(h.ack("p", a.subscription.epoch, 2));
+        assert_eq!(payloads(&batch(&h, &a)), ["2", "3", "loss1"]);
+    }
+
+    #[test]
+    fn a_second_connection_takes_the_subscription_over() {
+        let h = hub(10, 10);
+        let old = h
+            .attach("p", Selection::default(), false, Peer::default())
+            .unwrap();
+        let new = h
+            .attach("p", Selection::default(), false, Peer::default())
+            .unwrap();
+        assert!(matches!(h.next_batch(&old), Next::TakenOver));
+        h.detach(&old); // must not disconnect the newer connection
+        assert!(h.info().subscribers[0].connected);
+        h.publish(vec![data(1, 1)]);
+        assert_eq!(payloads(&batch(&h, &new)), ["1"]);
+    }
+
+    #[test]
+    fn named_subscriptions_expire_after_retention_and_ephemeral_ones_at_once() {
+        let h = Hub::new(HubConfig {
+            retention: Duration::from_secs(60),
+            ..HubConfig::default()
+        });
+        let named = h
+            .attach("p", Selection::default(), false, Peer::default())
+            .unwrap();
+        let eph = h
+            .attach("", Selection::default(), false, Peer::default())
+            .unwrap();
+        h.detach(&eph);
+        assert_eq!(h.info().subscribers.len(), 1);
+        h.detach(&named);
+        h.expire(Instant::now());
+        assert_eq!(h.info().subscribers.len(), 1, "still within retention");
+        h.expire(Instant::now() + Duration::from_secs(61));
+        assert!(h.info().subscribers.is_empty());
+        assert!(h.selection().borrow().is_none());
+    }
 }

@@ -18,7 +18,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let source = args.source.build(0)?;
     let hub = Hub::new(HubConfig::default());
     hub.set_source(source.name());
-    let attachment = hub.attach("", Selection::default(), Peer::default())?;
+    let attachment = hub.attach("", Selection::default(), false, Peer::default())?;
     let header = CaptureHeader {
         protocol: Some(tandem_proto::protocol_version()),
         realtime_offset_ns: realtime_offset_ns(),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use tandem_proto::v1::loader_server::{Loader, LoaderServer};
-use tandem_proto::v1::{InfoRequest, InfoResponse, SubscribeRequest};
+use tandem_proto::v1::{AckRequest, AckResponse, InfoRequest, InfoResponse, SubscribeRequest};
 use tandem_proto::{check_compatible, EventBatch};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -128,7 +128,7 @@ impl Loader for LoaderService {
         let selection = req.selection.unwrap_or_default();
         let attachment = self
             .hub
-            .attach(&req.name, selection, peer)
+            .attach(&req.name, selection, req.acknowledge, peer)
             .map_err(|e| Status::invalid_argument(format!("invalid selection: {e}")))?;
         let guard = DetachOnDrop {
             hub: self.hub.clone(),
@@ -158,6 +158,22 @@ impl Loader for LoaderService {
             }
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
+        check_peer(&request, &self.allow)?;
+        let req = request.into_inner();
+        if self
+            .hub
+            .ack(&req.name, req.subscription_epoch, req.processed_through)
+        {
+            Ok(Response::new(AckResponse {}))
+        } else {
+            Err(Status::not_found(format!(
+                "no subscription {:?} with epoch {} (it expired or the loader restarted)",
+                req.name, req.subscription_epoch
+            )))
+        }
     }
 
     async fn info(&self, request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {

@@ -4,13 +4,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tandem_proto::v1::loader_client::LoaderClient;
-use tandem_proto::v1::{InfoRequest, SubscribeRequest};
 use tandem_proto::uds::connect;
+use tandem_proto::v1::loader_client::LoaderClient;
+use tandem_proto::v1::{AckRequest, InfoRequest, SubscribeRequest};
 use tandem_proto::{check_compatible, selection, EventBatch, Selection};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Shortest and longest wait between connection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -51,13 +52,20 @@ enum State {
 fn is_fatal(status: &Status) -> bool {
     matches!(
         status.code(),
-        Code::PermissionDenied | Code::FailedPrecondition | Code::InvalidArgument | Code::Unimplemented
+        Code::PermissionDenied
+            | Code::FailedPrecondition
+            | Code::InvalidArgument
+            | Code::Unimplemented
     )
 }
 
 /// Subscribes and calls `on_batch` for every batch, reconnecting until `shutdown`.
 /// Returns an error only for problems that retrying cannot fix.
-pub async fn run<F>(config: ClientConfig, shutdown: CancellationToken, mut on_batch: F) -> Result<(), Fatal>
+pub async fn run<F>(
+    config: ClientConfig,
+    shutdown: CancellationToken,
+    mut on_batch: F,
+) -> Result<(), Fatal>
 where
     F: FnMut(EventBatch),
 {
@@ -106,7 +114,12 @@ where
     };
     let channel = match connect(&config.socket).await {
         Ok(c) => c,
-        Err(e) => return Ok(SessionEnd::Retry(format!("cannot connect: {}", error_chain(&e)))),
+        Err(e) => {
+            return Ok(SessionEnd::Retry(format!(
+                "cannot connect: {}",
+                error_chain(&e)
+            )))
+        }
     };
     let mut client = LoaderClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
     let info = match client.info(InfoRequest {}).await {
@@ -119,11 +132,17 @@ where
         protocol: Some(tandem_proto::protocol_version()),
         name: config.name.clone(),
         selection: Some(config.selection.clone()),
+        acknowledge: true,
     };
     let mut stream = match client.subscribe(request).await {
         Ok(r) => r.into_inner(),
         Err(s) if is_fatal(&s) => return Err(refused(s)),
-        Err(s) => return Ok(SessionEnd::Retry(format!("Subscribe failed: {}", s.message()))),
+        Err(s) => {
+            return Ok(SessionEnd::Retry(format!(
+                "Subscribe failed: {}",
+                s.message()
+            )))
+        }
     };
     if *state != State::Connected {
         info!(
@@ -135,10 +154,70 @@ where
         *state = State::Connected;
     }
     *backoff = BACKOFF_MIN;
+    // Acknowledgements go out from their own task, coalesced: only the latest
+    // processed position matters (acks are cumulative).
+    let (ack_tx, mut ack_rx) = watch::channel::<Option<AckRequest>>(None);
+    let mut ack_client = client.clone();
+    let ack_task = tokio::spawn(async move {
+        while ack_rx.changed().await.is_ok() {
+            let Some(req) = ack_rx.borrow_and_update().clone() else {
+                continue;
+            };
+            if let Err(s) = ack_client.ack(req).await {
+                debug!("ack failed: {}", s.message());
+            }
+        }
+    });
+    let end = receive(
+        &mut stream,
+        shutdown,
+        &ack_tx,
+        &config.name,
+        on_batch,
+        &refused,
+    )
+    .await;
+    ack_task.abort();
+    // Acknowledge the final position before leaving, so that the next processor with
+    // this name starts exactly after it.
+    if let Some(req) = ack_tx.borrow().clone() {
+        let ack = client.ack(req);
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(2), ack).await,
+            Ok(Ok(_))
+        ) {
+            debug!("final ack did not reach the loader; it will resend the last batches");
+        }
+    }
+    end
+}
+
+/// Receives batches until the stream ends or `shutdown`, publishing positions to ack.
+async fn receive<F>(
+    stream: &mut tonic::Streaming<EventBatch>,
+    shutdown: &CancellationToken,
+    ack_tx: &watch::Sender<Option<AckRequest>>,
+    name: &str,
+    on_batch: &mut F,
+    refused: &dyn Fn(Status) -> Fatal,
+) -> Result<SessionEnd, Fatal>
+where
+    F: FnMut(EventBatch),
+{
     loop {
         tokio::select! {
+            // A batch dropped here by a shutdown was not acknowledged, so the loader
+            // sends it to the next processor that resumes this subscription.
             msg = stream.message() => match msg {
-                Ok(Some(batch)) => on_batch(batch),
+                Ok(Some(batch)) => {
+                    let processed = AckRequest {
+                        name: name.to_owned(),
+                        subscription_epoch: batch.subscription_epoch,
+                        processed_through: (batch.subscription_seq + batch.events.len() as u64).saturating_sub(1),
+                    };
+                    on_batch(batch);
+                    ack_tx.send_replace(Some(processed));
+                }
                 Ok(None) => return Ok(SessionEnd::Retry("the loader ended the stream".into())),
                 Err(s) if is_fatal(&s) => return Err(refused(s)),
                 Err(s) => return Ok(SessionEnd::Retry(format!("stream broke: {}", s.message()))),

@@ -33,12 +33,20 @@ started again with the same name receives what happened meanwhile."
 )]
 struct Cli {
     /// The loader's Unix socket.
-    #[arg(long, env = "TANDEM_LOADER_SOCKET", default_value = "/var/run/tandem/loader.sock")]
+    #[arg(
+        long,
+        env = "TANDEM_LOADER_SOCKET",
+        default_value = "/var/run/tandem/loader.sock"
+    )]
     socket: PathBuf,
 
     /// Subscription name. Processors running at the same time need different names; a
     /// replacement processor uses its predecessor's name to resume its subscription.
-    #[arg(long, env = "TANDEM_PROCESSOR_NAME", default_value = "tandem-processor")]
+    #[arg(
+        long,
+        env = "TANDEM_PROCESSOR_NAME",
+        default_value = "tandem-processor"
+    )]
     name: String,
 
     /// Select processes listening on these ports (OBI syntax: 80,443,8000-8999).
@@ -123,10 +131,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         selection,
     };
     let result = client::run(config, shutdown, |batch| {
-        match stats.record_batch(batch.subscription_seq, &batch.events) {
+        let check = stats.record_batch(
+            batch.subscription_epoch,
+            batch.subscription_seq,
+            &batch.events,
+        );
+        match check {
             SeqCheck::Contiguous => {}
+            SeqCheck::Duplicate(n) => info!(
+                skipped = n,
+                "skipped events sent again after a reconnection (already processed)"
+            ),
             SeqCheck::Gap(n) => {
-                warn!(lost = n, "events lost in transit (gap in the subscription sequence)");
+                warn!(
+                    lost = n,
+                    "events lost in transit (gap in the subscription sequence)"
+                );
                 let marker = Event::loss(
                     batch.events.first().map_or(0, |e| e.mono_ns),
                     n,
@@ -136,9 +156,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 print_or_warn(&printer, &[marker], batch.realtime_offset_ns);
             }
-            SeqCheck::Restarted => info!("subscription sequence restarted (new loader or expired subscription)"),
+            SeqCheck::Restarted => {
+                info!("subscription sequence restarted (new loader or expired subscription)")
+            }
         }
-        print_or_warn(&printer, &batch.events, batch.realtime_offset_ns);
+        print_or_warn(
+            &printer,
+            &batch.events[check.skip()..],
+            batch.realtime_offset_ns,
+        );
     })
     .await;
     info!("processor stopped: {stats}");

@@ -97,7 +97,11 @@ fn escape(bytes: &[u8]) -> String {
 
 /// One text line for `event` (no trailing newline).
 pub fn text_line(event: &Event, realtime_offset_ns: i64) -> String {
-    let head = format!("{} #{}", wall_time(event.mono_ns, realtime_offset_ns), event.seq);
+    let head = format!(
+        "{} #{}",
+        wall_time(event.mono_ns, realtime_offset_ns),
+        event.seq
+    );
     let body = match &event.kind {
         Some(EventKind::ProcessStarted(p)) => format!(
             "process_started pid={} ppid={} uid={} exe={} container={} preexisting={} cmdline=\"{}\"",
@@ -187,7 +191,10 @@ pub fn json_value(event: &Event, realtime_offset_ns: i64) -> Value {
     if let Value::Object(m) = &mut v {
         m.insert("seq".into(), json!(event.seq));
         m.insert("mono_ns".into(), json!(event.mono_ns));
-        m.insert("time".into(), json!(wall_time(event.mono_ns, realtime_offset_ns)));
+        m.insert(
+            "time".into(),
+            json!(wall_time(event.mono_ns, realtime_offset_ns)),
+        );
     }
     v
 }
@@ -233,7 +240,10 @@ mod tests {
         };
         let mut v6ip = vec![0u8; 16];
         v6ip[15] = 1;
-        let v6 = SocketAddress { ip: v6ip, port: 443 };
+        let v6 = SocketAddress {
+            ip: v6ip,
+            port: 443,
+        };
         assert_eq!(format_addr(Some(&v4)), "127.0.0.1:8080");
         assert_eq!(format_addr(Some(&v6)), "[::1]:443");
         assert_eq!(format_addr(None), "?");
@@ -255,8 +265,14 @@ mod tests {
             })),
         };
         let line = text_line(&e, 1_700_000_000_000_000_000);
-        assert!(line.starts_with("2023-11-14T22:13:21.000000000Z #9 data"), "{line}");
-        assert!(line.contains("ingress len=5000 captured=17 truncated"), "{line}");
+        assert!(
+            line.starts_with("2023-11-14T22:13:21.000000000Z #9 data"),
+            "{line}"
+        );
+        assert!(
+            line.contains("ingress len=5000 captured=17 truncated"),
+            "{line}"
+        );
         assert!(line.contains(r#""GET / HTTP/1.1\r\n\x01""#), "{line}");
         let j = json_value(&e, 0);
         assert_eq!(j["direction"], "ingress");

@@ -15,35 +15,47 @@ pub struct Stats {
     /// Lost events by where they were lost (`kernel_ring_buffer`, `subscriber_queue`,
     /// `source`, and `in_transit` for gaps in the subscription sequence).
     pub lost: BTreeMap<&'static str, u64>,
-    /// Next expected subscription sequence number, once known.
-    expected_seq: Option<u64>,
+    /// Epoch and next expected sequence number of the subscription, once known.
+    position: Option<(u64, u64)>,
 }
 
-/// What a batch's sequence number says about the stream.
+/// What a batch's position says about the stream.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SeqCheck {
     Contiguous,
     /// This many events were lost in transit before the batch.
     Gap(u64),
-    /// The sequence went backwards: a new subscription (e.g. the loader restarted).
+    /// A new subscription (e.g. the loader restarted or the subscription expired).
     Restarted,
+    /// The batch was sent again after a reconnection: its first this-many events
+    /// were already processed and are skipped.
+    Duplicate(usize),
 }
 
 impl Stats {
-    /// Checks a batch's position, then counts its events.
-    pub fn record_batch(&mut self, subscription_seq: u64, events: &[Event]) -> SeqCheck {
-        let check = match self.expected_seq {
+    /// Checks a batch's position and counts its new events. Returns the check; the
+    /// events to process are `events[check.skip()..]`.
+    pub fn record_batch(&mut self, epoch: u64, seq: u64, events: &[Event]) -> SeqCheck {
+        let end = seq + events.len() as u64;
+        let check = match self.position {
             None => SeqCheck::Contiguous,
-            Some(expected) if subscription_seq == expected => SeqCheck::Contiguous,
-            Some(expected) if subscription_seq > expected => {
-                let gap = subscription_seq - expected;
+            Some((e, _)) if e != epoch => SeqCheck::Restarted,
+            Some((_, expected)) if seq == expected => SeqCheck::Contiguous,
+            Some((_, expected)) if seq > expected => {
+                let gap = seq - expected;
                 *self.lost.entry("in_transit").or_default() += gap;
                 SeqCheck::Gap(gap)
             }
-            Some(_) => SeqCheck::Restarted,
+            Some((_, expected)) => SeqCheck::Duplicate(
+                usize::try_from(expected - seq).map_or(events.len(), |n| n.min(events.len())),
+            ),
         };
-        self.expected_seq = Some(subscription_seq + events.len() as u64);
-        for e in events {
+        let expected = match (self.position, &check) {
+            (Some((_, old)), SeqCheck::Duplicate(_)) => old.max(end),
+            _ => end,
+        };
+        self.position = Some((epoch, expected));
+        for e in &events[check.skip()..] {
             self.events += 1;
             let kind = match &e.kind {
                 Some(EventKind::ProcessStarted(_)) => "process_started",
@@ -64,6 +76,16 @@ impl Stats {
 
     pub fn total_lost(&self) -> u64 {
         self.lost.values().sum()
+    }
+}
+
+impl SeqCheck {
+    /// Events at the start of the batch that were already processed.
+    pub fn skip(&self) -> usize {
+        match self {
+            SeqCheck::Duplicate(n) => *n,
+            _ => 0,
+        }
     }
 }
 
@@ -93,13 +115,28 @@ mod tests {
     #[test]
     fn gaps_and_restarts_are_told_apart() {
         let mut s = Stats::default();
-        assert_eq!(s.record_batch(1, &[loss(2), loss(3)]), SeqCheck::Contiguous);
-        assert_eq!(s.record_batch(3, &[loss(1)]), SeqCheck::Contiguous);
-        assert_eq!(s.record_batch(10, &[loss(1)]), SeqCheck::Gap(6));
-        assert_eq!(s.record_batch(1, &[loss(1)]), SeqCheck::Restarted);
+        assert_eq!(
+            s.record_batch(7, 1, &[loss(2), loss(3)]),
+            SeqCheck::Contiguous
+        );
+        assert_eq!(s.record_batch(7, 3, &[loss(1)]), SeqCheck::Contiguous);
+        assert_eq!(s.record_batch(7, 10, &[loss(1)]), SeqCheck::Gap(6));
+        assert_eq!(s.record_batch(8, 1, &[loss(1)]), SeqCheck::Restarted);
         assert_eq!(s.lost["subscriber_queue"], 8);
         assert_eq!(s.lost["in_transit"], 6);
         assert_eq!(s.events, 5);
         assert_eq!(s.total_lost(), 14);
+    }
+
+    #[test]
+    fn resent_events_are_skipped_once() {
+        let mut s = Stats::default();
+        s.record_batch(7, 1, &[loss(1), loss(1), loss(1)]);
+        // Sent again from seq 2 after a reconnection, with one new event.
+        let check = s.record_batch(7, 2, &[loss(1), loss(1), loss(5)]);
+        assert_eq!(check, SeqCheck::Duplicate(2));
+        assert_eq!(s.events, 4);
+        assert_eq!(s.lost["subscriber_queue"], 8);
+        assert_eq!(s.record_batch(7, 5, &[loss(1)]), SeqCheck::Contiguous);
     }
 }
