@@ -75,9 +75,9 @@ pub enum SourceKind {
 /// Where events come from.
 #[derive(Debug, Args, Clone)]
 pub struct SourceArgs {
-    /// Event source.
-    #[arg(long, env = "TANDEM_SOURCE", value_enum, default_value = "ebpf")]
-    pub source: SourceKind,
+    /// Event source [default: replay when --replay is given, ebpf otherwise].
+    #[arg(long, env = "TANDEM_SOURCE", value_enum)]
+    pub source: Option<SourceKind>,
 
     /// Options of --source ebpf.
     #[command(flatten)]
@@ -156,12 +156,21 @@ pub struct RecordArgs {
 }
 
 impl SourceArgs {
+    /// The chosen source: explicit, or implied by --replay, or ebpf.
+    pub fn kind(&self) -> SourceKind {
+        match (self.source, &self.replay) {
+            (Some(kind), _) => kind,
+            (None, Some(_)) => SourceKind::Replay,
+            (None, None) => SourceKind::Ebpf,
+        }
+    }
+
     /// Builds the chosen source, failing early on a bad file or option.
     pub fn build(&self, wait_subscribers: usize) -> anyhow::Result<Box<dyn EventSource>> {
         if !(self.rate >= 0.0 && self.rate.is_finite()) {
             anyhow::bail!("--rate must be a finite number >= 0, got {}", self.rate);
         }
-        match self.source {
+        match self.kind() {
             SourceKind::Ebpf => Ok(Box::new(EbpfSource::new(&self.ebpf)?)),
             SourceKind::Replay => {
                 let Some(path) = &self.replay else {
