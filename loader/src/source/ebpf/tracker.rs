@@ -72,6 +72,9 @@ pub struct Tracker {
     startup_established: HashSet<u64>,
     first_scan_done: bool,
     warned_ptrace: bool,
+    warned_fds: bool,
+    /// Root, or CAP_SYS_PTRACE held: /proc of other users' processes is readable.
+    has_ptrace: bool,
     pub stats: TrackerStats,
 }
 
@@ -88,6 +91,11 @@ impl Tracker {
             startup_established: HashSet::new(),
             first_scan_done: false,
             warned_ptrace: false,
+            warned_fds: false,
+            has_ptrace: tandem_security::effective_capabilities().map_or_else(
+                |_| nix::unistd::geteuid().is_root(),
+                |c| c.contains(&tandem_security::Capability::SysPtrace),
+            ),
             stats: TrackerStats::default(),
         }
     }
@@ -203,8 +211,8 @@ impl Tracker {
                 .map(|(pid, p)| (*pid, p.info.net_namespace))
                 .collect();
             let scan = self.procfs.scan_sockets(&list);
-            if scan.unreadable_fds > 0 && !self.warned_ptrace {
-                self.warned_ptrace = true;
+            if scan.unreadable_fds > 0 && !self.warned_fds && !self.has_ptrace {
+                self.warned_fds = true;
                 warn!(
                     processes = scan.unreadable_fds,
                     "cannot read /proc/<pid>/fd of processes owned by other users: CAP_SYS_PTRACE is \
@@ -230,8 +238,20 @@ impl Tracker {
     }
 
     fn warn_unreadable(&mut self, info: &ProcessInfo) {
-        if info.exe_error == Some(io::ErrorKind::PermissionDenied) && !self.warned_ptrace {
-            self.warned_ptrace = true;
+        if info.exe_error != Some(io::ErrorKind::PermissionDenied) || self.warned_ptrace {
+            return;
+        }
+        self.warned_ptrace = true;
+        if self.has_ptrace {
+            // Root or CAP_SYS_PTRACE and still refused: e.g. a process of another
+            // user namespace, or a sandbox's init.
+            info!(
+                pid = info.pid,
+                "cannot read /proc/{}/exe although CAP_SYS_PTRACE is held (process of \
+                 another user namespace?); its executable path stays empty",
+                info.pid
+            );
+        } else {
             warn!(
                 pid = info.pid,
                 uid = info.uid,
@@ -284,7 +304,8 @@ impl Tracker {
         false
     }
 
-    /// Brings the kernel's pid map in line with the selection for every process.
+    /// Brings the kernel's pid map in line with the selection for every process and
+    /// announces every traced process.
     fn sync_all(&mut self) -> Vec<Event> {
         let pids: Vec<u32> = self.procs.keys().copied().collect();
         let mut events = Vec::new();
@@ -307,7 +328,11 @@ impl Tracker {
                 self.kernel.untrace_pid(pid);
                 p.in_kernel = false;
             }
-            if want && !p.announced {
+            // Announced again on every selection change: a subscriber that just
+            // attached has not seen the ProcessStarted of processes traced before it
+            // came (duplicates are harmless: ProcessStarted describes, it does not
+            // count).
+            if want {
                 p.announced = true;
                 events.push(convert::process_started(
                     monotonic_ns(),
@@ -326,8 +351,9 @@ impl Tracker {
     }
 
     /// Publishes `ProcessStarted` for `pid` if it was not announced yet (reading
-    /// /proc, or copying from `parent` when the process is already gone).
-    fn ensure_announced(&mut self, pid: u32, parent: Option<u32>, out: &mut Vec<Event>) {
+    /// /proc, or copying from `parent` when the process is already gone), stamped
+    /// with `ts`, the kernel time of the record that revealed it.
+    fn ensure_announced(&mut self, pid: u32, parent: Option<u32>, ts: u64, out: &mut Vec<Event>) {
         if self.procs.get(&pid).is_some_and(|p| p.announced) {
             return;
         }
@@ -354,11 +380,7 @@ impl Tracker {
             // It produced a record, so the kernel traces it.
             p.in_kernel = true;
             p.announced = true;
-            out.push(convert::process_started(
-                monotonic_ns(),
-                &p.info,
-                p.preexisting,
-            ));
+            out.push(convert::process_started(ts, &p.info, p.preexisting));
         }
     }
 
@@ -391,7 +413,7 @@ impl Tracker {
         self.stats.records += 1;
         match record {
             Record::Exec(ev) => self.on_exec(ev.header.pid, ev.header.ts_ns, out),
-            Record::Fork(ev) => self.on_fork(ev.header.pid, ev.child_pid, out),
+            Record::Fork(ev) => self.on_fork(ev.header.pid, ev.child_pid, ev.header.ts_ns, out),
             Record::Exit(ev) => {
                 let pid = ev.header.pid;
                 if let Some(p) = self.procs.remove(&pid) {
@@ -405,7 +427,7 @@ impl Tracker {
             }
             Record::PortSelected(ev) => {
                 let pid = ev.header.pid;
-                self.ensure_announced(pid, None, out);
+                self.ensure_announced(pid, None, ev.header.ts_ns, out);
                 if let Some(p) = self.procs.get_mut(&pid) {
                     if !p.ports.contains(&ev.port) {
                         p.ports.push(ev.port);
@@ -419,7 +441,7 @@ impl Tracker {
                 );
             }
             Record::ConnOpen(ev) => {
-                self.ensure_announced(ev.header.pid, None, out);
+                self.ensure_announced(ev.header.pid, None, ev.header.ts_ns, out);
                 if convert::tuple_known(&ev) {
                     out.push(convert::connection_opened(&ev, None, false));
                 } else {
@@ -432,17 +454,25 @@ impl Tracker {
             }
             Record::ConnClose(ev) => out.push(convert::connection_closed(&ev)),
             Record::Data(d) => {
-                self.ensure_announced(d.header.pid, None, out);
+                self.ensure_announced(d.header.pid, None, d.header.ts_ns, out);
                 out.push(convert::data(d));
             }
         }
     }
 
-    fn on_exec(&mut self, pid: u32, _ts: u64, out: &mut Vec<Event>) {
+    fn on_exec(&mut self, pid: u32, ts: u64, out: &mut Vec<Event>) {
         let Ok(info) = self.procfs.process(pid) else {
             return; // gone already
         };
         self.warn_unreadable(&info);
+        // The fork record of this process may have been handled after the exec
+        // already happened, announcing the new image: do not announce it twice.
+        let already_described = self.procs.get(&pid).is_some_and(|p| {
+            p.announced
+                && p.info.start_time == info.start_time
+                && p.info.exe_path == info.exe_path
+                && p.info.cmdline == info.cmdline
+        });
         let was_in_kernel = self.procs.get(&pid).is_some_and(|p| p.in_kernel);
         let ports = self
             .procs
@@ -467,7 +497,9 @@ impl Tracker {
                 p.in_kernel = true;
             }
             p.announced = true;
-            out.push(convert::process_started(monotonic_ns(), &p.info, false));
+            if !already_described {
+                out.push(convert::process_started(ts, &p.info, false));
+            }
         } else {
             if p.in_kernel {
                 self.kernel.untrace_pid(pid);
@@ -478,7 +510,7 @@ impl Tracker {
         }
     }
 
-    fn on_fork(&mut self, parent: u32, child: u32, out: &mut Vec<Event>) {
+    fn on_fork(&mut self, parent: u32, child: u32, ts: u64, out: &mut Vec<Event>) {
         match self.procfs.process(child) {
             Ok(info) if info.tgid != child => {} // a thread of a traced process
             Ok(info) => {
@@ -487,7 +519,7 @@ impl Tracker {
                 p.in_kernel = true;
                 self.procs.insert(child, p);
                 if self.wanted(child) {
-                    self.ensure_announced(child, Some(parent), out);
+                    self.ensure_announced(child, Some(parent), ts, out);
                 } else {
                     self.kernel.untrace_pid(child);
                     if let Some(p) = self.procs.get_mut(&child) {
