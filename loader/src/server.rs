@@ -24,6 +24,9 @@ use tracing::{info, warn};
 
 use crate::hub::{Attachment, Hub, Next, Peer};
 
+/// How long shutdown waits for connected processors to go away.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Who may talk to the loader.
 #[derive(Debug, Clone, Default)]
 pub struct Allowlist {
@@ -236,13 +239,25 @@ pub async fn serve(
         allow,
         shutdown: shutdown.clone(),
     };
-    let result = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(LoaderServer::new(service))
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener),
-            shutdown.cancelled_owned(),
-        )
-        .await;
+            shutdown.clone().cancelled_owned(),
+        );
+    // Graceful shutdown waits for every connection to close; a stuck peer (e.g. a
+    // stopped processor) must not keep the loader alive.
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let result = tokio::select! {
+        r = server => r,
+        _ = deadline => {
+            warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "connections still open after the grace period; closing them");
+            Ok(())
+        }
+    };
     if let Err(e) = fs::remove_file(socket) {
         if e.kind() != io::ErrorKind::NotFound {
             warn!(socket = %socket.display(), error = %e, "could not remove the socket");

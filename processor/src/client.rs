@@ -46,7 +46,7 @@ enum SessionEnd {
 enum State {
     Starting,
     Connected,
-    Unavailable(String),
+    Unavailable,
 }
 
 fn is_fatal(status: &Status) -> bool {
@@ -83,12 +83,12 @@ where
             SessionEnd::Shutdown => return Ok(()),
             SessionEnd::Retry(reason) => reason,
         };
-        let next = State::Unavailable(reason.clone());
-        if state != next {
-            // Once per change: the reason is part of the state, so the same failure
-            // repeating does not flood the log.
+        if state != State::Unavailable {
+            // Once per change of state, whatever the reasons of the retries that follow.
             warn!(socket = %config.socket.display(), "loader unavailable: {reason}; retrying with backoff (up to {}s)", BACKOFF_MAX.as_secs());
-            state = next;
+            state = State::Unavailable;
+        } else {
+            debug!("still unavailable: {reason}");
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}

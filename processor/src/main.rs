@@ -50,8 +50,8 @@ struct Cli {
     name: String,
 
     /// Select processes listening on these ports (OBI syntax: 80,443,8000-8999).
-    #[arg(long, env = "OTEL_EBPF_OPEN_PORT", value_parser = selection::parse_port_ranges)]
-    open_port: Option<Vec<tandem_proto::v1::PortRange>>,
+    #[arg(long, env = "OTEL_EBPF_OPEN_PORT", value_parser = parse_ports)]
+    open_port: Option<Ports>,
 
     /// Select processes whose executable path matches this glob (e.g. */nginx).
     #[arg(long = "exe", env = "OTEL_EBPF_AUTO_TARGET_EXE")]
@@ -78,10 +78,18 @@ struct Cli {
     log_level: String,
 }
 
+/// Port ranges parsed from OBI's syntax (one clap value, not a list of values).
+#[derive(Debug, Clone)]
+struct Ports(Vec<tandem_proto::v1::PortRange>);
+
+fn parse_ports(text: &str) -> Result<Ports, String> {
+    selection::parse_port_ranges(text).map(Ports)
+}
+
 impl Cli {
     fn selection(&self) -> Selection {
         Selection {
-            ports: self.open_port.clone().unwrap_or_default(),
+            ports: self.open_port.clone().map(|p| p.0).unwrap_or_default(),
             exe_globs: self.exe_globs.clone(),
             pids: self.pids.clone(),
             container_ids: self.container_ids.clone(),
