@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -92,10 +92,7 @@ impl Lines {
 
     /// The next line not yet taken with `next`, waiting up to `timeout`.
     pub fn next(&self, timeout: Duration) -> Option<String> {
-        match self.rx.lock().expect("rx lock").recv_timeout(timeout) {
-            Ok(l) => Some(l),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        self.rx.lock().expect("rx lock").recv_timeout(timeout).ok()
     }
 
     /// Waits until some line (seen before or after the call) contains `needle`.
