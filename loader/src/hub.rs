@@ -115,6 +115,23 @@ pub enum Next {
 struct ProcEntry {
     facts: ProcessFacts,
     selected_by: Vec<Arc<Subscription>>,
+    /// The process's latest `ProcessStarted`, handed to subscriptions that select the
+    /// process after it was published (they attached later, or a port matched later).
+    started: Option<Event>,
+}
+
+impl ProcEntry {
+    /// Sets who selects the process; those new to it get its `ProcessStarted` first.
+    fn reselect(&mut self, selected_by: Vec<Arc<Subscription>>) {
+        if let Some(started) = &self.started {
+            for s in &selected_by {
+                if !self.selected_by.iter().any(|old| old.id == s.id) && s.push(started.clone()) {
+                    s.notify.notify_one();
+                }
+            }
+        }
+        self.selected_by = selected_by;
+    }
 }
 
 struct State {
@@ -274,9 +291,20 @@ impl Hub {
                 _ => false,
             }
         };
+        let started = matches!(event.kind, Some(EventKind::ProcessStarted(_)));
         if let Some(entry) = st.processes.get_mut(&pid) {
+            if started {
+                // Delivered by the caller to everyone who selects it now; remembered
+                // for whoever selects it later.
+                entry.started = Some(event.clone());
+            }
             if changed_facts(&mut entry.facts) {
-                entry.selected_by = selected_by(&st.subscriptions, pid, &entry.facts);
+                let now = selected_by(&st.subscriptions, pid, &entry.facts);
+                if started {
+                    entry.selected_by = now;
+                } else {
+                    entry.reselect(now);
+                }
             }
             return entry.selected_by.clone();
         }
@@ -289,6 +317,7 @@ impl Hub {
                 ProcEntry {
                     facts,
                     selected_by: targets.clone(),
+                    started: started.then(|| event.clone()),
                 },
             );
         } else if !st.process_table_full_logged {
@@ -450,7 +479,7 @@ impl Hub {
             ..
         } = st;
         for (pid, entry) in processes.iter_mut() {
-            entry.selected_by = selected_by(subscriptions, *pid, &entry.facts);
+            entry.reselect(selected_by(subscriptions, *pid, &entry.facts));
         }
         let matchers: Vec<Arc<Matcher>> = subscriptions
             .iter()
@@ -842,12 +871,69 @@ mod tests {
         };
         assert_eq!(pids(&by_pid), [7]);
         assert_eq!(pids(&by_exe), [8]);
-        // The process start predates the port; from the connection on it is selected.
-        assert_eq!(pids(&by_port), [9, 9]);
+        // Selected from the connection on; its ProcessStarted comes first.
+        let port_events = batch(&h, &by_port).events;
+        assert!(matches!(
+            port_events[0].kind,
+            Some(EventKind::ProcessStarted(_))
+        ));
+        assert_eq!(
+            port_events
+                .iter()
+                .filter_map(Event::pid)
+                .collect::<Vec<_>>(),
+            [9, 9, 9]
+        );
         assert_eq!(h.info().events_unrouted, 2);
         let union = h.selection().borrow().clone().unwrap();
         assert_eq!(union.pids, [7]);
         assert_eq!(union.exe_globs, ["*/nginx"]);
+    }
+
+    #[test]
+    fn late_selectors_learn_the_process_first() {
+        let h = hub(100, 100);
+        let early = h
+            .attach("early", Selection::default(), false, Peer::default())
+            .unwrap();
+        let started = Event {
+            seq: 0,
+            mono_ns: 0,
+            kind: Some(EventKind::ProcessStarted(ProcessStarted {
+                pid: 5,
+                exe_path: "/usr/sbin/nginx".into(),
+                ..Default::default()
+            })),
+        };
+        h.publish(vec![started]);
+        assert_eq!(batch(&h, &early).events.len(), 1);
+        // A subscriber attaching later gets the ProcessStarted before new events...
+        let late = h
+            .attach(
+                "late",
+                Selection {
+                    ports: tandem_proto::selection::parse_port_ranges("80").unwrap(),
+                    exe_globs: vec!["*/nginx".into()],
+                    ..Default::default()
+                },
+                false,
+                Peer::default(),
+            )
+            .unwrap();
+        h.publish(vec![data(5, 1)]);
+        let kinds = |b: EventBatch| -> Vec<&'static str> {
+            b.events
+                .iter()
+                .map(|e| match e.kind {
+                    Some(EventKind::ProcessStarted(_)) => "started",
+                    Some(EventKind::Data(_)) => "data",
+                    _ => "other",
+                })
+                .collect()
+        };
+        assert_eq!(kinds(batch(&h, &late)), ["started", "data"]);
+        // ...and the early one does not get it twice.
+        assert_eq!(kinds(batch(&h, &early)), ["data"]);
     }
 
     #[test]

@@ -5,7 +5,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tandem_proto::capture::CaptureWriter;
 use tandem_proto::v1::CaptureHeader;
-use tandem_proto::Selection;
 use tracing::{info, warn};
 
 use crate::cli::{shutdown_on_signals, RecordArgs};
@@ -14,11 +13,13 @@ use crate::source::SourceContext;
 
 pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     // The recorder itself is the only subscriber; it attaches before the source
-    // starts, so the source need not wait for anyone.
+    // starts, so the source need not wait for anyone. It records what the selection
+    // flags select (everything without flags).
+    let selection = args.source.ebpf.selection()?.unwrap_or_default();
     let source = args.source.build(0)?;
     let hub = Hub::new(HubConfig::default());
     hub.set_source(source.name());
-    let attachment = hub.attach("", Selection::default(), false, Peer::default())?;
+    let attachment = hub.attach("", selection, false, Peer::default())?;
     let header = CaptureHeader {
         protocol: Some(tandem_proto::protocol_version()),
         realtime_offset_ns: realtime_offset_ns(),

@@ -305,7 +305,7 @@ impl Tracker {
     }
 
     /// Brings the kernel's pid map in line with the selection for every process and
-    /// announces every traced process.
+    /// announces traced processes not announced yet.
     fn sync_all(&mut self) -> Vec<Event> {
         let pids: Vec<u32> = self.procs.keys().copied().collect();
         let mut events = Vec::new();
@@ -328,11 +328,9 @@ impl Tracker {
                 self.kernel.untrace_pid(pid);
                 p.in_kernel = false;
             }
-            // Announced again on every selection change: a subscriber that just
-            // attached has not seen the ProcessStarted of processes traced before it
-            // came (duplicates are harmless: ProcessStarted describes, it does not
-            // count).
-            if want {
+            // Announced once; the hub hands the ProcessStarted to subscribers that
+            // attach (or come to select the process) later.
+            if want && !p.announced {
                 p.announced = true;
                 events.push(convert::process_started(
                     monotonic_ns(),
