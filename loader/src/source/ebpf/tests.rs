@@ -59,10 +59,13 @@ fn exchange(stream: &mut TcpStream, path: &str) -> String {
 #[test]
 fn captures_a_loopback_exchange_as_root() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!(
-            "SKIP: needs root/CAP_BPF: loading eBPF programs and attaching tracepoints \
-             (run `cargo test -p tandem-loader` as root)"
+        let why = "needs root/CAP_BPF: loading eBPF programs and attaching tracepoints \
+                   (run `cargo test -p tandem-loader` as root)";
+        assert!(
+            std::env::var_os("TANDEM_REQUIRE_PRIVILEGED_TESTS").is_none(),
+            "TANDEM_REQUIRE_PRIVILEGED_TESTS is set but this test cannot run: {why}"
         );
+        eprintln!("SKIP: {why}");
         return;
     }
     programs::ensure_tracefs().expect("tracefs");

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The main job on this host, in one command: sets up prerequisites, builds tandem,
+# starts a real HTTP service (python http.server), the loader (uid 65534 with exactly
+# its six capabilities) and the processor (uid 65534, no capabilities), sends a few
+# requests with curl, and shows what the processor received. Needs root (to install
+# packages and to hand the loader its capabilities).
+#
+#   bash scripts/demo.sh                 # ~10 s demo, then everything stops
+#   DEMO_SECONDS=0 bash scripts/demo.sh  # keep running until Ctrl-C; curl the port yourself
+#   DEMO_PORT=18080                      # port of the demo service
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "demo: run as root (it installs packages and gives the loader its capabilities)" >&2
+  exit 1
+fi
+
+bash scripts/setup.sh
+echo "demo: building tandem (release)" >&2
+cargo build --release -q -p tandem-loader -p tandem-processor
+
+PORT=${DEMO_PORT:-18080}
+SECONDS_TO_RUN=${DEMO_SECONDS:-10}
+RUN=$(mktemp -d /tmp/tandem-demo.XXXXXX)
+chmod 0755 "$RUN"
+install -d -o 65534 -g 65534 -m 0750 "$RUN/sock"
+BIN=target/release
+CAPS=bpf,perfmon,dac_read_search,sys_ptrace,net_raw,checkpoint_restore
+plus() { printf '+%s' "${1//,/,+}"; }
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$RUN"
+}
+trap cleanup EXIT INT TERM
+
+mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
+
+echo "demo: service  python3 -m http.server $PORT (127.0.0.1)" >&2
+mkdir -p "$RUN/www/users" && echo '{"id": 42}' > "$RUN/www/users/42"
+python3 -m http.server "$PORT" --bind 127.0.0.1 --directory "$RUN/www" >/dev/null 2>&1 &
+pids+=($!)
+
+echo "demo: loader   uid 65534, capabilities: $CAPS" >&2
+setpriv --reuid=65534 --regid=65534 --clear-groups \
+  --inh-caps="$(plus $CAPS)" --ambient-caps="$(plus $CAPS)" \
+  --bounding-set="-all,$(plus $CAPS)" \
+  "$BIN/tandem-loader" --socket "$RUN/sock/loader.sock" 2> "$RUN/loader.log" &
+pids+=($!)
+for _ in $(seq 100); do grep -q "ebpf source ready" "$RUN/loader.log" && break; sleep 0.1; done
+grep -q "ebpf source ready" "$RUN/loader.log" || { cat "$RUN/loader.log" >&2; exit 1; }
+
+echo "demo: processor uid 65534, no capabilities, selecting port $PORT" >&2
+setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all --bounding-set=-all \
+  "$BIN/tandem-processor" --socket "$RUN/sock/loader.sock" --open-port "$PORT" \
+  2> "$RUN/processor.log" &
+pids+=($!)
+for _ in $(seq 100); do grep -q "connected to loader" "$RUN/processor.log" && break; sleep 0.1; done
+
+echo "demo: requests curl http://127.0.0.1:$PORT/users/42 and /missing (the processor prints below)" >&2
+sleep 0.3
+curl -s -o /dev/null "http://127.0.0.1:$PORT/users/42" "http://127.0.0.1:$PORT/missing" || true
+if [ "$SECONDS_TO_RUN" = 0 ]; then
+  echo "demo: running; curl http://127.0.0.1:$PORT/ and watch; Ctrl-C stops" >&2
+  wait
+else
+  sleep "$SECONDS_TO_RUN"
+  kill -TERM "${pids[2]}"; wait "${pids[2]}" 2>/dev/null || true
+  grep "processor stopped" "$RUN/processor.log" >&2 || true
+fi

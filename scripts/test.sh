@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Sets up and runs every test: formatting, clippy, unit tests, and the end-to-end
+# tests (real processes, real sockets, real eBPF). Run as root to include the
+# privileged tests; as root they are required to run (a skip fails the run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" = 0 ]; then
+  bash scripts/setup.sh
+  export TANDEM_REQUIRE_PRIVILEGED_TESTS=1
+  mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
+else
+  echo "test: not root: privileged tests (eBPF capture) will be skipped, each saying why" >&2
+  echo "test: prerequisites are installed by: sudo bash scripts/setup.sh" >&2
+fi
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "== cargo clippy" >&2
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo build" >&2
+cargo build --workspace --bins
+echo "== cargo test" >&2
+cargo test --workspace --no-fail-fast
