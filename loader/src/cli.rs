@@ -9,12 +9,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::hub::{Hub, HubConfig};
-use crate::logging::LogFormat;
 use crate::server::{self, Allowlist, SocketConfig};
 use crate::source::ebpf::{EbpfArgs, EbpfSource};
 use crate::source::replay::ReplaySource;
 use crate::source::synthetic::SyntheticSource;
 use crate::source::{EventSource, SourceContext};
+use tandem_proto::process::{shutdown_on_signals, LogFormat};
 
 /// Default socket path (shared with processors through a volume in Kubernetes).
 pub const DEFAULT_SOCKET: &str = "/var/run/tandem/loader.sock";
@@ -234,24 +234,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Serve(args)) => serve(args).await,
         None => serve(cli.serve).await,
     }
-}
-
-/// Cancels the returned token on SIGTERM or SIGINT.
-pub fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let token = CancellationToken::new();
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let t = token.clone();
-    tokio::spawn(async move {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        info!(signal = name, "shutting down");
-        t.cancel();
-    });
-    Ok(token)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

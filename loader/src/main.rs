@@ -2,7 +2,6 @@
 
 mod cli;
 mod hub;
-mod logging;
 mod record;
 mod selection;
 mod server;
@@ -14,27 +13,6 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
-        eprintln!("tandem-loader: {e:#}");
-        return ExitCode::from(2);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tandem-loader: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(cli::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("tandem-loader: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let (format, level) = (cli.log_format, cli.log_level.clone());
+    tandem_proto::process::run("tandem-loader", format, &level, 1, cli::run(cli))
 }

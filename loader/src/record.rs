@@ -7,9 +7,10 @@ use tandem_proto::capture::CaptureWriter;
 use tandem_proto::v1::CaptureHeader;
 use tracing::{info, warn};
 
-use crate::cli::{shutdown_on_signals, RecordArgs};
+use crate::cli::RecordArgs;
 use crate::hub::{realtime_offset_ns, Hub, HubConfig, Next, Peer};
 use crate::source::SourceContext;
+use tandem_proto::process::shutdown_on_signals;
 
 pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
     // The recorder itself is the only subscriber; it attaches before the source

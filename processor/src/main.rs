@@ -1,7 +1,6 @@
 //! `tandem-processor`: the unprivileged half of tandem.
 
 mod client;
-mod logging;
 mod printer;
 mod stats;
 
@@ -11,13 +10,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use tandem_proto::v1::LossLocation;
 use tandem_proto::{selection, Event, Selection};
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::client::ClientConfig;
-use crate::logging::LogFormat;
 use crate::printer::{PrintFormat, Printer};
 use crate::stats::{SeqCheck, Stats};
+use tandem_proto::process::{shutdown_on_signals, LogFormat};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -99,30 +97,9 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
-        eprintln!("tandem-processor: {e:#}");
-        return ExitCode::from(2);
-    }
-    // The OTLP exporters used later deadlock on a current-thread runtime.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tandem-processor: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("tandem-processor: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    let (format, level) = (cli.log_format, cli.log_level.clone());
+    // Every error here is one of configuration or of refusal by the loader: exit 2.
+    tandem_proto::process::run("tandem-processor", format, &level, 2, run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -183,22 +160,4 @@ fn print_or_warn(printer: &Printer, events: &[Event], offset: i64) {
     if let Err(e) = printer.print(events, offset) {
         warn!("cannot write to stdout: {e}");
     }
-}
-
-/// Cancels the returned token on SIGTERM or SIGINT.
-fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let token = CancellationToken::new();
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let t = token.clone();
-    tokio::spawn(async move {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        info!(signal = name, "shutting down");
-        t.cancel();
-    });
-    Ok(token)
 }

@@ -2,6 +2,7 @@
 //! unprivileged processors, plus the capture file format (`capture`).
 
 pub mod capture;
+pub mod process;
 pub mod selection;
 pub mod uds;
 

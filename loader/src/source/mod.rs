@@ -51,3 +51,13 @@ pub fn probe(name: &str, kind: &str, result: Result<(), String>) -> AttachedProb
         error: result.err().unwrap_or_default(),
     }
 }
+
+/// Waits until at least `n` subscriptions exist. Returns false when shutdown fired
+/// first.
+pub async fn wait_for_subscribers(ctx: &SourceContext, n: usize) -> anyhow::Result<bool> {
+    let mut count = ctx.sink.subscriber_count();
+    tokio::select! {
+        r = count.wait_for(|have| *have >= n) => { r?; Ok(true) }
+        _ = ctx.shutdown.cancelled() => Ok(false),
+    }
+}

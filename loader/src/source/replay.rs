@@ -9,7 +9,7 @@ use tandem_proto::capture::{CaptureError, CaptureReader};
 use tandem_proto::v1::{CaptureHeader, LossLocation};
 use tracing::{error, info};
 
-use super::{probe, EventSource, SourceContext};
+use super::{probe, wait_for_subscribers, EventSource, SourceContext};
 use crate::hub::monotonic_ns;
 
 /// Events published per batch when not rate-limited.
@@ -46,7 +46,7 @@ impl ReplaySource {
     }
 
     async fn replay(self, ctx: SourceContext) -> anyhow::Result<()> {
-        let hub = ctx.sink;
+        let hub = ctx.sink.clone();
         hub.set_realtime_offset(self.header.realtime_offset_ns);
         hub.set_probes(vec![probe(
             &format!("replay:{}", self.path.display()),
@@ -60,10 +60,8 @@ impl ReplaySource {
                 waiting_for = self.wait_subscribers,
                 "replay ready; waiting for subscribers"
             );
-            let mut count = hub.subscriber_count();
-            tokio::select! {
-                r = count.wait_for(|n| *n >= self.wait_subscribers) => { r?; }
-                _ = ctx.shutdown.cancelled() => return Ok(()),
+            if !wait_for_subscribers(&ctx, self.wait_subscribers).await? {
+                return Ok(());
             }
         }
         info!(file = %self.path.display(), events = self.events, rate = self.rate, "replay started");

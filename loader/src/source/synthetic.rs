@@ -11,7 +11,7 @@ use tandem_proto::v1::{self, Direction, Role, SocketAddress};
 use tandem_proto::{Event, EventKind};
 use tracing::info;
 
-use super::{probe, EventSource, SourceContext};
+use super::{probe, wait_for_subscribers, EventSource, SourceContext};
 use crate::hub::monotonic_ns;
 
 pub const DEMO_PID: u32 = 4242;
@@ -117,13 +117,11 @@ pub fn exchange(i: u64, mono_ns: u64) -> Vec<Event> {
 
 impl SyntheticSource {
     async fn generate(self, ctx: SourceContext) -> anyhow::Result<()> {
-        let hub = ctx.sink;
+        let hub = ctx.sink.clone();
         hub.set_probes(vec![probe("synthetic:demo-server", "synthetic", Ok(()))]);
         if self.wait_subscribers > 0 {
-            let mut count = hub.subscriber_count();
-            tokio::select! {
-                r = count.wait_for(|n| *n >= self.wait_subscribers) => { r?; }
-                _ = ctx.shutdown.cancelled() => return Ok(()),
+            if !wait_for_subscribers(&ctx, self.wait_subscribers).await? {
+                return Ok(());
             }
         }
         info!(
