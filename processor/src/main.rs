@@ -1,7 +1,13 @@
 //! `tandem-processor`: the unprivileged half of tandem.
 
 mod client;
+// Contracts between the issue-4 stages (stitch, config, export); their users land
+// with those stages.
+#[allow(dead_code)]
+mod model;
 mod printer;
+#[allow(dead_code)]
+mod settings;
 mod stats;
 
 use std::path::PathBuf;

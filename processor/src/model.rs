@@ -1,0 +1,97 @@
+//! What the processor makes of raw events: transactions (one request and its
+//! response on one connection). Produced by `stitch`, consumed by the pipeline
+//! (routes, sampling, spans, metrics, export).
+
+use std::net::SocketAddr;
+
+/// Which side of the connection the instrumented process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// It accepted the connection: SERVER spans.
+    Server,
+    /// It initiated the connection: CLIENT spans.
+    Client,
+}
+
+/// An HTTP/1.x request as seen on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HttpRequest {
+    /// e.g. `GET`; as sent (case preserved).
+    pub method: String,
+    /// The request target without the query string, e.g. `/users/42`.
+    pub path: String,
+    /// The query string without `?`, if any.
+    pub query: Option<String>,
+    /// `1.0` or `1.1`.
+    pub version: String,
+    /// Header names lower-cased, in order; at most `MAX_HEADERS`, values bounded.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes (after de-chunking accounting), as far as known.
+    pub body_size: u64,
+}
+
+/// An HTTP/1.x response as seen on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+    pub body_size: u64,
+}
+
+/// Most headers kept per message, and most bytes of one header value.
+pub const MAX_HEADERS: usize = 64;
+pub const MAX_HEADER_VALUE: usize = 1024;
+
+impl HttpRequest {
+    /// First value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// How a transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// The response was seen to its last byte.
+    Complete,
+    /// The connection closed before the response ended (or before any response).
+    ConnectionClosed,
+    /// The capture was cut short in the headers; what is known is reported.
+    Truncated,
+}
+
+/// One HTTP request and its response on one connection of one process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpTransaction {
+    pub pid: u32,
+    pub tid: u32,
+    pub conn_id: u64,
+    pub side: Side,
+    /// The instrumented process's address, and its peer's.
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    pub request: HttpRequest,
+    /// `None` when the connection closed before a response started.
+    pub response: Option<HttpResponse>,
+    /// CLOCK_MONOTONIC ns of the request's first byte (the data event's timestamp).
+    pub start_mono_ns: u64,
+    /// CLOCK_MONOTONIC ns of the response's last byte (or of the close).
+    pub end_mono_ns: u64,
+    /// CLOCK_REALTIME - CLOCK_MONOTONIC for converting the two above.
+    pub realtime_offset_ns: i64,
+    pub completion: Completion,
+}
