@@ -55,20 +55,15 @@ impl Default for RoutesSettings {
 }
 
 /// `otel_traces_export.sampler` / `OTEL_TRACES_SAMPLER(_ARG)`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Sampler {
     AlwaysOn,
     AlwaysOff,
     TraceIdRatio(f64),
+    #[default]
     ParentBasedAlwaysOn,
     ParentBasedAlwaysOff,
     ParentBasedTraceIdRatio(f64),
-}
-
-impl Default for Sampler {
-    fn default() -> Self {
-        Sampler::ParentBasedAlwaysOn
-    }
 }
 
 /// OTLP transport.
