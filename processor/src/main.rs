@@ -1,10 +1,14 @@
 //! `tandem-processor`: the unprivileged half of tandem.
 
 mod client;
+#[allow(dead_code)] // wired in with issue 4
+mod export;
 // Contracts between the issue-4 stages (stitch, config, export); their users land
 // with those stages.
 #[allow(dead_code)]
 mod model;
+#[allow(dead_code)] // wired in with issue 4
+mod pipeline;
 mod printer;
 #[allow(dead_code)]
 mod settings;

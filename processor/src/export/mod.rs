@@ -1,0 +1,1 @@
+//! Sending telemetry out: OTLP traces and metrics, the trace printer.
