@@ -8,3 +8,190 @@ pub mod resource;
 pub mod route;
 pub mod sample;
 pub mod span;
+
+use std::sync::{Arc, Mutex};
+
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+use tandem_proto::v1::ProcessStarted;
+use tracing::{info, warn};
+
+use crate::export::metrics::MetricExport;
+use crate::export::otlp::{self, OtlpError};
+use crate::export::printer::Printer;
+use crate::export::traces::{TraceExport, TraceExportCounts};
+use crate::model::HttpTransaction;
+use crate::settings::{ExportSettings, RoutesSettings, Sampler};
+
+use self::metrics::MetricsRegistry;
+use self::resource::{ProcessMap, ResourceSettings};
+use self::route::{RouteError, Router};
+use self::span::build_span;
+
+/// A pipeline that cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("invalid routes settings")]
+    Routes(#[from] RouteError),
+    #[error(transparent)]
+    Otlp(#[from] OtlpError),
+    #[error("the pipeline must be created inside a multi-thread Tokio runtime (the OTLP exporters run on it)")]
+    NoRuntime,
+}
+
+/// What the pipeline did, for the processor's exit summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PipelineStats {
+    pub transactions: u64,
+    pub ignored_traces: u64,
+    pub ignored_metrics: u64,
+    pub spans_sampled: u64,
+    pub spans_not_sampled: u64,
+    /// Routes folded into `/**` by `max_routes`.
+    pub routes_overflowed: u64,
+    pub span_export: TraceExportCounts,
+    /// (exported, failed) per-process metric exports.
+    pub metric_exports: (u64, u64),
+}
+
+/// Transactions in, spans and metrics out. Single consumer: the processor's event
+/// loop calls it; export runs on tasks of the same (multi-thread) runtime.
+pub struct Pipeline {
+    router: Router,
+    processes: ProcessMap,
+    sampler: Sampler,
+    ids: Box<dyn IdGenerator>,
+    metrics: Option<Arc<Mutex<MetricsRegistry>>>,
+    metric_export: Option<MetricExport>,
+    traces: Option<TraceExport>,
+    printer: Printer,
+    stats: PipelineStats,
+}
+
+impl Pipeline {
+    /// Builds the stages and starts the exporters the settings ask for (traces: an
+    /// endpoint; metrics: an endpoint). `host_name` is `host.name`
+    /// ([`resource::local_host_name`]). Must run inside a multi-thread Tokio runtime.
+    pub fn new(
+        routes: &RoutesSettings,
+        export: &ExportSettings,
+        host_name: String,
+    ) -> Result<Self, PipelineError> {
+        Self::with_printer(
+            routes,
+            export,
+            host_name,
+            Printer::stdout(export.trace_printer),
+        )
+    }
+
+    /// As [`Pipeline::new`], printing spans with `printer`.
+    pub fn with_printer(
+        routes: &RoutesSettings,
+        export: &ExportSettings,
+        host_name: String,
+        printer: Printer,
+    ) -> Result<Self, PipelineError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| PipelineError::NoRuntime)?;
+        if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return Err(PipelineError::NoRuntime);
+        }
+        let router = Router::new(routes)?;
+        let processes = ProcessMap::new(ResourceSettings {
+            service_name: export.service_name.clone(),
+            service_namespace: export.service_namespace.clone(),
+            resource_attributes: export.resource_attributes.clone(),
+            host_name,
+        });
+        let traces = otlp::span_exporter(&export.traces)?
+            .map(|e| TraceExport::spawn(e, export.max_queue_size));
+        let (metrics, metric_export) = match otlp::metric_exporter(&export.metrics)? {
+            Some(e) => {
+                let registry = Arc::new(Mutex::new(MetricsRegistry::default()));
+                let task = MetricExport::spawn(e, registry.clone(), export.metrics_interval);
+                (Some(registry), Some(task))
+            }
+            None => (None, None),
+        };
+        if export.prometheus_port.is_some() {
+            warn!("prometheus_port is set but tandem has no Prometheus endpoint yet: use OTLP metrics");
+        }
+        info!(
+            traces = export.traces.endpoint.as_deref().unwrap_or("(none)"),
+            metrics = export.metrics.endpoint.as_deref().unwrap_or("(none)"),
+            sampler = ?export.sampler,
+            "telemetry pipeline ready"
+        );
+        Ok(Pipeline {
+            router,
+            processes,
+            sampler: export.sampler,
+            ids: Box::new(RandomIdGenerator::default()),
+            metrics,
+            metric_export,
+            traces,
+            printer,
+            stats: PipelineStats::default(),
+        })
+    }
+
+    /// A process started or was found running: its resource comes from here.
+    pub fn on_process(&mut self, p: &ProcessStarted) {
+        self.processes.on_started(p);
+    }
+
+    /// One transaction: route, metrics (always), span (printed; exported when sampled).
+    pub fn on_transaction(&mut self, tx: &HttpTransaction) {
+        self.stats.transactions += 1;
+        let routed = self.router.route(&tx.request.path);
+        let process = self.processes.get(tx.pid);
+        if routed.ignore_metrics {
+            self.stats.ignored_metrics += 1;
+        } else if let Some(m) = &self.metrics {
+            if let Ok(mut m) = m.lock() {
+                m.record(&process, tx, routed.route.as_deref());
+            }
+        }
+        if routed.ignore_traces {
+            self.stats.ignored_traces += 1;
+            return;
+        }
+        let rec = build_span(tx, routed.route.as_deref(), self.sampler, self.ids.as_ref());
+        self.printer.print(&rec, tx, &process);
+        if !rec.sampled {
+            self.stats.spans_not_sampled += 1;
+            return;
+        }
+        self.stats.spans_sampled += 1;
+        if let Some(t) = &self.traces {
+            t.offer(process, rec.data);
+        }
+    }
+
+    pub fn stats(&self) -> PipelineStats {
+        let mut s = self.stats;
+        s.routes_overflowed = self.router.overflowed();
+        if let Some(t) = &self.traces {
+            s.span_export = t.stats();
+        }
+        if let Some(m) = &self.metric_export {
+            s.metric_exports = m.counts();
+        }
+        s
+    }
+
+    /// Flushes: exports queued spans and the metrics one last time (each bounded by
+    /// its exporter's grace period), ends the printer.
+    pub async fn shutdown(mut self) -> PipelineStats {
+        let mut s = self.stats();
+        if let Some(t) = self.traces.take() {
+            s.span_export = t.shutdown().await;
+        }
+        if let Some(m) = self.metric_export.take() {
+            s.metric_exports = m.shutdown().await;
+        }
+        self.printer.finish();
+        info!(?s, "telemetry pipeline stopped");
+        s
+    }
+}

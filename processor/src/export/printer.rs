@@ -1,0 +1,280 @@
+//! `trace_printer`: spans on stdout, for debugging, like OBI's.
+//!
+//! * `text`: one line per span, in OBI's layout:
+//!   `START (DURATION[DURATION]) TYPE STATUS METHOD PATH [FROM]->[TO] contentLen:NB
+//!   responseLen:NB svc=[SERVICE] traceparent=[00-TRACE-SPAN[PARENT]-FLAGS]`, where
+//!   TYPE is `HTTP` (server) or `HTTPClient`, FROM→TO is client→server, and START is
+//!   UTC (OBI prints local time). OBI prints its two durations from the request's
+//!   queueing start and its processing start; tandem knows one start, printed twice.
+//! * `json` / `json_indent`: one JSON object per span (one line / indented), with the
+//!   fields of the text line plus every span attribute.
+//! * `counter`: nothing per span; `Processed N requests` at shutdown.
+//! * `disabled`: nothing.
+//!
+//! Every span built is printed, sampled or not (sampling only decides the export).
+
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use opentelemetry::trace::SpanKind;
+use serde_json::{json, Map, Value};
+
+use crate::model::{HttpTransaction, Side};
+use crate::pipeline::resource::ProcessResource;
+use crate::pipeline::span::SpanRecord;
+use crate::settings::TracePrinter;
+
+/// Prints spans in the configured format.
+pub struct Printer {
+    kind: TracePrinter,
+    out: Box<dyn Write + Send>,
+    count: u64,
+    failed: bool,
+}
+
+impl std::fmt::Debug for Printer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Printer")
+            .field("kind", &self.kind)
+            .field("count", &self.count)
+            .finish()
+    }
+}
+
+impl Printer {
+    /// A printer writing to stdout.
+    pub fn stdout(kind: TracePrinter) -> Self {
+        Self::new(kind, Box::new(std::io::stdout()))
+    }
+
+    pub fn new(kind: TracePrinter, out: Box<dyn Write + Send>) -> Self {
+        Printer {
+            kind,
+            out,
+            count: 0,
+            failed: false,
+        }
+    }
+
+    pub fn print(&mut self, rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource) {
+        self.count += 1;
+        let text = match self.kind {
+            TracePrinter::Disabled | TracePrinter::Counter => return,
+            TracePrinter::Text => text_line(rec, tx, process),
+            TracePrinter::Json => json_value(rec, tx, process).to_string(),
+            TracePrinter::JsonIndent => {
+                serde_json::to_string_pretty(&json_value(rec, tx, process)).unwrap_or_default()
+            }
+        };
+        self.write_line(&text);
+    }
+
+    /// Ends printing (the counter prints its total).
+    pub fn finish(&mut self) {
+        if self.kind == TracePrinter::Counter {
+            let line = format!("Processed {} requests", self.count);
+            self.write_line(&line);
+        }
+        let _ = self.out.flush();
+    }
+
+    fn write_line(&mut self, line: &str) {
+        if let Err(e) = writeln!(self.out, "{line}") {
+            if !self.failed {
+                tracing::warn!("trace printer cannot write: {e}");
+                self.failed = true;
+            }
+        }
+    }
+}
+
+fn endpoints(tx: &HttpTransaction) -> (String, String) {
+    let fmt =
+        |a: Option<std::net::SocketAddr>| a.map_or_else(|| "-:0".to_string(), |a| a.to_string());
+    match tx.side {
+        Side::Server => (fmt(tx.peer), fmt(tx.local)),
+        Side::Client => (fmt(tx.local), fmt(tx.peer)),
+    }
+}
+
+fn traceparent(rec: &SpanRecord) -> String {
+    let c = &rec.data.span_context;
+    format!(
+        "00-{}-{}[{}]-{:02x}",
+        c.trace_id(),
+        c.span_id(),
+        rec.data.parent_span_id,
+        c.trace_flags().to_u8()
+    )
+}
+
+fn text_line(rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource) -> String {
+    let d = &rec.data;
+    let dur = d.end_time.duration_since(d.start_time).unwrap_or_default();
+    let (from, to) = endpoints(tx);
+    format!(
+        "{} ({dur:?}[{dur:?}]) {} {} {} {} [{from}]->[{to}] contentLen:{}B responseLen:{}B svc=[{}] traceparent=[{}]",
+        utc(d.start_time),
+        if d.span_kind == SpanKind::Server { "HTTP" } else { "HTTPClient" },
+        rec.status_code.unwrap_or(0),
+        rec.method,
+        rec.path,
+        tx.request.body_size,
+        tx.response.as_ref().map_or(0, |r| r.body_size),
+        process.service_name,
+        traceparent(rec),
+    )
+}
+
+fn json_value(rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource) -> Value {
+    let d = &rec.data;
+    let ns = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    };
+    let mut attrs = Map::new();
+    for kv in &d.attributes {
+        let v = match &kv.value {
+            opentelemetry::Value::I64(i) => json!(i),
+            opentelemetry::Value::F64(f) => json!(f),
+            opentelemetry::Value::Bool(b) => json!(b),
+            other => json!(other.as_str()),
+        };
+        attrs.insert(kv.key.to_string(), v);
+    }
+    let (from, to) = endpoints(tx);
+    json!({
+        "type": if d.span_kind == SpanKind::Server { "HTTP" } else { "HTTPClient" },
+        "name": d.name,
+        "method": rec.method,
+        "path": rec.path,
+        "status": rec.status_code.unwrap_or(0),
+        "from": from,
+        "to": to,
+        "contentLen": tx.request.body_size,
+        "responseLen": tx.response.as_ref().map_or(0, |r| r.body_size),
+        "start": utc(d.start_time),
+        "startUnixNano": ns(d.start_time),
+        "endUnixNano": ns(d.end_time),
+        "traceID": d.span_context.trace_id().to_string(),
+        "spanID": d.span_context.span_id().to_string(),
+        "parentSpanID": d.parent_span_id.to_string(),
+        "sampled": rec.sampled,
+        "serviceName": process.service_name,
+        "pid": process.pid,
+        "attributes": attrs,
+    })
+}
+
+/// `YYYY-MM-DD HH:MM:SS.sssss` in UTC (five decimals, as OBI prints).
+pub fn utc(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{day:02} {:02}:{:02}:{:02}.{:05}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_nanos() / 10_000
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::resource::{ProcessMap, ResourceSettings};
+    use crate::pipeline::span::build_span;
+    use crate::pipeline::span::tests::{tx, SeqIds};
+    use crate::settings::Sampler;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn printed(kind: TracePrinter) -> String {
+        let buf = Buf::default();
+        let mut p = Printer::new(kind, Box::new(buf.clone()));
+        let mut procs = ProcessMap::new(ResourceSettings::default());
+        procs.on_started(&tandem_proto::v1::ProcessStarted {
+            pid: 42,
+            exe_path: "/usr/bin/shop".into(),
+            ..Default::default()
+        });
+        let t = tx(Side::Server, "GET", "/users/42", Some(200));
+        let rec = build_span(
+            &t,
+            Some("/users/{id}"),
+            Sampler::AlwaysOn,
+            &SeqIds::default(),
+        );
+        p.print(&rec, &t, &procs.get(42));
+        p.print(&rec, &t, &procs.get(42));
+        p.finish();
+        let out = buf.0.lock().expect("lock").clone();
+        String::from_utf8(out).expect("utf8")
+    }
+
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(utc(UNIX_EPOCH), "1970-01-01 00:00:00.00000");
+        let t = UNIX_EPOCH + Duration::from_nanos(1_700_000_001_123_456_789);
+        assert_eq!(utc(t), "2023-11-14 22:13:21.12345");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(&utc(leap)[..10], "2000-02-29");
+    }
+
+    #[test]
+    fn text_line_in_obi_layout() {
+        let out = printed(TracePrinter::Text);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(
+            lines[0],
+            "2023-11-14 22:13:21.00000 (250ms[250ms]) HTTP 200 GET /users/42 \
+             [10.0.0.2:51000]->[10.0.0.1:8080] contentLen:12B responseLen:34B svc=[shop] \
+             traceparent=[00-00000000000000000000000000000001-0000000000000002[0000000000000000]-01]"
+        );
+    }
+
+    #[test]
+    fn json_and_counter() {
+        let out = printed(TracePrinter::Json);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let v: Value = serde_json::from_str(lines[0]).expect("json");
+        assert_eq!(v["name"], "GET /users/{id}");
+        assert_eq!(v["serviceName"], "shop");
+        assert_eq!(v["attributes"]["http.response.status_code"], 200);
+        let out = printed(TracePrinter::JsonIndent);
+        assert!(out.lines().count() > 10);
+        assert_eq!(printed(TracePrinter::Counter), "Processed 2 requests\n");
+        assert_eq!(printed(TracePrinter::Disabled), "");
+    }
+}
