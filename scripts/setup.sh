@@ -51,3 +51,17 @@ if ! command -v bpf-linker >/dev/null 2>&1; then
 fi
 
 log "ready"
+
+# The processor's export tests run a real OTLP receiver written with grpcio and
+# opentelemetry-proto (processor/src/export/testdata/otlp_receiver.py).
+if ! python3 -c "import grpc, opentelemetry.proto" >/dev/null 2>&1; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    need_root "apt-get install python3-pip"
+    log "apt-get install python3-pip"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+  fi
+  log "pip install grpcio opentelemetry-proto (OTLP receiver for the export tests)"
+  python3 -m pip install --quiet grpcio opentelemetry-proto 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages grpcio opentelemetry-proto
+fi

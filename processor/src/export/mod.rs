@@ -6,3 +6,6 @@ pub mod metrics;
 pub mod otlp;
 pub mod printer;
 pub mod traces;
+
+#[cfg(test)]
+mod receiver_tests;
