@@ -32,7 +32,7 @@ use opentelemetry_sdk::metrics::{
 
 use crate::model::{HttpTransaction, Side};
 use crate::pipeline::resource::ProcessResource;
-use crate::pipeline::span::{error_type, scope};
+use crate::pipeline::span::{error_type, host_of, scope};
 
 /// The HTTP semantic conventions' duration buckets, in seconds.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -184,7 +184,7 @@ pub fn metric_attributes(tx: &HttpTransaction, route: Option<&str>) -> Vec<KeyVa
         Side::Client => {
             let host = req
                 .header("host")
-                .map(|h| h.rsplit_once(':').map_or(h, |(h, _)| h).trim().to_string())
+                .map(|h| host_of(h).to_string())
                 .filter(|h| !h.is_empty())
                 .or_else(|| tx.peer.map(|p| p.ip().to_string()));
             if let Some(h) = host {

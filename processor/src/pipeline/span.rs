@@ -125,7 +125,8 @@ fn wall_time(mono_ns: u64, offset_ns: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns)
 }
 
-fn host_of(host_header: &str) -> &str {
+/// The host part of a `Host` header value (`name:port`, `[v6]:port`, `name`).
+pub fn host_of(host_header: &str) -> &str {
     let h = host_header.trim();
     if let Some(rest) = h.strip_prefix('[') {
         // [v6]:port
