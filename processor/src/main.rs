@@ -1,6 +1,8 @@
 //! `tandem-processor`: the unprivileged half of tandem.
 
 mod client;
+#[allow(dead_code)] // wired into the pipeline with issue 4
+mod config;
 #[allow(dead_code)] // wired in with issue 4
 mod export;
 // Contracts between the issue-4 stages (stitch, config, export); their users land

@@ -1,0 +1,102 @@
+//! Where environment variables come from, and their names.
+//!
+//! Configuration never calls `std::env` directly: it reads through [`Env`], so tests pass
+//! a map and the binary passes [`ProcessEnv`].
+
+use std::collections::{BTreeMap, HashMap};
+
+/// A source of environment variables.
+pub trait Env {
+    /// The raw value of `name`, or `None` when it is not set.
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment. Values that are not UTF-8 are converted lossily.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        BTreeMap::get(self, name).cloned()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned()
+    }
+}
+
+impl Env for [(&str, &str)] {
+    fn get(&self, name: &str) -> Option<String> {
+        self.iter()
+            .rev()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_string())
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn get(&self, name: &str) -> Option<String> {
+        Env::get(self.as_slice(), name)
+    }
+}
+
+/// A setting's value from the environment: trimmed, and `None` when unset or empty
+/// (the OpenTelemetry rule: an empty variable counts as unset).
+pub(crate) fn setting(env: &dyn Env, name: &str) -> Option<String> {
+    env.get(name)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// Environment variable names, OBI's and OpenTelemetry's.
+pub mod vars {
+    /// Path of the YAML file when `--config` is not given.
+    pub const CONFIG_PATH: &str = "OTEL_EBPF_CONFIG_PATH";
+    /// Ports to select (`80,443,8000-8999`); replaces YAML `open_port`.
+    pub const OPEN_PORT: &str = "OTEL_EBPF_OPEN_PORT";
+    /// Executable glob to select (`*/nginx`).
+    pub const AUTO_TARGET_EXE: &str = "OTEL_EBPF_AUTO_TARGET_EXE";
+    /// opentelemetry-go-instrumentation's name for [`AUTO_TARGET_EXE`], used when that is unset.
+    pub const GO_AUTO_TARGET_EXE: &str = "OTEL_GO_AUTO_TARGET_EXE";
+    /// OBI's deprecated regular-expression selector; refused (see the module doc).
+    pub const EXECUTABLE_PATH: &str = "OTEL_EBPF_EXECUTABLE_PATH";
+    pub const TRACE_PRINTER: &str = "OTEL_EBPF_TRACE_PRINTER";
+    pub const LOG_LEVEL: &str = "OTEL_EBPF_LOG_LEVEL";
+    pub const PROMETHEUS_PORT: &str = "OTEL_EBPF_PROMETHEUS_PORT";
+    pub const PROMETHEUS_PATH: &str = "OTEL_EBPF_PROMETHEUS_PATH";
+    pub const KUBE_METADATA_ENABLE: &str = "OTEL_EBPF_KUBE_METADATA_ENABLE";
+    pub const KUBE_CLUSTER_NAME: &str = "OTEL_EBPF_KUBE_CLUSTER_NAME";
+    pub const KUBECONFIG: &str = "KUBECONFIG";
+    pub const SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+    /// OBI's name for [`SERVICE_NAME`], used when that is unset.
+    pub const EBPF_SERVICE_NAME: &str = "OTEL_EBPF_SERVICE_NAME";
+    pub const SERVICE_NAMESPACE: &str = "OTEL_EBPF_SERVICE_NAMESPACE";
+    pub const RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
+    pub const TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
+    pub const TRACES_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
+    pub const OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    pub const OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+    pub const OTLP_METRICS_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
+    pub const OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+    pub const OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+    pub const OTLP_METRICS_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL";
+    pub const OTLP_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+    pub const OTLP_TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
+    pub const OTLP_METRICS_HEADERS: &str = "OTEL_EXPORTER_OTLP_METRICS_HEADERS";
+    pub const OTLP_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+    pub const OTLP_TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
+    pub const OTLP_METRICS_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT";
+    /// Metrics export interval in milliseconds (OpenTelemetry).
+    pub const METRIC_EXPORT_INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
+    /// Metrics export interval as a duration (`30s`); OBI's, wins over [`METRIC_EXPORT_INTERVAL`].
+    pub const METRICS_INTERVAL: &str = "OTEL_EBPF_METRICS_INTERVAL";
+    pub const TRACES_MAX_QUEUE_SIZE: &str = "OTEL_EBPF_OTLP_TRACES_MAX_QUEUE_SIZE";
+}

@@ -1,0 +1,506 @@
+//! The YAML file, with OBI's key names. Unknown keys are errors; keys OBI knows that
+//! tandem does not implement yet are accepted and listed in [`IGNORED_KEYS`] (the
+//! loader warns about each one present).
+//!
+//! Fields named `_x` are such accepted-but-ignored keys: they are parsed (any value)
+//! and dropped.
+
+use std::collections::BTreeMap;
+
+use serde::de::{self, Deserializer, IgnoredAny};
+use serde::Deserialize;
+
+use super::values::{Endpoint, GoDuration, KubeEnable, LogLevel, Ports, Ratio, SamplerName, V};
+use crate::settings::{IgnoreMode, OtlpProtocol, TracePrinter, Unmatched};
+
+/// Keys OBI documents that tandem accepts and ignores, as dotted paths (`[]` is any
+/// element of a list). Keep in step with the `_x` fields below (a test checks that
+/// every entry parses).
+pub const IGNORED_KEYS: &[&str] = &[
+    // Top level.
+    "ebpf",
+    "network",
+    "filter",
+    "name_resolver",
+    "internal_metrics",
+    "shutdown_timeout",
+    "enforce_sys_caps",
+    "channel_buffer_len",
+    "profile_port",
+    "log_config",
+    "nodejs",
+    "javaagent",
+    "injector",
+    "stats",
+    // otel_traces_export
+    "otel_traces_export.instrumentations",
+    "otel_traces_export.insecure_skip_verify",
+    "otel_traces_export.max_export_batch_size",
+    "otel_traces_export.batch_max_size",
+    "otel_traces_export.batch_timeout",
+    "otel_traces_export.backoff_initial_interval",
+    "otel_traces_export.backoff_max_interval",
+    "otel_traces_export.backoff_max_elapsed_time",
+    "otel_traces_export.reporters_cache_len",
+    "otel_traces_export.otel_sdk_log_level",
+    "otel_traces_export.compression",
+    // otel_metrics_export
+    "otel_metrics_export.insecure_skip_verify",
+    "otel_metrics_export.buckets",
+    "otel_metrics_export.histogram_aggregation",
+    "otel_metrics_export.reporters_cache_len",
+    "otel_metrics_export.otel_sdk_log_level",
+    "otel_metrics_export.instrumentations",
+    "otel_metrics_export.ttl",
+    "otel_metrics_export.allow_service_graph_self_references",
+    "otel_metrics_export.extra_span_resource_attributes",
+    "otel_metrics_export.compression",
+    // prometheus_export
+    "prometheus_export.disable_build_info",
+    "prometheus_export.features",
+    "prometheus_export.instrumentations",
+    "prometheus_export.buckets",
+    "prometheus_export.ttl",
+    "prometheus_export.service_cache_size",
+    "prometheus_export.allow_service_graph_self_references",
+    "prometheus_export.extra_resource_attributes",
+    // metrics
+    "metrics.instrumentations",
+    // attributes
+    "attributes.instance_id",
+    "attributes.select",
+    "attributes.host_id",
+    "attributes.extra_group_attributes",
+    "attributes.kubernetes.informers_sync_timeout",
+    "attributes.kubernetes.informers_resync_period",
+    "attributes.kubernetes.drop_external",
+    "attributes.kubernetes.disable_informers",
+    "attributes.kubernetes.meta_cache_address",
+    "attributes.kubernetes.meta_source_labels",
+    "attributes.kubernetes.resource_labels",
+    "attributes.kubernetes.service_name_template",
+    // discovery
+    "discovery.poll_interval",
+    "discovery.skip_go_specific_tracers",
+    "discovery.bpf_pid_filter_off",
+    "discovery.exclude_otel_instrumented_services",
+    "discovery.exclude_otel_instrumented_services_span_metrics",
+    "discovery.default_otlp_grpc_port",
+    "discovery.min_process_age",
+    "discovery.route_harvester_timeout",
+    "discovery.disabled_route_harvesters",
+    "discovery.route_harvester_advanced",
+    "discovery.instrument[].exports",
+    "discovery.instrument[].sampler",
+    "discovery.instrument[].routes",
+    "discovery.instrument[].metrics",
+];
+
+type Ignored = Option<IgnoredAny>;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    pub trace_printer: Option<V<TracePrinter>>,
+    pub otel_traces_export: TracesSection,
+    pub otel_metrics_export: MetricsSection,
+    pub prometheus_export: PrometheusSection,
+    pub metrics: MetricsCommonSection,
+    pub routes: RoutesSection,
+    pub discovery: DiscoverySection,
+    pub open_port: Option<V<Ports>>,
+    #[serde(
+        rename = "executable_path",
+        deserialize_with = "refuse_executable_path"
+    )]
+    _executable_path: Ignored,
+    pub attributes: AttributesSection,
+    pub log_level: Option<V<LogLevel>>,
+    pub service_name: Option<String>,
+    pub service_namespace: Option<String>,
+    #[serde(rename = "ebpf")]
+    _ebpf: Ignored,
+    #[serde(rename = "network")]
+    _network: Ignored,
+    #[serde(rename = "filter")]
+    _filter: Ignored,
+    #[serde(rename = "name_resolver")]
+    _name_resolver: Ignored,
+    #[serde(rename = "internal_metrics")]
+    _internal_metrics: Ignored,
+    #[serde(rename = "shutdown_timeout")]
+    _shutdown_timeout: Ignored,
+    #[serde(rename = "enforce_sys_caps")]
+    _enforce_sys_caps: Ignored,
+    #[serde(rename = "channel_buffer_len")]
+    _channel_buffer_len: Ignored,
+    #[serde(rename = "profile_port")]
+    _profile_port: Ignored,
+    #[serde(rename = "log_config")]
+    _log_config: Ignored,
+    #[serde(rename = "nodejs")]
+    _nodejs: Ignored,
+    #[serde(rename = "javaagent")]
+    _javaagent: Ignored,
+    #[serde(rename = "injector")]
+    _injector: Ignored,
+    #[serde(rename = "stats")]
+    _stats: Ignored,
+}
+
+/// `otel_traces_export`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct TracesSection {
+    pub endpoint: Option<V<Endpoint>>,
+    pub protocol: Option<V<OtlpProtocol>>,
+    /// tandem extension (OBI reads headers from the environment only).
+    pub headers: BTreeMap<String, String>,
+    pub sampler: SamplerSection,
+    pub max_queue_size: Option<V<usize>>,
+    /// Newer OBI's name for `max_queue_size`.
+    pub queue_size: Option<V<usize>>,
+    #[serde(rename = "instrumentations")]
+    _instrumentations: Ignored,
+    #[serde(rename = "insecure_skip_verify")]
+    _insecure_skip_verify: Ignored,
+    #[serde(rename = "max_export_batch_size")]
+    _max_export_batch_size: Ignored,
+    #[serde(rename = "batch_max_size")]
+    _batch_max_size: Ignored,
+    #[serde(rename = "batch_timeout")]
+    _batch_timeout: Ignored,
+    #[serde(rename = "backoff_initial_interval")]
+    _backoff_initial_interval: Ignored,
+    #[serde(rename = "backoff_max_interval")]
+    _backoff_max_interval: Ignored,
+    #[serde(rename = "backoff_max_elapsed_time")]
+    _backoff_max_elapsed_time: Ignored,
+    #[serde(rename = "reporters_cache_len")]
+    _reporters_cache_len: Ignored,
+    #[serde(rename = "otel_sdk_log_level")]
+    _otel_sdk_log_level: Ignored,
+    #[serde(rename = "compression")]
+    _compression: Ignored,
+}
+
+/// `otel_traces_export.sampler`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct SamplerSection {
+    pub name: Option<V<SamplerName>>,
+    /// A string in OBI (`"0.01"`); a bare number works too.
+    pub arg: Option<V<Ratio>>,
+}
+
+/// `otel_metrics_export`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct MetricsSection {
+    pub endpoint: Option<V<Endpoint>>,
+    pub protocol: Option<V<OtlpProtocol>>,
+    /// tandem extension (OBI reads headers from the environment only).
+    pub headers: BTreeMap<String, String>,
+    pub interval: Option<V<GoDuration>>,
+    /// Deprecated in OBI for `metrics.features`.
+    pub features: Option<Vec<String>>,
+    #[serde(rename = "insecure_skip_verify")]
+    _insecure_skip_verify: Ignored,
+    #[serde(rename = "buckets")]
+    _buckets: Ignored,
+    #[serde(rename = "histogram_aggregation")]
+    _histogram_aggregation: Ignored,
+    #[serde(rename = "reporters_cache_len")]
+    _reporters_cache_len: Ignored,
+    #[serde(rename = "otel_sdk_log_level")]
+    _otel_sdk_log_level: Ignored,
+    #[serde(rename = "instrumentations")]
+    _instrumentations: Ignored,
+    #[serde(rename = "ttl")]
+    _ttl: Ignored,
+    #[serde(rename = "allow_service_graph_self_references")]
+    _allow_service_graph_self_references: Ignored,
+    #[serde(rename = "extra_span_resource_attributes")]
+    _extra_span_resource_attributes: Ignored,
+    #[serde(rename = "compression")]
+    _compression: Ignored,
+}
+
+/// `metrics` (OBI's section common to OTLP and Prometheus metrics).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct MetricsCommonSection {
+    pub features: Option<Vec<String>>,
+    #[serde(rename = "instrumentations")]
+    _instrumentations: Ignored,
+}
+
+/// `prometheus_export`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct PrometheusSection {
+    pub port: Option<V<u16>>,
+    pub path: Option<String>,
+    #[serde(rename = "disable_build_info")]
+    _disable_build_info: Ignored,
+    #[serde(rename = "features")]
+    _features: Ignored,
+    #[serde(rename = "instrumentations")]
+    _instrumentations: Ignored,
+    #[serde(rename = "buckets")]
+    _buckets: Ignored,
+    #[serde(rename = "ttl")]
+    _ttl: Ignored,
+    #[serde(rename = "service_cache_size")]
+    _service_cache_size: Ignored,
+    #[serde(rename = "allow_service_graph_self_references")]
+    _allow_service_graph_self_references: Ignored,
+    #[serde(rename = "extra_resource_attributes")]
+    _extra_resource_attributes: Ignored,
+}
+
+/// `routes`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RoutesSection {
+    pub patterns: Vec<String>,
+    pub ignored_patterns: Vec<String>,
+    pub ignore_mode: Option<V<IgnoreMode>>,
+    pub unmatched: Option<V<Unmatched>>,
+    pub wildcard_char: Option<V<char>>,
+    pub max_path_segment_cardinality: Option<V<usize>>,
+}
+
+/// `attributes`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AttributesSection {
+    pub kubernetes: KubernetesSection,
+    #[serde(rename = "instance_id")]
+    _instance_id: Ignored,
+    #[serde(rename = "select")]
+    _select: Ignored,
+    #[serde(rename = "host_id")]
+    _host_id: Ignored,
+    #[serde(rename = "extra_group_attributes")]
+    _extra_group_attributes: Ignored,
+}
+
+/// `attributes.kubernetes`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct KubernetesSection {
+    pub enable: Option<V<KubeEnable>>,
+    pub cluster_name: Option<String>,
+    pub kubeconfig_path: Option<String>,
+    pub meta_restrict_local_node: Option<bool>,
+    #[serde(rename = "informers_sync_timeout")]
+    _informers_sync_timeout: Ignored,
+    #[serde(rename = "informers_resync_period")]
+    _informers_resync_period: Ignored,
+    #[serde(rename = "drop_external")]
+    _drop_external: Ignored,
+    #[serde(rename = "disable_informers")]
+    _disable_informers: Ignored,
+    #[serde(rename = "meta_cache_address")]
+    _meta_cache_address: Ignored,
+    #[serde(rename = "meta_source_labels")]
+    _meta_source_labels: Ignored,
+    #[serde(rename = "resource_labels")]
+    _resource_labels: Ignored,
+    #[serde(rename = "service_name_template")]
+    _service_name_template: Ignored,
+}
+
+/// `discovery`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct DiscoverySection {
+    #[serde(deserialize_with = "instrument")]
+    pub instrument: Vec<InstrumentSelector>,
+    #[serde(deserialize_with = "exclude_instrument")]
+    pub exclude_instrument: Vec<InstrumentSelector>,
+    /// `None`: OBI's default (OBI itself, Beyla, Alloy, collectors are excluded).
+    #[serde(deserialize_with = "default_exclude_instrument")]
+    pub default_exclude_instrument: Option<Vec<InstrumentSelector>>,
+    #[serde(rename = "services", deserialize_with = "refuse_services")]
+    _services: Ignored,
+    #[serde(
+        rename = "exclude_services",
+        deserialize_with = "refuse_exclude_services"
+    )]
+    _exclude_services: Ignored,
+    #[serde(
+        rename = "default_exclude_services",
+        deserialize_with = "refuse_default_exclude_services"
+    )]
+    _default_exclude_services: Ignored,
+    #[serde(rename = "poll_interval")]
+    _poll_interval: Ignored,
+    #[serde(rename = "skip_go_specific_tracers")]
+    _skip_go_specific_tracers: Ignored,
+    #[serde(rename = "bpf_pid_filter_off")]
+    _bpf_pid_filter_off: Ignored,
+    #[serde(rename = "exclude_otel_instrumented_services")]
+    _exclude_otel_instrumented_services: Ignored,
+    #[serde(rename = "exclude_otel_instrumented_services_span_metrics")]
+    _exclude_otel_instrumented_services_span_metrics: Ignored,
+    #[serde(rename = "default_otlp_grpc_port")]
+    _default_otlp_grpc_port: Ignored,
+    #[serde(rename = "min_process_age")]
+    _min_process_age: Ignored,
+    #[serde(rename = "route_harvester_timeout")]
+    _route_harvester_timeout: Ignored,
+    #[serde(rename = "disabled_route_harvesters")]
+    _disabled_route_harvesters: Ignored,
+    #[serde(rename = "route_harvester_advanced")]
+    _route_harvester_advanced: Ignored,
+}
+
+/// One entry of `discovery.instrument` (or `exclude_instrument`): OBI's glob selector.
+/// All criteria given in one entry must match (AND); entries are alternatives (OR).
+/// Every string criterion is a glob (OBI's `exe_path` in `discovery.instrument` is a
+/// glob; the regular-expression form lived in the deprecated `discovery.services`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstrumentSelector {
+    /// Service name for what matches (deprecated in OBI, still honoured there).
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    #[serde(deserialize_with = "ports")]
+    pub open_ports: Vec<tandem_proto::v1::PortRange>,
+    /// Glob over the executable's full path (`*/nginx`).
+    pub exe_path: Option<String>,
+    /// Glob over the language (`java`, `go`, …).
+    pub languages: Option<String>,
+    pub target_pids: Vec<u32>,
+    pub containers_only: bool,
+    pub k8s_namespace: Option<String>,
+    pub k8s_pod_name: Option<String>,
+    pub k8s_deployment_name: Option<String>,
+    pub k8s_replicaset_name: Option<String>,
+    pub k8s_daemonset_name: Option<String>,
+    pub k8s_statefulset_name: Option<String>,
+    pub k8s_job_name: Option<String>,
+    pub k8s_cronjob_name: Option<String>,
+    /// Matches any owner (deployment, replicaset, daemonset, statefulset, …).
+    pub k8s_owner_name: Option<String>,
+    pub k8s_container_name: Option<String>,
+    pub container_name: Option<String>,
+    /// Label name to value glob.
+    pub k8s_pod_labels: BTreeMap<String, String>,
+    /// Annotation name to value glob.
+    pub k8s_pod_annotations: BTreeMap<String, String>,
+    #[serde(rename = "exports")]
+    _exports: Ignored,
+    #[serde(rename = "sampler")]
+    _sampler: Ignored,
+    #[serde(rename = "routes")]
+    _routes: Ignored,
+    #[serde(rename = "metrics")]
+    _metrics: Ignored,
+}
+
+impl InstrumentSelector {
+    /// Whether the entry says something the loader can select on (ports, executable
+    /// path, pids). Entries with only Kubernetes, container or language criteria
+    /// cannot be expressed in a loader selection.
+    pub fn has_loader_criteria(&self) -> bool {
+        !self.open_ports.is_empty() || self.exe_path.is_some() || !self.target_pids.is_empty()
+    }
+
+    fn has_any_criteria(&self) -> bool {
+        self.has_loader_criteria()
+            || self.languages.is_some()
+            || self.containers_only
+            || [
+                &self.k8s_namespace,
+                &self.k8s_pod_name,
+                &self.k8s_deployment_name,
+                &self.k8s_replicaset_name,
+                &self.k8s_daemonset_name,
+                &self.k8s_statefulset_name,
+                &self.k8s_job_name,
+                &self.k8s_cronjob_name,
+                &self.k8s_owner_name,
+                &self.k8s_container_name,
+                &self.container_name,
+            ]
+            .iter()
+            .any(|c| c.is_some())
+            || !self.k8s_pod_labels.is_empty()
+            || !self.k8s_pod_annotations.is_empty()
+    }
+}
+
+fn ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<tandem_proto::v1::PortRange>, D::Error> {
+    Ok(Option::<V<Ports>>::deserialize(d)?
+        .map(|p| p.0 .0)
+        .unwrap_or_default())
+}
+
+/// A list of selectors, each with at least one criterion (as OBI requires).
+fn checked_selectors<'de, D: Deserializer<'de>>(
+    d: D,
+    field: &str,
+) -> Result<Option<Vec<InstrumentSelector>>, D::Error> {
+    let list = Option::<Vec<InstrumentSelector>>::deserialize(d)?;
+    if let Some(i) = list.iter().flatten().position(|s| !s.has_any_criteria()) {
+        return Err(de::Error::custom(format!(
+            "{FIELD_MARK}{field}[{i}]{FIELD_MARK}this entry has no selection criterion (give \
+             open_ports, exe_path, target_pids, languages, containers_only or a k8s_* attribute)"
+        )));
+    }
+    Ok(list)
+}
+
+fn instrument<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<InstrumentSelector>, D::Error> {
+    Ok(checked_selectors(d, "instrument")?.unwrap_or_default())
+}
+
+fn exclude_instrument<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<InstrumentSelector>, D::Error> {
+    Ok(checked_selectors(d, "exclude_instrument")?.unwrap_or_default())
+}
+
+fn default_exclude_instrument<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<InstrumentSelector>>, D::Error> {
+    checked_selectors(d, "default_exclude_instrument")
+}
+
+/// Marks a message raised for a whole field (after its value was read, when the
+/// parser's path is back at the parent): `\u{1}field\u{1}message`. The loader moves
+/// the field into the key.
+pub(crate) const FIELD_MARK: char = '\u{1}';
+
+/// OBI's deprecated regular-expression selectors (`executable_path`,
+/// `discovery.services`, …) are refused with directions: a regular expression cannot
+/// be turned into the glob the loader matches, and ignoring a selector would
+/// instrument other processes than the user asked for.
+fn refuse_regex<'de, D: Deserializer<'de>>(d: D, field: &str) -> Result<Ignored, D::Error> {
+    IgnoredAny::deserialize(d)?;
+    Err(de::Error::custom(format!(
+        "{FIELD_MARK}{field}{FIELD_MARK}OBI's deprecated regular-expression selectors are not \
+         supported by tandem; use discovery.instrument (open_ports, exe_path as a glob such as \
+         */nginx, k8s_* attributes) or OTEL_EBPF_AUTO_TARGET_EXE / OTEL_EBPF_OPEN_PORT"
+    )))
+}
+
+fn refuse_executable_path<'de, D: Deserializer<'de>>(d: D) -> Result<Ignored, D::Error> {
+    refuse_regex(d, "executable_path")
+}
+
+fn refuse_services<'de, D: Deserializer<'de>>(d: D) -> Result<Ignored, D::Error> {
+    refuse_regex(d, "services")
+}
+
+fn refuse_exclude_services<'de, D: Deserializer<'de>>(d: D) -> Result<Ignored, D::Error> {
+    refuse_regex(d, "exclude_services")
+}
+
+fn refuse_default_exclude_services<'de, D: Deserializer<'de>>(d: D) -> Result<Ignored, D::Error> {
+    refuse_regex(d, "default_exclude_services")
+}

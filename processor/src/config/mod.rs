@@ -1,0 +1,706 @@
+//! tandem-processor's configuration, in OBI's terms: an OBI YAML file and OBI /
+//! OpenTelemetry environment variables work unchanged.
+//!
+//! [`Config::load`] reads the file named by `--config` (the caller passes it) or by
+//! `OTEL_EBPF_CONFIG_PATH`, substitutes `${VAR}` / `${VAR:-default}` in its text (see
+//! [`substitute`]), parses it with OBI's key names, then applies the environment. The
+//! result converts into the pipeline's settings ([`RoutesSettings`],
+//! [`ExportSettings`]) and the loader [`Selection`].
+//!
+//! # Precedence
+//!
+//! For each setting, from strongest to weakest:
+//!
+//! 1. command-line flags (applied by the caller, not here);
+//! 2. the setting's environment variable (`OTEL_EBPF_TRACE_PRINTER` over `trace_printer`);
+//! 3. the YAML file;
+//! 4. the default ([`Config::default`]).
+//!
+//! Where one thing has a specific and a generic name, the specific one wins wherever it
+//! comes from, as in OBI and the OpenTelemetry specification:
+//! `OTEL_EXPORTER_OTLP_TRACES_*` (env) over `otel_traces_export.*` (file) over
+//! `OTEL_EXPORTER_OTLP_*` (env) for endpoints; for protocols the signal variable, then
+//! the generic variable, then the file's `protocol`, then inference from the port;
+//! `OTEL_EBPF_METRICS_INTERVAL` (env) over `otel_metrics_export.interval` (file) over
+//! `OTEL_METRIC_EXPORT_INTERVAL` (env); `OTEL_SERVICE_NAME` over `OTEL_EBPF_SERVICE_NAME`
+//! over `service_name`. Headers merge key by key: file `headers`, then
+//! `OTEL_EXPORTER_OTLP_HEADERS`, then the signal's variable. `docs/configuration.md`
+//! has the full table.
+//!
+//! An environment variable that is set but empty counts as unset (OpenTelemetry rule).
+//!
+//! # What the file may contain
+//!
+//! Keys tandem implements are parsed and checked. Keys OBI documents that tandem does
+//! not implement yet ([`IGNORED_KEYS`]: `ebpf`, `network`, `filter`, exporter tuning, …)
+//! are accepted, and [`Config::warnings`] lists each one present. Anything else is an
+//! error naming the file, key and line, as is any bad value (with what is allowed).
+//! OBI's deprecated regular-expression selectors (`executable_path`,
+//! `OTEL_EBPF_EXECUTABLE_PATH`, `discovery.services`, `exclude_services`,
+//! `default_exclude_services`) are refused with directions to the glob selectors:
+//! a regular expression cannot be matched by the loader, and ignoring a selector would
+//! instrument other processes than the user asked for.
+
+mod env;
+mod error;
+mod file;
+mod substitute;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tandem_proto::v1::PortRange;
+use tandem_proto::Selection;
+
+pub use env::{vars, Env, ProcessEnv};
+pub use error::{ConfigError, FileError};
+pub use file::{InstrumentSelector, IGNORED_KEYS};
+pub use values::{KubeEnable, LogLevel};
+
+use crate::settings::{
+    ExportSettings, OtlpProtocol, OtlpSignal, RoutesSettings, Sampler, TracePrinter,
+};
+use env::setting;
+use file::FileConfig;
+use values::{parse_key_values, Endpoint, GoDuration, ParseValue, Ports, Ratio, SamplerName};
+
+/// Default metrics export interval (OBI's, and OpenTelemetry's).
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
+/// Default bound of spans waiting for export (OBI's `max_queue_size`).
+pub const DEFAULT_MAX_QUEUE_SIZE: usize = 4096;
+/// Default Prometheus path.
+pub const DEFAULT_PROMETHEUS_PATH: &str = "/metrics";
+/// Default `routes.max_path_segment_cardinality` (low-cardinality mode).
+pub const DEFAULT_MAX_PATH_SEGMENT_CARDINALITY: usize = 10;
+
+/// The whole configuration, file and environment applied.
+///
+/// `Config::default()` is what an empty file and an empty environment give: no
+/// selection (every process), trace printer disabled, no OTLP export, sampler
+/// `parentbased_always_on`, routes `unmatched: heuristic`, metrics every 60 s,
+/// Prometheus off, Kubernetes metadata off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file that was read, if any.
+    pub file: Option<PathBuf>,
+    /// Which processes to instrument.
+    pub discovery: Discovery,
+    pub routes: RoutesSettings,
+    /// `routes.wildcard_char` (default `*`): replaces id-like path segments.
+    pub routes_wildcard_char: char,
+    /// `routes.max_path_segment_cardinality` (default 10): for `low-cardinality`.
+    pub routes_max_path_segment_cardinality: usize,
+    pub export: ExportSettings,
+    /// `prometheus_export.path` / `OTEL_EBPF_PROMETHEUS_PATH` (default `/metrics`).
+    pub prometheus_path: String,
+    /// `metrics.features` (or the deprecated `otel_metrics_export.features`); default
+    /// `["application"]`.
+    pub metrics_features: Vec<String>,
+    pub kubernetes: Kubernetes,
+    /// `log_level` / `OTEL_EBPF_LOG_LEVEL`; `None` leaves the caller's default.
+    pub log_level: Option<LogLevel>,
+    /// Accepted-but-ignored keys present in the file, as dotted paths.
+    pub ignored_keys: Vec<String>,
+}
+
+/// Process selection: OBI's `open_port`, `OTEL_EBPF_AUTO_TARGET_EXE` and `discovery`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Discovery {
+    /// `open_port` / `OTEL_EBPF_OPEN_PORT` (the variable replaces the file's value).
+    pub open_port: Vec<PortRange>,
+    /// `OTEL_EBPF_AUTO_TARGET_EXE` (or `OTEL_GO_AUTO_TARGET_EXE`): executable path glob.
+    /// OBI has no YAML key for it (use `discovery.instrument[].exe_path`).
+    pub auto_target_exe: Option<String>,
+    /// `discovery.instrument`.
+    pub instrument: Vec<InstrumentSelector>,
+    /// `discovery.exclude_instrument`.
+    pub exclude_instrument: Vec<InstrumentSelector>,
+    /// `discovery.default_exclude_instrument`; `None` means OBI's default (OBI, Beyla,
+    /// Alloy and OpenTelemetry collectors are not instrumented).
+    pub default_exclude_instrument: Option<Vec<InstrumentSelector>>,
+}
+
+/// `attributes.kubernetes`, kept for the Kubernetes decoration stage.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Kubernetes {
+    /// `enable` / `OTEL_EBPF_KUBE_METADATA_ENABLE` (default false, as in OBI).
+    pub enable: KubeEnable,
+    /// `cluster_name` / `OTEL_EBPF_KUBE_CLUSTER_NAME`.
+    pub cluster_name: Option<String>,
+    /// `kubeconfig_path` / `KUBECONFIG`.
+    pub kubeconfig_path: Option<String>,
+    /// `meta_restrict_local_node` (default false).
+    pub meta_restrict_local_node: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            file: None,
+            discovery: Discovery::default(),
+            routes: RoutesSettings::default(),
+            routes_wildcard_char: '*',
+            routes_max_path_segment_cardinality: DEFAULT_MAX_PATH_SEGMENT_CARDINALITY,
+            export: ExportSettings {
+                metrics_interval: DEFAULT_METRICS_INTERVAL,
+                max_queue_size: DEFAULT_MAX_QUEUE_SIZE,
+                ..ExportSettings::default()
+            },
+            prometheus_path: DEFAULT_PROMETHEUS_PATH.to_string(),
+            metrics_features: vec!["application".to_string()],
+            kubernetes: Kubernetes::default(),
+            log_level: None,
+            ignored_keys: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration: the file at `path` (from `--config`), else the file
+    /// named by `OTEL_EBPF_CONFIG_PATH`, else none; then the environment.
+    pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
+        let path = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => setting(env, vars::CONFIG_PATH).map(PathBuf::from),
+        };
+        match path {
+            None => Config::from_parts(None, FileConfig::default(), Vec::new(), env),
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Config::from_yaml(&path, &text, env)
+            }
+        }
+    }
+
+    /// [`Config::load`] with the process environment.
+    pub fn load_from_process(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load(path, &ProcessEnv)
+    }
+
+    /// Loads from YAML text; `path` names it in errors.
+    pub fn from_yaml(path: &Path, text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
+        let text = substitute::substitute(text, env).map_err(|e| {
+            ConfigError::File(FileError {
+                file: path.to_path_buf(),
+                key: None,
+                line: Some(e.line),
+                column: Some(e.column),
+                message: e.message,
+            })
+        })?;
+        let parsed: FileConfig = yaml_serde::from_str(&text)
+            .map_err(|e| ConfigError::File(yaml_error(path, &text, &e)))?;
+        // Parsing succeeded, so this does too; it only serves to find ignored keys.
+        let tree: yaml_serde::Value = yaml_serde::from_str(&text).unwrap_or_default();
+        let ignored = IGNORED_KEYS
+            .iter()
+            .flat_map(|k| present_keys(&tree, k))
+            .collect();
+        Config::from_parts(Some(path.to_path_buf()), parsed, ignored, env)
+    }
+
+    fn from_parts(
+        file: Option<PathBuf>,
+        f: FileConfig,
+        ignored_keys: Vec<String>,
+        env: &dyn Env,
+    ) -> Result<Config, ConfigError> {
+        let d = Config::default();
+
+        if setting(env, vars::EXECUTABLE_PATH).is_some() {
+            return Err(ConfigError::env(
+                vars::EXECUTABLE_PATH,
+                "OBI's deprecated regular-expression selector is not supported by tandem; \
+                 use OTEL_EBPF_AUTO_TARGET_EXE with a glob (e.g. */nginx)",
+            ));
+        }
+        let discovery = Discovery {
+            open_port: from_env::<Ports>(env, vars::OPEN_PORT)?
+                .or(f.open_port.map(|p| p.0))
+                .map(|p| p.0)
+                .unwrap_or_default(),
+            auto_target_exe: setting(env, vars::AUTO_TARGET_EXE)
+                .or_else(|| setting(env, vars::GO_AUTO_TARGET_EXE)),
+            instrument: f.discovery.instrument,
+            exclude_instrument: f.discovery.exclude_instrument,
+            default_exclude_instrument: f.discovery.default_exclude_instrument,
+        };
+
+        let routes = RoutesSettings {
+            patterns: f.routes.patterns,
+            ignored_patterns: f.routes.ignored_patterns,
+            ignore_mode: f.routes.ignore_mode.map_or(d.routes.ignore_mode, |v| v.0),
+            unmatched: f.routes.unmatched.map_or(d.routes.unmatched, |v| v.0),
+            ..d.routes
+        };
+
+        let sampler_name = from_env::<SamplerName>(env, vars::TRACES_SAMPLER)?
+            .or(f.otel_traces_export.sampler.name.map(|v| v.0))
+            .unwrap_or(SamplerName::ParentBasedAlwaysOn);
+        // OpenTelemetry: a ratio sampler without an argument samples everything.
+        let ratio = from_env::<Ratio>(env, vars::TRACES_SAMPLER_ARG)?
+            .or(f.otel_traces_export.sampler.arg.map(|v| v.0))
+            .map_or(1.0, |r| r.0);
+        let sampler = match sampler_name {
+            SamplerName::AlwaysOn => Sampler::AlwaysOn,
+            SamplerName::AlwaysOff => Sampler::AlwaysOff,
+            SamplerName::TraceIdRatio => Sampler::TraceIdRatio(ratio),
+            SamplerName::ParentBasedAlwaysOn => Sampler::ParentBasedAlwaysOn,
+            SamplerName::ParentBasedAlwaysOff => Sampler::ParentBasedAlwaysOff,
+            SamplerName::ParentBasedTraceIdRatio => Sampler::ParentBasedTraceIdRatio(ratio),
+        };
+
+        let traces = resolve_signal(
+            &SIGNAL_TRACES,
+            SignalFile {
+                endpoint: f.otel_traces_export.endpoint.map(|v| v.0),
+                protocol: f.otel_traces_export.protocol.map(|v| v.0),
+                headers: f.otel_traces_export.headers,
+            },
+            env,
+        )?;
+        let metrics = resolve_signal(
+            &SIGNAL_METRICS,
+            SignalFile {
+                endpoint: f.otel_metrics_export.endpoint.map(|v| v.0),
+                protocol: f.otel_metrics_export.protocol.map(|v| v.0),
+                headers: f.otel_metrics_export.headers,
+            },
+            env,
+        )?;
+
+        let metrics_interval = match from_env::<GoDuration>(env, vars::METRICS_INTERVAL)? {
+            Some(i) => i.0,
+            None => match f.otel_metrics_export.interval {
+                Some(i) => i.0 .0,
+                None => match from_env::<Millis>(env, vars::METRIC_EXPORT_INTERVAL)? {
+                    Some(m) if m.0.is_zero() => {
+                        return Err(ConfigError::env(
+                            vars::METRIC_EXPORT_INTERVAL,
+                            "the metrics interval must be above zero",
+                        ))
+                    }
+                    Some(m) => m.0,
+                    None => d.export.metrics_interval,
+                },
+            },
+        };
+
+        let resource_attributes = match setting(env, vars::RESOURCE_ATTRIBUTES) {
+            Some(text) => parse_key_values(&text)
+                .map_err(|m| ConfigError::env(vars::RESOURCE_ATTRIBUTES, m))?
+                .into_iter()
+                .collect(),
+            None => BTreeMap::new(),
+        };
+
+        let prometheus_port = from_env::<u16>(env, vars::PROMETHEUS_PORT)?
+            .or(f.prometheus_export.port.map(|v| v.0))
+            .filter(|p| *p != 0);
+
+        let export = ExportSettings {
+            traces,
+            metrics,
+            sampler,
+            trace_printer: from_env::<TracePrinter>(env, vars::TRACE_PRINTER)?
+                .or(f.trace_printer.map(|v| v.0))
+                .unwrap_or_default(),
+            prometheus_port,
+            service_name: setting(env, vars::SERVICE_NAME)
+                .or_else(|| setting(env, vars::EBPF_SERVICE_NAME))
+                .or(f.service_name),
+            service_namespace: setting(env, vars::SERVICE_NAMESPACE).or(f.service_namespace),
+            resource_attributes,
+            metrics_interval,
+            max_queue_size: from_env::<usize>(env, vars::TRACES_MAX_QUEUE_SIZE)?
+                .or(f.otel_traces_export.max_queue_size.map(|v| v.0))
+                .or(f.otel_traces_export.queue_size.map(|v| v.0))
+                .unwrap_or(d.export.max_queue_size),
+        };
+
+        let kubernetes = Kubernetes {
+            enable: from_env::<KubeEnable>(env, vars::KUBE_METADATA_ENABLE)?
+                .or(f.attributes.kubernetes.enable.map(|v| v.0))
+                .unwrap_or_default(),
+            cluster_name: setting(env, vars::KUBE_CLUSTER_NAME)
+                .or(f.attributes.kubernetes.cluster_name),
+            kubeconfig_path: setting(env, vars::KUBECONFIG)
+                .or(f.attributes.kubernetes.kubeconfig_path),
+            meta_restrict_local_node: f
+                .attributes
+                .kubernetes
+                .meta_restrict_local_node
+                .unwrap_or(false),
+        };
+
+        Ok(Config {
+            file,
+            discovery,
+            routes,
+            routes_wildcard_char: f
+                .routes
+                .wildcard_char
+                .map_or(d.routes_wildcard_char, |v| v.0),
+            routes_max_path_segment_cardinality: f
+                .routes
+                .max_path_segment_cardinality
+                .map_or(d.routes_max_path_segment_cardinality, |v| v.0),
+            export,
+            prometheus_path: setting(env, vars::PROMETHEUS_PATH)
+                .or(f.prometheus_export.path)
+                .unwrap_or(d.prometheus_path),
+            metrics_features: f
+                .metrics
+                .features
+                .or(f.otel_metrics_export.features)
+                .unwrap_or(d.metrics_features),
+            kubernetes,
+            log_level: from_env::<LogLevel>(env, vars::LOG_LEVEL)?.or(f.log_level.map(|v| v.0)),
+            ignored_keys,
+        })
+    }
+
+    /// The loader selection: the union of `open_port`, `OTEL_EBPF_AUTO_TARGET_EXE` and
+    /// the ports, `exe_path` globs and `target_pids` of every `discovery.instrument`
+    /// entry. It is a superset of what OBI instruments: a selection is an OR of
+    /// criteria while an OBI entry ANDs its own, and Kubernetes, container and language
+    /// criteria cannot be expressed at all — an entry with only those makes the
+    /// selection empty (every process). Exact per-entry filtering and exclusions are
+    /// the processor's job (later issue). See [`Config::warnings`].
+    pub fn selection(&self) -> Selection {
+        let d = &self.discovery;
+        if d.instrument.iter().any(|e| !e.has_loader_criteria()) {
+            return Selection::default();
+        }
+        let mut s = Selection {
+            ports: d.open_port.clone(),
+            exe_globs: d.auto_target_exe.iter().cloned().collect(),
+            ..Selection::default()
+        };
+        for e in &d.instrument {
+            for r in &e.open_ports {
+                if !s.ports.contains(r) {
+                    s.ports.push(*r);
+                }
+            }
+            if let Some(g) = &e.exe_path {
+                if !s.exe_globs.contains(g) {
+                    s.exe_globs.push(g.clone());
+                }
+            }
+            for p in &e.target_pids {
+                if !s.pids.contains(p) {
+                    s.pids.push(*p);
+                }
+            }
+        }
+        s
+    }
+
+    /// Things the user should know, one line each: ignored keys present in the file,
+    /// and `discovery.instrument` entries the loader selection cannot express.
+    pub fn warnings(&self) -> Vec<String> {
+        let file = self
+            .file
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let mut out: Vec<String> = self
+            .ignored_keys
+            .iter()
+            .map(|k| {
+                format!("{file}: `{k}` is an OBI setting tandem does not implement yet; ignored")
+            })
+            .collect();
+        for (i, e) in self.discovery.instrument.iter().enumerate() {
+            if !e.has_loader_criteria() {
+                out.push(format!(
+                    "{file}: discovery.instrument[{i}] has no open_ports, exe_path or target_pids, \
+                     which the loader cannot select on: subscribing to every process"
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// The environment variable `name` parsed, or `None` when unset or empty.
+fn from_env<T: ParseValue>(env: &dyn Env, name: &str) -> Result<Option<T>, ConfigError> {
+    setting(env, name)
+        .map(|v| T::parse_value(&v).map_err(|m| ConfigError::env(name, m)))
+        .transpose()
+}
+
+/// Milliseconds, as OpenTelemetry's interval and timeout variables are written.
+struct Millis(Duration);
+
+impl ParseValue for Millis {
+    const EXPECTING: &'static str = "milliseconds";
+    fn parse_value(text: &str) -> Result<Self, String> {
+        text.trim()
+            .parse::<u64>()
+            .map(|ms| Millis(Duration::from_millis(ms)))
+            .map_err(|_| format!("`{}` is not a whole number of milliseconds", text.trim()))
+    }
+}
+
+/// The names one OTLP signal is configured with.
+struct SignalVars {
+    endpoint: &'static str,
+    protocol: &'static str,
+    headers: &'static str,
+    timeout: &'static str,
+    /// Appended to the generic endpoint for HTTP.
+    http_path: &'static str,
+}
+
+const SIGNAL_TRACES: SignalVars = SignalVars {
+    endpoint: vars::OTLP_TRACES_ENDPOINT,
+    protocol: vars::OTLP_TRACES_PROTOCOL,
+    headers: vars::OTLP_TRACES_HEADERS,
+    timeout: vars::OTLP_TRACES_TIMEOUT,
+    http_path: "/v1/traces",
+};
+
+const SIGNAL_METRICS: SignalVars = SignalVars {
+    endpoint: vars::OTLP_METRICS_ENDPOINT,
+    protocol: vars::OTLP_METRICS_PROTOCOL,
+    headers: vars::OTLP_METRICS_HEADERS,
+    timeout: vars::OTLP_METRICS_TIMEOUT,
+    http_path: "/v1/metrics",
+};
+
+/// What the file says about one signal.
+struct SignalFile {
+    endpoint: Option<Endpoint>,
+    protocol: Option<OtlpProtocol>,
+    headers: BTreeMap<String, String>,
+}
+
+/// Endpoint, protocol, headers and timeout of one signal (precedence in the module doc).
+fn resolve_signal(
+    v: &SignalVars,
+    file: SignalFile,
+    env: &dyn Env,
+) -> Result<OtlpSignal, ConfigError> {
+    let (endpoint, generic) = match from_env::<Endpoint>(env, v.endpoint)? {
+        Some(e) => (Some(e), false),
+        None => match file.endpoint {
+            Some(e) => (Some(e), false),
+            None => (from_env::<Endpoint>(env, vars::OTLP_ENDPOINT)?, true),
+        },
+    };
+    let explicit = match from_env::<OtlpProtocol>(env, v.protocol)? {
+        Some(p) => Some(p),
+        None => from_env::<OtlpProtocol>(env, vars::OTLP_PROTOCOL)?.or(file.protocol),
+    };
+    let protocol = match &endpoint {
+        Some(e) => Some(explicit.unwrap_or_else(|| infer_protocol(e))),
+        None => explicit,
+    };
+    let endpoint = endpoint.map(|e| {
+        if generic && protocol == Some(OtlpProtocol::HttpProtobuf) {
+            format!("{}{}", e.0.trim_end_matches('/'), v.http_path)
+        } else {
+            e.0
+        }
+    });
+
+    let mut headers = file.headers;
+    for var in [vars::OTLP_HEADERS, v.headers] {
+        if let Some(text) = setting(env, var) {
+            headers.extend(parse_key_values(&text).map_err(|m| ConfigError::env(var, m))?);
+        }
+    }
+    let timeout = match from_env::<Millis>(env, v.timeout)? {
+        Some(t) => Some(t.0),
+        None => from_env::<Millis>(env, vars::OTLP_TIMEOUT)?.map(|t| t.0),
+    };
+    Ok(OtlpSignal {
+        endpoint,
+        protocol,
+        headers,
+        timeout,
+    })
+}
+
+/// OBI's inference when no protocol is given: a port ending in 4317 (4317, 14317, …)
+/// is gRPC, one ending in 4318 is HTTP; anything else, or no port, is http/protobuf
+/// (the OpenTelemetry default).
+fn infer_protocol(endpoint: &Endpoint) -> OtlpProtocol {
+    match endpoint.port() {
+        Some(p) if p.ends_with("4317") => OtlpProtocol::Grpc,
+        _ => OtlpProtocol::HttpProtobuf,
+    }
+}
+
+/// Dotted paths of `pattern` (`a.b`, `a.list[].c`) present in `tree`.
+fn present_keys(tree: &yaml_serde::Value, pattern: &str) -> Vec<String> {
+    fn walk(node: &yaml_serde::Value, segs: &[&str], prefix: String, out: &mut Vec<String>) {
+        let Some((seg, rest)) = segs.split_first() else {
+            out.push(prefix);
+            return;
+        };
+        let join = |k: &str| {
+            if prefix.is_empty() {
+                k.to_string()
+            } else {
+                format!("{prefix}.{k}")
+            }
+        };
+        match seg.strip_suffix("[]") {
+            Some(list) => {
+                if let Some(yaml_serde::Value::Sequence(items)) = node.get(list) {
+                    for (i, item) in items.iter().enumerate() {
+                        walk(item, rest, format!("{}[{i}]", join(list)), out);
+                    }
+                }
+            }
+            None => {
+                if let Some(child) = node.get(*seg) {
+                    walk(child, rest, join(seg), out);
+                }
+            }
+        }
+    }
+    let segs: Vec<&str> = pattern.split('.').collect();
+    let mut out = Vec::new();
+    walk(tree, &segs, String::new(), &mut out);
+    out
+}
+
+/// A yaml_serde error as a [`FileError`]: its path becomes the key (with the unknown
+/// field appended), its location the line and column.
+fn yaml_error(file: &Path, text: &str, e: &yaml_serde::Error) -> FileError {
+    let location = e.location();
+    let mut message = e.to_string();
+    if let Some(l) = &location {
+        let suffix = format!(" at line {} column {}", l.line(), l.column());
+        if let Some(m) = message.strip_suffix(&suffix) {
+            message = m.to_string();
+        }
+    }
+    // "a.b[0].c: message": a path has no spaces; serde's own messages ("invalid type:
+    // …") do.
+    let (path, message) = match message.split_once(": ") {
+        Some((head, tail)) if !head.is_empty() && !head.contains(' ') => {
+            (Some(head.to_string()), tail.to_string())
+        }
+        _ => (None, message),
+    };
+    // A whole-field error names its field itself (see `file::FIELD_MARK`).
+    let (path, message) = match message
+        .strip_prefix(file::FIELD_MARK)
+        .and_then(|r| r.split_once(file::FIELD_MARK))
+    {
+        Some((field, rest)) => (
+            Some(match path {
+                Some(p) => format!("{p}.{field}"),
+                None => field.to_string(),
+            }),
+            rest.to_string(),
+        ),
+        None => (path, message),
+    };
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split_once('`'))
+        .map(|(f, _)| f.to_string());
+    let (key, line, column) = match (path, unknown) {
+        (Some(p), Some(f)) => (
+            Some(format!("{p}.{f}")),
+            location.as_ref().map(|l| l.line()),
+            location.as_ref().map(|l| l.column()),
+        ),
+        // At the top level yaml_serde locates the document, not the key: find it.
+        (None, Some(f)) => {
+            let line = top_level_line(text, &f);
+            (Some(f), line, line.map(|_| 1))
+        }
+        (p, None) => (
+            p,
+            location.as_ref().map(|l| l.line()),
+            location.as_ref().map(|l| l.column()),
+        ),
+    };
+    // At the top level yaml_serde may locate the document rather than the key.
+    let line = match &key {
+        Some(k) if !k.contains(['.', '[']) => top_level_line(text, k).or(line),
+        _ => line,
+    };
+    // A whole-list error is located at the list's key: move to the item.
+    let line = match (&key, line) {
+        (Some(k), Some(l)) => match k
+            .strip_suffix(']')
+            .and_then(|k| k.rsplit_once('['))
+            .and_then(|(_, i)| i.parse::<usize>().ok())
+        {
+            Some(i) => Some(list_item_line(text, l, i).unwrap_or(l)),
+            None => Some(l),
+        },
+        (_, l) => l,
+    };
+    let message = match message.strip_prefix("unknown field") {
+        Some(rest) => format!(
+            "unknown key{rest} (tandem accepts OBI's keys; check the spelling and the section)"
+        ),
+        None => message,
+    };
+    FileError {
+        file: file.to_path_buf(),
+        key,
+        line,
+        column,
+        message,
+    }
+}
+
+/// The 1-based line of a top-level (unindented) `key:`.
+fn top_level_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_end();
+            [key.to_string(), format!("\"{key}\""), format!("'{key}'")]
+                .iter()
+                .any(|k| {
+                    l.strip_prefix(k.as_str())
+                        .is_some_and(|r| r.trim_start().starts_with(':'))
+                })
+        })
+        .map(|i| i + 1)
+}
+
+/// The 1-based line of item `index` of the block list whose key is on `key_line`.
+fn list_item_line(text: &str, key_line: usize, index: usize) -> Option<usize> {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut dash_indent = None;
+    let mut seen = 0;
+    for (i, l) in text.lines().enumerate().skip(key_line) {
+        let content = l.trim_start();
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        let is_item = content == "-" || content.starts_with("- ");
+        match dash_indent {
+            None if is_item => dash_indent = Some(indent(l)),
+            None => return None,
+            Some(d) if indent(l) < d || (indent(l) == d && !is_item) => return None,
+            Some(_) => {}
+        }
+        if is_item && Some(indent(l)) == dash_indent {
+            if seen == index {
+                return Some(i + 1);
+            }
+            seen += 1;
+        }
+    }
+    None
+}
