@@ -465,10 +465,14 @@ fn exclude_instrument<'de, D: Deserializer<'de>>(
     Ok(checked_selectors(d, "exclude_instrument")?.unwrap_or_default())
 }
 
+/// Present but empty (`default_exclude_instrument:` or `[]`) means no default
+/// exclusions, as in OBI; absent means OBI's defaults.
 fn default_exclude_instrument<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Vec<InstrumentSelector>>, D::Error> {
-    checked_selectors(d, "default_exclude_instrument")
+    Ok(Some(
+        checked_selectors(d, "default_exclude_instrument")?.unwrap_or_default(),
+    ))
 }
 
 /// Marks a message raised for a whole field (after its value was read, when the

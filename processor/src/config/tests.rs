@@ -980,3 +980,24 @@ fn kubernetes_enable_accepts_yaml_booleans_and_strings() {
         assert_eq!(c.kubernetes.enable, expected, "{value}");
     }
 }
+
+#[test]
+fn default_exclusions_absent_empty_or_given() {
+    assert_eq!(ok("", &NO_ENV).discovery.default_exclude_instrument, None);
+    for yaml in [
+        "discovery:\n  default_exclude_instrument:\n",
+        "discovery:\n  default_exclude_instrument: []\n",
+    ] {
+        assert_eq!(
+            ok(yaml, &NO_ENV).discovery.default_exclude_instrument,
+            Some(Vec::new()),
+            "{yaml}"
+        );
+    }
+    let c = ok(
+        "discovery:\n  default_exclude_instrument:\n    - exe_path: '*/otelcol*'\n",
+        &NO_ENV,
+    );
+    let given = c.discovery.default_exclude_instrument.unwrap_or_default();
+    assert_eq!(given[0].exe_path.as_deref(), Some("*/otelcol*"));
+}
