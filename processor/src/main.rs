@@ -12,9 +12,13 @@ mod model;
 #[allow(dead_code)] // wired in with issue 4
 mod pipeline;
 mod printer;
+#[allow(dead_code)] // wired into the pipeline with issue 4
+mod protocols;
 #[allow(dead_code)]
 mod settings;
 mod stats;
+#[allow(dead_code)] // wired into the pipeline with issue 4
+mod stitch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

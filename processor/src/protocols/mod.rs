@@ -1,0 +1,5 @@
+//! Application protocols: incremental parsers of one direction of one connection's
+//! byte stream. They know nothing of connections, roles or pairing; `stitch` drives
+//! them and pairs what they find into transactions.
+
+pub mod http1;
