@@ -70,7 +70,8 @@ pub enum Completion {
     Complete,
     /// The connection closed before the response ended (or before any response).
     ConnectionClosed,
-    /// The capture was cut short in the headers; what is known is reported.
+    /// The capture was cut short in the headers (or in a chunked body's framing),
+    /// bytes did not parse, or events were lost; what is known is reported.
     Truncated,
 }
 
@@ -85,7 +86,8 @@ pub struct HttpTransaction {
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
     pub request: HttpRequest,
-    /// `None` when the connection closed before a response started.
+    /// `None` when the connection closed before a response started (or, with
+    /// `Completion::Truncated`, when events were lost before it was seen).
     pub response: Option<HttpResponse>,
     /// CLOCK_MONOTONIC ns of the request's first byte (the data event's timestamp).
     pub start_mono_ns: u64,

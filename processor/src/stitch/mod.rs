@@ -625,7 +625,8 @@ impl Conn {
 
     /// The connection closed (or its process exited) at `mono_ns`.
     fn close(mut self, mono_ns: u64, sink: &mut Sink<'_>) {
-        let _ = self.requests.close();
+        // The request parser keeps its state: a request cut by the close is reported
+        // with the body bytes received so far.
         match self.responses.close() {
             CloseOutcome::Ended { body_size } => {
                 let end = self.last_response_ns;

@@ -443,6 +443,28 @@ fn close_mid_response_and_before_response() {
 }
 
 #[test]
+fn close_mid_request_body_keeps_what_was_received() {
+    let events = [
+        opened(1, 1, 1, Role::Server),
+        data(
+            2,
+            1,
+            1,
+            IN,
+            b"POST /slow HTTP/1.1\r\nContent-Length: 100\r\n\r\n0123456789",
+        ),
+        closed(3, 1, 1),
+    ];
+    let (ts, _) = run(&events);
+    assert_eq!(
+        summaries(&ts),
+        vec![s("POST", "/slow", None, Completion::ConnectionClosed)]
+    );
+    assert_eq!(ts[0].request.body_size, 10);
+    assert_eq!((ts[0].start_mono_ns, ts[0].end_mono_ns), (2, 3));
+}
+
+#[test]
 fn process_exit_flushes_its_connections_only() {
     let events = [
         opened(1, 1, 1, Role::Server),
