@@ -1,23 +1,15 @@
 //! `tandem-processor`: the unprivileged half of tandem.
 
+// Data flows: client (raw events) -> stitch (+ protocols) -> pipeline -> export.
 mod client;
-#[allow(dead_code)] // wired into the pipeline with issue 4
 mod config;
-#[allow(dead_code)] // wired in with issue 4
 mod export;
-// Contracts between the issue-4 stages (stitch, config, export); their users land
-// with those stages.
-#[allow(dead_code)]
 mod model;
-#[allow(dead_code)] // wired in with issue 4
 mod pipeline;
 mod printer;
-#[allow(dead_code)] // wired into the pipeline with issue 4
 mod protocols;
-#[allow(dead_code)]
 mod settings;
 mod stats;
-#[allow(dead_code)] // wired into the pipeline with issue 4
 mod stitch;
 
 use std::path::PathBuf;
@@ -25,12 +17,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tandem_proto::v1::LossLocation;
-use tandem_proto::{selection, Event, Selection};
+use tandem_proto::{selection, Event, EventKind, Selection};
 use tracing::{info, warn};
 
 use crate::client::ClientConfig;
+use crate::config::Config;
+use crate::pipeline::Pipeline;
 use crate::printer::{PrintFormat, Printer};
 use crate::stats::{SeqCheck, Stats};
+use crate::stitch::Stitcher;
 use tandem_proto::process::{shutdown_on_signals, LogFormat};
 
 #[derive(Debug, Parser)]
@@ -63,12 +58,19 @@ struct Cli {
     )]
     name: String,
 
-    /// Select processes listening on these ports (OBI syntax: 80,443,8000-8999).
-    #[arg(long, env = "OTEL_EBPF_OPEN_PORT", value_parser = parse_ports)]
+    /// OBI-style YAML configuration (default: $OTEL_EBPF_CONFIG_PATH). Environment
+    /// variables override it; see docs/configuration.md.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Also select processes listening on these ports (OBI syntax: 80,443,8000-8999),
+    /// in addition to OTEL_EBPF_OPEN_PORT / the configuration.
+    #[arg(long, value_parser = parse_ports)]
     open_port: Option<Ports>,
 
-    /// Select processes whose executable path matches this glob (e.g. */nginx).
-    #[arg(long = "exe", env = "OTEL_EBPF_AUTO_TARGET_EXE")]
+    /// Also select processes whose executable path matches this glob (e.g. */nginx),
+    /// in addition to OTEL_EBPF_AUTO_TARGET_EXE.
+    #[arg(long = "exe")]
     exe_globs: Vec<String>,
 
     /// Select these pids (repeat or comma-separate).
@@ -79,17 +81,19 @@ struct Cli {
     #[arg(long = "container-id", value_delimiter = ',')]
     container_ids: Vec<String>,
 
-    /// How to print received events on stdout.
-    #[arg(long, env = "TANDEM_PRINT", value_enum, default_value = "text")]
+    /// Also print the raw events received, one per line on stdout (for debugging;
+    /// spans are printed by trace_printer / OTEL_EBPF_TRACE_PRINTER).
+    #[arg(long, env = "TANDEM_PRINT", value_enum, default_value = "none")]
     print: PrintFormat,
 
     /// Log format on stderr.
     #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
 
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, env = "TANDEM_LOG_LEVEL", default_value = "info")]
-    log_level: String,
+    /// Log level (error, warn, info, debug, trace) [default: OTEL_EBPF_LOG_LEVEL, the
+    /// configuration's log_level, or info]. RUST_LOG overrides it.
+    #[arg(long)]
+    log_level: Option<String>,
 }
 
 /// Port ranges parsed from OBI's syntax (one clap value, not a list of values).
@@ -101,42 +105,80 @@ fn parse_ports(text: &str) -> Result<Ports, String> {
 }
 
 impl Cli {
-    fn selection(&self) -> Selection {
-        Selection {
+    /// The configuration's selection plus what the flags add.
+    fn selection(&self, config: &Config) -> Selection {
+        let flags = Selection {
             ports: self.open_port.clone().map(|p| p.0).unwrap_or_default(),
             exe_globs: self.exe_globs.clone(),
             pids: self.pids.clone(),
             container_ids: self.container_ids.clone(),
+        };
+        let configured = config.selection();
+        if flags.is_empty() {
+            return configured;
         }
+        if configured.is_empty() {
+            return flags;
+        }
+        selection::union([&configured, &flags]).unwrap_or_default()
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (format, level) = (cli.log_format, cli.log_level.clone());
+    // Loaded before logging starts: it may set the log level.
+    let config = match Config::load_from_process(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tandem-processor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let level = cli
+        .log_level
+        .clone()
+        .unwrap_or_else(|| config.log_level.map_or("info", |l| l.as_str()).to_owned());
     // Every error here is one of configuration or of refusal by the loader: exit 2.
-    tandem_proto::process::run("tandem-processor", format, &level, 2, run(cli))
+    tandem_proto::process::run(
+        "tandem-processor",
+        cli.log_format,
+        &level,
+        2,
+        run(cli, config),
+    )
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let selection = cli.selection();
+async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
+    for warning in config.warnings() {
+        warn!("configuration: {warning}");
+    }
+    let selection = cli.selection(&config);
     if selection.is_empty() {
-        warn!("no selection given (--open-port, --exe, --pid, --container-id): subscribing to every process");
+        warn!("no selection given (OTEL_EBPF_OPEN_PORT, OTEL_EBPF_AUTO_TARGET_EXE, discovery.instrument, --open-port, --exe, --pid, --container-id): subscribing to every process");
     }
     let shutdown = shutdown_on_signals()?;
     let printer = Printer::new(cli.print);
+    let mut pipeline = Pipeline::new(
+        &config.routes,
+        &config.export,
+        pipeline::resource::local_host_name(),
+    )?;
+    let mut stitcher = Stitcher::new();
     let mut stats = Stats::default();
-    let config = ClientConfig {
+    let mut transactions = Vec::new();
+    let client_config = ClientConfig {
         socket: cli.socket.clone(),
         name: cli.name.clone(),
         selection,
     };
-    let result = client::run(config, shutdown, |batch| {
+    let result = client::run(client_config, shutdown, |batch| {
+        let offset = batch.realtime_offset_ns;
         let check = stats.record_batch(
             batch.subscription_epoch,
             batch.subscription_seq,
             &batch.events,
         );
+        let mut gap = None;
         match check {
             SeqCheck::Contiguous => {}
             SeqCheck::Duplicate(n) => info!(
@@ -148,27 +190,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     lost = n,
                     "events lost in transit (gap in the subscription sequence)"
                 );
-                let marker = Event::loss(
+                gap = Some(Event::loss(
                     batch.events.first().map_or(0, |e| e.mono_ns),
                     n,
                     LossLocation::InTransit,
                     "in transit: gap in the subscription sequence (a previous processor \
                      stopped with events in flight)",
-                );
-                print_or_warn(&printer, &[marker], batch.realtime_offset_ns);
+                ));
             }
             SeqCheck::Restarted => {
                 info!("subscription sequence restarted (new loader or expired subscription)")
             }
         }
-        print_or_warn(
-            &printer,
-            &batch.events[check.skip()..],
-            batch.realtime_offset_ns,
-        );
+        let events = &batch.events[check.skip()..];
+        for event in gap.iter().chain(events) {
+            if let Some(EventKind::ProcessStarted(p)) = &event.kind {
+                pipeline.on_process(p);
+            }
+            stitcher.push(event, offset, &mut transactions);
+        }
+        for tx in transactions.drain(..) {
+            pipeline.on_transaction(&tx);
+        }
+        if let Some(marker) = &gap {
+            print_or_warn(&printer, std::slice::from_ref(marker), offset);
+        }
+        print_or_warn(&printer, events, offset);
     })
     .await;
-    info!("processor stopped: {stats}");
+    let pipeline_stats = pipeline.shutdown().await;
+    info!(
+        stitch = ?stitcher.stats(),
+        pipeline = ?pipeline_stats,
+        "processor stopped: {stats}"
+    );
     result.map_err(Into::into)
 }
 

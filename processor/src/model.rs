@@ -50,6 +50,7 @@ impl HttpRequest {
     }
 }
 
+#[cfg(test)]
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
         header(&self.headers, name)

@@ -284,6 +284,7 @@ impl MetricsRegistry {
     }
 
     /// Number of processes metered now.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_pid.len()
     }

@@ -247,11 +247,13 @@ impl Parser {
     }
 
     /// True while waiting for a message start after losing synchronisation.
+    #[cfg(test)]
     pub fn is_resyncing(&self) -> bool {
         self.state == State::Resync
     }
 
     /// Bytes held for an incomplete header block.
+    #[cfg(test)]
     pub fn buffered(&self) -> usize {
         self.head.len()
     }

@@ -212,6 +212,7 @@ impl Stitcher {
     }
 
     /// Connections tracked now.
+    #[cfg(test)]
     pub fn connections(&self) -> usize {
         self.conns.len()
     }
