@@ -1,17 +1,5 @@
 //! `tandem-processor`: the unprivileged half of tandem.
 
-// Data flows: client (raw events) -> stitch (+ protocols) -> pipeline -> export.
-mod client;
-mod config;
-mod export;
-mod model;
-mod pipeline;
-mod printer;
-mod protocols;
-mod settings;
-mod stats;
-mod stitch;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -20,12 +8,12 @@ use tandem_proto::v1::LossLocation;
 use tandem_proto::{selection, Event, EventKind, Selection};
 use tracing::{info, warn};
 
-use crate::client::ClientConfig;
-use crate::config::Config;
-use crate::pipeline::Pipeline;
-use crate::printer::{PrintFormat, Printer};
-use crate::stats::{SeqCheck, Stats};
-use crate::stitch::Stitcher;
+use tandem_processor::client::{self, ClientConfig};
+use tandem_processor::config::Config;
+use tandem_processor::pipeline::{self, Pipeline};
+use tandem_processor::printer::{PrintFormat, Printer};
+use tandem_processor::stats::{SeqCheck, Stats};
+use tandem_processor::stitch::Stitcher;
 use tandem_proto::process::{shutdown_on_signals, LogFormat};
 
 #[derive(Debug, Parser)]

@@ -285,7 +285,7 @@ impl MetricsRegistry {
 
     /// Number of processes metered now.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub fn processes(&self) -> usize {
         self.by_pid.len()
     }
 }
@@ -397,6 +397,6 @@ pub(crate) mod tests {
         // Both exported once; then only the new one.
         assert_eq!(reg.collect().len(), 2);
         assert_eq!(reg.collect().len(), 1);
-        assert_eq!(reg.len(), 1);
+        assert_eq!(reg.processes(), 1);
     }
 }
