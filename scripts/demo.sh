@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The main job on this host, in one command: sets up prerequisites, builds tandem,
 # starts a real HTTP service (python http.server), the loader (uid 65534 with exactly
-# its six capabilities) and the processor (uid 65534, no capabilities), sends a few
-# requests with curl, and shows what the processor received. Needs root (to install
-# packages and to hand the loader its capabilities).
+# its six capabilities) and the processor (uid 65534, no capabilities, configured with
+# OBI's YAML keys and variables), sends a few requests with curl, and prints the spans
+# the processor made of them. Needs root (to install packages and to hand the loader
+# its capabilities).
+#
+#   DEMO_RAW=1                           # also print the raw events the loader sent
+#   OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317  # also export over OTLP
 #
 #   bash scripts/demo.sh                 # ~10 s demo, then everything stops
 #   DEMO_SECONDS=0 bash scripts/demo.sh  # keep running until Ctrl-C; curl the port yourself
@@ -53,16 +57,25 @@ pids+=($!)
 for _ in $(seq 100); do grep -q "ebpf source ready" "$RUN/loader.log" && break; sleep 0.1; done
 grep -q "ebpf source ready" "$RUN/loader.log" || { cat "$RUN/loader.log" >&2; exit 1; }
 
-echo "demo: processor uid 65534, no capabilities, selecting port $PORT" >&2
+cat > "$RUN/obi-config.yml" <<YAML
+trace_printer: text
+routes:
+  patterns:
+    - /users/{id}
+YAML
+chmod 0644 "$RUN/obi-config.yml"
+echo "demo: processor uid 65534, no capabilities, OTEL_EBPF_OPEN_PORT=$PORT, config: $RUN/obi-config.yml" >&2
 setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all --bounding-set=-all \
-  "$BIN/tandem-processor" --socket "$RUN/sock/loader.sock" --open-port "$PORT" \
+  env OTEL_EBPF_OPEN_PORT="$PORT" OTEL_EBPF_CONFIG_PATH="$RUN/obi-config.yml" \
+  "$BIN/tandem-processor" --socket "$RUN/sock/loader.sock" \
+  --print "$([ "${DEMO_RAW:-0}" = 1 ] && echo text || echo none)" \
   2> "$RUN/processor.log" &
 pids+=($!)
 for _ in $(seq 100); do grep -q "connected to loader" "$RUN/processor.log" && break; sleep 0.1; done
 
-echo "demo: requests curl http://127.0.0.1:$PORT/users/42 and /missing (the processor prints below)" >&2
+echo "demo: requests curl http://127.0.0.1:$PORT/users/42 and /missing; spans (server: python, client: curl) below" >&2
 sleep 0.3
-curl -s -o /dev/null "http://127.0.0.1:$PORT/users/42" "http://127.0.0.1:$PORT/missing" || true
+curl -s -o /dev/null -o /dev/null "http://127.0.0.1:$PORT/users/42" "http://127.0.0.1:$PORT/missing" || true
 if [ "$SECONDS_TO_RUN" = 0 ]; then
   echo "demo: running; curl http://127.0.0.1:$PORT/ and watch; Ctrl-C stops" >&2
   wait
