@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Capture overhead: nginx's throughput under wrk without tandem, then with the loader
+# (eBPF capture selecting this nginx) and a processor (--print none) attached.
+#
+#   sudo bash integration-tests/bench/capture-overhead.sh
+#
+# Prints requests/s without and with tandem and their ratio (target: >= 95%), the
+# events/s the loader sustained, and what was lost (the processor's final
+# "processor stopped: received N events ...; lost M" line and the loader's
+# "loader stopped ingested=... lost_at_source=..." line). Runs ROUNDS rounds, each
+# one baseline run then one run with tandem, and reports every run and the means.
+# About 25 s per round plus the release build.
+#
+# Environment (defaults): ROUNDS (2), DURATION (10s), THREADS (2), CONNECTIONS (50),
+# WORKERS (nginx worker_processes, 2), BODY_BYTES (size of the static file, 612),
+# SENDFILE (off: bodies go through writev, which tandem captures; on: sendfile, which
+# it does not see), CAPTURE_BYTES (loader --capture-bytes, 1024), STRICT (1: exit 1
+# when the ratio is below 95%).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-10s}
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-50}
+WORKERS=${WORKERS:-2}
+BODY_BYTES=${BODY_BYTES:-612}
+SENDFILE=${SENDFILE:-off}
+CAPTURE_BYTES=${CAPTURE_BYTES:-1024}
+STRICT=${STRICT:-0}
+
+say() { echo "bench: $*" >&2; }
+die() { say "$*"; exit 2; }
+
+[ "$(id -u)" = 0 ] || die "run as root (the loader loads eBPF programs): sudo bash $0"
+for tool in wrk nginx curl; do
+  command -v "$tool" >/dev/null || die "$tool is missing (bash scripts/setup.sh installs it)"
+done
+mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
+
+say "building (release)"
+cargo build --release -q -p tandem-loader -p tandem-processor
+BIN=$PWD/target/release
+
+WORK=$(mktemp -d /tmp/tandem-bench.XXXXXX)
+NGINX_PID= LOADER_PID= PROCESSOR_PID=
+cleanup() {
+  for pid in $PROCESSOR_PID $LOADER_PID; do kill "$pid" 2>/dev/null || true; done
+  # nginx runs in its own process group: master and workers.
+  [ -n "$NGINX_PID" ] && kill -KILL -- "-$NGINX_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# A port below the ephemeral range that nothing listens on.
+port_free() { ! grep -qi ":$(printf '%04X' "$1") .* 0A " /proc/net/tcp /proc/net/tcp6; }
+PORT=${PORT:-}
+if [ -z "$PORT" ]; then
+  for _ in $(seq 100); do
+    PORT=$((20000 + RANDOM % 12000))
+    port_free "$PORT" && break
+  done
+fi
+
+# nginx of its own: a copy of the binary (so the executable selection matches this
+# instance only), config, pid, logs and temp paths in $WORK.
+mkdir -p "$WORK"/{bin,www,logs,temp,run}
+cp "$(command -v nginx)" "$WORK/bin/nginx"
+head -c "$BODY_BYTES" /dev/zero | tr '\0' 'x' >"$WORK/www/index.html"
+cat >"$WORK/nginx.conf" <<EOF
+user root root;
+worker_processes $WORKERS;
+pid $WORK/nginx.pid;
+error_log $WORK/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    default_type text/html;
+    sendfile $SENDFILE;
+    keepalive_requests 1000000;
+    client_body_temp_path $WORK/temp/client;
+    proxy_temp_path $WORK/temp/proxy;
+    fastcgi_temp_path $WORK/temp/fastcgi;
+    uwsgi_temp_path $WORK/temp/uwsgi;
+    scgi_temp_path $WORK/temp/scgi;
+    server {
+        listen 127.0.0.1:$PORT;
+        root $WORK/www;
+    }
+}
+EOF
+setsid "$WORK/bin/nginx" -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/logs/error.log" \
+  -g 'daemon off;' &
+NGINX_PID=$!
+for _ in $(seq 100); do port_free "$PORT" || break; sleep 0.05; done
+port_free "$PORT" && die "nginx did not listen on $PORT: $(cat "$WORK/logs/error.log")"
+URL=http://127.0.0.1:$PORT/index.html
+curl -fsS -o /dev/null "$URL" || die "nginx does not answer $URL"
+
+# wait_log FILE TEXT: waits (20 s) until FILE contains TEXT.
+wait_log() {
+  for _ in $(seq 400); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+  die "timed out waiting for \"$2\" in $1: $(cat "$1")"
+}
+
+# cpu_ticks PID: user + system CPU time of PID so far, in clock ticks.
+cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+
+# run_wrk LABEL: prints requests/s.
+run_wrk() {
+  local out
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "$URL")
+  echo "$out" >"$WORK/wrk-$1.txt"
+  grep -q "Non-2xx\|Socket errors" <<<"$out" && say "wrk $1: $(grep 'Non-2xx\|Socket errors' <<<"$out")"
+  awk '/^Requests\/sec:/ {print $2}' <<<"$out"
+}
+
+export TANDEM_LOG_FORMAT=text NO_COLOR=1
+say "nginx on 127.0.0.1:$PORT ($WORKERS workers, sendfile $SENDFILE, ${BODY_BYTES}-byte file); wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
+say "warm-up"
+wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$URL" >/dev/null
+
+secs=${DURATION%s}
+nproc=$(nproc)
+results=()
+for round in $(seq "$ROUNDS"); do
+  base=$(run_wrk "base-$round")
+  say "round $round: without tandem: $base requests/s"
+
+  rm -f "$WORK/run/loader.sock"
+  "$BIN/tandem-loader" --socket "$WORK/run/loader.sock" --capture-bytes "$CAPTURE_BYTES" \
+    2>"$WORK/loader-$round.log" &
+  LOADER_PID=$!
+  wait_log "$WORK/loader-$round.log" "ebpf source ready"
+  "$BIN/tandem-processor" --socket "$WORK/run/loader.sock" --name bench --print none \
+    --exe "$WORK/bin/nginx" 2>"$WORK/processor-$round.log" &
+  PROCESSOR_PID=$!
+  wait_log "$WORK/processor-$round.log" "connected to loader; subscribed"
+  wait_log "$WORK/loader-$round.log" "ebpf: instrumenting"
+  sleep 0.5
+
+  l0=$(cpu_ticks "$LOADER_PID"); p0=$(cpu_ticks "$PROCESSOR_PID")
+  with=$(run_wrk "tandem-$round")
+  l1=$(cpu_ticks "$LOADER_PID"); p1=$(cpu_ticks "$PROCESSOR_PID")
+  # CPU used during the run, in % of one core.
+  loader_cpu=$(( (l1 - l0) * 100 / HZ / secs ))
+  processor_cpu=$(( (p1 - p0) * 100 / HZ / secs ))
+  kill -TERM "$PROCESSOR_PID"; wait "$PROCESSOR_PID" || true; PROCESSOR_PID=
+  kill -TERM "$LOADER_PID"; wait "$LOADER_PID" || true; LOADER_PID=
+  stats=$(grep -o "processor stopped: .*" "$WORK/processor-$round.log" || true)
+  loader_stats=$(grep -o "loader stopped.*" "$WORK/loader-$round.log" || true)
+  received=$(sed -n 's/.*received \([0-9]*\) events.*/\1/p' <<<"$stats")
+  data=$(sed -n 's/.* data=\([0-9]*\).*/\1/p' <<<"$stats")
+  lost=$(sed -n 's/.*; lost \([0-9]*\).*/\1/p' <<<"$stats")
+  [ -n "$received" ] || die "no final stats from the processor: $(cat "$WORK/processor-$round.log")"
+  say "round $round: with tandem:    $with requests/s; $stats"
+  say "round $round: $loader_stats; CPU during the run: loader $loader_cpu%, processor $processor_cpu% of one core"
+  results+=("$base $with ${received:-0} ${data:-0} ${lost:-0} $loader_cpu $processor_cpu")
+done
+
+echo
+echo "($nproc CPUs; loader/processor CPU in % of one core, during the run with tandem)"
+printf '%-6s %14s %14s %8s %10s %8s %6s %8s %8s\n' round "req/s without" "req/s with" ratio "events/s" "data/req" lost "loader" processor
+printf '%s\n' "${results[@]}" | awk -v secs="$secs" -v strict="$STRICT" '
+  { n++; b += $1; w += $2; ev += $3; lost += $5; lc += $6; pc += $7
+    printf "%-6d %14.0f %14.0f %7.1f%% %10.0f %8.2f %6d %7d%% %7d%%\n", n, $1, $2, 100 * $2 / $1, $3 / secs, $4 / ($2 * secs), $5, $6, $7 }
+  END {
+    ratio = 100 * w / b
+    printf "%-6s %14.0f %14.0f %7.1f%% %10.0f %8s %6d %7d%% %7d%%\n", "mean", b / n, w / n, ratio, ev / n / secs, "", lost, lc / n, pc / n
+    verdict = ratio >= 95 ? "meets" : "MISSES"
+    printf "\nthroughput with tandem: %.1f%% of without; %s the >= 95%% target\n", ratio, verdict
+    if (strict == 1 && ratio < 95) exit 1
+  }'
