@@ -1,7 +1,9 @@
 //! Sending telemetry out: OTLP traces (`traces`, a bounded queue in front of the SDK's
 //! OTLP exporter) and metrics (`metrics`, periodic push), exporters built from the
-//! settings (`otlp`), and the trace printer (`printer`).
+//! settings (`otlp`), the trace printer (`printer`), and span batches as OTLP
+//! protobuf bytes (`encode`).
 
+pub mod encode;
 pub mod metrics;
 pub mod otlp;
 pub mod printer;
