@@ -2,7 +2,7 @@
 //! their output, and talk to the loader over its real Unix socket.
 
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -327,7 +327,9 @@ pub fn require_root_bpf(test: &str) -> bool {
     if std::env::var(REQUIRE_PRIVILEGED_ENV).is_ok_and(|v| v == "1") {
         panic!("{test} {why}, and {REQUIRE_PRIVILEGED_ENV}=1 requires it to run here");
     }
-    eprintln!("SKIP {test}: {why}");
+    // Straight to the stderr handle: libtest captures `eprintln!` of passing tests,
+    // and the SKIP line must be seen (scripts and CI look for it).
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
     false
 }
 
