@@ -22,6 +22,9 @@ use tracing::{info, warn};
 
 use crate::selection::{Matcher, ProcessFacts, SelectionError};
 
+/// How long an exited process stays routable, for its late events (closes).
+const EXITED_GRACE: Duration = Duration::from_secs(10);
+
 /// Most ports remembered per process for port-based selection.
 const MAX_PORTS_PER_PROCESS: usize = 64;
 
@@ -118,6 +121,8 @@ struct ProcEntry {
     /// The process's latest `ProcessStarted`, handed to subscriptions that select the
     /// process after it was published (they attached later, or a port matched later).
     started: Option<Event>,
+    /// When its `ProcessExited` went by; the entry is removed `EXITED_GRACE` later.
+    exited_at: Option<Instant>,
 }
 
 impl ProcEntry {
@@ -244,7 +249,12 @@ impl Hub {
                     let exited = matches!(event.kind, Some(EventKind::ProcessExited(_)));
                     let n = deliver(&targets, event, &mut touched);
                     if exited {
-                        st.processes.remove(&pid);
+                        // Kept routable a while: a connection's close often comes after
+                        // its process exited (the socket closes when the peer's FIN
+                        // arrives). `expire` removes it later.
+                        if let Some(entry) = st.processes.get_mut(&pid) {
+                            entry.exited_at = Some(Instant::now());
+                        }
                     }
                     n
                 }
@@ -294,6 +304,8 @@ impl Hub {
         let started = matches!(event.kind, Some(EventKind::ProcessStarted(_)));
         if let Some(entry) = st.processes.get_mut(&pid) {
             if started {
+                // A new process with a reused pid, or a new image after exec.
+                entry.exited_at = None;
                 // Delivered by the caller to everyone who selects it now; remembered
                 // for whoever selects it later.
                 entry.started = Some(event.clone());
@@ -318,6 +330,7 @@ impl Hub {
                     facts,
                     selected_by: targets.clone(),
                     started: started.then(|| event.clone()),
+                    exited_at: None,
                 },
             );
         } else if !st.process_table_full_logged {
@@ -447,9 +460,14 @@ impl Hub {
         }
     }
 
-    /// Ends named subscriptions left unclaimed for longer than the retention time.
+    /// Ends named subscriptions left unclaimed for longer than the retention time, and
+    /// forgets processes that exited more than `EXITED_GRACE` ago.
     pub fn expire(&self, now: Instant) {
         let mut st = lock(&self.state);
+        st.processes.retain(|_, p| {
+            p.exited_at
+                .is_none_or(|t| now.saturating_duration_since(t) < EXITED_GRACE)
+        });
         let before = st.subscriptions.len();
         st.subscriptions.retain(|s| {
             let since = *lock(&s.disconnected_at);
@@ -975,6 +993,58 @@ mod tests {
         assert_eq!(h.info().subscribers[0].dropped, 1);
         assert!(h.ack("p", a.subscription.epoch, 2));
         assert_eq!(payloads(&batch(&h, &a)), ["2", "3", "loss1"]);
+    }
+
+    #[test]
+    fn a_close_after_the_process_exited_still_reaches_its_subscriber() {
+        let h = hub(100, 100);
+        let by_port = h
+            .attach(
+                "port",
+                Selection {
+                    ports: tandem_proto::selection::parse_port_ranges("8080").unwrap(),
+                    ..Default::default()
+                },
+                false,
+                Peer::default(),
+            )
+            .unwrap();
+        let ev = |kind: EventKind| Event {
+            seq: 0,
+            mono_ns: 0,
+            kind: Some(kind),
+        };
+        h.publish(vec![
+            ev(EventKind::ConnectionOpened(ConnectionOpened {
+                pid: 3,
+                conn_id: 9,
+                peer: Some(SocketAddress {
+                    ip: vec![127, 0, 0, 1],
+                    port: 8080,
+                }),
+                role: Role::Client as i32,
+                ..Default::default()
+            })),
+            ev(EventKind::ProcessExited(v1::ProcessExited {
+                pid: 3,
+                exit_code: 0,
+            })),
+            ev(EventKind::ConnectionClosed(v1::ConnectionClosed {
+                pid: 3,
+                conn_id: 9,
+                ..Default::default()
+            })),
+        ]);
+        assert_eq!(batch(&h, &by_port).events.len(), 3);
+        assert_eq!(h.info().events_unrouted, 0);
+        // Forgotten after the grace period.
+        h.expire(Instant::now() + EXITED_GRACE + Duration::from_secs(1));
+        h.publish(vec![ev(EventKind::ConnectionClosed(v1::ConnectionClosed {
+            pid: 3,
+            conn_id: 10,
+            ..Default::default()
+        }))]);
+        assert_eq!(h.info().events_unrouted, 1);
     }
 
     #[test]
