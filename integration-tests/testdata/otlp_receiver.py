@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""An OTLP receiver for tandem's end-to-end export tests, built on PyPI's `grpcio` and
+`opentelemetry-proto` (adapted from processor/src/export/testdata/otlp_receiver.py).
+
+    otlp_receiver.py [GRPC_PORT HTTP_PORT]
+
+Listens for OTLP/gRPC (TraceService, MetricsService) and OTLP/HTTP protobuf (POST
+/v1/traces, /v1/metrics) on 127.0.0.1, on the given ports or on ephemeral ones;
+prints `READY <grpc port> <http port>` once both listen, then one JSON line per
+received span or metric:
+  {"transport": "grpc"|"http", "signal": "traces", "resource": {...}, "scope": "...",
+   "scope_version": "...", "name": ..., "kind": ..., "trace_id": hex, "span_id": hex,
+   "parent_span_id": hex, "flags": int, "trace_state": "...", "status": int,
+   "status_message": "...", "attributes": {...}, "start": ns, "end": ns}
+  {"transport": ..., "signal": "metrics", "resource": {...}, "scope": "...",
+   "name": ..., "unit": ..., "kind": "histogram"|..., "temporality": int,
+   "points": [{"attributes": {...}, "count": n, "sum": x, "bounds": [...],
+               "bucket_counts": [...]}]}
+Runs until killed (SIGTERM, SIGKILL).
+"""
+import json
+import sys
+import threading
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+lock = threading.Lock()
+
+
+def emit(obj):
+    with lock:
+        sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+        sys.stdout.flush()
+
+
+def value(v):
+    kind = v.WhichOneof("value")
+    return getattr(v, kind) if kind else None
+
+
+def attrs(kvs):
+    return {kv.key: value(kv.value) for kv in kvs}
+
+
+def traces(req, transport):
+    for rs in req.resource_spans:
+        res = attrs(rs.resource.attributes)
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                emit({
+                    "transport": transport, "signal": "traces", "resource": res,
+                    "scope": ss.scope.name, "scope_version": ss.scope.version,
+                    "name": s.name, "kind": s.kind,
+                    "trace_id": s.trace_id.hex(), "span_id": s.span_id.hex(),
+                    "parent_span_id": s.parent_span_id.hex(), "flags": s.flags,
+                    "trace_state": s.trace_state, "status": s.status.code,
+                    "status_message": s.status.message,
+                    "attributes": attrs(s.attributes),
+                    "start": s.start_time_unix_nano, "end": s.end_time_unix_nano,
+                })
+
+
+def metrics(req, transport):
+    for rm in req.resource_metrics:
+        res = attrs(rm.resource.attributes)
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                kind = m.WhichOneof("data")
+                points = []
+                temporality = 0
+                if kind == "histogram":
+                    temporality = m.histogram.aggregation_temporality
+                    for p in m.histogram.data_points:
+                        points.append({"attributes": attrs(p.attributes), "count": p.count,
+                                       "sum": p.sum, "bounds": list(p.explicit_bounds),
+                                       "bucket_counts": list(p.bucket_counts)})
+                emit({"transport": transport, "signal": "metrics", "resource": res,
+                      "scope": sm.scope.name, "name": m.name, "unit": m.unit,
+                      "kind": kind, "temporality": temporality, "points": points})
+
+
+class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+    def Export(self, request, context):
+        traces(request, "grpc")
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def Export(self, request, context):
+        metrics(request, "grpc")
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
+class Http(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        ctype = self.headers.get("content-type", "")
+        if ctype != "application/x-protobuf":
+            self.send_response(415)
+            self.end_headers()
+            return
+        if self.path == "/v1/traces":
+            req = trace_service_pb2.ExportTraceServiceRequest()
+            req.ParseFromString(body)
+            traces(req, "http")
+            resp = trace_service_pb2.ExportTraceServiceResponse()
+        elif self.path == "/v1/metrics":
+            req = metrics_service_pb2.ExportMetricsServiceRequest()
+            req.ParseFromString(body)
+            metrics(req, "http")
+            resp = metrics_service_pb2.ExportMetricsServiceResponse()
+        else:
+            self.send_response(404)
+            self.end_headers()
+            return
+        out = resp.SerializeToString()
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args):
+        pass
+
+
+def main():
+    grpc_port, http_port = (int(p) for p in sys.argv[1:3]) if len(sys.argv) >= 3 else (0, 0)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
+    grpc_port = server.add_insecure_port("127.0.0.1:%d" % grpc_port)
+    server.start()
+    http = ThreadingHTTPServer(("127.0.0.1", http_port), Http)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    with lock:
+        sys.stdout.write("READY %d %d\n" % (grpc_port, http.server_address[1]))
+        sys.stdout.flush()
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
