@@ -103,8 +103,13 @@ pub struct ExportSettings {
     pub metrics: OtlpSignal,
     pub sampler: Sampler,
     pub trace_printer: TracePrinter,
-    /// `prometheus_export.port` / `OTEL_EBPF_PROMETHEUS_PORT`.
+    /// `prometheus_export.port` / `OTEL_EBPF_PROMETHEUS_PORT`: the scrape endpoint's
+    /// port on every interface; `None` means no endpoint. `Some(0)` (never given by
+    /// `config`, where 0 means off) binds a free port, for tests.
     pub prometheus_port: Option<u16>,
+    /// `prometheus_export.path` / `OTEL_EBPF_PROMETHEUS_PATH` (`config` defaults it to
+    /// `/metrics`; empty means `/metrics` too).
+    pub prometheus_path: String,
     /// `OTEL_SERVICE_NAME` / `service_name`: overrides the executable name.
     pub service_name: Option<String>,
     pub service_namespace: Option<String>,

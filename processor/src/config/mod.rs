@@ -95,9 +95,8 @@ pub struct Config {
     pub routes_wildcard_char: char,
     /// `routes.max_path_segment_cardinality` (default 10): for `low-cardinality`.
     pub routes_max_path_segment_cardinality: usize,
+    /// Export settings, with `prometheus_export.port` / `.path` (default `/metrics`).
     pub export: ExportSettings,
-    /// `prometheus_export.path` / `OTEL_EBPF_PROMETHEUS_PATH` (default `/metrics`).
-    pub prometheus_path: String,
     /// `metrics.features` (or the deprecated `otel_metrics_export.features`); default
     /// `["application"]`.
     pub metrics_features: Vec<String>,
@@ -149,9 +148,9 @@ impl Default for Config {
             export: ExportSettings {
                 metrics_interval: DEFAULT_METRICS_INTERVAL,
                 max_queue_size: DEFAULT_MAX_QUEUE_SIZE,
+                prometheus_path: DEFAULT_PROMETHEUS_PATH.to_string(),
                 ..ExportSettings::default()
             },
-            prometheus_path: DEFAULT_PROMETHEUS_PATH.to_string(),
             metrics_features: vec!["application".to_string()],
             kubernetes: Kubernetes::default(),
             log_level: None,
@@ -314,6 +313,9 @@ impl Config {
                 .or(f.trace_printer.map(|v| v.0))
                 .unwrap_or_default(),
             prometheus_port,
+            prometheus_path: setting(env, vars::PROMETHEUS_PATH)
+                .or(f.prometheus_export.path)
+                .unwrap_or(d.export.prometheus_path),
             service_name: setting(env, vars::SERVICE_NAME)
                 .or_else(|| setting(env, vars::EBPF_SERVICE_NAME))
                 .or(f.service_name),
@@ -354,9 +356,6 @@ impl Config {
                 .max_path_segment_cardinality
                 .map_or(d.routes_max_path_segment_cardinality, |v| v.0),
             export,
-            prometheus_path: setting(env, vars::PROMETHEUS_PATH)
-                .or(f.prometheus_export.path)
-                .unwrap_or(d.prometheus_path),
             metrics_features: f
                 .metrics
                 .features

@@ -102,7 +102,7 @@ fn no_file_and_no_environment_is_the_documented_default() {
     assert_eq!(c.export.metrics_interval, Duration::from_secs(60));
     assert_eq!(c.export.max_queue_size, 4096);
     assert_eq!(c.export.prometheus_port, None);
-    assert_eq!(c.prometheus_path, "/metrics");
+    assert_eq!(c.export.prometheus_path, "/metrics");
     assert_eq!(c.kubernetes.enable, KubeEnable::False);
     assert_eq!(c.routes, RoutesSettings::default());
     assert_eq!(c.routes_wildcard_char, '*');
@@ -192,7 +192,7 @@ attributes:
     assert_eq!(c.export.metrics_interval, Duration::from_secs(15));
     assert_eq!(c.metrics_features, vec!["application", "network"]);
     assert_eq!(c.export.prometheus_port, Some(9400));
-    assert_eq!(c.prometheus_path, "/prom");
+    assert_eq!(c.export.prometheus_path, "/prom");
     assert_eq!(c.routes.patterns, vec!["/users/{id}"]);
     assert_eq!(c.routes.ignored_patterns, vec!["/metrics", "/health"]);
     assert_eq!(c.routes.ignore_mode, IgnoreMode::Traces);

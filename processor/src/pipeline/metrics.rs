@@ -283,6 +283,17 @@ impl MetricsRegistry {
         out
     }
 
+    /// Current values of every metered process (cumulative), leaving the retired
+    /// ones to [`MetricsRegistry::collect`]: the Prometheus scrape reads with this, so
+    /// that the OTLP push still sends the last values of retired processes, and a
+    /// scrape never shows a retired process next to its successor with the same pid.
+    pub fn snapshot(&self) -> Vec<ResourceMetrics> {
+        self.by_pid
+            .values()
+            .filter_map(ProcessMeters::collect)
+            .collect()
+    }
+
     /// Number of processes metered now.
     #[cfg(test)]
     pub fn processes(&self) -> usize {

@@ -9,15 +9,17 @@ pub mod route;
 pub mod sample;
 pub mod span;
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tandem_proto::v1::ProcessStarted;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::export::metrics::MetricExport;
 use crate::export::otlp::{self, OtlpError};
 use crate::export::printer::Printer;
+use crate::export::prometheus::{PrometheusEndpoint, PrometheusError};
 use crate::export::traces::{TraceExport, TraceExportCounts};
 use crate::model::HttpTransaction;
 use crate::settings::{ExportSettings, RoutesSettings, Sampler};
@@ -34,6 +36,8 @@ pub enum PipelineError {
     Routes(#[from] RouteError),
     #[error(transparent)]
     Otlp(#[from] OtlpError),
+    #[error(transparent)]
+    Prometheus(#[from] PrometheusError),
     #[error("the pipeline must be created inside a multi-thread Tokio runtime (the OTLP exporters run on it)")]
     NoRuntime,
 }
@@ -62,6 +66,7 @@ pub struct Pipeline {
     ids: Box<dyn IdGenerator>,
     metrics: Option<Arc<Mutex<MetricsRegistry>>>,
     metric_export: Option<MetricExport>,
+    prometheus: Option<PrometheusEndpoint>,
     traces: Option<TraceExport>,
     printer: Printer,
     stats: PipelineStats,
@@ -69,7 +74,8 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Builds the stages and starts the exporters the settings ask for (traces: an
-    /// endpoint; metrics: an endpoint). `host_name` is `host.name`
+    /// endpoint; metrics: an OTLP endpoint, a Prometheus port, or both, reading the
+    /// same registry). `host_name` is `host.name`
     /// ([`resource::local_host_name`]). Must run inside a multi-thread Tokio runtime.
     pub fn new(
         routes: &RoutesSettings,
@@ -105,20 +111,33 @@ impl Pipeline {
         });
         let traces = otlp::span_exporter(&export.traces)?
             .map(|e| TraceExport::spawn(e, export.max_queue_size));
-        let (metrics, metric_export) = match otlp::metric_exporter(&export.metrics)? {
-            Some(e) => {
-                let registry = Arc::new(Mutex::new(MetricsRegistry::default()));
-                let task = MetricExport::spawn(e, registry.clone(), export.metrics_interval);
-                (Some(registry), Some(task))
-            }
-            None => (None, None),
+        // Metrics are recorded when something reads them: the OTLP push, the
+        // Prometheus scrape, or both.
+        let metric_exporter = otlp::metric_exporter(&export.metrics)?;
+        let metrics = (metric_exporter.is_some() || export.prometheus_port.is_some())
+            .then(|| Arc::new(Mutex::new(MetricsRegistry::default())));
+        let metric_export = match (metric_exporter, &metrics) {
+            (Some(e), Some(registry)) => Some(MetricExport::spawn(
+                e,
+                registry.clone(),
+                export.metrics_interval,
+            )),
+            _ => None,
         };
-        if export.prometheus_port.is_some() {
-            warn!("prometheus_port is set but tandem has no Prometheus endpoint yet: use OTLP metrics");
-        }
+        let prometheus = match (export.prometheus_port, &metrics) {
+            (Some(port), Some(registry)) => Some(PrometheusEndpoint::start(
+                port,
+                &export.prometheus_path,
+                registry.clone(),
+            )?),
+            _ => None,
+        };
         info!(
             traces = export.traces.endpoint.as_deref().unwrap_or("(none)"),
             metrics = export.metrics.endpoint.as_deref().unwrap_or("(none)"),
+            prometheus = %prometheus
+                .as_ref()
+                .map_or("(none)".to_string(), |p| p.local_addr().to_string()),
             sampler = ?export.sampler,
             "telemetry pipeline ready"
         );
@@ -129,6 +148,7 @@ impl Pipeline {
             ids: Box::new(RandomIdGenerator::default()),
             metrics,
             metric_export,
+            prometheus,
             traces,
             printer,
             stats: PipelineStats::default(),
@@ -168,6 +188,11 @@ impl Pipeline {
         }
     }
 
+    /// Where the Prometheus endpoint listens, when there is one.
+    pub fn prometheus_addr(&self) -> Option<SocketAddr> {
+        self.prometheus.as_ref().map(PrometheusEndpoint::local_addr)
+    }
+
     pub fn stats(&self) -> PipelineStats {
         let mut s = self.stats;
         s.routes_overflowed = self.router.overflowed();
@@ -180,10 +205,13 @@ impl Pipeline {
         s
     }
 
-    /// Flushes: exports queued spans and the metrics one last time (each bounded by
-    /// its exporter's grace period), ends the printer.
+    /// Stops the Prometheus endpoint, flushes: exports queued spans and the metrics
+    /// one last time (each bounded by its exporter's grace period), ends the printer.
     pub async fn shutdown(mut self) -> PipelineStats {
         let mut s = self.stats();
+        if let Some(p) = self.prometheus.take() {
+            p.shutdown().await;
+        }
         if let Some(t) = self.traces.take() {
             s.span_export = t.shutdown().await;
         }
