@@ -119,10 +119,8 @@ impl SyntheticSource {
     async fn generate(self, ctx: SourceContext) -> anyhow::Result<()> {
         let hub = ctx.sink.clone();
         hub.set_probes(vec![probe("synthetic:demo-server", "synthetic", Ok(()))]);
-        if self.wait_subscribers > 0 {
-            if !wait_for_subscribers(&ctx, self.wait_subscribers).await? {
-                return Ok(());
-            }
+        if !wait_for_subscribers(&ctx, self.wait_subscribers).await? {
+            return Ok(());
         }
         info!(
             requests = self.requests,

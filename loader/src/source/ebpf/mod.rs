@@ -265,10 +265,10 @@ pub fn start(
 }
 
 /// Logs, for a non-root loader, each feature whose capabilities are missing.
+/// Features of the capability model this source uses.
+const USED_FEATURES: [&str; 3] = ["syscall_capture", "sock_tracepoints", "process_discovery"];
+
 fn report_capabilities() {
-    if nix::unistd::geteuid().is_root() {
-        return;
-    }
     let held = match tandem_security::effective_capabilities() {
         Ok(h) => h,
         Err(e) => {
@@ -276,18 +276,26 @@ fn report_capabilities() {
             return;
         }
     };
-    for id in ["syscall_capture", "sock_tracepoints", "process_discovery"] {
-        let Some(feature) = tandem_security::feature(id) else {
-            continue;
-        };
+    for feature in tandem_security::FEATURES {
+        let used = USED_FEATURES.contains(&feature.id);
         for cap in tandem_security::missing(feature, &held) {
-            warn!(
-                feature = id,
-                capability = %cap,
-                "missing {cap} (used to {}): {} will not work fully",
-                cap.purpose(),
-                feature.description
-            );
+            if used {
+                warn!(
+                    feature = feature.id,
+                    capability = %cap,
+                    "missing {cap} (used to {}): {} will not work fully",
+                    cap.purpose(),
+                    feature.description
+                );
+            } else {
+                warn!(
+                    feature = feature.id,
+                    capability = %cap,
+                    "missing {cap} (used to {}): {} is unavailable (this loader does not use it yet)",
+                    cap.purpose(),
+                    feature.description
+                );
+            }
         }
     }
 }

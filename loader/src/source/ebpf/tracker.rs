@@ -498,6 +498,9 @@ impl Tracker {
             if !already_described {
                 out.push(convert::process_started(ts, &p.info, false));
             }
+            // Children it forked before this record was handled (a daemon's workers)
+            // were not in the pid map then, so the kernel did not add them.
+            self.adopt_descendants(pid, ts, out);
         } else {
             if p.in_kernel {
                 self.kernel.untrace_pid(pid);
@@ -505,6 +508,38 @@ impl Tracker {
             // Not kept: with every exec reported, the table would grow with every
             // short-lived process. A rescan (on selection change) finds it again.
             self.procs.remove(&pid);
+        }
+    }
+
+    /// Traces the running descendants of `root` that are not traced yet, as if they
+    /// had been forked after `root` was selected.
+    fn adopt_descendants(&mut self, root: u32, ts: u64, out: &mut Vec<Event>) {
+        let Ok(pids) = self.procfs.pids() else {
+            return;
+        };
+        let infos: Vec<ProcessInfo> = pids
+            .into_iter()
+            .filter(|pid| *pid != root)
+            .filter_map(|pid| self.procfs.process(pid).ok())
+            .filter(|info| info.tgid == info.pid)
+            .collect();
+        let mut parents = vec![root];
+        while let Some(parent) = parents.pop() {
+            for info in infos.iter().filter(|i| i.ppid == parent) {
+                let child = info.pid;
+                parents.push(child);
+                if self.procs.get(&child).is_some_and(|p| p.in_kernel) {
+                    continue;
+                }
+                if let Err(e) = self.kernel.trace_pid(child, reason::USER) {
+                    warn!(pid = child, "cannot add to the pid map: {e}");
+                    continue;
+                }
+                let mut p = Proc::new(info.clone(), false);
+                p.inherited_from = Some(parent);
+                self.procs.insert(child, p);
+                self.ensure_announced(child, Some(parent), ts, out);
+            }
         }
     }
 
