@@ -65,3 +65,11 @@ if ! python3 -c "import grpc, opentelemetry.proto" >/dev/null 2>&1; then
   python3 -m pip install --quiet grpcio opentelemetry-proto 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages grpcio opentelemetry-proto
 fi
+
+# The end-to-end export tests also send to rotel, an OpenTelemetry collector
+# (integration-tests/tests/otlp.rs).
+if ! python3 -c "import rotel" >/dev/null 2>&1; then
+  log "pip install rotel (OTLP collector for the end-to-end export tests)"
+  python3 -m pip install --quiet rotel 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages rotel
+fi

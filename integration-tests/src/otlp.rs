@@ -325,3 +325,188 @@ pub fn stop_and_summary(processor: &mut Running) -> String {
     );
     processor.stderr.wait_for("processor stopped", PATIENCE)
 }
+
+/// The `rotel-agent` executable of PyPI's `rotel` (an OpenTelemetry collector written
+/// in Rust, installed by `scripts/setup.sh`): on PATH, or inside the python package.
+pub fn rotel_agent() -> PathBuf {
+    if let Ok(path) = std::env::var("PATH") {
+        if let Some(p) = std::env::split_paths(&path)
+            .map(|d| d.join("rotel-agent"))
+            .find(|p| p.is_file())
+        {
+            return p;
+        }
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
+        ])
+        .output()
+        .expect("python3 is needed to find rotel-agent");
+    assert!(
+        out.status.success(),
+        "rotel is not installed (run scripts/setup.sh, or pip install rotel): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(path.is_file(), "no rotel-agent at {}", path.display());
+    path
+}
+
+/// A `rotel-agent` collector receiving OTLP on 127.0.0.1 (gRPC and HTTP), exporting
+/// to nowhere, logging every span it receives in detail on stdout.
+pub struct Rotel {
+    pub process: Running,
+    pub grpc_port: u16,
+    pub http_port: u16,
+}
+
+impl Rotel {
+    /// Starts it on two free ports; returns once both listen.
+    pub fn start() -> Rotel {
+        let (grpc_port, http_port) = (crate::free_port(), crate::free_port());
+        let mut cmd = Command::new(rotel_agent());
+        cmd.arg("start")
+            .arg("--otlp-grpc-endpoint")
+            .arg(format!("127.0.0.1:{grpc_port}"))
+            .arg("--otlp-http-endpoint")
+            .arg(format!("127.0.0.1:{http_port}"))
+            .args(["--exporter", "blackhole", "--debug-log", "traces"])
+            .args(["--debug-log-verbosity", "detailed"]);
+        let mut process = Running::spawn(cmd, "rotel-agent");
+        crate::wait_listening(&mut process, grpc_port, PATIENCE);
+        crate::wait_listening(&mut process, http_port, PATIENCE);
+        Rotel {
+            process,
+            grpc_port,
+            http_port,
+        }
+    }
+
+    pub fn endpoint(&self, protocol: Protocol) -> String {
+        endpoint(protocol, self.grpc_port, self.http_port)
+    }
+
+    /// The spans rotel logged so far, parsed from its detailed debug output.
+    pub fn spans(&self) -> Vec<RotelSpan> {
+        parse_rotel_spans(&self.process.stdout.text())
+    }
+}
+
+/// One span as rotel's detailed debug exporter prints it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RotelSpan {
+    pub resource: serde_json::Map<String, Value>,
+    pub scope: String,
+    pub trace_id: String,
+    pub parent_id: String,
+    pub span_id: String,
+    pub name: String,
+    /// `SPAN_KIND_SERVER`, ...
+    pub kind: String,
+    pub start: u64,
+    pub end: u64,
+    /// `STATUS_CODE_UNSET`, ...
+    pub status: String,
+    pub attributes: serde_json::Map<String, Value>,
+}
+
+/// `Str(x)`, `Int(1)`, `Bool(true)`, `Double(0.5)` as JSON.
+fn rotel_value(text: &str) -> Value {
+    let (kind, rest) = text.split_once('(').unwrap_or(("", text));
+    let inner = rest.strip_suffix(')').unwrap_or(rest);
+    match kind {
+        "Int" => inner.parse::<i64>().map_or(Value::Null, Value::from),
+        "Double" => inner.parse::<f64>().map_or(Value::Null, Value::from),
+        "Bool" => Value::from(inner == "true"),
+        "Str" => Value::from(inner),
+        _ => Value::from(text),
+    }
+}
+
+/// Parses the `ResourceSpans` sections of rotel's `--debug-log-verbosity detailed`
+/// output (the format of the OpenTelemetry collector's debug exporter).
+pub fn parse_rotel_spans(text: &str) -> Vec<RotelSpan> {
+    #[derive(PartialEq)]
+    enum At {
+        Elsewhere,
+        ResourceAttributes,
+        Span,
+        SpanAttributes,
+    }
+    let mut spans: Vec<RotelSpan> = Vec::new();
+    let mut in_traces = false;
+    let mut at = At::Elsewhere;
+    let mut resource = serde_json::Map::new();
+    let mut scope = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if line.starts_with("ResourceSpans #") {
+            in_traces = true;
+            at = At::Elsewhere;
+            resource = serde_json::Map::new();
+            continue;
+        }
+        if line.starts_with("Resource") && !line.starts_with("ResourceSpans") && line.contains('#')
+        {
+            // ResourceMetrics / ResourceLogs.
+            in_traces = false;
+            continue;
+        }
+        if !in_traces {
+            continue;
+        }
+        if line == "Resource attributes:" {
+            at = At::ResourceAttributes;
+        } else if let Some(s) = line.strip_prefix("InstrumentationScope ") {
+            scope = s.to_string();
+            at = At::Elsewhere;
+        } else if line.starts_with("Span #") {
+            spans.push(RotelSpan {
+                resource: resource.clone(),
+                scope: scope.clone(),
+                ..Default::default()
+            });
+            at = At::Span;
+        } else if line == "Attributes:" && at != At::Elsewhere {
+            at = At::SpanAttributes;
+        } else if let Some(kv) = trimmed.strip_prefix("-> ") {
+            let Some((k, v)) = kv.split_once(": ") else {
+                continue;
+            };
+            match at {
+                At::ResourceAttributes => {
+                    resource.insert(k.to_string(), rotel_value(v));
+                }
+                At::SpanAttributes => {
+                    if let Some(s) = spans.last_mut() {
+                        s.attributes.insert(k.to_string(), rotel_value(v));
+                    }
+                }
+                _ => {}
+            }
+        } else if at == At::Span {
+            let Some(s) = spans.last_mut() else { continue };
+            let Some((k, v)) = trimmed.split_once(':') else {
+                continue;
+            };
+            let v = v.trim().to_string();
+            match k.trim() {
+                "Trace ID" => s.trace_id = v,
+                "Parent ID" => s.parent_id = v,
+                "ID" => s.span_id = v,
+                "Name" => s.name = v,
+                "Kind" => s.kind = v,
+                "Start time" => s.start = v.parse().unwrap_or(0),
+                "End time" => s.end = v.parse().unwrap_or(0),
+                "Status code" => s.status = v,
+                _ => {}
+            }
+        } else if !line.starts_with(' ') {
+            // Events:, Links:, ScopeSpans #, ...
+            at = At::Elsewhere;
+        }
+    }
+    spans
+}

@@ -11,7 +11,7 @@
 //!   (`tandem-loader record --source synthetic`), whose every byte and timestamp is
 //!   known, so spans and metrics are asserted to the nanosecond.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -324,10 +324,13 @@ fn real_request_spans(protocol: Protocol, test: &str) {
         "curl sent no traceparent: two traces"
     );
 
-    // Wall-clock times: within the request, the server's inside the client's.
+    // Wall-clock times: within the request (give or take 50 ms: the loader converts
+    // kernel times with a clock offset taken at its start, and the clock may be slewed
+    // since), the server's inside the client's (same kernel clock: exact).
     let t = |s: &Value, k: &str| s[k].as_u64().expect("time");
+    let slack = 50_000_000;
     assert!(
-        before <= t(client_span, "start") && t(client_span, "end") <= after,
+        before - slack <= t(client_span, "start") && t(client_span, "end") <= after + slack,
         "client span [{}, {}] outside the request [{before}, {after}]",
         t(client_span, "start"),
         t(client_span, "end")
@@ -729,36 +732,30 @@ fn demo_expected(i: u64) -> (String, String, &'static str, u16) {
     }
 }
 
-fn replay_exports_exact_spans_and_metrics(protocol: Protocol) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let capture = synthetic_capture(dir.path(), DEMO_REQUESTS);
-    let socket = dir.path().join("run").join("loader.sock");
-    let _loader = start_loader(
-        &socket,
-        &[
-            "--replay",
-            capture.to_str().expect("utf-8 path"),
-            "--wait-subscribers",
-            "1",
-        ],
-    );
-    let mut receiver = Receiver::start();
-    let config = write_config(
-        dir.path(),
-        "routes:\n  patterns:\n    - /users/{id}\n    - /orders/{id}/items\n",
-    );
-    let mut env = export_env(protocol, receiver.endpoint(protocol));
-    env.push(("OTEL_EBPF_OPEN_PORT", "8080".into()));
-    let mut p = start_exporting_processor(&socket, "otlp-replay", &config, &env);
+/// The span attributes of synthetic exchange `i`, exactly.
+fn demo_attributes(i: u64) -> Value {
+    let (path, _, route, status) = demo_expected(i);
+    json!({
+        "client.address": "127.0.0.1",
+        "http.request.body.size": 0,
+        "http.request.method": "GET",
+        "http.response.body.size": format!("{{\"request\":{i}}}").len(),
+        "http.response.status_code": status,
+        "http.route": route,
+        "network.peer.address": "127.0.0.1",
+        "network.peer.port": 40_000 + i,
+        "network.protocol.version": "1.1",
+        "server.address": "localhost",
+        "server.port": 8080,
+        "url.path": path,
+        "user_agent.original": "curl/8.5.0",
+    })
+}
 
-    receiver.until(
-        "a span per synthetic request",
-        EXPORT_PATIENCE,
-        &logs(&p),
-        |r| spans(r).len() as u64 >= DEMO_REQUESTS,
-    );
+/// The resource of the synthetic demo server, exactly.
+fn demo_resource() -> Value {
     let host = host_name();
-    let resource = json!({
+    json!({
         "host.name": host,
         "process.executable.name": "demo-server",
         "process.executable.path": DEMO_EXE,
@@ -767,7 +764,49 @@ fn replay_exports_exact_spans_and_metrics(protocol: Protocol) {
         "service.name": "demo-server",
         "telemetry.sdk.name": "tandem",
         "telemetry.sdk.version": VERSION,
-    });
+    })
+}
+
+/// A loader replaying a capture of `DEMO_REQUESTS` synthetic exchanges once a
+/// processor subscribed, and that processor, exporting with `env` (plus
+/// `OTEL_EBPF_OPEN_PORT=8080` and the demo's route patterns).
+fn replay_to(dir: &Path, env: Vec<(&str, String)>) -> (Running, Running) {
+    let capture = synthetic_capture(dir, DEMO_REQUESTS);
+    let socket = dir.join("run").join("loader.sock");
+    let loader = start_loader(
+        &socket,
+        &[
+            "--replay",
+            capture.to_str().expect("utf-8 path"),
+            "--wait-subscribers",
+            "1",
+        ],
+    );
+    let config = write_config(
+        dir,
+        "routes:\n  patterns:\n    - /users/{id}\n    - /orders/{id}/items\n",
+    );
+    let mut env = env;
+    env.push(("OTEL_EBPF_OPEN_PORT", "8080".into()));
+    let p = start_exporting_processor(&socket, "otlp-replay", &config, &env);
+    (loader, p)
+}
+
+fn replay_exports_exact_spans_and_metrics(protocol: Protocol) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut receiver = Receiver::start();
+    let (_loader, mut p) = replay_to(
+        dir.path(),
+        export_env(protocol, receiver.endpoint(protocol)),
+    );
+
+    receiver.until(
+        "a span per synthetic request",
+        EXPORT_PATIENCE,
+        &logs(&p),
+        |r| spans(r).len() as u64 >= DEMO_REQUESTS,
+    );
+    let resource = demo_resource();
     let metric_attrs = |route: &str, status: u16| {
         json!({
             "http.request.method": "GET",
@@ -819,29 +858,10 @@ fn replay_exports_exact_spans_and_metrics(protocol: Protocol) {
     let mut trace_ids = std::collections::BTreeSet::new();
     for (i, s) in spans.iter().enumerate() {
         let i = i as u64;
-        let (path, name, route, status) = demo_expected(i);
-        let body = format!("{{\"request\":{i}}}").len();
+        let (_, name, _, _) = demo_expected(i);
         assert_eq!(s["name"], name.as_str(), "{s}");
         assert_eq!(s["kind"], SERVER, "{s}");
-        assert_eq!(
-            s["attributes"],
-            json!({
-                "client.address": "127.0.0.1",
-                "http.request.body.size": 0,
-                "http.request.method": "GET",
-                "http.response.body.size": body,
-                "http.response.status_code": status,
-                "http.route": route,
-                "network.peer.address": "127.0.0.1",
-                "network.peer.port": 40_000 + i,
-                "network.protocol.version": "1.1",
-                "server.address": "localhost",
-                "server.port": 8080,
-                "url.path": path,
-                "user_agent.original": "curl/8.5.0",
-            }),
-            "exchange {i}"
-        );
+        assert_eq!(s["attributes"], demo_attributes(i), "exchange {i}");
         assert_eq!(s["resource"], resource, "exchange {i}");
         assert_eq!(s["parent_span_id"], "", "{s}");
         assert_common(s, protocol);
@@ -910,4 +930,72 @@ fn replay_exports_exact_spans_and_metrics_over_grpc() {
 #[test]
 fn replay_exports_exact_spans_and_metrics_over_http_protobuf() {
     replay_exports_exact_spans_and_metrics(Protocol::HttpProtobuf);
+}
+
+/// The same replayed traffic through `rotel`, an OpenTelemetry collector this project
+/// did not write: it receives every span, with the exact names, attributes, resource
+/// and times.
+fn replay_reaches_rotel(protocol: Protocol) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rotel = Rotel::start();
+    let (_loader, mut p) = replay_to(dir.path(), export_env(protocol, rotel.endpoint(protocol)));
+    let deadline = std::time::Instant::now() + EXPORT_PATIENCE;
+    while (rotel.spans().len() as u64) < DEMO_REQUESTS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rotel logged {} of {DEMO_REQUESTS} spans; rotel stdout:\n{}\nrotel stderr:\n{}\nprocessor stderr:\n{}",
+            rotel.spans().len(),
+            rotel.process.stdout.text(),
+            rotel.process.stderr.text(),
+            p.stderr.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let summary = stop_and_summary(&mut p);
+    assert!(
+        summary.contains(&format!(
+            "queued: {DEMO_REQUESTS}, dropped_queue_full: 0, exported: {DEMO_REQUESTS}, failed: 0"
+        )),
+        "{summary}"
+    );
+    let spans = rotel.spans();
+    assert_eq!(spans.len() as u64, DEMO_REQUESTS, "{spans:#?}");
+    let resource = demo_resource();
+    for s in &spans {
+        let i = s.attributes["network.peer.port"]
+            .as_u64()
+            .and_then(|p| p.checked_sub(40_000))
+            .unwrap_or_else(|| panic!("unexpected peer port: {s:?}"));
+        let (_, name, _, _) = demo_expected(i);
+        assert_eq!(s.name, name, "{s:?}");
+        assert_eq!(s.kind, "SPAN_KIND_SERVER", "{s:?}");
+        assert_eq!(s.status, "STATUS_CODE_UNSET", "{s:?}");
+        assert_eq!(s.scope, format!("tandem {VERSION}"), "{s:?}");
+        assert_eq!(
+            Value::Object(s.attributes.clone()),
+            demo_attributes(i),
+            "{s:?}"
+        );
+        assert_eq!(Value::Object(s.resource.clone()), resource, "{s:?}");
+        assert_eq!(s.parent_id, "", "{s:?}");
+        assert_eq!(s.trace_id.len(), 32, "{s:?}");
+        assert_eq!(s.span_id.len(), 16, "{s:?}");
+        assert_eq!(s.end - s.start, 830_000, "{s:?}");
+    }
+    let mut ports: Vec<u64> = spans
+        .iter()
+        .map(|s| s.attributes["network.peer.port"].as_u64().unwrap_or(0))
+        .collect();
+    ports.sort_unstable();
+    assert_eq!(ports, (40_000..40_000 + DEMO_REQUESTS).collect::<Vec<_>>());
+}
+
+#[test]
+fn replay_reaches_rotel_over_grpc() {
+    replay_reaches_rotel(Protocol::Grpc);
+}
+
+#[test]
+fn replay_reaches_rotel_over_http_protobuf() {
+    replay_reaches_rotel(Protocol::HttpProtobuf);
 }
