@@ -1039,11 +1039,13 @@ mod tests {
         assert_eq!(h.info().events_unrouted, 0);
         // Forgotten after the grace period.
         h.expire(Instant::now() + EXITED_GRACE + Duration::from_secs(1));
-        h.publish(vec![ev(EventKind::ConnectionClosed(v1::ConnectionClosed {
-            pid: 3,
-            conn_id: 10,
-            ..Default::default()
-        }))]);
+        h.publish(vec![ev(EventKind::ConnectionClosed(
+            v1::ConnectionClosed {
+                pid: 3,
+                conn_id: 10,
+                ..Default::default()
+            },
+        ))]);
         assert_eq!(h.info().events_unrouted, 1);
     }
 
