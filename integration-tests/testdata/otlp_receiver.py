@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""An OTLP receiver for tandem's end-to-end export tests, built on PyPI's `grpcio` and
-`opentelemetry-proto` (adapted from processor/src/export/testdata/otlp_receiver.py).
+"""An OTLP receiver for tandem's export tests (the processor's and the end-to-end
+ones), built on PyPI's `grpcio` and `opentelemetry-proto`.
 
     otlp_receiver.py [GRPC_PORT HTTP_PORT]
 

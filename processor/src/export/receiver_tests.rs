@@ -1,4 +1,4 @@
-//! The pipeline against a real OTLP receiver (`testdata/otlp_receiver.py`: Python
+//! The pipeline against a real OTLP receiver (`integration-tests/testdata/otlp_receiver.py`: Python
 //! `grpcio` + `opentelemetry-proto`, installed by `scripts/setup.sh`), over gRPC and
 //! over HTTP/protobuf: exact span names, attributes, resources and metrics must
 //! arrive. Skipped (with a printed reason) only when `python3` itself is missing.
@@ -51,9 +51,10 @@ fn start_receiver() -> Option<Receiver> {
         ),
         Ok(_) => {}
     }
+    // One receiver serves the processor's tests and the end-to-end tests.
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/src/export/testdata/otlp_receiver.py"
+        "/../integration-tests/testdata/otlp_receiver.py"
     );
     let mut child = Command::new("python3")
         .arg(script)

@@ -278,24 +278,19 @@ fn report_capabilities() {
     };
     for feature in tandem_security::FEATURES {
         let used = USED_FEATURES.contains(&feature.id);
+        let effect = if used {
+            "will not work fully"
+        } else {
+            "is unavailable (this loader does not use it yet)"
+        };
         for cap in tandem_security::missing(feature, &held) {
-            if used {
-                warn!(
-                    feature = feature.id,
-                    capability = %cap,
-                    "missing {cap} (used to {}): {} will not work fully",
-                    cap.purpose(),
-                    feature.description
-                );
-            } else {
-                warn!(
-                    feature = feature.id,
-                    capability = %cap,
-                    "missing {cap} (used to {}): {} is unavailable (this loader does not use it yet)",
-                    cap.purpose(),
-                    feature.description
-                );
-            }
+            warn!(
+                feature = feature.id,
+                capability = %cap,
+                "missing {cap} (used to {}): {} {effect}",
+                cap.purpose(),
+                feature.description
+            );
         }
     }
 }
