@@ -11,8 +11,17 @@
 # one baseline run then one run with tandem, and reports every run and the means.
 # About 25 s per round plus the release build.
 #
-# Environment (defaults): ROUNDS (2), DURATION (10s), THREADS (2), CONNECTIONS (50),
-# WORKERS (nginx worker_processes, 2), BODY_BYTES (size of the static file, 612),
+# CPU placement (PIN, default 1): the server gets a CPU budget of its own, as it would
+# on a node where tandem's daemons have theirs. nginx's workers are pinned to the last
+# SERVER_CPUS CPUs (default 1), wrk, the loader and the processor to the others, so
+# the ratio measures what tandem costs the server itself (the probes run in the
+# server's syscalls) and not how busy the load generator's CPU is. The server's CPU
+# per request (user + system time of its workers / requests) is printed with and
+# without tandem. PIN=0 lets everything share every CPU.
+#
+# Environment (defaults): ROUNDS (2), DURATION (10s), THREADS (1 pinned, 2 otherwise),
+# CONNECTIONS (50), WORKERS (nginx worker_processes: SERVER_CPUS pinned, 2 otherwise),
+# BODY_BYTES (size of the static file, 612),
 # SENDFILE (off: bodies go through writev, which tandem captures; on: sendfile, which
 # it does not see), CAPTURE_BYTES (loader --capture-bytes, 1024), STRICT (1: exit 1
 # when the ratio is below 95%).
@@ -21,9 +30,24 @@ cd "$(dirname "$0")/../.."
 
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-10s}
-THREADS=${THREADS:-2}
+PIN=${PIN:-1}
+NCPU=$(nproc)
+SERVER_CPUS=${SERVER_CPUS:-1}
+if [ "$PIN" = 1 ]; then
+  [ "$NCPU" -gt "$SERVER_CPUS" ] || { echo "bench: PIN=1 needs more than SERVER_CPUS=$SERVER_CPUS CPUs" >&2; exit 2; }
+  SERVER_SET="$((NCPU - SERVER_CPUS))-$((NCPU - 1))"
+  OTHER_SET="0-$((NCPU - SERVER_CPUS - 1))"
+  THREADS=${THREADS:-1}
+  WORKERS=${WORKERS:-$SERVER_CPUS}
+  ON_SERVER=(taskset -c "$SERVER_SET")
+  ON_OTHER=(taskset -c "$OTHER_SET")
+else
+  THREADS=${THREADS:-2}
+  WORKERS=${WORKERS:-2}
+  ON_SERVER=()
+  ON_OTHER=()
+fi
 CONNECTIONS=${CONNECTIONS:-50}
-WORKERS=${WORKERS:-2}
 BODY_BYTES=${BODY_BYTES:-612}
 SENDFILE=${SENDFILE:-off}
 CAPTURE_BYTES=${CAPTURE_BYTES:-1024}
@@ -33,7 +57,7 @@ say() { echo "bench: $*" >&2; }
 die() { say "$*"; exit 2; }
 
 [ "$(id -u)" = 0 ] || die "run as root (the loader loads eBPF programs): sudo bash $0"
-for tool in wrk nginx curl; do
+for tool in wrk nginx curl taskset; do
   command -v "$tool" >/dev/null || die "$tool is missing (bash scripts/setup.sh installs it)"
 done
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
@@ -90,7 +114,7 @@ http {
     }
 }
 EOF
-setsid "$WORK/bin/nginx" -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/logs/error.log" \
+setsid "${ON_SERVER[@]}" "$WORK/bin/nginx" -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/logs/error.log" \
   -g 'daemon off;' &
 NGINX_PID=$!
 for _ in $(seq 100); do port_free "$PORT" || break; sleep 0.05; done
@@ -108,33 +132,43 @@ wait_log() {
 cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 
-# run_wrk LABEL: prints requests/s.
+# nginx_ticks: user + system CPU time of nginx's workers (and master) so far.
+nginx_ticks() {
+  local t=0 p
+  for p in $(pgrep -g "$NGINX_PID"); do t=$((t + $(cpu_ticks "$p" 2>/dev/null || echo 0))); done
+  echo "$t"
+}
+
+# run_wrk LABEL: prints requests/s and nginx's CPU time per request (microseconds).
 run_wrk() {
-  local out
-  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "$URL")
+  local out n0 n1 rps
+  n0=$(nginx_ticks)
+  out=$("${ON_OTHER[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "$URL")
+  n1=$(nginx_ticks)
   echo "$out" >"$WORK/wrk-$1.txt"
   grep -q "Non-2xx\|Socket errors" <<<"$out" && say "wrk $1: $(grep 'Non-2xx\|Socket errors' <<<"$out")"
-  awk '/^Requests\/sec:/ {print $2}' <<<"$out"
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  echo "$rps $(awk -v t=$((n1 - n0)) -v hz="$HZ" -v r="$rps" -v s="${DURATION%s}" 'BEGIN { printf "%.2f", t / hz * 1e6 / (r * s) }')"
 }
 
 export TANDEM_LOG_FORMAT=text NO_COLOR=1
 say "nginx on 127.0.0.1:$PORT ($WORKERS workers, sendfile $SENDFILE, ${BODY_BYTES}-byte file); wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
 say "warm-up"
-wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$URL" >/dev/null
+"${ON_OTHER[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$URL" >/dev/null
 
 secs=${DURATION%s}
 nproc=$(nproc)
 results=()
 for round in $(seq "$ROUNDS"); do
-  base=$(run_wrk "base-$round")
-  say "round $round: without tandem: $base requests/s"
+  read -r base base_us <<<"$(run_wrk "base-$round")"
+  say "round $round: without tandem: $base requests/s, nginx CPU $base_us us/request"
 
   rm -f "$WORK/run/loader.sock"
-  "$BIN/tandem-loader" --socket "$WORK/run/loader.sock" --capture-bytes "$CAPTURE_BYTES" \
+  "${ON_OTHER[@]}" "$BIN/tandem-loader" --socket "$WORK/run/loader.sock" --capture-bytes "$CAPTURE_BYTES" \
     2>"$WORK/loader-$round.log" &
   LOADER_PID=$!
   wait_log "$WORK/loader-$round.log" "ebpf source ready"
-  "$BIN/tandem-processor" --socket "$WORK/run/loader.sock" --name bench --print none \
+  "${ON_OTHER[@]}" "$BIN/tandem-processor" --socket "$WORK/run/loader.sock" --name bench --print none \
     --exe "$WORK/bin/nginx" 2>"$WORK/processor-$round.log" &
   PROCESSOR_PID=$!
   wait_log "$WORK/processor-$round.log" "connected to loader; subscribed"
@@ -142,7 +176,7 @@ for round in $(seq "$ROUNDS"); do
   sleep 0.5
 
   l0=$(cpu_ticks "$LOADER_PID"); p0=$(cpu_ticks "$PROCESSOR_PID")
-  with=$(run_wrk "tandem-$round")
+  read -r with with_us <<<"$(run_wrk "tandem-$round")"
   l1=$(cpu_ticks "$LOADER_PID"); p1=$(cpu_ticks "$PROCESSOR_PID")
   # CPU used during the run, in % of one core.
   loader_cpu=$(( (l1 - l0) * 100 / HZ / secs ))
@@ -155,21 +189,27 @@ for round in $(seq "$ROUNDS"); do
   data=$(sed -n 's/.* data=\([0-9]*\).*/\1/p' <<<"$stats")
   lost=$(sed -n 's/.*; lost \([0-9]*\).*/\1/p' <<<"$stats")
   [ -n "$received" ] || die "no final stats from the processor: $(cat "$WORK/processor-$round.log")"
-  say "round $round: with tandem:    $with requests/s; $stats"
+  say "round $round: with tandem:    $with requests/s, nginx CPU $with_us us/request; $stats"
   say "round $round: $loader_stats; CPU during the run: loader $loader_cpu%, processor $processor_cpu% of one core"
-  results+=("$base $with ${received:-0} ${data:-0} ${lost:-0} $loader_cpu $processor_cpu")
+  results+=("$base $with ${received:-0} ${data:-0} ${lost:-0} $loader_cpu $processor_cpu $base_us $with_us")
 done
 
 echo
-echo "($nproc CPUs; loader/processor CPU in % of one core, during the run with tandem)"
-printf '%-6s %14s %14s %8s %10s %8s %6s %8s %8s\n' round "req/s without" "req/s with" ratio "events/s" "data/req" lost "loader" processor
+if [ "$PIN" = 1 ]; then
+  placement="nginx on CPU $SERVER_SET; wrk, loader and processor on CPU $OTHER_SET"
+else
+  placement="no pinning: everything shares the $nproc CPUs"
+fi
+echo "($nproc CPUs, $placement; loader/processor CPU in % of one core, during the run with tandem; nginx us/req: its CPU time per request)"
+printf '%-6s %14s %14s %8s %10s %8s %6s %8s %9s %10s %10s\n' round "req/s without" "req/s with" ratio "events/s" "data/req" lost "loader" processor "us/req w/o" "us/req with"
 printf '%s\n' "${results[@]}" | awk -v secs="$secs" -v strict="$STRICT" '
-  { n++; b += $1; w += $2; ev += $3; lost += $5; lc += $6; pc += $7
-    printf "%-6d %14.0f %14.0f %7.1f%% %10.0f %8.2f %6d %7d%% %7d%%\n", n, $1, $2, 100 * $2 / $1, $3 / secs, $4 / ($2 * secs), $5, $6, $7 }
+  { n++; b += $1; w += $2; ev += $3; lost += $5; lc += $6; pc += $7; bu += $8; wu += $9
+    printf "%-6d %14.0f %14.0f %7.1f%% %10.0f %8.2f %6d %7d%% %8d%% %10.2f %10.2f\n", n, $1, $2, 100 * $2 / $1, $3 / secs, $4 / ($2 * secs), $5, $6, $7, $8, $9 }
   END {
     ratio = 100 * w / b
-    printf "%-6s %14.0f %14.0f %7.1f%% %10.0f %8s %6d %7d%% %7d%%\n", "mean", b / n, w / n, ratio, ev / n / secs, "", lost, lc / n, pc / n
+    printf "%-6s %14.0f %14.0f %7.1f%% %10.0f %8s %6d %7d%% %8d%% %10.2f %10.2f\n", "mean", b / n, w / n, ratio, ev / n / secs, "", lost, lc / n, pc / n, bu / n, wu / n
     verdict = ratio >= 95 ? "meets" : "MISSES"
     printf "\nthroughput with tandem: %.1f%% of without; %s the >= 95%% target\n", ratio, verdict
+    printf "nginx CPU per request: %.2f us without, %.2f us with tandem (+%.1f%%)\n", bu / n, wu / n, 100 * (wu - bu) / bu
     if (strict == 1 && ratio < 95) exit 1
   }'
