@@ -1435,8 +1435,18 @@ fn systemd_units_verify_and_score() {
 // ---------------------------------------------------------------------------------
 // Dockerfiles (no container engine here: checked as text, not built)
 
+/// A Dockerfile instruction: (op, arguments).
+type Instruction = (String, String);
+
+/// One build stage.
+struct Stage {
+    base: String,
+    name: String,
+    instructions: Vec<Instruction>,
+}
+
 /// Instructions of a Dockerfile: continuation lines joined, comments dropped.
-fn dockerfile(name: &str) -> Vec<(String, String)> {
+fn dockerfile(name: &str) -> Vec<Instruction> {
     let text = fs::read_to_string(repo().join("deploy/docker").join(name)).expect("Dockerfile");
     let mut out = Vec::new();
     let mut current = String::new();
@@ -1464,9 +1474,9 @@ fn dockerfile(name: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Stages: (base image, stage name, instructions).
-fn stages(instructions: &[(String, String)]) -> Vec<(String, String, Vec<(String, String)>)> {
-    let mut out: Vec<(String, String, Vec<(String, String)>)> = Vec::new();
+/// The stages in order.
+fn stages(instructions: &[Instruction]) -> Vec<Stage> {
+    let mut out: Vec<Stage> = Vec::new();
     for (op, rest) in instructions {
         if op == "FROM" {
             let words: Vec<&str> = rest.split_whitespace().collect();
@@ -1474,19 +1484,28 @@ fn stages(instructions: &[(String, String)]) -> Vec<(String, String, Vec<(String
                 [_, as_, name] if as_.eq_ignore_ascii_case("as") => name.to_string(),
                 _ => String::new(),
             };
-            out.push((words.first().unwrap_or(&"").to_string(), name, Vec::new()));
+            out.push(Stage {
+                base: words.first().unwrap_or(&"").to_string(),
+                name,
+                instructions: Vec::new(),
+            });
         } else if let Some(last) = out.last_mut() {
-            last.2.push((op.clone(), rest.clone()));
+            last.instructions.push((op.clone(), rest.clone()));
         }
     }
     out
 }
 
-fn check_image(file: &str, bin: &str) -> (String, Vec<(String, String)>, Vec<(String, String)>) {
+/// Checks an image's stages; returns its final USER and the builder's instructions.
+fn check_image(file: &str, bin: &str) -> (String, Vec<Instruction>) {
     let all = dockerfile(file);
     let st = stages(&all);
     assert!(st.len() >= 2, "{file}: multi-stage");
-    let (builder_base, builder_name, builder) = &st[0];
+    let Stage {
+        base: builder_base,
+        name: builder_name,
+        instructions: builder,
+    } = &st[0];
     assert!(
         builder_base.starts_with("rust:"),
         "{file}: builds with the rust image, not {builder_base}"
@@ -1499,7 +1518,11 @@ fn check_image(file: &str, bin: &str) -> (String, Vec<(String, String)>, Vec<(St
             && r.contains(&format!("-p {bin}"))),
         "{file}: cargo build --release --locked -p {bin}"
     );
-    let (runtime_base, _, runtime) = st.last().expect("runtime stage");
+    let Stage {
+        base: runtime_base,
+        instructions: runtime,
+        ..
+    } = st.last().expect("runtime stage");
     assert!(
         runtime_base.contains("distroless") || runtime_base.contains("-slim"),
         "{file}: minimal runtime image, not {runtime_base}"
@@ -1525,13 +1548,13 @@ fn check_image(file: &str, bin: &str) -> (String, Vec<(String, String)>, Vec<(St
         .find(|(op, _)| op == "USER")
         .map(|(_, u)| u.clone())
         .expect("USER");
-    (user, builder.clone(), runtime.clone())
+    (user, builder.clone())
 }
 
 #[test]
 fn dockerfiles_are_multi_stage_with_the_right_users() {
     // Processor: non-root, and the uid/gid the Kubernetes manifests run it as.
-    let (user, _, _) = check_image("processor.Dockerfile", "tandem-processor");
+    let (user, _) = check_image("processor.Dockerfile", "tandem-processor");
     let (uid, gid) = user.split_once(':').expect("USER uid:gid");
     let (uid, gid): (i64, i64) = (
         uid.parse().expect("numeric uid"),
@@ -1547,7 +1570,7 @@ fn dockerfiles_are_multi_stage_with_the_right_users() {
 
     // Loader: the eBPF toolchain of scripts/setup.sh, uid 0 (capabilities come from
     // the orchestrator's drop ALL + add, see the Dockerfile).
-    let (user, builder, _) = check_image("loader.Dockerfile", "tandem-loader");
+    let (user, builder) = check_image("loader.Dockerfile", "tandem-loader");
     assert_eq!(user, "0:0");
     let runs: Vec<&str> = builder
         .iter()
