@@ -1815,3 +1815,151 @@ fn daemon_set_security_contexts_let_exactly_the_processor_subscribe() {
         "the intruder got no events"
     );
 }
+
+/// The single-quoted script of an `ExecStart=/bin/sh -c '...'` line, with systemd's `$$`
+/// unescaped.
+fn exec_start_script(exec: &str) -> String {
+    let start = exec.find('\'').expect("ExecStart has a quoted script");
+    let end = exec.rfind('\'').expect("closing quote");
+    exec[start + 1..end].replace("$$", "$")
+}
+
+#[test]
+fn systemd_units_permissions_let_exactly_the_processor_subscribe() {
+    if !require_root("systemd_units_permissions_let_exactly_the_processor_subscribe") {
+        return;
+    }
+    let loader_unit = unit_settings(&unit_text("tandem-loader.service"), "Service");
+    let processor_unit = unit_settings(&unit_text("tandem-processor.service"), "Service");
+    // Stand-ins for the sysusers users: uid 65534 for tandem-loader, 4344 for
+    // tandem-processor, gid 4343 for the group tandem.
+    let (loader_uid, processor_uid, tandem_gid) = (65534, 4344, 4343);
+
+    // RuntimeDirectory=tandem, RuntimeDirectoryMode=0750, owned by User:Group.
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let runtime_dir = dir
+        .path()
+        .join(unit_value(&loader_unit, "RuntimeDirectory").expect("RuntimeDirectory"));
+    fs::create_dir(&runtime_dir).expect("mkdir");
+    let mode = u32::from_str_radix(
+        unit_value(&loader_unit, "RuntimeDirectoryMode").expect("mode"),
+        8,
+    )
+    .expect("octal mode");
+    fs::set_permissions(&runtime_dir, fs::Permissions::from_mode(mode)).expect("chmod");
+    nix::unistd::chown(
+        &runtime_dir,
+        Some(nix::unistd::Uid::from_raw(loader_uid)),
+        Some(nix::unistd::Gid::from_raw(tandem_gid)),
+    )
+    .expect("chown");
+    let unit_socket =
+        socket_arg(unit_value(&loader_unit, "ExecStart").expect("ExecStart")).expect("--socket");
+    let socket = runtime_dir.join(Path::new(&unit_socket).file_name().expect("file name"));
+    let localize = |s: &str| {
+        s.replace(
+            "/usr/local/bin/tandem-loader",
+            loader_bin().to_str().expect("utf-8"),
+        )
+        .replace(
+            "/usr/local/bin/tandem-processor",
+            processor_bin().to_str().expect("utf-8"),
+        )
+        .replace(&unit_socket, socket.to_str().expect("utf-8"))
+    };
+
+    // The loader: User=, Group=, the unit's bounding and ambient sets, NoNewPrivileges,
+    // UMask, and its ExecStart script (which asks `id -g` for the socket group).
+    let caps = unit_list(&loader_unit, "AmbientCapabilities").expect("ambient");
+    let plus = caps
+        .iter()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let script = format!(
+        "umask {}; {} --source synthetic --synthetic-requests 20 --rate 200",
+        unit_value(&loader_unit, "UMask").expect("UMask"),
+        localize(&exec_start_script(
+            unit_value(&loader_unit, "ExecStart").expect("ExecStart")
+        ))
+    );
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        format!("--reuid={loader_uid}"),
+        format!("--regid={tandem_gid}"),
+        "--clear-groups".into(),
+        format!("--inh-caps={plus}"),
+        format!("--ambient-caps={plus}"),
+        format!("--bounding-set=-all,{plus}"),
+    ]);
+    assert_eq!(unit_value(&loader_unit, "NoNewPrivileges"), Some("yes"));
+    cmd.args(["--no-new-privs", "--", "/bin/sh", "-c", &script]);
+    cmd.env_clear().env("PATH", "/usr/bin:/bin");
+    let loader = Running::spawn(cmd, "tandem-loader (systemd unit context)");
+    loader.stderr.wait_for("serving tandem.loader.v1", PATIENCE);
+    let status = status_caps(loader.pid());
+    let want = cap_mask(&model_names());
+    for set in ["CapEff", "CapPrm", "CapAmb", "CapBnd"] {
+        assert_eq!(
+            status[set], want,
+            "loader {set} (ambient capabilities survive NoNewPrivileges)"
+        );
+    }
+    let meta = fs::metadata(&socket).expect("socket exists");
+    assert_eq!(meta.gid(), tandem_gid, "socket group: the loader's Group=");
+    assert_eq!(meta.mode() & 0o777, 0o660);
+
+    // The processor: its User and Group=tandem, no capabilities.
+    assert_eq!(
+        unit_value(&processor_unit, "Group"),
+        unit_value(&loader_unit, "Group")
+    );
+    let exec = localize(unit_value(&processor_unit, "ExecStart").expect("ExecStart"));
+    let argv: Vec<&str> = exec.split_whitespace().collect();
+    let processor_cmd = |uid: u32, gid: u32, groups: &[u32], name: &str| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            format!("--reuid={uid}"),
+            format!("--regid={gid}"),
+            if groups.is_empty() {
+                "--clear-groups".to_string()
+            } else {
+                format!(
+                    "--groups={}",
+                    groups
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            },
+            "--inh-caps=-all".into(),
+            "--bounding-set=-all".into(),
+            "--no-new-privs".into(),
+            "--".into(),
+        ])
+        .args(&argv)
+        .args(["--print", "json", "--name", name]);
+        cmd.env_clear().env("PATH", "/usr/bin:/bin");
+        cmd
+    };
+    let p = Running::spawn(
+        processor_cmd(processor_uid, tandem_gid, &[tandem_gid], "unit"),
+        "tandem-processor (systemd unit context)",
+    );
+    let events = read_events(&p, 10, PATIENCE);
+    assert!(
+        events.iter().any(|e| e["kind"] == "data"),
+        "data events: {events:?}"
+    );
+    assert_eq!(status_caps(p.pid())["CapBnd"], 0);
+
+    // Only a supplementary member of the group: may open the socket, refused as a peer.
+    let other = Running::spawn(
+        processor_cmd(4345, 4345, &[tandem_gid], "other"),
+        "tandem-processor (other user in group tandem)",
+    );
+    loader.stderr.wait_for("refused peer", PATIENCE);
+    assert_eq!(other.stdout.count("\"kind\""), 0);
+}
