@@ -453,6 +453,12 @@ fn pod_violations(spec: &PodSpec, mode: PodMode, objs: &Objects, ext: &External)
     let supplemental = pod_sc
         .and_then(|s| s.supplemental_groups.clone())
         .unwrap_or_default();
+    let fs_group = pod_sc.and_then(|s| s.fs_group);
+    v.check(fs_group.is_some() && fs_group == gid, || {
+        format!(
+            "pod: fsGroup {fs_group:?} must be the processor's runAsGroup {gid:?} (token readable)"
+        )
+    });
     v.check(group.is_some_and(|g| supplemental.contains(&g)), || {
         format!("pod: supplementalGroups {supplemental:?} must contain the socket group {group:?}")
     });
