@@ -896,6 +896,11 @@ const MUTATIONS: &[Mutation] = &[
     ("pod without hostPID", |o| {
         o.daemon_set_pod_mut().host_pid = None
     }),
+    ("pod without fsGroup", |o| {
+        if let Some(sc) = o.daemon_set_pod_mut().security_context.as_mut() {
+            sc.fs_group = None;
+        }
+    }),
     ("pod automounts the token", |o| {
         o.daemon_set_pod_mut().automount_service_account_token = Some(true)
     }),
