@@ -1974,3 +1974,107 @@ fn systemd_units_permissions_let_exactly_the_processor_subscribe() {
     loader.stderr.wait_for("refused peer", PATIENCE);
     assert_eq!(other.stdout.count("\"kind\""), 0);
 }
+
+/// Environment variable names a binary's `--help` documents (`[env: NAME=...]`).
+fn help_env_names(bin: &Path) -> BTreeSet<String> {
+    let out = Command::new(bin)
+        .arg("--help")
+        .output()
+        .expect("run --help");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split("env: ")
+        .skip(1)
+        .map(|s| {
+            s.chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect()
+        })
+        .collect()
+}
+
+/// Every string literal naming an environment variable in the processor's sources.
+fn processor_source_env_names() -> BTreeSet<String> {
+    fn walk(dir: &Path, out: &mut BTreeSet<String>) {
+        for e in fs::read_dir(dir).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let text = fs::read_to_string(&p).expect("read source");
+                for lit in text.split('"').skip(1).step_by(2) {
+                    if !lit.is_empty()
+                        && lit
+                            .chars()
+                            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                    {
+                        out.insert(lit.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(&repo().join("processor/src"), &mut out);
+    out
+}
+
+#[test]
+fn every_environment_variable_set_is_one_the_binaries_read() {
+    let loader_known = help_env_names(&loader_bin());
+    let mut processor_known = help_env_names(&processor_bin());
+    processor_known.extend(processor_source_env_names());
+    // Read by the processor's Kubernetes decoration (developed separately); the names
+    // are the ones OBI's guide uses for the downward API.
+    processor_known.extend(["KUBE_NODE_NAME".to_string(), "KUBE_NAMESPACE".to_string()]);
+
+    let mut pods: Vec<(String, PodSpec)> = Vec::new();
+    let plain = daemon_set_objects();
+    pods.push(("daemonset.yaml".into(), plain.daemon_set_pod().clone()));
+    let sidecar = Objects::load(&["sidecar.yaml"]);
+    pods.push((
+        "sidecar.yaml".into(),
+        sidecar.deployments[0]
+            .spec
+            .template
+            .spec
+            .clone()
+            .expect("pod spec"),
+    ));
+    let chart = Objects::parse(
+        &helm_template(&[
+            "--set",
+            "selection.exeGlob=*/x",
+            "--set",
+            "otlp.protocol=grpc",
+            "--set",
+            "kubernetes.clusterName=c",
+        ]),
+        "helm template",
+    );
+    pods.push(("helm template".into(), chart.daemon_set_pod().clone()));
+    for (origin, spec) in &pods {
+        for (name, known) in [("loader", &loader_known), ("processor", &processor_known)] {
+            let c = container(spec, name).expect("container");
+            for e in c.env.iter().flatten() {
+                assert!(
+                    known.contains(&e.name),
+                    "{origin}: {name} sets {}, which tandem-{name} does not read",
+                    e.name
+                );
+            }
+        }
+    }
+    // The systemd units' variables too.
+    for (unit, known) in [
+        ("tandem-loader.service", &loader_known),
+        ("tandem-processor.service", &processor_known),
+    ] {
+        for (k, v) in unit_settings(&unit_text(unit), "Service") {
+            if k == "Environment" {
+                let name = v.split_once('=').map(|(n, _)| n).unwrap_or(&v);
+                assert!(known.contains(name), "{unit}: {name} is not read");
+            }
+        }
+    }
+}
