@@ -1827,6 +1827,56 @@ fn daemon_set_security_contexts_let_exactly_the_processor_subscribe() {
     );
 }
 
+/// Users (uid, primary gid) and groups (gid) by name.
+struct SysusersIds {
+    users: BTreeMap<String, (u32, u32)>,
+    groups: BTreeMap<String, u32>,
+}
+
+/// Runs `systemd-sysusers --root` with deploy/systemd/tandem.sysusers.conf on a copy of
+/// this machine's /etc/passwd and /etc/group, and reads what it created.
+fn sysusers_ids() -> SysusersIds {
+    let root = tempfile::tempdir().expect("tempdir");
+    let etc = root.path().join("etc");
+    fs::create_dir(&etc).expect("mkdir");
+    for f in ["passwd", "group"] {
+        fs::copy(Path::new("/etc").join(f), etc.join(f)).expect("copy /etc file");
+    }
+    for f in ["shadow", "gshadow"] {
+        fs::write(etc.join(f), "").expect("write");
+    }
+    let out = tool_output(
+        Command::new("systemd-sysusers")
+            .arg(format!("--root={}", root.path().display()))
+            .arg(repo().join("deploy/systemd/tandem.sysusers.conf")),
+        "systemd-sysusers (Debian package systemd)",
+    );
+    assert!(
+        out.status.success(),
+        "systemd-sysusers: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |f: &str| fs::read_to_string(etc.join(f)).expect("read");
+    let users = read("passwd")
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            Some((
+                f.first()?.to_string(),
+                (f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?),
+            ))
+        })
+        .collect();
+    let groups = read("group")
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            Some((f.first()?.to_string(), f.get(2)?.parse().ok()?))
+        })
+        .collect();
+    SysusersIds { users, groups }
+}
+
 /// The single-quoted script of an `ExecStart=/bin/sh -c '...'` line, with systemd's `$$`
 /// unescaped.
 fn exec_start_script(exec: &str) -> String {
@@ -1842,9 +1892,17 @@ fn systemd_units_permissions_let_exactly_the_processor_subscribe() {
     }
     let loader_unit = unit_settings(&unit_text("tandem-loader.service"), "Service");
     let processor_unit = unit_settings(&unit_text("tandem-processor.service"), "Service");
-    // Stand-ins for the sysusers users: uid 65534 for tandem-loader, 4344 for
-    // tandem-processor, gid 4343 for the group tandem.
-    let (loader_uid, processor_uid, tandem_gid) = (65534, 4344, 4343);
+    // The users and group as systemd-sysusers creates them from tandem.sysusers.conf
+    // (into a copy of this machine's /etc, as an installation would).
+    let ids = sysusers_ids();
+    let user_of = |unit: &[(String, String)]| unit_value(unit, "User").expect("User").to_string();
+    let (loader_uid, _) = ids.users[&user_of(&loader_unit)];
+    let (processor_uid, processor_gid) = ids.users[&user_of(&processor_unit)];
+    let tandem_gid = ids.groups[unit_value(&loader_unit, "Group").expect("Group")];
+    assert_eq!(
+        processor_gid, tandem_gid,
+        "the processor's primary group is the socket group"
+    );
 
     // RuntimeDirectory=tandem, RuntimeDirectoryMode=0750, owned by User:Group.
     let dir = tempfile::tempdir().expect("tempdir");
