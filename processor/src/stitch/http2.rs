@@ -169,7 +169,9 @@ impl H2Conn {
         let direction = data.direction();
         let captured = u64::try_from(data.payload.len()).unwrap_or(u64::MAX);
         let total = data.total_len.max(captured);
-        if self.request_dir.is_none() && http2::starts_with_preface(&data.payload) {
+        let preface_start = data.payload.first() == Some(&http2::PREFACE[0])
+            && http2::PREFACE.starts_with(data.payload.get(..24).unwrap_or(&data.payload));
+        if self.request_dir.is_none() && preface_start {
             // The client sends the preface.
             self.request_dir = match direction {
                 Direction::Unspecified => None,

@@ -198,6 +198,9 @@ struct Conn {
     preexisting: bool,
     /// An HTTP/1.x request was seen (no HTTP/2 mid-stream detection then).
     http1_seen: bool,
+    /// No Data event seen yet (a first read shorter than the HTTP/2 preface, from 3
+    /// bytes, is recognised as its start).
+    fresh: bool,
     max_head: usize,
     /// The connection carries HTTP/2.
     h2: Option<Box<http2::H2Conn>>,
@@ -419,6 +422,7 @@ impl Conn {
             gen,
             preexisting: false,
             http1_seen: false,
+            fresh: true,
             max_head,
             h2: None,
         }
@@ -438,7 +442,11 @@ impl Conn {
     /// HTTP/2; returns false when it is not.
     fn http2_data(&mut self, mono_ns: u64, data: &v1::Data, total: u64, sink: &mut Sink<'_>) -> bool {
         if self.h2.is_none() && self.pending.is_empty() {
-            let preface = h2_frames::starts_with_preface(&data.payload);
+            // `PRI` is no HTTP/1.x method: 3 bytes tell (1 or 2 could be `POST`).
+            let short_start = self.fresh
+                && data.payload.len() >= 3
+                && h2_frames::PREFACE.starts_with(&data.payload);
+            let preface = short_start || h2_frames::starts_with_preface(&data.payload);
             let midstream = !preface
                 && (self.side.is_none() || self.preexisting)
                 && !self.http1_seen
@@ -466,7 +474,9 @@ impl Conn {
         let captured = u64::try_from(data.payload.len()).unwrap_or(u64::MAX);
         let total = data.total_len.max(captured);
         let direction = data.direction();
-        if self.http2_data(mono_ns, data, total, sink) {
+        let handled = self.http2_data(mono_ns, data, total, sink);
+        self.fresh = false;
+        if handled {
             return;
         }
         if self.opaque {
