@@ -3,6 +3,7 @@
 //! `span` (ids, sampling by `sample`, attributes), with `resource` saying which
 //! process produced it.
 
+pub mod grpc;
 pub mod metrics;
 pub mod resource;
 pub mod route;
