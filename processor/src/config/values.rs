@@ -550,3 +550,13 @@ mod tests {
         assert!(Ratio::parse_value("abc").is_err());
     }
 }
+
+/// OBI's instrumentation list (`http`, `grpc`, ..., `*`): a YAML sequence or a
+/// comma-separated string.
+impl ParseValue for crate::settings::Instrumentations {
+    const EXPECTING: &'static str = "a list of instrumentations (`*`, `http`, `grpc`, `sql`, ...)";
+    const LIST: bool = true;
+    fn parse_value(text: &str) -> Result<Self, String> {
+        crate::settings::Instrumentations::parse_list(text)
+    }
+}

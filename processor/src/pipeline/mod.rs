@@ -23,12 +23,21 @@ use crate::export::printer::Printer;
 use crate::export::prometheus::{PrometheusEndpoint, PrometheusError};
 use crate::export::traces::{TraceExport, TraceExportCounts};
 use crate::model::HttpTransaction;
-use crate::settings::{ExportSettings, RoutesSettings, Sampler};
+use crate::settings::{ExportSettings, Instrumentation, Instrumentations, RoutesSettings, Sampler};
 
 use self::metrics::MetricsRegistry;
 use self::resource::{ProcessMap, ResourceSettings};
 use self::route::{RouteError, Router};
 use self::span::build_span;
+
+/// The instrumentation a transaction belongs to: `grpc` for gRPC calls, else `http`.
+pub fn instrumentation_of(tx: &HttpTransaction) -> Instrumentation {
+    if grpc::GrpcCall::of(tx).is_some() {
+        Instrumentation::Grpc
+    } else {
+        Instrumentation::Http
+    }
+}
 
 /// A pipeline that cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +60,10 @@ pub struct PipelineStats {
     pub ignored_metrics: u64,
     pub spans_sampled: u64,
     pub spans_not_sampled: u64,
+    /// Transactions whose instrumentation (http, grpc) is switched off for traces /
+    /// for metrics (`*.instrumentations`).
+    pub disabled_traces: u64,
+    pub disabled_metrics: u64,
     /// Routes folded into `/**` by `max_routes`.
     pub routes_overflowed: u64,
     pub span_export: TraceExportCounts,
@@ -71,6 +84,8 @@ pub struct Pipeline {
     traces: Option<TraceExport>,
     printer: Printer,
     stats: PipelineStats,
+    traces_instrumentations: Instrumentations,
+    metrics_instrumentations: Instrumentations,
 }
 
 impl Pipeline {
@@ -153,6 +168,8 @@ impl Pipeline {
             traces,
             printer,
             stats: PipelineStats::default(),
+            traces_instrumentations: export.traces_instrumentations.clone(),
+            metrics_instrumentations: export.metrics_instrumentations.clone(),
         })
     }
 
@@ -166,12 +183,19 @@ impl Pipeline {
         self.stats.transactions += 1;
         let routed = self.router.route(&tx.request.path);
         let process = self.processes.get(tx.pid);
-        if routed.ignore_metrics {
+        let kind = instrumentation_of(tx);
+        if !self.metrics_instrumentations.is_enabled(kind) {
+            self.stats.disabled_metrics += 1;
+        } else if routed.ignore_metrics {
             self.stats.ignored_metrics += 1;
         } else if let Some(m) = &self.metrics {
             if let Ok(mut m) = m.lock() {
                 m.record(&process, tx, routed.route.as_deref());
             }
+        }
+        if !self.traces_instrumentations.is_enabled(kind) {
+            self.stats.disabled_traces += 1;
+            return;
         }
         if routed.ignore_traces {
             self.stats.ignored_traces += 1;
