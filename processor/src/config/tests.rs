@@ -1008,7 +1008,10 @@ fn default_exclusions_absent_empty_or_given() {
 fn instrumentations_default_file_and_environment() {
     use crate::settings::{Instrumentation as I, Instrumentations};
     let d = ok("", &NO_ENV);
-    assert_eq!(d.export.traces_instrumentations, Instrumentations::default());
+    assert_eq!(
+        d.export.traces_instrumentations,
+        Instrumentations::default()
+    );
     assert!(d.export.traces_instrumentations.is_enabled(I::Http));
     assert!(d.export.traces_instrumentations.is_enabled(I::Grpc));
     assert!(d.export.metrics_instrumentations.is_enabled(I::Sql));
@@ -1042,7 +1045,10 @@ metrics:
     // An empty list switches everything off.
     let c = ok("metrics:\n  instrumentations: []\n", &NO_ENV);
     assert_eq!(c.export.metrics_instrumentations, Instrumentations::none());
-    let c = ok("", &[("OTEL_EBPF_METRICS_INSTRUMENTATIONS", "sql, Kafka,mongo")]);
+    let c = ok(
+        "",
+        &[("OTEL_EBPF_METRICS_INSTRUMENTATIONS", "sql, Kafka,mongo")],
+    );
     let m = &c.export.metrics_instrumentations;
     assert!(m.is_enabled(I::Sql) && m.is_enabled(I::Kafka) && m.is_enabled(I::Mongo));
     assert!(!m.is_enabled(I::Http));
@@ -1057,8 +1063,17 @@ metrics:
 fn unknown_instrumentation_is_an_error() {
     let (var, message) = env_error("", &[("OTEL_EBPF_TRACES_INSTRUMENTATIONS", "http,soap")]);
     assert_eq!(var, "OTEL_EBPF_TRACES_INSTRUMENTATIONS");
-    assert!(message.contains("unknown instrumentation `soap`"), "{message}");
-    let e = file_error("otel_traces_export:\n  instrumentations: [http, soap]\n", &NO_ENV);
-    assert_eq!(e.key.as_deref(), Some("otel_traces_export.instrumentations"));
+    assert!(
+        message.contains("unknown instrumentation `soap`"),
+        "{message}"
+    );
+    let e = file_error(
+        "otel_traces_export:\n  instrumentations: [http, soap]\n",
+        &NO_ENV,
+    );
+    assert_eq!(
+        e.key.as_deref(),
+        Some("otel_traces_export.instrumentations")
+    );
     assert!(e.message.contains("soap"), "{}", e.message);
 }

@@ -64,7 +64,9 @@ impl GrpcCall {
     pub fn of(tx: &HttpTransaction) -> Option<GrpcCall> {
         let grpc_type = |v: &str| {
             let v = v.trim().to_ascii_lowercase();
-            v == "application/grpc" || v.starts_with("application/grpc+") || v.starts_with("application/grpc;")
+            v == "application/grpc"
+                || v.starts_with("application/grpc+")
+                || v.starts_with("application/grpc;")
         };
         let response_type = tx
             .response
@@ -245,9 +247,18 @@ mod tests {
         let call = |s| GrpcCall::of(&grpc_tx(Side::Server, s)).expect("grpc");
         assert_eq!(call(Some("0")).error_type(Side::Server), None);
         assert_eq!(call(Some("5")).error_type(Side::Server), None);
-        assert_eq!(call(Some("5")).error_type(Side::Client), Some("NOT_FOUND".into()));
-        assert_eq!(call(Some("13")).error_type(Side::Server), Some("INTERNAL".into()));
-        assert_eq!(call(None).error_type(Side::Server), Some("connection_closed".into()));
+        assert_eq!(
+            call(Some("5")).error_type(Side::Client),
+            Some("NOT_FOUND".into())
+        );
+        assert_eq!(
+            call(Some("13")).error_type(Side::Server),
+            Some("INTERNAL".into())
+        );
+        assert_eq!(
+            call(None).error_type(Side::Server),
+            Some("connection_closed".into())
+        );
         assert_eq!(status_name(99), "99");
     }
 
@@ -304,15 +315,28 @@ mod tests {
             .filter(|(_, pts)| !pts.is_empty())
             .map(|(n, _)| n.as_str())
             .collect();
-        assert_eq!(with_points, ["rpc.server.call.duration", "rpc.client.call.duration"]);
-        let server = &h.iter().find(|(n, _)| n == "rpc.server.call.duration").expect("server").1;
+        assert_eq!(
+            with_points,
+            ["rpc.server.call.duration", "rpc.client.call.duration"]
+        );
+        let server = &h
+            .iter()
+            .find(|(n, _)| n == "rpc.server.call.duration")
+            .expect("server")
+            .1;
         assert_eq!(server[0].1, 1);
         assert!((server[0].2 - 0.25).abs() < 1e-9);
         let mut keys: Vec<String> = server[0].0.iter().map(|kv| kv.key.to_string()).collect();
         keys.sort();
         assert_eq!(
             keys,
-            ["rpc.grpc.status_code", "rpc.method", "rpc.service", "rpc.system", "server.port"]
+            [
+                "rpc.grpc.status_code",
+                "rpc.method",
+                "rpc.service",
+                "rpc.system",
+                "server.port"
+            ]
         );
     }
 }

@@ -77,13 +77,17 @@ pub enum H2Event {
     },
     /// Uncaptured bytes hid a frame header or part of a header block (of `stream`,
     /// when one was in progress); the reader waits for a frame start.
-    LostSync { stream: Option<u32> },
+    LostSync {
+        stream: Option<u32>,
+    },
     /// Bytes that are not HTTP/2 framing (a frame header out of place or
     /// implausible); the reader waits for a frame start.
     Invalid,
     /// A header block over `max_block` bytes, skipped by length (its HPACK table
     /// inserts are lost).
-    Oversized { stream: u32 },
+    Oversized {
+        stream: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,12 +117,12 @@ fn plausible(h: FrameHead, strict: bool) -> bool {
     let on_stream = h.stream != 0;
     match h.ty {
         DATA => on_stream && h.flags & !(END_STREAM | PADDED) == 0,
-        HEADERS => {
-            on_stream && h.flags & !(END_STREAM | END_HEADERS | PADDED | PRIORITY_FLAG) == 0
-        }
+        HEADERS => on_stream && h.flags & !(END_STREAM | END_HEADERS | PADDED | PRIORITY_FLAG) == 0,
         PRIORITY => on_stream && h.len == 5 && h.flags == 0,
         RST_STREAM => on_stream && h.len == 4 && h.flags == 0,
-        SETTINGS => !on_stream && h.len % 6 == 0 && (h.flags == 0 || (h.flags == 1 && h.len == 0)),
+        SETTINGS => {
+            !on_stream && h.len.is_multiple_of(6) && (h.flags == 0 || (h.flags == 1 && h.len == 0))
+        }
         PUSH_PROMISE => on_stream && h.flags & !(END_HEADERS | PADDED) == 0,
         PING => !on_stream && h.len == 8 && h.flags & !1 == 0,
         GOAWAY => !on_stream && h.len >= 8 && h.flags == 0,
@@ -255,14 +259,11 @@ impl FrameReader {
     }
 
     fn lose(&mut self, out: &mut Vec<H2Event>) {
-        let stream = self
-            .block
-            .map(|b| b.stream)
-            .or_else(|| {
-                self.current
-                    .filter(|c| matches!(c.head.ty, HEADERS | CONTINUATION))
-                    .map(|c| c.head.stream)
-            });
+        let stream = self.block.map(|b| b.stream).or_else(|| {
+            self.current
+                .filter(|c| matches!(c.head.ty, HEADERS | CONTINUATION))
+                .map(|c| c.head.stream)
+        });
         out.push(H2Event::LostSync { stream });
         self.resync();
     }
@@ -325,7 +326,8 @@ impl FrameReader {
                         .len()
                         .min(usize::try_from(cur.remaining).unwrap_or(usize::MAX));
                     if cur.buffered {
-                        self.payload.extend_from_slice(rest.get(..n).unwrap_or_default());
+                        self.payload
+                            .extend_from_slice(rest.get(..n).unwrap_or_default());
                     }
                     pos += n;
                     cur.remaining -= u32::try_from(n).unwrap_or(cur.remaining);
@@ -456,14 +458,12 @@ impl FrameReader {
                     self.end_block(out);
                 }
             }
-            CONTINUATION => {
-                if self.block.is_some() {
-                    if cur.buffered {
-                        self.block_bytes.extend_from_slice(&payload);
-                    }
-                    if head.flags & END_HEADERS != 0 {
-                        self.end_block(out);
-                    }
+            CONTINUATION if self.block.is_some() => {
+                if cur.buffered {
+                    self.block_bytes.extend_from_slice(&payload);
+                }
+                if head.flags & END_HEADERS != 0 {
+                    self.end_block(out);
                 }
             }
             RST_STREAM => {

@@ -397,10 +397,7 @@ impl H2Conn {
             Completion::Truncated => sink.stats.truncated += 1,
             Completion::ConnectionClosed => sink.stats.connection_closed += 1,
         }
-        let side = meta
-            .side
-            .or(self.side())
-            .unwrap_or(Side::Server);
+        let side = meta.side.or(self.side()).unwrap_or(Side::Server);
         sink.out.push(HttpTransaction {
             pid: meta.pid,
             tid: s.tid,
@@ -418,7 +415,13 @@ impl H2Conn {
     }
 
     /// Reports every open stream with `completion` (close, loss).
-    pub fn flush(&mut self, meta: &Meta, completion: Completion, mono_ns: u64, sink: &mut Sink<'_>) {
+    pub fn flush(
+        &mut self,
+        meta: &Meta,
+        completion: Completion,
+        mono_ns: u64,
+        sink: &mut Sink<'_>,
+    ) {
         self.untracked.clear();
         let streams = std::mem::take(&mut self.streams);
         for (_, s) in streams {

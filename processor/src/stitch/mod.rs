@@ -440,7 +440,13 @@ impl Conn {
 
     /// Feeds `data` to the HTTP/2 state when the connection is (or turns out to be)
     /// HTTP/2; returns false when it is not.
-    fn http2_data(&mut self, mono_ns: u64, data: &v1::Data, total: u64, sink: &mut Sink<'_>) -> bool {
+    fn http2_data(
+        &mut self,
+        mono_ns: u64,
+        data: &v1::Data,
+        total: u64,
+        sink: &mut Sink<'_>,
+    ) -> bool {
         if self.h2.is_none() && self.pending.is_empty() {
             // `PRI` is no HTTP/1.x method: 3 bytes tell (1 or 2 could be `POST`).
             let short_start = self.fresh
@@ -457,7 +463,11 @@ impl Conn {
                     sink.stats.http2_midstream_connections += 1;
                 }
                 self.opaque = false;
-                self.h2 = Some(Box::new(http2::H2Conn::new(self.max_head, self.side, preface)));
+                self.h2 = Some(Box::new(http2::H2Conn::new(
+                    self.max_head,
+                    self.side,
+                    preface,
+                )));
             }
         }
         let meta = self.meta();

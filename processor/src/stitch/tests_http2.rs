@@ -101,7 +101,11 @@ fn hdrs(stream: u32, end: bool, fields: &[(&'static str, String)]) -> Vec<u8> {
 fn unary(grpc_status: &str) -> (Vec<u8>, Vec<u8>) {
     let mut client = PREFACE.to_vec();
     client.extend(settings());
-    client.extend(hdrs(1, false, &grpc_request(1, "/helloworld.Greeter/SayHello")));
+    client.extend(hdrs(
+        1,
+        false,
+        &grpc_request(1, "/helloworld.Greeter/SayHello"),
+    ));
     client.extend(h2data(1, true, &[0, 0, 0, 0, 3, 10, 1, b'x']));
     let mut server = settings();
     server.extend(headers(
@@ -185,14 +189,20 @@ fn multiplexed_streams_complete_in_their_own_order() {
             )
         })
         .collect();
-    assert_eq!(got, vec![("/a.S/Two", Some("0"), 30), ("/a.S/One", Some("13"), 40)]);
+    assert_eq!(
+        got,
+        vec![("/a.S/Two", Some("0"), 30), ("/a.S/One", Some("13"), 40)]
+    );
 }
 
 #[test]
 fn client_side_from_the_preface_direction_without_connection_opened() {
     let (client, server) = unary("0");
     let mut st = Stitcher::new();
-    let out = run_with(&mut st, &[data(10, 2, OUT, &client), data(20, 2, IN, &server)]);
+    let out = run_with(
+        &mut st,
+        &[data(10, 2, OUT, &client), data(20, 2, IN, &server)],
+    );
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].side, Side::Client);
     assert_eq!(out[0].completion, Completion::Complete);
@@ -254,7 +264,10 @@ fn midstream_connection_is_detected_and_degrades_gracefully() {
 
     // No role at all: inferred from where :method travels.
     let mut st = Stitcher::new();
-    let out = run_with(&mut st, &[data(10, 4, OUT, &client), data(20, 4, IN, &server)]);
+    let out = run_with(
+        &mut st,
+        &[data(10, 4, OUT, &client), data(20, 4, IN, &server)],
+    );
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].side, Side::Client);
 }
@@ -323,7 +336,10 @@ fn close_reset_and_loss() {
             closed(30, 1),
         ],
     );
-    let got: Vec<_> = out.iter().map(|t| (t.completion, t.response.is_some())).collect();
+    let got: Vec<_> = out
+        .iter()
+        .map(|t| (t.completion, t.response.is_some()))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -361,7 +377,10 @@ fn open_streams_are_bounded() {
     let conn = st.conns.values().next().expect("conn");
     let (_, _, streams) = conn.h2.as_ref().expect("h2").footprint();
     assert_eq!(streams, http2::MAX_STREAMS);
-    assert_eq!(st.stats().untracked_requests, 400 - http2::MAX_STREAMS as u64);
+    assert_eq!(
+        st.stats().untracked_requests,
+        400 - http2::MAX_STREAMS as u64
+    );
 }
 
 proptest! {

@@ -133,7 +133,13 @@ fn cut(s: &str) -> String {
     s.get(..end).unwrap_or_default().to_string()
 }
 
-fn emit(out: &mut Vec<(String, String)>, start: usize, info: &mut Decoded, name: &str, value: &str) {
+fn emit(
+    out: &mut Vec<(String, String)>,
+    start: usize,
+    info: &mut Decoded,
+    name: &str,
+    value: &str,
+) {
     if out.len() - start >= MAX_FIELDS {
         info.dropped_fields += 1;
     } else {

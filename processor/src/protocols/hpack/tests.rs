@@ -12,7 +12,9 @@ fn hex(s: &str) -> Vec<u8> {
 }
 
 fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-    v.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+    v.iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
 }
 
 fn decode_ok(d: &mut Decoder, block: &str) -> Vec<(String, String)> {
@@ -38,7 +40,10 @@ fn c2_integers() {
         Err(HpackError::IntegerOverflow)
     );
     let mut pos = 0;
-    assert_eq!(integer(&[0x1f, 0x9a], &mut pos, 5), Err(HpackError::Truncated));
+    assert_eq!(
+        integer(&[0x1f, 0x9a], &mut pos, 5),
+        Err(HpackError::Truncated)
+    );
 }
 
 #[test]
@@ -121,10 +126,16 @@ fn c3_requests_without_huffman() {
 fn c4_requests_with_huffman() {
     let mut d = Decoder::new();
     let out = decode_ok(&mut d, "8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff");
-    assert_eq!(out.last(), Some(&(":authority".into(), "www.example.com".into())));
+    assert_eq!(
+        out.last(),
+        Some(&(":authority".into(), "www.example.com".into()))
+    );
     assert_eq!(d.table_size(), 57);
     let out = decode_ok(&mut d, "8286 84be 5886 a8eb 1064 9cbf");
-    assert_eq!(out.last(), Some(&("cache-control".into(), "no-cache".into())));
+    assert_eq!(
+        out.last(),
+        Some(&("cache-control".into(), "no-cache".into()))
+    );
     assert_eq!(d.table_size(), 110);
     let out = decode_ok(
         &mut d,
@@ -148,7 +159,8 @@ fn c5_responses_with_eviction() {
     // The encoder's table is 256 bytes: announced here by a size update.
     let mut d = Decoder::new();
     let mut out = Vec::new();
-    d.decode(&[0x3f, 0xe1, 0x01], &mut out).expect("size update 256");
+    d.decode(&[0x3f, 0xe1, 0x01], &mut out)
+        .expect("size update 256");
     assert!(out.is_empty());
     let out = decode_ok(
         &mut d,

@@ -48,7 +48,10 @@ fn request_frames_decode() {
             ..
         } => {
             assert_eq!(headers[0], (":method".into(), "POST".into()));
-            assert_eq!(headers[2], (":path".into(), "/helloworld.Greeter/SayHello".into()));
+            assert_eq!(
+                headers[2],
+                (":path".into(), "/helloworld.Greeter/SayHello".into())
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -61,7 +64,9 @@ fn request_frames_decode() {
         }
     );
     match &events[2] {
-        H2Event::Headers { stream: 3, headers, .. } => assert_eq!(
+        H2Event::Headers {
+            stream: 3, headers, ..
+        } => assert_eq!(
             headers,
             &vec![
                 (":method".to_string(), "POST".to_string()),
@@ -109,7 +114,10 @@ fn data_larger_than_the_capture_is_skipped_by_length() {
     out.clear();
     let next = headers(7, true, &[(":status", "200")]);
     r.feed(&next, next.len() as u64, &mut out);
-    assert!(matches!(&out[..], [H2Event::Headers { stream: 7, .. }]), "{out:?}");
+    assert!(
+        matches!(&out[..], [H2Event::Headers { stream: 7, .. }]),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -120,7 +128,14 @@ fn uncaptured_header_block_loses_sync_then_recovers() {
     let mut out = Vec::new();
     // The capture ends inside the HEADERS frame's header.
     r.feed(&write[..112], write.len() as u64, &mut out);
-    assert_eq!(out[0], H2Event::Data { stream: 1, len: 100, end_stream: false });
+    assert_eq!(
+        out[0],
+        H2Event::Data {
+            stream: 1,
+            len: 100,
+            end_stream: false
+        }
+    );
     assert_eq!(out[1], H2Event::LostSync { stream: None });
     // Garbage is skipped while out of sync; a frame start resynchronises.
     out.clear();
@@ -128,7 +143,10 @@ fn uncaptured_header_block_loses_sync_then_recovers() {
     assert!(out.is_empty());
     let next = headers(3, true, &[(":status", "204")]);
     r.feed(&next, next.len() as u64, &mut out);
-    assert!(matches!(&out[..], [H2Event::Headers { stream: 3, .. }]), "{out:?}");
+    assert!(
+        matches!(&out[..], [H2Event::Headers { stream: 3, .. }]),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -165,7 +183,11 @@ fn oversized_block_is_skipped_and_reader_stays_in_sync() {
         events,
         vec![
             H2Event::Oversized { stream: 1 },
-            H2Event::Data { stream: 1, len: 3, end_stream: true }
+            H2Event::Data {
+                stream: 1,
+                len: 3,
+                end_stream: true
+            }
         ]
     );
     assert!(r.buffered() <= 1024 + 64 + 9);
@@ -179,7 +201,10 @@ fn frame_detection() {
     two.extend(headers(1, true, &[(":status", "200")]));
     assert!(looks_like_frames(&two, two.len() as u64));
     // Chain must end at the write's end when all was captured.
-    assert!(!looks_like_frames(&two[..two.len() - 1], two.len() as u64 - 1));
+    assert!(!looks_like_frames(
+        &two[..two.len() - 1],
+        two.len() as u64 - 1
+    ));
     // Captured prefix of a longer write.
     assert!(looks_like_frames(&two[..12], two.len() as u64));
     for not in [
