@@ -248,3 +248,64 @@ impl Pipeline {
         s
     }
 }
+
+#[cfg(test)]
+mod instrumentation_tests {
+    use super::*;
+    use crate::model::{HttpResponse, Side};
+    use crate::pipeline::span::tests::tx;
+    use crate::settings::TracePrinter;
+
+    fn grpc_tx() -> HttpTransaction {
+        let mut t = tx(Side::Server, "POST", "/a.B/C", Some(200));
+        t.request.version = "2".into();
+        t.request.headers = vec![("content-type".into(), "application/grpc".into())];
+        t.response = Some(HttpResponse {
+            status: 200,
+            version: "2".into(),
+            headers: vec![("grpc-status".into(), "0".into())],
+            body_size: 0,
+        });
+        t
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn instrumentations_gate_spans_and_metrics_per_kind() {
+        let export = ExportSettings {
+            prometheus_port: Some(0),
+            traces_instrumentations: Instrumentations::parse_list("http").expect("list"),
+            metrics_instrumentations: Instrumentations::parse_list("grpc").expect("list"),
+            ..Default::default()
+        };
+        let mut p = Pipeline::with_printer(
+            &RoutesSettings::default(),
+            &export,
+            "box".into(),
+            Printer::stdout(TracePrinter::Disabled),
+        )
+        .expect("pipeline");
+        assert_eq!(instrumentation_of(&grpc_tx()), Instrumentation::Grpc);
+        let http = tx(Side::Server, "GET", "/x", Some(200));
+        assert_eq!(instrumentation_of(&http), Instrumentation::Http);
+        p.on_transaction(&grpc_tx());
+        p.on_transaction(&http);
+        let s = p.stats();
+        // gRPC: metrics only; HTTP: span only.
+        assert_eq!((s.disabled_traces, s.disabled_metrics), (1, 1));
+        assert_eq!(s.spans_sampled, 1);
+        let names: Vec<String> = p
+            .metrics
+            .as_ref()
+            .expect("registry")
+            .lock()
+            .expect("lock")
+            .snapshot()
+            .iter()
+            .flat_map(crate::pipeline::metrics::tests::histograms)
+            .filter(|(_, points)| !points.is_empty())
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["rpc.server.call.duration"]);
+        p.shutdown().await;
+    }
+}

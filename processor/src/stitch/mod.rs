@@ -1,4 +1,8 @@
-//! Stitching: from the loader's raw events to HTTP/1.x transactions.
+//! Stitching: from the loader's raw events to HTTP/1.x and HTTP/2 transactions.
+//!
+//! HTTP/2 connections (the client preface, or frames on a connection seen
+//! mid-stream) are handed to [`http2`](self::http2), which reports one transaction per
+//! stream; everything below describes HTTP/1.x.
 //!
 //! A [`Stitcher`] is fed every event in stream order ([`Stitcher::push`]) and
 //! returns the transactions that completed. It keeps one state per connection,
