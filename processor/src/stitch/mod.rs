@@ -1,7 +1,7 @@
 //! Stitching: from the loader's raw events to HTTP/1.x and HTTP/2 transactions.
 //!
 //! HTTP/2 connections (the client preface, or frames on a connection seen
-//! mid-stream) are handed to [`http2`](self::http2), which reports one transaction per
+//! mid-stream) are handed to `stitch/http2.rs`, which reports one transaction per
 //! stream; everything below describes HTTP/1.x.
 //!
 //! A [`Stitcher`] is fed every event in stream order ([`Stitcher::push`]) and
@@ -140,7 +140,7 @@ pub struct StitchStats {
     pub evicted_connections: u64,
     /// Connections that switched away from HTTP/1.x (101, CONNECT).
     pub upgraded_connections: u64,
-    /// Connections detected as HTTP/2 (see [`http2`](self::http2)).
+    /// Connections detected as HTTP/2 (see `stitch/http2.rs`).
     pub http2_connections: u64,
     /// Of which detected mid-stream (no preface seen).
     pub http2_midstream_connections: u64,
