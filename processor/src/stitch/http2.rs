@@ -22,8 +22,9 @@
 //!
 //! # Bounds
 //!
-//! At most [`MAX_STREAMS`] open streams per connection (more are counted in
-//! `untracked_requests` and their responses skipped). A stream keeps only the headers
+//! At most [`MAX_STREAMS`] open streams per connection: a new one beyond evicts the
+//! oldest, reported `Truncated` (counted in `evicted_streams`; its END_STREAM was most
+//! likely in bytes the capture missed), and its late response is skipped. A stream keeps only the headers
 //! spans and metrics read ([`KEPT_HEADERS`]), not all of them. The frame readers are
 //! bounded (see [`http2`]).
 
@@ -227,7 +228,7 @@ impl H2Conn {
                     }
                 }
                 if Some(direction) == self.request_dir {
-                    self.on_request_headers(stream, &headers, end_stream, mono_ns, tid, sink);
+                    self.on_request_headers(meta, stream, &headers, end_stream, mono_ns, tid, sink);
                 } else {
                     self.on_response_headers(meta, stream, &headers, end_stream, mono_ns, sink);
                 }
@@ -280,8 +281,10 @@ impl H2Conn {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_request_headers(
         &mut self,
+        meta: &Meta,
         stream: u32,
         headers: &[(String, String)],
         end_stream: bool,
@@ -303,11 +306,17 @@ impl H2Conn {
             return;
         };
         if self.streams.len() >= MAX_STREAMS {
-            sink.stats.untracked_requests += 1;
-            if self.untracked.len() < MAX_STREAMS {
-                self.untracked.insert(stream, ());
+            // The oldest open stream most likely ended unseen (its END_STREAM was in
+            // uncaptured bytes): reported as truncated to make room, so a long-lived
+            // connection keeps being traced.
+            if let Some((old_id, old)) = self.streams.pop_first() {
+                sink.stats.evicted_streams += 1;
+                self.untracked.insert(old_id, ());
+                if self.untracked.len() > MAX_STREAMS {
+                    self.untracked.pop_first();
+                }
+                self.report(meta, old, Completion::Truncated, mono_ns, sink);
             }
-            return;
         }
         self.streams.insert(
             stream,

@@ -150,6 +150,9 @@ pub struct StitchStats {
     pub hpack_errors: u64,
     /// HTTP/2 streams reset (RST_STREAM) by either side.
     pub http2_reset_streams: u64,
+    /// HTTP/2 streams still open when a connection had `MAX_STREAMS` of them: the
+    /// oldest, reported `Truncated`.
+    pub evicted_streams: u64,
 }
 
 type ConnKey = (u32, u64);

@@ -369,18 +369,35 @@ fn open_streams_are_bounded() {
     for i in 0..400u32 {
         client.extend(hdrs(2 * i + 1, true, &grpc_request(i, "/a.S/M")));
     }
+    // A response to the newest stream still pairs; one to an evicted stream is
+    // skipped.
+    let mut server = headers(799, true, &[(":status", "200"), ("grpc-status", "0")]);
+    // (543: the last evicted, i = 271.)
+    server.extend(headers(
+        543,
+        true,
+        &[(":status", "200"), ("grpc-status", "0")],
+    ));
     let mut st = Stitcher::new();
-    run_with(
+    let out = run_with(
         &mut st,
-        &[opened(1, 1, Role::Server, false), data(10, 1, IN, &client)],
+        &[
+            opened(1, 1, Role::Server, false),
+            data(10, 1, IN, &client),
+            data(20, 1, OUT, &server),
+        ],
     );
     let conn = st.conns.values().next().expect("conn");
     let (_, _, streams) = conn.h2.as_ref().expect("h2").footprint();
-    assert_eq!(streams, http2::MAX_STREAMS);
-    assert_eq!(
-        st.stats().untracked_requests,
-        400 - http2::MAX_STREAMS as u64
-    );
+    assert_eq!(streams, http2::MAX_STREAMS - 1);
+    let evicted = 400 - http2::MAX_STREAMS;
+    assert_eq!(st.stats().evicted_streams, evicted as u64);
+    assert_eq!(out.len(), evicted + 1);
+    assert!(out[..evicted]
+        .iter()
+        .all(|t| t.completion == Completion::Truncated && t.response.is_none()));
+    assert_eq!(out[evicted].completion, Completion::Complete);
+    assert_eq!(st.stats().unpaired_responses, 0);
 }
 
 proptest! {
