@@ -12,7 +12,7 @@
 //! each read/write) are skipped by length when they fall inside a frame whose payload
 //! is not needed (a DATA frame larger than the capture); when they hide a frame
 //! header or part of a header block, the reader reports [`H2Event::LostSync`] and
-//! resynchronises.
+//! resynchronises, emptying its HPACK table ([`FrameReader::resync`] says why).
 //!
 //! # Resynchronisation and detection
 //!
@@ -243,10 +243,15 @@ impl FrameReader {
         self.hpack.table_size()
     }
 
-    /// Drops partial state and waits for a frame start (after a loss of events).
+    /// Drops partial state and waits for a frame start (after a loss of events). The
+    /// HPACK table is emptied: header blocks may have been missed, and a table missing
+    /// the encoder's newest entries would resolve indices to the wrong fields. An
+    /// emptied table holds the newest entries again as they are inserted, so indices
+    /// into it stay right, and older ones are skipped and counted.
     pub fn resync(&mut self) {
         self.synced = false;
         self.clear();
+        self.hpack.reset();
     }
 
     fn clear(&mut self) {
@@ -491,12 +496,17 @@ impl FrameReader {
         };
         let bytes = std::mem::take(&mut self.block_bytes);
         if block.oversized {
+            // Its table inserts are lost (see `resync`).
+            self.hpack.reset();
             return;
         }
         let mut headers = Vec::new();
         let (hpack, error) = match self.hpack.decode(&bytes, &mut headers) {
             Ok(info) => (info, None),
-            Err(e) => (Decoded::default(), Some(e)),
+            Err(e) => {
+                self.hpack.reset();
+                (Decoded::default(), Some(e))
+            }
         };
         if block.promise {
             return;

@@ -249,3 +249,28 @@ proptest! {
         prop_assert_eq!(events, whole);
     }
 }
+
+#[test]
+fn after_a_loss_old_table_entries_are_skipped_not_misread() {
+    let mut r = FrameReader::new(MAX_HEADER_BLOCK, true);
+    let mut out = Vec::new();
+    // Block 1 inserts `a: 1` (index 62).
+    let first = headers(1, true, &[("a", "1")]);
+    r.feed(&first, first.len() as u64, &mut out);
+    // A write whose second frame (inserting `b: 2`) was not captured.
+    let mut write = data(1, false, &[0u8; 10]);
+    write.extend(headers(3, true, &[("b", "2")]));
+    r.feed(&write[..19], write.len() as u64, &mut out);
+    assert!(out.contains(&H2Event::LostSync { stream: None }), "{out:?}");
+    out.clear();
+    // The encoder now has [b, a]: 63 is `a`. It must not resolve to something else.
+    let next = frame(0x1, 0x5, 5, &[0xbf, 0x82]);
+    r.feed(&next, next.len() as u64, &mut out);
+    match &out[..] {
+        [H2Event::Headers { headers, hpack, .. }] => {
+            assert_eq!(headers, &vec![(":method".to_string(), "GET".to_string())]);
+            assert_eq!(hpack.unknown_indices, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+}
