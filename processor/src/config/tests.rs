@@ -1001,3 +1001,79 @@ fn default_exclusions_absent_empty_or_given() {
     let given = c.discovery.default_exclude_instrument.unwrap_or_default();
     assert_eq!(given[0].exe_path.as_deref(), Some("*/otelcol*"));
 }
+
+// --- Instrumentation switches ---------------------------------------------------------
+
+#[test]
+fn instrumentations_default_file_and_environment() {
+    use crate::settings::{Instrumentation as I, Instrumentations};
+    let d = ok("", &NO_ENV);
+    assert_eq!(
+        d.export.traces_instrumentations,
+        Instrumentations::default()
+    );
+    assert!(d.export.traces_instrumentations.is_enabled(I::Http));
+    assert!(d.export.traces_instrumentations.is_enabled(I::Grpc));
+    assert!(d.export.metrics_instrumentations.is_enabled(I::Sql));
+    assert!(!d.export.metrics_instrumentations.is_enabled(I::Dns));
+
+    let yaml = "\
+otel_traces_export:
+  instrumentations: [http, redis]
+metrics:
+  instrumentations:
+    - grpc
+";
+    let c = ok(yaml, &NO_ENV);
+    let t = &c.export.traces_instrumentations;
+    assert!(t.is_enabled(I::Http) && t.is_enabled(I::Redis));
+    assert!(!t.is_enabled(I::Grpc) && !t.is_enabled(I::Sql));
+    let m = &c.export.metrics_instrumentations;
+    assert!(m.is_enabled(I::Grpc) && !m.is_enabled(I::Http));
+
+    // The environment wins (an empty variable counts as unset); `*` is everything.
+    let c = ok(
+        yaml,
+        &[
+            ("OTEL_EBPF_TRACES_INSTRUMENTATIONS", "*"),
+            ("OTEL_EBPF_METRICS_INSTRUMENTATIONS", ""),
+        ],
+    );
+    assert_eq!(c.export.traces_instrumentations, Instrumentations::all());
+    assert!(c.export.traces_instrumentations.is_enabled(I::Gpu));
+    assert_eq!(c.export.metrics_instrumentations, m.clone());
+    // An empty list switches everything off.
+    let c = ok("metrics:\n  instrumentations: []\n", &NO_ENV);
+    assert_eq!(c.export.metrics_instrumentations, Instrumentations::none());
+    let c = ok(
+        "",
+        &[("OTEL_EBPF_METRICS_INSTRUMENTATIONS", "sql, Kafka,mongo")],
+    );
+    let m = &c.export.metrics_instrumentations;
+    assert!(m.is_enabled(I::Sql) && m.is_enabled(I::Kafka) && m.is_enabled(I::Mongo));
+    assert!(!m.is_enabled(I::Http));
+
+    // Older files put the metrics list under the exporter.
+    let c = ok("otel_metrics_export:\n  instrumentations: [sql]\n", &NO_ENV);
+    assert!(c.export.metrics_instrumentations.is_enabled(I::Sql));
+    assert!(!c.export.metrics_instrumentations.is_enabled(I::Http));
+}
+
+#[test]
+fn unknown_instrumentation_is_an_error() {
+    let (var, message) = env_error("", &[("OTEL_EBPF_TRACES_INSTRUMENTATIONS", "http,soap")]);
+    assert_eq!(var, "OTEL_EBPF_TRACES_INSTRUMENTATIONS");
+    assert!(
+        message.contains("unknown instrumentation `soap`"),
+        "{message}"
+    );
+    let e = file_error(
+        "otel_traces_export:\n  instrumentations: [http, soap]\n",
+        &NO_ENV,
+    );
+    assert_eq!(
+        e.key.as_deref(),
+        Some("otel_traces_export.instrumentations")
+    );
+    assert!(e.message.contains("soap"), "{}", e.message);
+}

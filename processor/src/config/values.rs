@@ -468,6 +468,16 @@ pub(crate) fn percent_decode(text: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| "is not valid UTF-8 once percent-decoded".to_string())
 }
 
+/// OBI's instrumentation list (`http`, `grpc`, ..., `*`): a YAML sequence or a
+/// comma-separated string.
+impl ParseValue for crate::settings::Instrumentations {
+    const EXPECTING: &'static str = "a list of instrumentations (`*`, `http`, `grpc`, `sql`, ...)";
+    const LIST: bool = true;
+    fn parse_value(text: &str) -> Result<Self, String> {
+        crate::settings::Instrumentations::parse_list(text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,7 @@ use opentelemetry_sdk::metrics::{
 };
 
 use crate::model::{HttpTransaction, Side};
+use crate::pipeline::grpc::{self, GrpcCall};
 use crate::pipeline::resource::ProcessResource;
 use crate::pipeline::span::{error_type, host_of, scope};
 
@@ -81,6 +82,8 @@ struct ProcessMeters {
     reader: SharedReader,
     server_duration: Histogram<f64>,
     client_duration: Histogram<f64>,
+    rpc_server_duration: Histogram<f64>,
+    rpc_client_duration: Histogram<f64>,
     server_request_body: Histogram<u64>,
     server_response_body: Histogram<u64>,
     client_request_body: Histogram<u64>,
@@ -119,6 +122,14 @@ impl ProcessMeters {
             client_duration: duration(
                 "http.client.request.duration",
                 "Duration of HTTP client requests.",
+            ),
+            rpc_server_duration: duration(
+                "rpc.server.call.duration",
+                "Duration of RPC server calls.",
+            ),
+            rpc_client_duration: duration(
+                "rpc.client.call.duration",
+                "Duration of RPC client calls.",
             ),
             server_request_body: size(
                 "http.server.request.body.size",
@@ -216,8 +227,17 @@ impl MetricsRegistry {
         route: Option<&str>,
     ) {
         let meters = self.meters(process);
-        let attrs = metric_attributes(tx, route);
         let secs = tx.end_mono_ns.saturating_sub(tx.start_mono_ns) as f64 / 1e9;
+        if let Some(call) = GrpcCall::of(tx) {
+            // gRPC: rpc.*.call.duration instead of the http.* instruments.
+            let attrs = grpc::metric_attributes(tx, &call);
+            match tx.side {
+                Side::Server => meters.rpc_server_duration.record(secs, &attrs),
+                Side::Client => meters.rpc_client_duration.record(secs, &attrs),
+            }
+            return;
+        }
+        let attrs = metric_attributes(tx, route);
         let response_size = tx.response.as_ref().map(|r| r.body_size);
         let (duration, req_body, resp_body) = match tx.side {
             Side::Server => (

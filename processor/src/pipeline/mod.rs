@@ -3,6 +3,7 @@
 //! `span` (ids, sampling by `sample`, attributes), with `resource` saying which
 //! process produced it.
 
+pub mod grpc;
 pub mod metrics;
 pub mod resource;
 pub mod route;
@@ -22,12 +23,21 @@ use crate::export::printer::Printer;
 use crate::export::prometheus::{PrometheusEndpoint, PrometheusError};
 use crate::export::traces::{TraceExport, TraceExportCounts};
 use crate::model::HttpTransaction;
-use crate::settings::{ExportSettings, RoutesSettings, Sampler};
+use crate::settings::{ExportSettings, Instrumentation, Instrumentations, RoutesSettings, Sampler};
 
 use self::metrics::MetricsRegistry;
 use self::resource::{ProcessMap, ResourceSettings};
 use self::route::{RouteError, Router};
 use self::span::build_span;
+
+/// The instrumentation a transaction belongs to: `grpc` for gRPC calls, else `http`.
+pub fn instrumentation_of(tx: &HttpTransaction) -> Instrumentation {
+    if grpc::GrpcCall::of(tx).is_some() {
+        Instrumentation::Grpc
+    } else {
+        Instrumentation::Http
+    }
+}
 
 /// A pipeline that cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +60,10 @@ pub struct PipelineStats {
     pub ignored_metrics: u64,
     pub spans_sampled: u64,
     pub spans_not_sampled: u64,
+    /// Transactions whose instrumentation (http, grpc) is switched off for traces /
+    /// for metrics (`*.instrumentations`).
+    pub disabled_traces: u64,
+    pub disabled_metrics: u64,
     /// Routes folded into `/**` by `max_routes`.
     pub routes_overflowed: u64,
     pub span_export: TraceExportCounts,
@@ -70,6 +84,8 @@ pub struct Pipeline {
     traces: Option<TraceExport>,
     printer: Printer,
     stats: PipelineStats,
+    traces_instrumentations: Instrumentations,
+    metrics_instrumentations: Instrumentations,
 }
 
 impl Pipeline {
@@ -152,6 +168,8 @@ impl Pipeline {
             traces,
             printer,
             stats: PipelineStats::default(),
+            traces_instrumentations: export.traces_instrumentations.clone(),
+            metrics_instrumentations: export.metrics_instrumentations.clone(),
         })
     }
 
@@ -165,12 +183,19 @@ impl Pipeline {
         self.stats.transactions += 1;
         let routed = self.router.route(&tx.request.path);
         let process = self.processes.get(tx.pid);
-        if routed.ignore_metrics {
+        let kind = instrumentation_of(tx);
+        if !self.metrics_instrumentations.is_enabled(kind) {
+            self.stats.disabled_metrics += 1;
+        } else if routed.ignore_metrics {
             self.stats.ignored_metrics += 1;
         } else if let Some(m) = &self.metrics {
             if let Ok(mut m) = m.lock() {
                 m.record(&process, tx, routed.route.as_deref());
             }
+        }
+        if !self.traces_instrumentations.is_enabled(kind) {
+            self.stats.disabled_traces += 1;
+            return;
         }
         if routed.ignore_traces {
             self.stats.ignored_traces += 1;
@@ -221,5 +246,66 @@ impl Pipeline {
         self.printer.finish();
         info!(?s, "telemetry pipeline stopped");
         s
+    }
+}
+
+#[cfg(test)]
+mod instrumentation_tests {
+    use super::*;
+    use crate::model::{HttpResponse, Side};
+    use crate::pipeline::span::tests::tx;
+    use crate::settings::TracePrinter;
+
+    fn grpc_tx() -> HttpTransaction {
+        let mut t = tx(Side::Server, "POST", "/a.B/C", Some(200));
+        t.request.version = "2".into();
+        t.request.headers = vec![("content-type".into(), "application/grpc".into())];
+        t.response = Some(HttpResponse {
+            status: 200,
+            version: "2".into(),
+            headers: vec![("grpc-status".into(), "0".into())],
+            body_size: 0,
+        });
+        t
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn instrumentations_gate_spans_and_metrics_per_kind() {
+        let export = ExportSettings {
+            prometheus_port: Some(0),
+            traces_instrumentations: Instrumentations::parse_list("http").expect("list"),
+            metrics_instrumentations: Instrumentations::parse_list("grpc").expect("list"),
+            ..Default::default()
+        };
+        let mut p = Pipeline::with_printer(
+            &RoutesSettings::default(),
+            &export,
+            "box".into(),
+            Printer::stdout(TracePrinter::Disabled),
+        )
+        .expect("pipeline");
+        assert_eq!(instrumentation_of(&grpc_tx()), Instrumentation::Grpc);
+        let http = tx(Side::Server, "GET", "/x", Some(200));
+        assert_eq!(instrumentation_of(&http), Instrumentation::Http);
+        p.on_transaction(&grpc_tx());
+        p.on_transaction(&http);
+        let s = p.stats();
+        // gRPC: metrics only; HTTP: span only.
+        assert_eq!((s.disabled_traces, s.disabled_metrics), (1, 1));
+        assert_eq!(s.spans_sampled, 1);
+        let names: Vec<String> = p
+            .metrics
+            .as_ref()
+            .expect("registry")
+            .lock()
+            .expect("lock")
+            .snapshot()
+            .iter()
+            .flat_map(crate::pipeline::metrics::tests::histograms)
+            .filter(|(_, points)| !points.is_empty())
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["rpc.server.call.duration"]);
+        p.shutdown().await;
     }
 }

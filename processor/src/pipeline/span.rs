@@ -47,6 +47,7 @@ use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{IdGenerator, SpanData, SpanEvents, SpanLinks};
 
 use crate::model::{HttpTransaction, Side};
+use crate::pipeline::grpc::{self, GrpcCall};
 use crate::pipeline::sample::{should_sample, Parent};
 use crate::settings::Sampler;
 
@@ -151,7 +152,9 @@ pub fn build_span(
     let is_server = tx.side == Side::Server;
     let route = route.filter(|_| is_server);
 
+    let grpc = GrpcCall::of(tx);
     let name = match (known, route) {
+        _ if grpc.is_some() => grpc.as_ref().map(|c| c.path.clone()).unwrap_or_default(),
         (true, Some(r)) => format!("{} {r}", req.method),
         (false, Some(r)) => format!("HTTP {r}"),
         (true, None) => req.method.clone(),
@@ -249,6 +252,11 @@ pub fn build_span(
     if let Some(e) = error_type {
         attrs.push(KeyValue::new("error.type", e));
     }
+    // gRPC calls: RPC attributes instead of HTTP ones (see `grpc`).
+    let (attrs, status) = match &grpc {
+        Some(call) => grpc::span_attributes(tx, call),
+        None => (attrs, status),
+    };
 
     let start_time = wall_time(tx.start_mono_ns, tx.realtime_offset_ns);
     let end_time = wall_time(tx.end_mono_ns, tx.realtime_offset_ns).max(start_time);

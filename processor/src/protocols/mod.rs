@@ -2,4 +2,6 @@
 //! byte stream. They know nothing of connections, roles or pairing; `stitch` drives
 //! them and pairs what they find into transactions.
 
+pub mod hpack;
 pub mod http1;
+pub mod http2;

@@ -1,4 +1,8 @@
-//! Stitching: from the loader's raw events to HTTP/1.x transactions.
+//! Stitching: from the loader's raw events to HTTP/1.x and HTTP/2 transactions.
+//!
+//! HTTP/2 connections (the client preface, or frames on a connection seen
+//! mid-stream) are handed to `stitch/http2.rs`, which reports one transaction per
+//! stream; everything below describes HTTP/1.x.
 //!
 //! A [`Stitcher`] is fed every event in stream order ([`Stitcher::push`]) and
 //! returns the transactions that completed. It keeps one state per connection,
@@ -77,9 +81,13 @@ use tandem_proto::{Event, EventKind};
 
 use crate::model::{Completion, HttpRequest, HttpResponse, HttpTransaction, Side};
 use crate::protocols::http1::{self, Chunk, CloseOutcome, Http1Event, MessageKind, Origin, Parser};
+use crate::protocols::http2 as h2_frames;
 
+mod http2;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_http2;
 
 /// Default bound of tracked connections.
 pub const MAX_CONNECTIONS: usize = 65_536;
@@ -132,6 +140,19 @@ pub struct StitchStats {
     pub evicted_connections: u64,
     /// Connections that switched away from HTTP/1.x (101, CONNECT).
     pub upgraded_connections: u64,
+    /// Connections detected as HTTP/2 (see `stitch/http2.rs`).
+    pub http2_connections: u64,
+    /// Of which detected mid-stream (no preface seen).
+    pub http2_midstream_connections: u64,
+    /// HPACK fields skipped: their index was not in the (out of step) dynamic table.
+    pub hpack_unknown_indices: u64,
+    /// HTTP/2 header blocks that did not decode to their end.
+    pub hpack_errors: u64,
+    /// HTTP/2 streams reset (RST_STREAM) by either side.
+    pub http2_reset_streams: u64,
+    /// HTTP/2 streams still open when a connection had `MAX_STREAMS` of them: the
+    /// oldest, reported `Truncated`.
+    pub evicted_streams: u64,
 }
 
 type ConnKey = (u32, u64);
@@ -180,6 +201,16 @@ struct Conn {
     /// mono_ns of the last Data event in the response direction.
     last_response_ns: u64,
     gen: u64,
+    /// Opened before the loader started: its first bytes may be mid-stream.
+    preexisting: bool,
+    /// An HTTP/1.x request was seen (no HTTP/2 mid-stream detection then).
+    http1_seen: bool,
+    /// No Data event seen yet (a first read shorter than the HTTP/2 preface, from 3
+    /// bytes, is recognised as its start).
+    fresh: bool,
+    max_head: usize,
+    /// The connection carries HTTP/2.
+    h2: Option<Box<http2::H2Conn>>,
 }
 
 impl Default for Stitcher {
@@ -236,6 +267,7 @@ impl Stitcher {
                 conn.local = opened.local.as_ref().and_then(socket_addr);
                 conn.peer = opened.peer.as_ref().and_then(socket_addr);
                 if opened.preexisting {
+                    conn.preexisting = true;
                     conn.requests.resync();
                     conn.responses.resync();
                 }
@@ -395,6 +427,63 @@ impl Conn {
             opaque: false,
             last_response_ns: 0,
             gen,
+            preexisting: false,
+            http1_seen: false,
+            fresh: true,
+            max_head,
+            h2: None,
+        }
+    }
+
+    fn meta(&self) -> http2::Meta {
+        http2::Meta {
+            pid: self.pid,
+            conn_id: self.conn_id,
+            side: self.side,
+            local: self.local,
+            peer: self.peer,
+        }
+    }
+
+    /// Feeds `data` to the HTTP/2 state when the connection is (or turns out to be)
+    /// HTTP/2; returns false when it is not.
+    fn http2_data(
+        &mut self,
+        mono_ns: u64,
+        data: &v1::Data,
+        total: u64,
+        sink: &mut Sink<'_>,
+    ) -> bool {
+        if self.h2.is_none() && self.pending.is_empty() {
+            // `PRI` is no HTTP/1.x method: 3 bytes tell (1 or 2 could be `POST`).
+            let short_start = self.fresh
+                && data.payload.len() >= 3
+                && h2_frames::PREFACE.starts_with(&data.payload);
+            let preface = short_start || h2_frames::starts_with_preface(&data.payload);
+            let midstream = !preface
+                && (self.side.is_none() || self.preexisting)
+                && !self.http1_seen
+                && h2_frames::looks_like_frames(&data.payload, total);
+            if preface || midstream {
+                sink.stats.http2_connections += 1;
+                if midstream {
+                    sink.stats.http2_midstream_connections += 1;
+                }
+                self.opaque = false;
+                self.h2 = Some(Box::new(http2::H2Conn::new(
+                    self.max_head,
+                    self.side,
+                    preface,
+                )));
+            }
+        }
+        let meta = self.meta();
+        match self.h2.as_mut() {
+            Some(h2) => {
+                h2.data(&meta, mono_ns, data, sink);
+                true
+            }
+            None => false,
         }
     }
 
@@ -402,6 +491,11 @@ impl Conn {
         let captured = u64::try_from(data.payload.len()).unwrap_or(u64::MAX);
         let total = data.total_len.max(captured);
         let direction = data.direction();
+        let handled = self.http2_data(mono_ns, data, total, sink);
+        self.fresh = false;
+        if handled {
+            return;
+        }
         if self.opaque {
             return;
         }
@@ -461,6 +555,7 @@ impl Conn {
                 origin,
                 truncated,
             } => {
+                self.http1_seen = true;
                 if self.untracked > 0 || self.pending.len() >= max_pending {
                     self.untracked += 1;
                     sink.stats.untracked_requests += 1;
@@ -626,6 +721,10 @@ impl Conn {
 
     /// The connection closed (or its process exited) at `mono_ns`.
     fn close(mut self, mono_ns: u64, sink: &mut Sink<'_>) {
+        let meta = self.meta();
+        if let Some(h2) = self.h2.as_mut() {
+            h2.flush(&meta, Completion::ConnectionClosed, mono_ns, sink);
+        }
         // The request parser keeps its state: a request cut by the close is reported
         // with the body bytes received so far.
         match self.responses.close() {
@@ -653,6 +752,10 @@ impl Conn {
 
     /// Events were lost: any byte of this connection may be missing.
     fn lose(&mut self, mono_ns: u64, sink: &mut Sink<'_>) {
+        let meta = self.meta();
+        if let Some(h2) = self.h2.as_mut() {
+            h2.lose(&meta, mono_ns, sink);
+        }
         if let Some(front) = self.pending.front_mut() {
             if let Some(response) = front.response.as_mut() {
                 response.body_size = self.responses.body_size();

@@ -1,0 +1,447 @@
+//! HTTP/2 connections: from both directions' frames to one transaction per stream.
+//!
+//! A connection becomes HTTP/2 when a `Data` event starts with the client preface
+//! (its sender is the client), or, for a connection first seen mid-stream (no
+//! `ConnectionOpened`, or a `preexisting` one), when an event's bytes look like
+//! HTTP/2 frames ([`http2::looks_like_frames`]); its role then comes from the first
+//! request header block (`:method`) seen in either direction, unless the loader
+//! gave it. Each direction has its own [`FrameReader`] and HPACK table.
+//!
+//! # Streams
+//!
+//! A request's header block opens a stream; DATA frames count its body; the
+//! response's header block (`:status`, 1xx skipped) and trailers (merged into the
+//! response headers, as gRPC sends `grpc-status` there) follow; the response's
+//! END_STREAM ends the transaction (`Complete`). RST_STREAM ends it with what is
+//! known (`ConnectionClosed` when no response had started, else `Truncated`); the
+//! connection's close reports every open stream as `ConnectionClosed`, a `Loss` as
+//! `Truncated`. A header block lost to the capture marks its stream `Truncated`.
+//!
+//! Timing: `start_mono_ns` is the event that completed the request's header block,
+//! `end_mono_ns` the one that carried the response's END_STREAM.
+//!
+//! # Bounds
+//!
+//! At most [`MAX_STREAMS`] open streams per connection: a new one beyond evicts the
+//! oldest, reported `Truncated` (counted in `evicted_streams`; its END_STREAM was most
+//! likely in bytes the capture missed), and its late response is skipped. A stream keeps only the headers
+//! spans and metrics read ([`KEPT_HEADERS`]), not all of them. The frame readers are
+//! bounded (see [`http2`]).
+
+use std::collections::BTreeMap;
+
+use tandem_proto::v1::{self, Direction};
+
+use crate::model::{Completion, HttpRequest, HttpResponse, HttpTransaction, Side};
+use crate::protocols::http2::{self, FrameReader, H2Event};
+
+use super::Sink;
+
+/// Most open streams tracked per connection.
+pub const MAX_STREAMS: usize = 128;
+
+/// Request and response headers a stream keeps (`:authority` is kept as `host`).
+pub const KEPT_HEADERS: [&str; 7] = [
+    "host",
+    "user-agent",
+    "traceparent",
+    "tracestate",
+    "content-type",
+    "grpc-status",
+    "grpc-message",
+];
+
+/// What the stitcher knows of the connection (owned by its `Conn`).
+pub(super) struct Meta {
+    pub pid: u32,
+    pub conn_id: u64,
+    pub side: Option<Side>,
+    pub local: Option<std::net::SocketAddr>,
+    pub peer: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug)]
+struct Stream {
+    request: HttpRequest,
+    start_mono_ns: u64,
+    tid: u32,
+    response: Option<HttpResponse>,
+    truncated: bool,
+}
+
+/// One HTTP/2 connection's state.
+#[derive(Debug)]
+pub(super) struct H2Conn {
+    ingress: FrameReader,
+    egress: FrameReader,
+    /// The direction requests travel in, once known.
+    request_dir: Option<Direction>,
+    streams: BTreeMap<u32, Stream>,
+    /// Requests not tracked (over `MAX_STREAMS`): their responses are skipped.
+    untracked: BTreeMap<u32, ()>,
+}
+
+fn request_dir_of(side: Side) -> Direction {
+    match side {
+        Side::Server => Direction::Ingress,
+        Side::Client => Direction::Egress,
+    }
+}
+
+fn side_of(request_dir: Direction) -> Side {
+    match request_dir {
+        Direction::Egress => Side::Client,
+        _ => Side::Server,
+    }
+}
+
+fn keep(headers: &mut Vec<(String, String)>, name: &str, value: &str) {
+    if KEPT_HEADERS.contains(&name) {
+        match headers.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = value.to_string(),
+            None => headers.push((name.to_string(), value.to_string())),
+        }
+    }
+}
+
+fn request_of(fields: &[(String, String)]) -> Option<HttpRequest> {
+    let mut request = HttpRequest {
+        version: "2".to_string(),
+        ..HttpRequest::default()
+    };
+    let mut has_method = false;
+    for (name, value) in fields {
+        match name.as_str() {
+            ":method" => {
+                request.method = value.clone();
+                has_method = true;
+            }
+            ":path" => match value.split_once('?') {
+                Some((path, query)) => {
+                    request.path = path.to_string();
+                    request.query = Some(query.to_string());
+                }
+                None => request.path = value.clone(),
+            },
+            ":authority" => keep(&mut request.headers, "host", value),
+            "host" if request.header("host").is_some() => {}
+            other => keep(&mut request.headers, other, value),
+        }
+    }
+    has_method.then_some(request)
+}
+
+fn status_of(fields: &[(String, String)]) -> Option<u16> {
+    fields
+        .iter()
+        .find(|(n, _)| n == ":status")
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+impl H2Conn {
+    /// A connection whose first bytes were the preface (`from_start`) or frames seen
+    /// mid-stream; `side`: the role, when the loader gave it.
+    pub fn new(max_block: usize, side: Option<Side>, from_start: bool) -> Self {
+        H2Conn {
+            ingress: FrameReader::new(max_block, from_start),
+            egress: FrameReader::new(max_block, from_start),
+            request_dir: side.map(request_dir_of),
+            streams: BTreeMap::new(),
+            untracked: BTreeMap::new(),
+        }
+    }
+
+    /// The role, once known.
+    pub fn side(&self) -> Option<Side> {
+        self.request_dir.map(side_of)
+    }
+
+    /// Buffered bytes and HPACK table bytes (for checking the bounds).
+    #[cfg(test)]
+    pub fn footprint(&self) -> (usize, usize, usize) {
+        (
+            self.ingress.buffered() + self.egress.buffered(),
+            self.ingress.table_size() + self.egress.table_size(),
+            self.streams.len(),
+        )
+    }
+
+    pub fn data(&mut self, meta: &Meta, mono_ns: u64, data: &v1::Data, sink: &mut Sink<'_>) {
+        let direction = data.direction();
+        let captured = u64::try_from(data.payload.len()).unwrap_or(u64::MAX);
+        let total = data.total_len.max(captured);
+        let preface_start = data.payload.first() == Some(&http2::PREFACE[0])
+            && http2::PREFACE.starts_with(data.payload.get(..24).unwrap_or(&data.payload));
+        if self.request_dir.is_none() && preface_start {
+            // The client sends the preface.
+            self.request_dir = match direction {
+                Direction::Unspecified => None,
+                d => Some(d),
+            };
+        }
+        let reader = match direction {
+            Direction::Ingress => &mut self.ingress,
+            Direction::Egress => &mut self.egress,
+            Direction::Unspecified => {
+                sink.stats.non_http_bytes += total;
+                return;
+            }
+        };
+        let mut events = Vec::new();
+        sink.stats.non_http_bytes += reader.feed(&data.payload, total, &mut events);
+        for event in events {
+            self.on_event(meta, direction, event, mono_ns, data.tid, sink);
+        }
+    }
+
+    fn on_event(
+        &mut self,
+        meta: &Meta,
+        direction: Direction,
+        event: H2Event,
+        mono_ns: u64,
+        tid: u32,
+        sink: &mut Sink<'_>,
+    ) {
+        match event {
+            H2Event::Headers {
+                stream,
+                headers,
+                end_stream,
+                hpack,
+                error,
+            } => {
+                sink.stats.hpack_unknown_indices += u64::from(hpack.unknown_indices);
+                if error.is_some() {
+                    sink.stats.hpack_errors += 1;
+                }
+                if self.request_dir.is_none() {
+                    if headers.iter().any(|(n, _)| n == ":method") {
+                        self.request_dir = Some(direction);
+                    } else if headers.iter().any(|(n, _)| n == ":status") {
+                        self.request_dir = Some(match direction {
+                            Direction::Ingress => Direction::Egress,
+                            _ => Direction::Ingress,
+                        });
+                    } else {
+                        return;
+                    }
+                }
+                if Some(direction) == self.request_dir {
+                    self.on_request_headers(meta, stream, &headers, end_stream, mono_ns, tid, sink);
+                } else {
+                    self.on_response_headers(meta, stream, &headers, end_stream, mono_ns, sink);
+                }
+            }
+            H2Event::Data {
+                stream,
+                len,
+                end_stream,
+            } => {
+                if self.request_dir.is_none() {
+                    return;
+                }
+                if Some(direction) == self.request_dir {
+                    if let Some(s) = self.streams.get_mut(&stream) {
+                        s.request.body_size += len;
+                    }
+                } else {
+                    if let Some(s) = self.streams.get_mut(&stream) {
+                        if let Some(r) = s.response.as_mut() {
+                            r.body_size += len;
+                        }
+                    }
+                    if end_stream {
+                        self.end_stream(meta, stream, Completion::Complete, mono_ns, sink);
+                    }
+                }
+            }
+            H2Event::Reset { stream, .. } => {
+                sink.stats.http2_reset_streams += 1;
+                let completion = match self.streams.get(&stream) {
+                    Some(s) if s.response.is_some() => Completion::Truncated,
+                    _ => Completion::ConnectionClosed,
+                };
+                self.end_stream(meta, stream, completion, mono_ns, sink);
+            }
+            H2Event::LostSync { stream } => {
+                sink.stats.lost_sync += 1;
+                if let Some(s) = stream.and_then(|id| self.streams.get_mut(&id)) {
+                    s.truncated = true;
+                }
+            }
+            H2Event::Invalid => sink.stats.parse_errors += 1,
+            H2Event::Oversized { stream } => {
+                sink.stats.parse_errors += 1;
+                sink.stats.oversized_heads += 1;
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    s.truncated = true;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_request_headers(
+        &mut self,
+        meta: &Meta,
+        stream: u32,
+        headers: &[(String, String)],
+        end_stream: bool,
+        mono_ns: u64,
+        tid: u32,
+        sink: &mut Sink<'_>,
+    ) {
+        let _ = end_stream;
+        if let Some(existing) = self.streams.get_mut(&stream) {
+            // Request trailers: kept headers only.
+            for (n, v) in headers {
+                keep(&mut existing.request.headers, n, v);
+            }
+            return;
+        }
+        let Some(request) = request_of(headers) else {
+            // Trailers of an untracked stream, or a block whose pseudo-headers were
+            // lost (counted in hpack_*).
+            return;
+        };
+        if self.streams.len() >= MAX_STREAMS {
+            // The oldest open stream most likely ended unseen (its END_STREAM was in
+            // uncaptured bytes): reported as truncated to make room, so a long-lived
+            // connection keeps being traced.
+            if let Some((old_id, old)) = self.streams.pop_first() {
+                sink.stats.evicted_streams += 1;
+                self.untracked.insert(old_id, ());
+                if self.untracked.len() > MAX_STREAMS {
+                    self.untracked.pop_first();
+                }
+                self.report(meta, old, Completion::Truncated, mono_ns, sink);
+            }
+        }
+        self.streams.insert(
+            stream,
+            Stream {
+                request,
+                start_mono_ns: mono_ns,
+                tid,
+                response: None,
+                truncated: false,
+            },
+        );
+    }
+
+    fn on_response_headers(
+        &mut self,
+        meta: &Meta,
+        stream: u32,
+        headers: &[(String, String)],
+        end_stream: bool,
+        mono_ns: u64,
+        sink: &mut Sink<'_>,
+    ) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            if self.untracked.remove(&stream).is_none() && status_of(headers).is_some() {
+                sink.stats.unpaired_responses += 1;
+            }
+            return;
+        };
+        match (s.response.as_mut(), status_of(headers)) {
+            (_, Some(status)) if (100..200).contains(&status) => return,
+            (None, Some(status)) => {
+                let mut response = HttpResponse {
+                    status,
+                    version: "2".to_string(),
+                    ..HttpResponse::default()
+                };
+                for (n, v) in headers {
+                    keep(&mut response.headers, n, v);
+                }
+                s.response = Some(response);
+            }
+            (Some(response), _) => {
+                // Trailers.
+                for (n, v) in headers {
+                    keep(&mut response.headers, n, v);
+                }
+            }
+            (None, None) => {
+                // A response block whose :status was lost.
+                s.truncated = true;
+            }
+        }
+        if end_stream {
+            self.end_stream(meta, stream, Completion::Complete, mono_ns, sink);
+        }
+    }
+
+    fn end_stream(
+        &mut self,
+        meta: &Meta,
+        stream: u32,
+        completion: Completion,
+        end_ns: u64,
+        sink: &mut Sink<'_>,
+    ) {
+        self.untracked.remove(&stream);
+        if let Some(s) = self.streams.remove(&stream) {
+            self.report(meta, s, completion, end_ns, sink);
+        }
+    }
+
+    fn report(
+        &self,
+        meta: &Meta,
+        s: Stream,
+        completion: Completion,
+        end_ns: u64,
+        sink: &mut Sink<'_>,
+    ) {
+        let completion = match completion {
+            Completion::Complete if s.truncated || s.response.is_none() => Completion::Truncated,
+            other => other,
+        };
+        sink.stats.transactions += 1;
+        match completion {
+            Completion::Complete => {}
+            Completion::Truncated => sink.stats.truncated += 1,
+            Completion::ConnectionClosed => sink.stats.connection_closed += 1,
+        }
+        let side = meta.side.or(self.side()).unwrap_or(Side::Server);
+        sink.out.push(HttpTransaction {
+            pid: meta.pid,
+            tid: s.tid,
+            conn_id: meta.conn_id,
+            side,
+            local: meta.local,
+            peer: meta.peer,
+            request: s.request,
+            response: s.response,
+            start_mono_ns: s.start_mono_ns,
+            end_mono_ns: end_ns.max(s.start_mono_ns),
+            realtime_offset_ns: sink.realtime_offset_ns,
+            completion,
+        });
+    }
+
+    /// Reports every open stream with `completion` (close, loss).
+    pub fn flush(
+        &mut self,
+        meta: &Meta,
+        completion: Completion,
+        mono_ns: u64,
+        sink: &mut Sink<'_>,
+    ) {
+        self.untracked.clear();
+        let streams = std::mem::take(&mut self.streams);
+        for (_, s) in streams {
+            self.report(meta, s, completion, mono_ns, sink);
+        }
+    }
+
+    /// Events were lost: open streams are reported, both readers resynchronise.
+    pub fn lose(&mut self, meta: &Meta, mono_ns: u64, sink: &mut Sink<'_>) {
+        self.flush(meta, Completion::Truncated, mono_ns, sink);
+        self.ingress.resync();
+        self.egress.resync();
+    }
+}
