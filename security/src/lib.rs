@@ -367,6 +367,64 @@ mod tests {
         assert_eq!(capability("SYS_ADMIN"), None);
     }
 
+    /// docs/security.md must describe the model exactly: a row per feature with its
+    /// attach-time and run-time capabilities and its facilities, and a line per
+    /// capability and facility. Changing the model without the docs fails here.
+    #[test]
+    fn docs_security_md_matches_the_model() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/security.md");
+        let doc = std::fs::read_to_string(path).expect("docs/security.md is readable");
+        let set = |cell: &str| -> BTreeSet<String> {
+            cell.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty() && s != "none")
+                .collect()
+        };
+        for f in FEATURES {
+            let prefix = format!("| `{}` |", f.id);
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&prefix))
+                .unwrap_or_else(|| panic!("docs/security.md has no table row for {}", f.id));
+            let cells: Vec<&str> = row.trim_matches('|').split('|').collect();
+            assert_eq!(cells.len(), 4, "row of {}: {row}", f.id);
+            let caps = |cs: &[Capability]| cs.iter().map(|c| c.to_string()).collect();
+            assert_eq!(
+                set(cells[1]),
+                caps(f.capabilities),
+                "attach caps of {}",
+                f.id
+            );
+            assert_eq!(
+                set(cells[2]),
+                caps(f.runtime_capabilities),
+                "kept caps of {}",
+                f.id
+            );
+            let facilities: BTreeSet<String> =
+                f.facilities.iter().map(|x| x.name().to_owned()).collect();
+            assert_eq!(set(cells[3]), facilities, "facilities of {}", f.id);
+            assert!(
+                doc.contains(&format!("- `{}`:", f.id)),
+                "no description of {}",
+                f.id
+            );
+        }
+        for c in Capability::ALL {
+            assert!(
+                doc.lines().any(|l| l.starts_with(&format!("| {c} |"))),
+                "docs/security.md does not explain {c}"
+            );
+        }
+        for x in Facility::ALL {
+            assert!(
+                doc.lines()
+                    .any(|l| l.starts_with(&format!("| {} |", x.name()))),
+                "docs/security.md does not explain the facility {x}"
+            );
+        }
+    }
+
     #[test]
     fn display_uses_the_cap_prefix() {
         assert_eq!(SysPtrace.to_string(), "CAP_SYS_PTRACE");
