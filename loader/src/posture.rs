@@ -33,12 +33,20 @@ impl Posture {
         };
         let before = match Report::collect(&opts) {
             Ok(r) => {
-                if r.excess.is_empty() {
+                // The model's own capabilities that this source does not use are dropped
+                // once the probes are attached; anything beyond the model deserves a WARN.
+                let beyond: Vec<String> = r
+                    .excess_names()
+                    .into_iter()
+                    .filter(|c| tandem_security::capability(c).is_none())
+                    .collect();
+                if beyond.is_empty() {
                     info!("capabilities at start-up: {}", r.summary());
                 } else {
                     warn!(
-                        "capabilities at start-up: {} (excess capabilities are dropped once the probes are attached; grant only what `tandem-loader capabilities` lists as needed)",
-                        r.summary()
+                        "capabilities at start-up: {}; held beyond what any loader feature needs: {} (grant only what `tandem-loader capabilities` lists)",
+                        r.summary(),
+                        if beyond.len() > 8 { format!("{} capabilities", beyond.len()) } else { beyond.join(",") }
                     );
                 }
                 Some(r)
