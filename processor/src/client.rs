@@ -324,3 +324,34 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod posture_tests {
+    use super::*;
+
+    #[test]
+    fn posture_line_and_attributes() {
+        let s = CapabilitySummary {
+            uid: 65534,
+            gid: 65534,
+            effective: vec!["CAP_DAC_READ_SEARCH".into(), "CAP_SYS_PTRACE".into()],
+            no_new_privs: true,
+            seccomp: "disabled".into(),
+            excess: vec!["CAP_NET_ADMIN".into()],
+            ..Default::default()
+        };
+        let line = describe_posture(&s);
+        assert!(line.contains("uid 65534"), "{line}");
+        assert!(
+            line.contains("effective [CAP_DAC_READ_SEARCH,CAP_SYS_PTRACE]"),
+            "{line}"
+        );
+        assert!(line.contains("excess [CAP_NET_ADMIN]"), "{line}");
+        assert!(line.contains("privileged no"), "{line}");
+        let a = posture_attributes(&s);
+        assert_eq!(a["tandem.loader.uid"], "65534");
+        assert_eq!(a["tandem.loader.capabilities.excess"], "CAP_NET_ADMIN");
+        assert_eq!(a["tandem.loader.privileged"], "false");
+        assert_eq!(a["tandem.loader.no_new_privs"], "true");
+    }
+}

@@ -205,6 +205,38 @@ mod tests {
     }
 
     #[test]
+    fn loader_attributes_go_to_later_resources_and_configuration_wins() {
+        let mut s = settings();
+        s.resource_attributes
+            .insert("tandem.loader.uid".into(), "configured".into());
+        let mut m = ProcessMap::new(s);
+        let before = m.get(1);
+        m.set_loader_attributes(BTreeMap::from([
+            ("tandem.loader.uid".to_string(), "65534".to_string()),
+            (
+                "tandem.loader.capabilities.excess".to_string(),
+                String::new(),
+            ),
+            ("tandem.loader.no_new_privs".to_string(), "true".to_string()),
+        ]));
+        let after = m.get(2);
+        let get = |r: &ProcessResource, k: &str| {
+            r.resource
+                .get(&opentelemetry::Key::from(k.to_string()))
+                .map(|v| v.to_string())
+        };
+        assert_eq!(get(&before, "tandem.loader.no_new_privs"), None);
+        assert_eq!(
+            get(&after, "tandem.loader.no_new_privs").as_deref(),
+            Some("true")
+        );
+        assert_eq!(
+            get(&after, "tandem.loader.uid").as_deref(),
+            Some("configured")
+        );
+    }
+
+    #[test]
     fn resource_from_process_started() {
         let mut m = ProcessMap::new(settings());
         m.on_started(&started(42, "/usr/bin/python3.11"));
