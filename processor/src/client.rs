@@ -28,7 +28,8 @@ pub struct ClientConfig {
     pub name: String,
     pub selection: Selection,
     /// Where the loader's capability posture goes after each connection (fetched
-    /// with `CapabilityReport`; absent from loaders without it).
+    /// with `CapabilityReport`; absent from loaders without it). It is logged
+    /// whether or not this is set.
     pub posture: Option<watch::Sender<Option<CapabilitySummary>>>,
 }
 

@@ -79,6 +79,12 @@ struct Cli {
     #[arg(long, env = "TANDEM_REFUSE_PRIVILEGED")]
     refuse_privileged: bool,
 
+    /// Add the loader's capability posture (fetched on connect) to the resource of
+    /// everything exported: tandem.loader.uid, .gid, .capabilities.effective,
+    /// .capabilities.excess, .privileged, .no_new_privs. It is always logged.
+    #[arg(long, env = "TANDEM_EXPORT_LOADER_POSTURE")]
+    export_loader_posture: bool,
+
     /// Log format on stderr.
     #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -180,7 +186,7 @@ async fn run(cli: Cli, config: Config, privileged: Option<String>) -> anyhow::Re
         socket: cli.socket.clone(),
         name: cli.name.clone(),
         selection,
-        posture: Some(posture_tx),
+        posture: cli.export_loader_posture.then_some(posture_tx),
     };
     let result = client::run(client_config, shutdown, |batch| {
         if posture_rx.has_changed().unwrap_or(false) {
