@@ -360,3 +360,57 @@ fn a_processor_warns_when_privileged_and_refuses_with_the_flag() {
     assert!(!log.contains("privileged"), "no warning expected:\n{log}");
     nobody.stop();
 }
+
+/// With `--export-loader-posture` the loader's posture reaches an OTLP receiver as
+/// `tandem.loader.*` resource attributes of the exported spans (here: a replaying
+/// loader running as root, which holds everything and needs nothing).
+#[test]
+fn the_loader_posture_is_exported_as_resource_attributes_on_request() {
+    use tandem_integration_tests::otlp::{start_exporting_processor, write_config, Receiver};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut receiver = Receiver::start();
+    let capture = synthetic_capture(dir.path(), 3);
+    let socket = dir.path().join("run").join("loader.sock");
+    let _loader = start_loader(
+        &socket,
+        &[
+            "--replay",
+            capture.to_str().expect("utf-8 path"),
+            "--wait-subscribers",
+            "1",
+        ],
+    );
+    let config = write_config(dir.path(), "routes:\n  patterns:\n    - /users/{id}\n");
+    let env = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", receiver.grpc_port),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+        ("TANDEM_EXPORT_LOADER_POSTURE", "true".to_owned()),
+    ];
+    let p = start_exporting_processor(&socket, "posture-export", &config, &env);
+    receiver.until("a span", PATIENCE, &|| p.stderr.text(), |records| {
+        records.iter().any(|r| r["signal"] == "traces")
+    });
+    let span = receiver.spans()[0].clone();
+    let resource = &span["resource"];
+    let uid = nix::unistd::geteuid().as_raw().to_string();
+    assert_eq!(resource["tandem.loader.uid"], uid.as_str(), "{resource}");
+    let privileged = if uid == "0" { "true" } else { "false" };
+    assert_eq!(
+        resource["tandem.loader.privileged"], privileged,
+        "{resource}"
+    );
+    assert_eq!(
+        resource["tandem.loader.no_new_privs"], "false",
+        "{resource}"
+    );
+    for key in [
+        "tandem.loader.gid",
+        "tandem.loader.capabilities.effective",
+        "tandem.loader.capabilities.excess",
+    ] {
+        assert!(resource[key].is_string(), "{key} in {resource}");
+    }
+}
