@@ -414,3 +414,62 @@ fn the_loader_posture_is_exported_as_resource_attributes_on_request() {
         assert!(resource[key].is_string(), "{key} in {resource}");
     }
 }
+
+/// What the loader keeps after its drop is what following processes needs, measured:
+/// a root-owned server started after the drop and selected by a subscription made
+/// after it is found by the rescan (listing its /proc/<pid>/fd takes
+/// CAP_DAC_READ_SEARCH), described with its executable (CAP_SYS_PTRACE), and its
+/// exchange is captured through maps updated without CAP_BPF.
+#[test]
+fn after_the_drop_the_loader_still_finds_and_captures_new_processes() {
+    if !require_root_bpf("after_the_drop_the_loader_still_finds_and_captures_new_processes") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod 0777 the socket's parent directory");
+    let socket = dir.path().join("run").join("loader.sock");
+    let mut cmd = as_nobody(SIX, &loader_bin());
+    cmd.arg("--socket").arg(&socket).args(["--allow-uid", "0"]);
+    let loader = Running::spawn(cmd, "tandem-loader (uid 65534)");
+    wait_ebpf_ready(&loader);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", loader.pid())).expect("status");
+    assert_eq!(field(&status, "CapEff"), "0000000000080004", "{status}");
+
+    // Started after the drop, before anybody asked for it.
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).expect("create www");
+    std::fs::write(www.join("after.txt"), "after the drop\n").expect("write a file");
+    let port = free_port();
+    let mut server = start_python_http_server(&www, "127.0.0.1", port);
+    wait_listening(&mut server, port, PATIENCE);
+    let server_pid = i64::from(server.pid());
+
+    let p = start_subscribed_processor(&socket, "after-drop", &["--open-port", &port.to_string()]);
+    wait_instrumenting(&loader, &format!("ports {port}"));
+    curl(&[&format!("http://127.0.0.1:{port}/after.txt")]);
+    let mut log = EventLog::new(&p);
+    log.until("the server's response", PATIENCE, |events| {
+        events.iter().any(|e| {
+            e["kind"] == "data"
+                && e["pid"] == server_pid
+                && e["payload"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("after the drop"))
+        })
+    });
+    let started = log
+        .events
+        .iter()
+        .find(|e| e["kind"] == "process_started" && e["pid"] == server_pid)
+        .unwrap_or_else(|| panic!("no process_started for the server:\n{}", log.dump()));
+    let exe = started["exe_path"].as_str().unwrap_or_default();
+    assert!(exe.contains("python"), "the server's executable: {started}");
+    assert!(
+        log.events.iter().any(|e| e["kind"] == "connection_opened"
+            && e["pid"] == server_pid
+            && e["role"] == "server"),
+        "{}",
+        log.dump()
+    );
+}
