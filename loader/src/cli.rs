@@ -64,9 +64,12 @@ pub enum Command {
     Serve(ServeArgs),
     /// Write events from a source to a capture file (.tcap).
     Record(RecordArgs),
-    /// Report capabilities, kernel facilities and features: what works, what is
-    /// missing, what is held but not needed (excess). Run it with the loader's
-    /// privileges (same user, capabilities, container) to audit a deployment.
+    /// Report this process's capabilities against what each loader feature needs.
+    ///
+    /// The five capability sets, uid/gid, no_new_privs, seccomp, the kernel's
+    /// facilities, which features work and what each one misses, and what is held but
+    /// needed by no feature (excess). Run it with the loader's privileges (same user,
+    /// capabilities, container) to audit a deployment; see docs/security.md.
     Capabilities(CapabilitiesArgs),
 }
 

@@ -279,7 +279,9 @@ impl Report {
         let _ = writeln!(
             o,
             "  lockdown {}  perf_event_paranoid {}  unprivileged_bpf_disabled {}  bpffs {}",
-            k.lockdown.as_deref().unwrap_or("unknown"),
+            k.lockdown
+                .as_deref()
+                .unwrap_or("unknown (/sys/kernel/security/lockdown unreadable)"),
             opt(k.perf_event_paranoid),
             opt(k.unprivileged_bpf_disabled),
             if k.bpffs { "mounted" } else { "not mounted" }
