@@ -349,9 +349,16 @@ fn loader_as(who: &LoaderAs, dir: &Path, socket: &Path, args: &[&str]) -> Runnin
                     .collect::<Vec<_>>()
             };
             assert_eq!(line("Uid:"), ["65534"; 4], "{status}");
-            let want: u64 = caps.iter().map(|c| 1u64 << cap_bit(c)).sum();
+            // Once attached, the loader keeps only what following new processes takes
+            // (tandem_security: SYS_PTRACE and DAC_READ_SEARCH) and sets no_new_privs.
+            let want: u64 = caps
+                .iter()
+                .filter(|c| matches!(**c, "sys_ptrace" | "dac_read_search"))
+                .map(|c| 1u64 << cap_bit(c))
+                .sum();
             let eff = u64::from_str_radix(line("CapEff:")[0], 16).expect("CapEff hex");
             assert_eq!(eff, want, "effective capabilities {eff:#x}, want {want:#x}");
+            assert_eq!(line("NoNewPrivs:"), ["1"], "{status}");
             loader
         }
     }

@@ -297,6 +297,13 @@ impl Loader for FutureLoader {
     ) -> Result<tonic::Response<AckResponse>, tonic::Status> {
         Ok(tonic::Response::new(AckResponse {}))
     }
+
+    async fn capability_report(
+        &self,
+        _: tonic::Request<tandem_proto::v1::CapabilityReportRequest>,
+    ) -> Result<tonic::Response<tandem_proto::v1::CapabilityReportResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not part of this test"))
+    }
 }
 
 #[test]

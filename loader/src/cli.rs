@@ -1,6 +1,7 @@
 //! Command line of `tandem-loader` and the `serve` flow.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,12 +10,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::hub::{Hub, HubConfig};
+use crate::posture::Posture;
 use crate::server::{self, Allowlist, SocketConfig};
 use crate::source::ebpf::{EbpfArgs, EbpfSource};
 use crate::source::replay::ReplaySource;
 use crate::source::synthetic::SyntheticSource;
 use crate::source::{EventSource, SourceContext};
 use tandem_proto::process::{shutdown_on_signals, LogFormat};
+use tandem_security::report::{Options, Report, SocketAllowlist, Stage};
 
 /// Default socket path (shared with processors through a volume in Kubernetes).
 pub const DEFAULT_SOCKET: &str = "/var/run/tandem/loader.sock";
@@ -28,7 +31,9 @@ pub const DEFAULT_SOCKET: &str = "/var/run/tandem/loader.sock";
 bytes read and written) and streams them, unparsed, to tandem processors over gRPC \
 (tandem.loader.v1) on a Unix socket. It checks every peer's credentials against an \
 allowlist and never parses payloads.\n\n\
-Without a subcommand it serves. `record` writes events to a capture file instead.",
+Without a subcommand it serves. `record` writes events to a capture file instead. \
+`capabilities` reports this process's capabilities and the kernel's facilities against \
+what each feature needs (`--strict` for audits).",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -59,6 +64,48 @@ pub enum Command {
     Serve(ServeArgs),
     /// Write events from a source to a capture file (.tcap).
     Record(RecordArgs),
+    /// Report this process's capabilities against what each loader feature needs.
+    ///
+    /// The five capability sets, uid/gid, no_new_privs, seccomp, the kernel's
+    /// facilities, which features work and what each one misses, and what is held but
+    /// needed by no feature (excess). Run it with the loader's privileges (same user,
+    /// capabilities, container) to audit a deployment; see docs/security.md.
+    Capabilities(CapabilitiesArgs),
+}
+
+/// Options of `tandem-loader capabilities`.
+#[derive(Debug, Args, Clone)]
+pub struct CapabilitiesArgs {
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Exit with status 3 when a capability is held that no checked feature needs
+    /// (excess) or a checked feature is unavailable; 0 otherwise.
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Features to check (repeat or comma-separate): syscall_capture,
+    /// sock_tracepoints, process_discovery, socket_filter, tls_uprobes [default: all].
+    #[arg(long = "feature", value_delimiter = ',', value_name = "ID")]
+    pub features: Vec<String>,
+
+    /// Check what the features need once attached (the set the serving loader keeps
+    /// after dropping) instead of what loading and attaching needs.
+    #[arg(long)]
+    pub running: bool,
+
+    /// Uids allowed to connect, as for serving (shown in the report).
+    #[arg(long = "allow-uid", env = "TANDEM_ALLOW_UIDS", value_delimiter = ',')]
+    pub allow_uids: Vec<u32>,
+
+    /// Gids allowed to connect, as for serving (shown in the report).
+    #[arg(long = "allow-gid", env = "TANDEM_ALLOW_GIDS", value_delimiter = ',')]
+    pub allow_gids: Vec<u32>,
+
+    /// Group owning the socket, as for serving (shown in the report).
+    #[arg(long, env = "TANDEM_SOCKET_GROUP")]
+    pub socket_group: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -155,6 +202,16 @@ pub struct RecordArgs {
     pub duration_secs: u64,
 }
 
+impl SourceKind {
+    /// Features of the capability model this source uses.
+    pub fn features(self) -> Vec<&'static str> {
+        match self {
+            SourceKind::Ebpf => crate::source::ebpf::USED_FEATURES.to_vec(),
+            SourceKind::Replay | SourceKind::Synthetic => Vec::new(),
+        }
+    }
+}
+
 impl SourceArgs {
     /// The chosen source: explicit, or implied by --replay, or ebpf.
     pub fn kind(&self) -> SourceKind {
@@ -207,7 +264,14 @@ impl ServeArgs {
     }
 
     fn allowlist(&self) -> Allowlist {
-        let uids = if self.allow_uids.is_empty() {
+        allowlist(&self.allow_uids, &self.allow_gids, self.socket_group)
+    }
+}
+
+/// The socket allowlist from the --allow-uid / --allow-gid / --socket-group flags.
+fn allowlist(allow_uids: &[u32], allow_gids: &[u32], socket_group: Option<u32>) -> Allowlist {
+    {
+        let uids = if allow_uids.is_empty() {
             let me = nix::unistd::geteuid().as_raw();
             let mut v = vec![0];
             if me != 0 {
@@ -215,10 +279,10 @@ impl ServeArgs {
             }
             v
         } else {
-            self.allow_uids.clone()
+            allow_uids.to_vec()
         };
-        let mut gids = self.allow_gids.clone();
-        if let Some(g) = self.socket_group {
+        let mut gids = allow_gids.to_vec();
+        if let Some(g) = socket_group {
             if !gids.contains(&g) {
                 gids.push(g);
             }
@@ -227,9 +291,57 @@ impl ServeArgs {
     }
 }
 
+fn socket_allowlist(a: &Allowlist, socket_group: Option<u32>) -> SocketAllowlist {
+    SocketAllowlist {
+        uids: a.uids.clone(),
+        gids: a.gids.clone(),
+        socket_group,
+    }
+}
+
+/// `tandem-loader capabilities`: prints the report; exit status 3 when `--strict`
+/// fails, 1 when the process's status cannot be read.
+pub fn capabilities(args: &CapabilitiesArgs) -> ExitCode {
+    let allow = allowlist(&args.allow_uids, &args.allow_gids, args.socket_group);
+    let mut opts = Options::all_features();
+    if !args.features.is_empty() {
+        opts.enabled = args.features.clone();
+    }
+    if args.running {
+        opts.stage = Stage::Running;
+    }
+    opts.allowlist = Some(socket_allowlist(&allow, args.socket_group));
+    let report = match Report::collect(&opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tandem-loader: cannot read /proc/self/status: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    if args.strict && !report.strict_ok() {
+        for p in &report.problems {
+            eprintln!("strict: {p}");
+        }
+        return ExitCode::from(3);
+    }
+    ExitCode::SUCCESS
+}
+
 /// Runs the chosen command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Some(Command::Capabilities(args)) => {
+            // Normally handled in main before the runtime starts.
+            match capabilities(&args) {
+                ExitCode::SUCCESS => Ok(()),
+                _ => anyhow::bail!("capability report failed"),
+            }
+        }
         Some(Command::Record(args)) => crate::record::record(args).await,
         Some(Command::Serve(args)) => serve(args).await,
         None => serve(cli.serve).await,
@@ -241,6 +353,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let source = args.source.build(args.source.wait_subscribers)?;
     hub.set_source(source.name());
     let allow = args.allowlist();
+    let posture = Arc::new(Posture::new(
+        &args.source.kind().features(),
+        Some(socket_allowlist(&allow, args.socket_group)),
+    ));
     let socket = SocketConfig {
         path: args.socket.clone(),
         group: args.socket_group,
@@ -252,6 +368,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sink: hub.clone(),
         selection: hub.selection(),
         shutdown: shutdown.clone(),
+        posture: posture.clone(),
     };
     let source_hub = hub.clone();
     let source_task = tokio::spawn(async move {
@@ -264,7 +381,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     spawn_expiry(hub.clone(), shutdown.clone());
 
-    let result = server::serve(listener, &socket.path, hub.clone(), allow, shutdown.clone()).await;
+    let result = server::serve(
+        listener,
+        &socket.path,
+        hub.clone(),
+        posture,
+        allow,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     if tokio::time::timeout(Duration::from_secs(5), source_task)
         .await

@@ -2,6 +2,7 @@
 
 mod cli;
 mod hub;
+mod posture;
 mod record;
 mod selection;
 mod server;
@@ -13,6 +14,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if let Some(cli::Command::Capabilities(args)) = &cli.command {
+        return cli::capabilities(args);
+    }
     let (format, level) = (cli.log_format, cli.log_level.clone());
     tandem_proto::process::run("tandem-loader", format, &level, 1, cli::run(cli))
 }

@@ -36,6 +36,10 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         sink: hub.clone(),
         selection: hub.selection(),
         shutdown: shutdown.clone(),
+        posture: std::sync::Arc::new(crate::posture::Posture::new(
+            &args.source.kind().features(),
+            None,
+        )),
     };
     let mut source_task = tokio::spawn(source.run(ctx));
     let deadline = (args.duration_secs > 0)

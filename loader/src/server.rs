@@ -13,7 +13,10 @@ use std::sync::Arc;
 
 use futures::Stream;
 use tandem_proto::v1::loader_server::{Loader, LoaderServer};
-use tandem_proto::v1::{AckRequest, AckResponse, InfoRequest, InfoResponse, SubscribeRequest};
+use tandem_proto::v1::{
+    AckRequest, AckResponse, CapabilityReportRequest, CapabilityReportResponse, InfoRequest,
+    InfoResponse, SubscribeRequest,
+};
 use tandem_proto::{check_compatible, EventBatch};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -23,6 +26,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::hub::{Attachment, Hub, Next, Peer};
+use crate::posture::Posture;
 
 /// How long shutdown waits for connected processors to go away.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
@@ -56,6 +60,7 @@ pub struct SocketConfig {
 /// The service implementation.
 pub struct LoaderService {
     hub: Arc<Hub>,
+    posture: Arc<Posture>,
     allow: Allowlist,
     shutdown: CancellationToken,
 }
@@ -183,6 +188,14 @@ impl Loader for LoaderService {
         check_peer(&request, &self.allow)?;
         Ok(Response::new(self.hub.info()))
     }
+
+    async fn capability_report(
+        &self,
+        request: Request<CapabilityReportRequest>,
+    ) -> Result<Response<CapabilityReportResponse>, Status> {
+        check_peer(&request, &self.allow)?;
+        Ok(Response::new(self.posture.response()))
+    }
 }
 
 /// Binds the socket: creates its directory, refuses to steal a live socket, removes
@@ -230,12 +243,14 @@ pub async fn serve(
     listener: UnixListener,
     socket: &Path,
     hub: Arc<Hub>,
+    posture: Arc<Posture>,
     allow: Allowlist,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     info!(socket = %socket.display(), allowlist = %allow.describe(), "serving tandem.loader.v1");
     let service = LoaderService {
         hub,
+        posture,
         allow,
         shutdown: shutdown.clone(),
     };

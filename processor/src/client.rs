@@ -4,9 +4,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
 use tandem_proto::uds::connect;
 use tandem_proto::v1::loader_client::LoaderClient;
-use tandem_proto::v1::{AckRequest, InfoRequest, SubscribeRequest};
+
+use tandem_proto::v1::{
+    AckRequest, CapabilityReportRequest, CapabilitySummary, InfoRequest, SubscribeRequest,
+};
 use tandem_proto::{check_compatible, selection, EventBatch, Selection};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +27,10 @@ pub struct ClientConfig {
     pub socket: PathBuf,
     pub name: String,
     pub selection: Selection,
+    /// Where the loader's capability posture goes after each connection (fetched
+    /// with `CapabilityReport`; absent from loaders without it). It is logged
+    /// whether or not this is set.
+    pub posture: Option<watch::Sender<Option<CapabilitySummary>>>,
 }
 
 /// Errors that retrying cannot fix.
@@ -145,6 +153,7 @@ where
         }
     };
     if *state != State::Connected {
+        fetch_posture(&mut client, config).await;
         info!(
             loader_version = %info.loader_version,
             source = %info.source,
@@ -190,6 +199,81 @@ where
         }
     }
     end
+}
+
+/// Asks the loader for its capability report, logs its summary (WARN when the loader
+/// holds more than it needs) and publishes it.
+async fn fetch_posture(
+    client: &mut LoaderClient<tonic::transport::Channel>,
+    config: &ClientConfig,
+) {
+    let summary = match client.capability_report(CapabilityReportRequest {}).await {
+        Ok(r) => r.into_inner().current,
+        Err(s) => {
+            debug!("the loader gives no capability report: {}", s.message());
+            None
+        }
+    };
+    let Some(summary) = summary else {
+        return;
+    };
+    let line = describe_posture(&summary);
+    if summary.excess.is_empty() && summary.privileged.is_empty() {
+        info!("loader capabilities: {line}");
+    } else {
+        warn!("loader capabilities: {line}; the loader holds capabilities no feature needs: grant only those `tandem-loader capabilities` lists");
+    }
+    if let Some(tx) = &config.posture {
+        tx.send_replace(Some(summary));
+    }
+}
+
+/// The posture summary on one line.
+pub fn describe_posture(s: &CapabilitySummary) -> String {
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else if v.len() > 8 {
+            format!("{} capabilities", v.len())
+        } else {
+            v.join(",")
+        }
+    };
+    format!(
+        "uid {} gid {}, effective [{}], no_new_privs {}, seccomp {}, privileged {}, excess [{}], unavailable features [{}]",
+        s.uid,
+        s.gid,
+        list(&s.effective),
+        s.no_new_privs,
+        s.seccomp,
+        if s.privileged.is_empty() { "no" } else { &s.privileged },
+        list(&s.excess),
+        s.unavailable_features.join(",")
+    )
+}
+
+/// The posture as `tandem.loader.*` resource attributes.
+pub fn posture_attributes(s: &CapabilitySummary) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("tandem.loader.uid".to_owned(), s.uid.to_string()),
+        ("tandem.loader.gid".to_owned(), s.gid.to_string()),
+        (
+            "tandem.loader.capabilities.effective".to_owned(),
+            s.effective.join(","),
+        ),
+        (
+            "tandem.loader.capabilities.excess".to_owned(),
+            s.excess.join(","),
+        ),
+        (
+            "tandem.loader.privileged".to_owned(),
+            (!s.privileged.is_empty()).to_string(),
+        ),
+        (
+            "tandem.loader.no_new_privs".to_owned(),
+            s.no_new_privs.to_string(),
+        ),
+    ])
 }
 
 /// Receives batches until the stream ends or `shutdown`, publishing positions to ack.
@@ -240,4 +324,35 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod posture_tests {
+    use super::*;
+
+    #[test]
+    fn posture_line_and_attributes() {
+        let s = CapabilitySummary {
+            uid: 65534,
+            gid: 65534,
+            effective: vec!["CAP_DAC_READ_SEARCH".into(), "CAP_SYS_PTRACE".into()],
+            no_new_privs: true,
+            seccomp: "disabled".into(),
+            excess: vec!["CAP_NET_ADMIN".into()],
+            ..Default::default()
+        };
+        let line = describe_posture(&s);
+        assert!(line.contains("uid 65534"), "{line}");
+        assert!(
+            line.contains("effective [CAP_DAC_READ_SEARCH,CAP_SYS_PTRACE]"),
+            "{line}"
+        );
+        assert!(line.contains("excess [CAP_NET_ADMIN]"), "{line}");
+        assert!(line.contains("privileged no"), "{line}");
+        let a = posture_attributes(&s);
+        assert_eq!(a["tandem.loader.uid"], "65534");
+        assert_eq!(a["tandem.loader.capabilities.excess"], "CAP_NET_ADMIN");
+        assert_eq!(a["tandem.loader.privileged"], "false");
+        assert_eq!(a["tandem.loader.no_new_privs"], "true");
+    }
 }

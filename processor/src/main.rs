@@ -74,6 +74,17 @@ struct Cli {
     #[arg(long, env = "TANDEM_PRINT", value_enum, default_value = "none")]
     print: PrintFormat,
 
+    /// Refuse to start (exit status 2) when running as root or with any capability;
+    /// without it the processor only warns. The processor needs no privileges.
+    #[arg(long, env = "TANDEM_REFUSE_PRIVILEGED")]
+    refuse_privileged: bool,
+
+    /// Add the loader's capability posture (fetched on connect) to the resource of
+    /// everything exported: tandem.loader.uid, .gid, .capabilities.effective,
+    /// .capabilities.excess, .privileged, .no_new_privs. It is always logged.
+    #[arg(long, env = "TANDEM_EXPORT_LOADER_POSTURE")]
+    export_loader_posture: bool,
+
     /// Log format on stderr.
     #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -114,6 +125,15 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let privileged = tandem_security::privilege::privileges_held();
+    if let (true, Some(why)) = (cli.refuse_privileged, &privileged) {
+        eprintln!(
+            "tandem-processor: refusing to run privileged (--refuse-privileged / \
+             TANDEM_REFUSE_PRIVILEGED): this process {why}. The processor needs no \
+             privileges: run it as a non-root user with no capabilities."
+        );
+        return ExitCode::from(2);
+    }
     // Loaded before logging starts: it may set the log level.
     let config = match Config::load_from_process(cli.config.as_deref()) {
         Ok(c) => c,
@@ -132,11 +152,18 @@ fn main() -> ExitCode {
         cli.log_format,
         &level,
         2,
-        run(cli, config),
+        run(cli, config, privileged),
     )
 }
 
-async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
+async fn run(cli: Cli, config: Config, privileged: Option<String>) -> anyhow::Result<()> {
+    if let Some(why) = privileged {
+        warn!(
+            "running privileged: this process {why}. The processor needs no privileges; \
+             whoever owns it gets them: run it as a non-root user with no capabilities \
+             (--refuse-privileged makes this fatal)"
+        );
+    }
     for warning in config.warnings() {
         warn!("configuration: {warning}");
     }
@@ -154,12 +181,19 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     let mut stitcher = Stitcher::new();
     let mut stats = Stats::default();
     let mut transactions = Vec::new();
+    let (posture_tx, mut posture_rx) = tokio::sync::watch::channel(None);
     let client_config = ClientConfig {
         socket: cli.socket.clone(),
         name: cli.name.clone(),
         selection,
+        posture: cli.export_loader_posture.then_some(posture_tx),
     };
     let result = client::run(client_config, shutdown, |batch| {
+        if posture_rx.has_changed().unwrap_or(false) {
+            if let Some(summary) = posture_rx.borrow_and_update().as_ref() {
+                pipeline.set_loader_attributes(client::posture_attributes(summary));
+            }
+        }
         let offset = batch.realtime_offset_ns;
         let check = stats.record_batch(
             batch.subscription_epoch,

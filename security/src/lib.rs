@@ -2,6 +2,15 @@
 //! loader feature needs, and why. The loader's messages about missing capabilities,
 //! the capability report, the documentation and the deployment manifests all derive
 //! from (and are tested against) [`FEATURES`] and [`loader_capabilities`].
+//!
+//! Modules: [`status`] reads a process's capability sets and kernel facts,
+//! [`report`] compares them with the model (the `tandem-loader capabilities` report),
+//! [`privilege`] drops what the loader no longer needs once its probes are attached.
+
+pub mod kernel;
+pub mod privilege;
+pub mod report;
+pub mod status;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -81,6 +90,68 @@ impl fmt::Display for Capability {
     }
 }
 
+/// A kernel facility a loader feature relies on (independent of capabilities).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Facility {
+    /// `/sys/kernel/btf/vmlinux`: CO-RE relocations of kernel struct reads.
+    Btf,
+    /// tracefs at /sys/kernel/tracing: tracepoint ids and formats.
+    Tracefs,
+    /// `BPF_MAP_TYPE_RINGBUF` (Linux 5.8).
+    RingBuffer,
+    /// `BPF_TRACE_UPROBE_MULTI` links (Linux 6.6): uprobes without CAP_SYS_ADMIN.
+    UprobeMulti,
+    /// procfs at /proc: process and socket discovery.
+    Procfs,
+}
+
+impl Facility {
+    /// Every facility the model knows, in a stable order.
+    pub const ALL: [Facility; 5] = [
+        Facility::Btf,
+        Facility::Tracefs,
+        Facility::RingBuffer,
+        Facility::UprobeMulti,
+        Facility::Procfs,
+    ];
+
+    /// Stable identifier, e.g. `uprobe_multi`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Facility::Btf => "btf",
+            Facility::Tracefs => "tracefs",
+            Facility::RingBuffer => "ring_buffer",
+            Facility::UprobeMulti => "uprobe_multi",
+            Facility::Procfs => "procfs",
+        }
+    }
+
+    /// What it is and why the loader needs it, in one line.
+    pub fn purpose(self) -> &'static str {
+        match self {
+            Facility::Btf => {
+                "kernel BTF (/sys/kernel/btf/vmlinux) so CO-RE reads of struct sock fit this kernel"
+            }
+            Facility::Tracefs => {
+                "tracefs (/sys/kernel/tracing) for tracepoint ids and the field layouts the programs check"
+            }
+            Facility::RingBuffer => {
+                "BPF ring buffer maps (Linux 5.8+) that carry events from the kernel to the loader"
+            }
+            Facility::UprobeMulti => {
+                "uprobe_multi links (Linux 6.6+) that attach uprobes with CAP_BPF+CAP_PERFMON instead of CAP_SYS_ADMIN"
+            }
+            Facility::Procfs => "procfs (/proc) to describe processes and find their sockets",
+        }
+    }
+}
+
+impl fmt::Display for Facility {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A loader feature and what it needs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Feature {
@@ -88,8 +159,16 @@ pub struct Feature {
     pub id: &'static str,
     /// What the feature gives the user.
     pub description: &'static str,
-    /// Capabilities it needs when the loader does not run as uid 0.
+    /// Capabilities it needs when the loader does not run as uid 0, to load and
+    /// attach its programs.
     pub capabilities: &'static [Capability],
+    /// Capabilities it still needs once attached (a subset of `capabilities`): what
+    /// following new processes takes. The loader drops everything else after attaching.
+    pub runtime_capabilities: &'static [Capability],
+    /// Why each capability is needed by this feature.
+    pub why: &'static str,
+    /// Kernel facilities it relies on.
+    pub facilities: &'static [Facility],
 }
 
 use Capability::*;
@@ -101,26 +180,51 @@ pub const FEATURES: &[Feature] = &[
         id: "syscall_capture",
         description: "syscall tracepoints: bytes read and written on TCP sockets, accept/connect/close",
         capabilities: &[Bpf, Perfmon, DacReadSearch],
+        runtime_capabilities: &[],
+        why: "BPF loads the programs and maps; PERFMON attaches tracepoints; DAC_READ_SEARCH \
+              opens tracefs (mode 0700) as a non-root user. Once attached, the pid map and \
+              port bitmap are updated through map fds the loader already holds.",
+        facilities: &[Facility::Tracefs, Facility::RingBuffer],
     },
     Feature {
         id: "sock_tracepoints",
         description: "sock/inet_sock_set_state and raw/BTF tracepoints: TCP connection lifecycle",
         capabilities: &[Bpf, Perfmon],
+        runtime_capabilities: &[],
+        why: "BPF loads the programs; PERFMON attaches the tracepoints and lets the verifier \
+              accept CO-RE reads of struct sock.",
+        facilities: &[Facility::Tracefs, Facility::Btf, Facility::RingBuffer],
     },
     Feature {
         id: "process_discovery",
         description: "sched exec/exit tracepoints and /proc scans: exe path, cmdline, cgroup, sockets of other users' processes",
         capabilities: &[Bpf, Perfmon, SysPtrace, DacReadSearch],
+        runtime_capabilities: &[SysPtrace, DacReadSearch],
+        why: "BPF and PERFMON attach the sched tracepoints; SYS_PTRACE reads /proc/<pid>/exe, \
+              root and fd links of other users' processes; DAC_READ_SEARCH lists their \
+              /proc/<pid>/fd directories (mode 0500). The /proc part goes on for every new \
+              process, so SYS_PTRACE and DAC_READ_SEARCH stay after attaching.",
+        facilities: &[Facility::Tracefs, Facility::Procfs, Facility::RingBuffer],
     },
     Feature {
         id: "socket_filter",
         description: "AF_PACKET socket filter: packet-level view of selected ports",
         capabilities: &[Bpf, Perfmon, NetRaw],
+        runtime_capabilities: &[],
+        why: "BPF loads the filter; PERFMON lets the verifier accept its pointer arithmetic; \
+              NET_RAW opens the AF_PACKET socket (once, at attach time).",
+        facilities: &[Facility::RingBuffer],
     },
     Feature {
         id: "tls_uprobes",
         description: "uprobe_multi links on libssl SSL_read/SSL_write: plaintext of TLS traffic",
         capabilities: &[Bpf, Perfmon, SysPtrace, CheckpointRestore],
+        runtime_capabilities: &[Bpf, Perfmon, SysPtrace, CheckpointRestore],
+        why: "BPF and PERFMON create uprobe_multi links (no SYS_ADMIN needed); SYS_PTRACE \
+              reads /proc/<pid>/maps and root of other users' processes; CHECKPOINT_RESTORE \
+              opens /proc/<pid>/map_files to find the exact libssl mapped. New processes \
+              get new links, so all four stay after attaching.",
+        facilities: &[Facility::UprobeMulti, Facility::Btf, Facility::RingBuffer, Facility::Procfs],
     },
 ];
 
@@ -130,6 +234,58 @@ pub fn loader_capabilities() -> BTreeSet<Capability> {
         .iter()
         .flat_map(|f| f.capabilities.iter().copied())
         .collect()
+}
+
+/// What `features` still need once their programs are attached.
+pub fn runtime_capabilities<'a>(
+    features: impl IntoIterator<Item = &'a Feature>,
+) -> BTreeSet<Capability> {
+    features
+        .into_iter()
+        .flat_map(|f| f.runtime_capabilities.iter().copied())
+        .collect()
+}
+
+/// Looks a model capability up by its name (`BPF`, `CAP_BPF`, `cap_bpf`).
+pub fn capability(name: &str) -> Option<Capability> {
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    Capability::ALL.into_iter().find(|c| c.name() == bare)
+}
+
+/// Why holding `cap` (a `CAP_*` name) is a risk when no enabled feature needs it.
+pub fn risk(cap: &str) -> &'static str {
+    match cap {
+        "CAP_SYS_ADMIN" => "near-root: mount, namespaces, perf-event uprobes, BPF and PERFMON by fallback; grant CAP_BPF + CAP_PERFMON instead",
+        "CAP_NET_ADMIN" => "reconfigure interfaces, routes and firewall rules; attach tc/XDP programs that rewrite traffic",
+        "CAP_SYS_MODULE" => "load kernel modules: full kernel compromise",
+        "CAP_SYS_RAWIO" => "raw I/O ports and /dev/mem: full machine compromise",
+        "CAP_SYS_BOOT" => "reboot the machine or kexec another kernel",
+        "CAP_SYS_TIME" => "change the system clock (breaks TLS, logs and timestamps)",
+        "CAP_DAC_OVERRIDE" => "read and write any file regardless of permissions",
+        "CAP_FOWNER" => "bypass ownership checks: chmod/chown-like power over any file",
+        "CAP_CHOWN" => "change the owner of any file",
+        "CAP_SETUID" | "CAP_SETGID" => "become any user or group, including root",
+        "CAP_SETPCAP" => "change capability bounding sets and grant capabilities",
+        "CAP_SETFCAP" => "set file capabilities: plant a privileged executable",
+        "CAP_SYS_CHROOT" => "chroot: a classic container escape building block",
+        "CAP_MKNOD" => "create device nodes, e.g. for raw disks",
+        "CAP_KILL" => "signal (kill) any process",
+        "CAP_NET_RAW" => "raw and packet sockets: sniff and spoof traffic",
+        "CAP_NET_BIND_SERVICE" => "bind privileged ports (<1024)",
+        "CAP_SYS_PTRACE" => "trace and inject code into any process",
+        "CAP_CHECKPOINT_RESTORE" => "open /proc/<pid>/map_files and set pids of new processes",
+        "CAP_DAC_READ_SEARCH" => "read any file and list any directory",
+        "CAP_BPF" => "load BPF programs and read kernel memory through them",
+        "CAP_PERFMON" => "perf events and tracing over the whole machine",
+        "CAP_MAC_ADMIN" | "CAP_MAC_OVERRIDE" => "change or bypass the LSM (AppArmor/SELinux) policy",
+        "CAP_AUDIT_CONTROL" => "disable or change kernel auditing",
+        "CAP_SYSLOG" => "read kernel addresses and the kernel log",
+        "CAP_IPC_OWNER" => "bypass permission checks on System V IPC",
+        "CAP_LINUX_IMMUTABLE" => "remove the immutable flag of protected files",
+        "CAP_SYS_RESOURCE" | "CAP_SYS_NICE" => "override resource limits and scheduling of any process",
+        _ => "not needed by any enabled feature: a privilege an attacker who owns the loader could use",
+    }
 }
 
 /// Looks a feature up by id.
@@ -189,6 +345,84 @@ mod tests {
     fn feature_ids_are_unique() {
         let ids: BTreeSet<_> = FEATURES.iter().map(|f| f.id).collect();
         assert_eq!(ids.len(), FEATURES.len());
+    }
+
+    #[test]
+    fn runtime_needs_are_a_subset_and_every_feature_explains_itself() {
+        for f in FEATURES {
+            for c in f.runtime_capabilities {
+                assert!(f.capabilities.contains(c), "{}: {c} at run time only", f.id);
+            }
+            for c in f.capabilities {
+                assert!(
+                    f.why.contains(c.name()),
+                    "{}: why does not explain {c}",
+                    f.id
+                );
+            }
+            assert!(!f.facilities.is_empty(), "{}", f.id);
+        }
+        assert_eq!(capability("cap_net_raw"), Some(NetRaw));
+        assert_eq!(capability("BPF"), Some(Bpf));
+        assert_eq!(capability("SYS_ADMIN"), None);
+    }
+
+    /// docs/security.md must describe the model exactly: a row per feature with its
+    /// attach-time and run-time capabilities and its facilities, and a line per
+    /// capability and facility. Changing the model without the docs fails here.
+    #[test]
+    fn docs_security_md_matches_the_model() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/security.md");
+        let doc = std::fs::read_to_string(path).expect("docs/security.md is readable");
+        let set = |cell: &str| -> BTreeSet<String> {
+            cell.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty() && s != "none")
+                .collect()
+        };
+        for f in FEATURES {
+            let prefix = format!("| `{}` |", f.id);
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&prefix))
+                .unwrap_or_else(|| panic!("docs/security.md has no table row for {}", f.id));
+            let cells: Vec<&str> = row.trim_matches('|').split('|').collect();
+            assert_eq!(cells.len(), 4, "row of {}: {row}", f.id);
+            let caps = |cs: &[Capability]| cs.iter().map(|c| c.to_string()).collect();
+            assert_eq!(
+                set(cells[1]),
+                caps(f.capabilities),
+                "attach caps of {}",
+                f.id
+            );
+            assert_eq!(
+                set(cells[2]),
+                caps(f.runtime_capabilities),
+                "kept caps of {}",
+                f.id
+            );
+            let facilities: BTreeSet<String> =
+                f.facilities.iter().map(|x| x.name().to_owned()).collect();
+            assert_eq!(set(cells[3]), facilities, "facilities of {}", f.id);
+            assert!(
+                doc.contains(&format!("- `{}`:", f.id)),
+                "no description of {}",
+                f.id
+            );
+        }
+        for c in Capability::ALL {
+            assert!(
+                doc.lines().any(|l| l.starts_with(&format!("| {c} |"))),
+                "docs/security.md does not explain {c}"
+            );
+        }
+        for x in Facility::ALL {
+            assert!(
+                doc.lines()
+                    .any(|l| l.starts_with(&format!("| {} |", x.name()))),
+                "docs/security.md does not explain the facility {x}"
+            );
+        }
     }
 
     #[test]

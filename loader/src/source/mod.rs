@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
+use crate::posture::Posture;
 
 /// What a source needs to run.
 pub struct SourceContext {
@@ -30,6 +31,9 @@ pub struct SourceContext {
     pub selection: watch::Receiver<Option<Selection>>,
     /// Fires on SIGTERM/SIGINT.
     pub shutdown: CancellationToken,
+    /// The loader's capability posture: a source that attaches probes calls
+    /// [`Posture::drop_after_attach`] once they are attached.
+    pub posture: Arc<Posture>,
 }
 
 /// A producer of loader events.

@@ -173,6 +173,12 @@ impl Pipeline {
         })
     }
 
+    /// The loader's capability posture as `tandem.loader.*` resource attributes of
+    /// the processes seen from now on.
+    pub fn set_loader_attributes(&mut self, attrs: std::collections::BTreeMap<String, String>) {
+        self.processes.set_loader_attributes(attrs);
+    }
+
     /// A process started or was found running: its resource comes from here.
     pub fn on_process(&mut self, p: &ProcessStarted) {
         self.processes.on_started(p);

@@ -7,6 +7,7 @@
 //!    `host.name`, `process.pid`, `process.executable.path`,
 //!    `process.executable.name`, `container.id` (when in a container),
 //!    `telemetry.sdk.name` = `tandem`, `telemetry.sdk.version` = this crate's version;
+//!    then the loader's posture (`tandem.loader.*`, see [`ProcessMap::set_loader_attributes`]);
 //! 2. `resource_attributes` (`OTEL_RESOURCE_ATTRIBUTES`);
 //! 3. `service_name` / `service_namespace` settings (`OTEL_SERVICE_NAME`).
 //!
@@ -61,6 +62,8 @@ pub struct ProcessResource {
 #[derive(Debug)]
 pub struct ProcessMap {
     settings: ResourceSettings,
+    /// `tandem.loader.*` attributes: the loader's capability posture.
+    loader: BTreeMap<String, String>,
     by_pid: HashMap<u32, Arc<ProcessResource>>,
     /// Insertion order, for forgetting the oldest past `MAX_PROCESSES`.
     order: std::collections::VecDeque<u32>,
@@ -70,6 +73,7 @@ impl ProcessMap {
     pub fn new(settings: ResourceSettings) -> Self {
         ProcessMap {
             settings,
+            loader: BTreeMap::new(),
             by_pid: HashMap::new(),
             order: Default::default(),
         }
@@ -80,6 +84,12 @@ impl ProcessMap {
     pub fn on_started(&mut self, p: &ProcessStarted) {
         let res = Arc::new(self.build(p.pid, Some(p)));
         self.insert(p.pid, res);
+    }
+
+    /// Sets the `tandem.loader.*` attributes (the loader's capability posture) of
+    /// the resources built from now on; resources built before keep theirs.
+    pub fn set_loader_attributes(&mut self, attrs: BTreeMap<String, String>) {
+        self.loader = attrs;
     }
 
     /// The resource of `pid`; a process tandem never saw start gets a minimal one
@@ -146,7 +156,7 @@ impl ProcessMap {
                 attrs.insert("container.id".into(), p.container_id.clone());
             }
         }
-        for (k, v) in &s.resource_attributes {
+        for (k, v) in self.loader.iter().chain(&s.resource_attributes) {
             attrs.insert(k.clone(), v.clone());
         }
         if let Some(name) = &s.service_name {
@@ -192,6 +202,38 @@ mod tests {
             host_name: "box".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn loader_attributes_go_to_later_resources_and_configuration_wins() {
+        let mut s = settings();
+        s.resource_attributes
+            .insert("tandem.loader.uid".into(), "configured".into());
+        let mut m = ProcessMap::new(s);
+        let before = m.get(1);
+        m.set_loader_attributes(BTreeMap::from([
+            ("tandem.loader.uid".to_string(), "65534".to_string()),
+            (
+                "tandem.loader.capabilities.excess".to_string(),
+                String::new(),
+            ),
+            ("tandem.loader.no_new_privs".to_string(), "true".to_string()),
+        ]));
+        let after = m.get(2);
+        let get = |r: &ProcessResource, k: &str| {
+            r.resource
+                .get(&opentelemetry::Key::from(k.to_string()))
+                .map(|v| v.to_string())
+        };
+        assert_eq!(get(&before, "tandem.loader.no_new_privs"), None);
+        assert_eq!(
+            get(&after, "tandem.loader.no_new_privs").as_deref(),
+            Some("true")
+        );
+        assert_eq!(
+            get(&after, "tandem.loader.uid").as_deref(),
+            Some("configured")
+        );
     }
 
     #[test]

@@ -168,6 +168,9 @@ impl EbpfSource {
         let subscribers = ctx.selection.borrow_and_update().clone();
         let events = tracker.apply_selection(subscribers);
         hub.publish(events);
+        // Everything is attached: from now on only /proc reads and map updates
+        // through fds already held remain (see tandem_security::FEATURES).
+        ctx.posture.drop_after_attach();
         info!(
             probes_attached = attached,
             probes_total = total,
@@ -266,7 +269,7 @@ pub fn start(
 
 /// Logs, for a non-root loader, each feature whose capabilities are missing.
 /// Features of the capability model this source uses.
-const USED_FEATURES: [&str; 3] = ["syscall_capture", "sock_tracepoints", "process_discovery"];
+pub const USED_FEATURES: [&str; 3] = ["syscall_capture", "sock_tracepoints", "process_discovery"];
 
 fn report_capabilities() {
     let held = match tandem_security::effective_capabilities() {
