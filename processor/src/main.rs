@@ -13,6 +13,7 @@ use tandem_processor::config::Config;
 use tandem_processor::pipeline::{self, Pipeline};
 use tandem_processor::printer::{PrintFormat, Printer};
 use tandem_processor::stats::{SeqCheck, Stats};
+use tandem_processor::stitch::db::DbStitcher;
 use tandem_processor::stitch::Stitcher;
 use tandem_proto::process::{shutdown_on_signals, LogFormat};
 
@@ -154,6 +155,8 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     let mut stitcher = Stitcher::new();
     let mut stats = Stats::default();
     let mut transactions = Vec::new();
+    let mut db_stitcher = DbStitcher::new();
+    let mut db_transactions = Vec::new();
     let client_config = ClientConfig {
         socket: cli.socket.clone(),
         name: cli.name.clone(),
@@ -196,9 +199,13 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 pipeline.on_process(p);
             }
             stitcher.push(event, offset, &mut transactions);
+            db_stitcher.push(event, offset, &mut db_transactions);
         }
         for tx in transactions.drain(..) {
             pipeline.on_transaction(&tx);
+        }
+        for tx in db_transactions.drain(..) {
+            pipeline.on_db_transaction(&tx);
         }
         if let Some(marker) = &gap {
             print_or_warn(&printer, std::slice::from_ref(marker), offset);
@@ -209,6 +216,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     let pipeline_stats = pipeline.shutdown().await;
     info!(
         stitch = ?stitcher.stats(),
+        db = ?db_stitcher.stats(),
         pipeline = ?pipeline_stats,
         "processor stopped: {stats}"
     );

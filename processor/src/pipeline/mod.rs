@@ -3,6 +3,7 @@
 //! `span` (ids, sampling by `sample`, attributes), with `resource` saying which
 //! process produced it.
 
+pub mod db;
 pub mod metrics;
 pub mod resource;
 pub mod route;
@@ -21,7 +22,7 @@ use crate::export::otlp::{self, OtlpError};
 use crate::export::printer::Printer;
 use crate::export::prometheus::{PrometheusEndpoint, PrometheusError};
 use crate::export::traces::{TraceExport, TraceExportCounts};
-use crate::model::HttpTransaction;
+use crate::model::{DbTransaction, HttpTransaction};
 use crate::settings::{ExportSettings, RoutesSettings, Sampler};
 
 use self::metrics::MetricsRegistry;
@@ -178,6 +179,26 @@ impl Pipeline {
         }
         let rec = build_span(tx, routed.route.as_deref(), self.sampler, self.ids.as_ref());
         self.printer.print(&rec, tx, &process);
+        if !rec.sampled {
+            self.stats.spans_not_sampled += 1;
+            return;
+        }
+        self.stats.spans_sampled += 1;
+        if let Some(t) = &self.traces {
+            t.offer(process, rec.data);
+        }
+    }
+
+    /// One database operation: metrics (client side), span (exported when sampled).
+    pub fn on_db_transaction(&mut self, tx: &DbTransaction) {
+        self.stats.transactions += 1;
+        let process = self.processes.get(tx.pid);
+        if let Some(m) = &self.metrics {
+            if let Ok(mut m) = m.lock() {
+                m.record_db(&process, tx);
+            }
+        }
+        let rec = db::build_db_span(tx, self.sampler, self.ids.as_ref());
         if !rec.sampled {
             self.stats.spans_not_sampled += 1;
             return;

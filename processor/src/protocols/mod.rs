@@ -2,4 +2,8 @@
 //! byte stream. They know nothing of connections, roles or pairing; `stitch` drives
 //! them and pairs what they find into transactions.
 
+pub mod db;
 pub mod http1;
+pub mod postgres;
+pub mod redis;
+pub mod sql;

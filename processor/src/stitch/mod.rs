@@ -81,6 +81,8 @@ use crate::protocols::http1::{self, Chunk, CloseOutcome, Http1Event, MessageKind
 #[cfg(test)]
 mod tests;
 
+pub mod db;
+
 /// Default bound of tracked connections.
 pub const MAX_CONNECTIONS: usize = 65_536;
 /// Default bound of unanswered requests per connection.
