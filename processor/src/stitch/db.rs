@@ -363,3 +363,182 @@ fn emit_into(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Completion;
+    use tandem_proto::v1::{ConnectionClosed, ConnectionOpened, Data, SocketAddress};
+
+    fn event(mono_ns: u64, kind: EventKind) -> Event {
+        Event {
+            seq: mono_ns,
+            mono_ns,
+            kind: Some(kind),
+        }
+    }
+
+    fn addr(port: u32) -> Option<SocketAddress> {
+        Some(SocketAddress {
+            ip: vec![127, 0, 0, 1],
+            port,
+        })
+    }
+
+    fn opened(mono_ns: u64, conn_id: u64, role: Role) -> Event {
+        event(
+            mono_ns,
+            EventKind::ConnectionOpened(ConnectionOpened {
+                pid: 5,
+                tid: 5,
+                conn_id,
+                local: addr(40000),
+                peer: addr(5432),
+                role: role as i32,
+                preexisting: false,
+            }),
+        )
+    }
+
+    fn data(mono_ns: u64, conn_id: u64, dir: Direction, bytes: &[u8]) -> Event {
+        event(
+            mono_ns,
+            EventKind::Data(Data {
+                pid: 5,
+                tid: 6,
+                conn_id,
+                direction: dir as i32,
+                total_len: bytes.len() as u64,
+                payload: bytes.to_vec(),
+                truncated: false,
+            }),
+        )
+    }
+
+    fn closed(mono_ns: u64, conn_id: u64) -> Event {
+        event(
+            mono_ns,
+            EventKind::ConnectionClosed(ConnectionClosed {
+                pid: 5,
+                tid: 5,
+                conn_id,
+            }),
+        )
+    }
+
+    fn pg_msg(t: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![t];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn run(events: &[Event]) -> (Vec<DbTransaction>, DbStats) {
+        let mut s = DbStitcher::new();
+        let mut out = vec![];
+        for e in events {
+            s.push(e, 0, &mut out);
+        }
+        (out, s.stats())
+    }
+
+    #[test]
+    fn postgres_client_connection_from_its_start() {
+        let body = b"\x00\x03\x00\x00user\x00postgres\x00\x00";
+        let mut startup = (body.len() as u32 + 4).to_be_bytes().to_vec();
+        startup.extend_from_slice(body);
+        let (out, stats) = run(&[
+            opened(1, 1, Role::Client),
+            data(2, 1, Direction::Egress, &startup),
+            data(
+                3,
+                1,
+                Direction::Ingress,
+                &[pg_msg(b'R', &[0; 4]), pg_msg(b'Z', b"I")].concat(),
+            ),
+            data(4, 1, Direction::Egress, &pg_msg(b'Q', b"SELECT 1 FROM t\0")),
+            data(
+                5,
+                1,
+                Direction::Ingress,
+                &[pg_msg(b'C', b"SELECT 1\0"), pg_msg(b'Z', b"I")].concat(),
+            ),
+            data(
+                6,
+                1,
+                Direction::Egress,
+                &pg_msg(b'Q', b"SELECT pg_sleep(100)\0"),
+            ),
+            closed(7, 1),
+        ]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].system, DbSystem::Postgresql);
+        assert_eq!(out[0].side, Side::Client);
+        assert_eq!(out[0].operation.as_deref(), Some("SELECT"));
+        assert_eq!(out[0].collection.as_deref(), Some("t"));
+        assert_eq!(
+            (out[0].start_mono_ns, out[0].end_mono_ns, out[0].tid),
+            (4, 5, 6)
+        );
+        assert_eq!(out[0].peer, Some("127.0.0.1:5432".parse().expect("addr")));
+        assert_eq!(out[1].completion, Completion::ConnectionClosed);
+        assert_eq!(stats.pg_startups, 1);
+    }
+
+    #[test]
+    fn redis_server_seen_mid_stream_without_role() {
+        let (out, _) = run(&[
+            data(1, 9, Direction::Ingress, b"+OK\r\n"),
+            data(2, 9, Direction::Ingress, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"),
+            data(3, 9, Direction::Egress, b"$-1\r\n"),
+        ]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].system, DbSystem::Redis);
+        assert_eq!(out[0].side, Side::Server);
+        assert_eq!(out[0].query_text.as_deref(), Some("GET k"));
+    }
+
+    #[test]
+    fn http_and_garbage_are_left_alone() {
+        let mut events = vec![opened(1, 1, Role::Client)];
+        for i in 0..10 {
+            events.push(data(
+                2 + i,
+                1,
+                Direction::Egress,
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            ));
+            events.push(data(
+                2 + i,
+                1,
+                Direction::Ingress,
+                b"HTTP/1.1 200 OK\r\n\r\n",
+            ));
+        }
+        let mut s = DbStitcher::new();
+        let mut out = vec![];
+        for e in &events {
+            s.push(e, 0, &mut out);
+        }
+        assert!(out.is_empty());
+        assert!(matches!(
+            s.conns.values().next().map(|c| &c.proto),
+            Some(Proto::Other)
+        ));
+    }
+
+    #[test]
+    fn connections_are_bounded() {
+        let mut s = DbStitcher::with_max_connections(8);
+        let mut out = vec![];
+        for c in 0..100 {
+            s.push(
+                &data(c, c, Direction::Egress, b"*1\r\n$4\r\nPING\r\n"),
+                0,
+                &mut out,
+            );
+        }
+        assert_eq!(s.connections(), 8);
+        assert_eq!(s.stats().evicted_connections, 92);
+    }
+}
