@@ -156,10 +156,6 @@ impl<'a> Input<'a> {
         self.pos = self.data.len();
         self.unknown = 0;
     }
-
-    fn total(&self) -> u64 {
-        u64::try_from(self.data.len()).unwrap_or(u64::MAX) + self.unknown
-    }
 }
 
 /// Incremental framer of one direction.
@@ -214,7 +210,7 @@ impl Framer {
         self.body.capacity()
     }
 
-    fn plausible(&self, data: &[u8], total: u64) -> bool {
+    fn plausible(&self, data: &[u8]) -> bool {
         if self.frontend && startup_code(data).is_some() {
             return true;
         }
@@ -226,7 +222,6 @@ impl Framer {
         } else {
             BACKEND_TYPES
         };
-        let _ = total;
         types.contains(&t) && (4..MAX_LEN).contains(&len)
     }
 
@@ -240,7 +235,7 @@ impl Framer {
         loop {
             match self.state {
                 FState::Resync => {
-                    if input.pos == 0 && self.plausible(input.data, input.total()) {
+                    if input.pos == 0 && self.plausible(input.data) {
                         if self.frontend {
                             self.untyped_next = startup_code(input.data).is_some();
                         }

@@ -313,8 +313,7 @@ impl DbStitcher {
             proto: Proto::Unknown { seen: 0 },
             gen: self.clock,
         };
-        let slot = self.conns.entry(key).or_insert(conn);
-        slot
+        self.conns.entry(key).or_insert(conn)
     }
 
     /// The largest (pending, statements, buffered bytes) over all connections.

@@ -163,16 +163,16 @@ fn conversation() -> Vec<(bool, Vec<u8>)> {
     ]
 }
 
-fn summary(
-    f: &[Finished],
-) -> Vec<(
+type Row = (
     Option<String>,
     Option<String>,
     Option<String>,
     Option<String>,
     u64,
     u64,
-)> {
+);
+
+fn summary(f: &[Finished]) -> Vec<Row> {
     f.iter()
         .map(|f| {
             (

@@ -30,7 +30,9 @@ fn run(session: &mut RedisSession, steps: &[(bool, Vec<u8>)]) -> (Vec<Finished>,
     (out, stats)
 }
 
-fn summary(f: &[Finished]) -> Vec<(Option<String>, Option<String>, Option<String>, u64, u64)> {
+type Row = (Option<String>, Option<String>, Option<String>, u64, u64);
+
+fn summary(f: &[Finished]) -> Vec<Row> {
     f.iter()
         .map(|f| {
             (
