@@ -54,8 +54,6 @@ struct Conn {
     side: Option<Side>,
     local: Option<SocketAddr>,
     peer: Option<SocketAddr>,
-    /// Seen from its start (ConnectionOpened, not preexisting).
-    fresh: bool,
     proto: Proto,
     gen: u64,
 }
@@ -118,7 +116,6 @@ impl DbStitcher {
                 };
                 conn.local = opened.local.as_ref().and_then(socket_addr);
                 conn.peer = opened.peer.as_ref().and_then(socket_addr);
-                conn.fresh = !opened.preexisting;
             }
             EventKind::ConnectionClosed(closed) => {
                 self.close(
@@ -309,7 +306,6 @@ impl DbStitcher {
             side: None,
             local: None,
             peer: None,
-            fresh: false,
             proto: Proto::Unknown { seen: 0 },
             gen: self.clock,
         };
