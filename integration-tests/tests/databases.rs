@@ -337,6 +337,36 @@ fn postgres_psql_and_pgbench_spans() {
     assert_eq!(backend_spans[2]["attributes"], want);
     assert_eq!(backend_spans[3]["status"], STATUS_ERROR);
 
+    // A result far larger than the capture (rows, CommandComplete and ReadyForQuery
+    // hidden in uncaptured bytes, over several writes), then a small query on the
+    // same connection: both are reported, the second paired with its own answer.
+    let (big_pid, out) = pg.psql(&[
+        "SELECT g, 'some padding text' FROM generate_series(1, 20000) AS g",
+        "SELECT name FROM users WHERE id = 1",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("alice"),
+        "psql: {out:?}"
+    );
+    cap.until("the big result's psql spans", |s| {
+        by(s, CLIENT, big_pid).len() >= 2
+    });
+    let all = cap.receiver.spans();
+    let big = by(&all, CLIENT, big_pid);
+    assert_eq!(names(&big), ["SELECT", "SELECT users"]);
+    assert_eq!(big[0]["status"], 0, "{}", big[0]);
+    assert_eq!(
+        big[1]["attributes"],
+        pg_attributes(
+            "SELECT",
+            "users",
+            "SELECT name FROM users WHERE id = ?",
+            port
+        )
+    );
+    assert_eq!(big[1]["status"], 0, "{}", big[1]);
+    assert!(big[0]["end"].as_u64() <= big[1]["start"].as_u64());
+
     // pgbench, extended protocol: Parse/Bind/Describe/Execute/Sync per statement,
     // the parameter as $1 (and the script's `;`, which pgbench sends).
     let script = dir.path().join("select.sql");

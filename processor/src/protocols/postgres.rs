@@ -88,6 +88,17 @@ pub fn looks_like_start(payload: &[u8], total_len: u64) -> bool {
     }
 }
 
+/// The length field of fixed-size messages.
+fn fixed_len(frontend: bool, t: u8) -> Option<u32> {
+    match (frontend, t) {
+        (true, b'S' | b'H' | b'X' | b'c') => Some(4),
+        (false, b'1' | b'2' | b'3' | b'n' | b'c' | b'I') => Some(4),
+        (false, b'Z') => Some(5),
+        (false, b'K') => Some(12),
+        _ => None,
+    }
+}
+
 fn startup_code(payload: &[u8]) -> Option<u32> {
     let code = be32(payload, 4)?;
     matches!(
@@ -151,6 +162,10 @@ impl<'a> Input<'a> {
         self.data.get(self.pos..).unwrap_or_default()
     }
 
+    fn total(&self) -> u64 {
+        u64::try_from(self.data.len()).unwrap_or(u64::MAX) + self.unknown
+    }
+
     fn skip_rest(&mut self) {
         self.skipped += u64::try_from(self.rest().len()).unwrap_or(u64::MAX) + self.unknown;
         self.pos = self.data.len();
@@ -210,19 +225,47 @@ impl Framer {
         self.body.capacity()
     }
 
-    fn plausible(&self, data: &[u8]) -> bool {
+    /// Whether a payload (of a write of `total` bytes) starts with messages: a
+    /// known type, a length that fits the write (exact for fixed-size messages), and
+    /// the next captured message (up to a few) plausible as well. Strict, because a
+    /// payload that starts inside a large message (rows) must not be taken for one.
+    fn plausible(&self, data: &[u8], total: u64) -> bool {
         if self.frontend && startup_code(data).is_some() {
             return true;
         }
-        let (Some(&t), Some(len)) = (data.first(), be32(data, 1)) else {
-            return false;
-        };
-        let types = if self.frontend {
-            FRONTEND_TYPES
+        let mut at = 0usize;
+        for _ in 0..4 {
+            let rest = data.get(at..).unwrap_or_default();
+            if rest.is_empty() {
+                return true;
+            }
+            let (Some(&t), Some(len)) = (rest.first(), be32(rest, 1)) else {
+                // A header cut by the capture: plausible if what is there is.
+                return rest.first().is_some_and(|t| self.known(*t)) && at > 0;
+            };
+            if !self.known(t) || !(4..MAX_LEN).contains(&len) {
+                return false;
+            }
+            if let Some(fixed) = fixed_len(self.frontend, t) {
+                if len != fixed {
+                    return false;
+                }
+            }
+            let end = u64::try_from(at).unwrap_or(u64::MAX) + 1 + u64::from(len);
+            if end > total {
+                return false;
+            }
+            at = usize::try_from(end).unwrap_or(usize::MAX);
+        }
+        true
+    }
+
+    fn known(&self, t: u8) -> bool {
+        if self.frontend {
+            FRONTEND_TYPES.contains(&t)
         } else {
-            BACKEND_TYPES
-        };
-        types.contains(&t) && (4..MAX_LEN).contains(&len)
+            BACKEND_TYPES.contains(&t)
+        }
     }
 
     fn keep(&self, typ: u8) -> bool {
@@ -235,7 +278,7 @@ impl Framer {
         loop {
             match self.state {
                 FState::Resync => {
-                    if input.pos == 0 && self.plausible(input.data) {
+                    if input.pos == 0 && self.plausible(input.data, input.total()) {
                         if self.frontend {
                             self.untyped_next = startup_code(input.data).is_some();
                         }

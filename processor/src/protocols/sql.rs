@@ -84,7 +84,18 @@ fn collection(op: &str, words: &[&Token]) -> Option<String> {
         }
     };
     match op {
-        "SELECT" | "DELETE" => after("FROM"),
+        "SELECT" | "DELETE" => {
+            // A function call (`FROM generate_series(1, 10)`) names no table.
+            let i = words
+                .iter()
+                .position(|t| t.kind == Kind::Word && t.text.eq_ignore_ascii_case("FROM"))?;
+            let call = words.get(i + 2).is_some_and(|t| t.text == "(");
+            if call {
+                None
+            } else {
+                name_at(words, i + 1)
+            }
+        }
         "INSERT" | "REPLACE" => after("INTO"),
         "UPDATE" => {
             let mut i = 1;
@@ -342,6 +353,12 @@ mod tests {
                 "SELECT ?, ? FROM t",
             ),
             ("BEGIN", Some("BEGIN"), None, "BEGIN"),
+            (
+                "SELECT g FROM generate_series(1, 10) AS g",
+                Some("SELECT"),
+                None,
+                "SELECT g FROM generate_series(?, ?) AS g",
+            ),
             ("SELECT 'unterminated", Some("SELECT"), None, "SELECT ?"),
             (
                 "SELECT 1e-5, 0x1F FROM t",

@@ -359,6 +359,11 @@ fn uncaptured_rows_finish_at_next_request() {
         (2, Completion::Truncated)
     );
     assert_eq!(stats.lost_sync, 1);
+    // The next 8 KiB write of the same answer starts inside a row ("1234...").
+    let mut tail = b"1234".to_vec();
+    tail.extend(msg(b'D', &[b'9'; 300]));
+    session.response(&Segment::new(&tail, 8192, o(3)), &mut stats, &mut out);
+    assert_eq!(out.len(), 1);
     // The second query's answer still pairs.
     let r = [complete("SELECT 1"), ready()].concat();
     session.response(
