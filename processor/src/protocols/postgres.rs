@@ -44,6 +44,11 @@ mod tests;
 
 /// Most prepared statements (and portals) remembered per connection.
 pub const MAX_STATEMENTS: usize = 256;
+/// Most bytes of a remembered statement's query text, and of a statement or portal
+/// name: with [`MAX_STATEMENTS`], at most about 600 KiB per connection in the worst
+/// case (drivers use a handful of short names).
+pub const MAX_STORED_QUERY: usize = 1024;
+pub const MAX_NAME: usize = 128;
 /// Longest message accepted (the server's own limit for most messages is 1 GiB).
 const MAX_LEN: u32 = 1 << 30;
 const SSL_REQUEST: u32 = 80_877_103;
@@ -406,7 +411,11 @@ struct Names {
 }
 
 impl Names {
-    fn insert(&mut self, name: String, query: Option<String>, stats: &mut DbStats) {
+    fn insert(&mut self, mut name: String, mut query: Option<String>, stats: &mut DbStats) {
+        cut(&mut name, MAX_NAME);
+        if let Some(q) = query.as_mut() {
+            cut(q, MAX_STORED_QUERY);
+        }
         if self.map.insert(name.clone(), query).is_none() {
             self.order.push_back(name);
         }
@@ -421,10 +430,12 @@ impl Names {
     }
 
     fn get(&self, name: &str) -> Option<String> {
+        let name = name.get(..name.len().min(MAX_NAME)).unwrap_or(name);
         self.map.get(name).cloned().flatten()
     }
 
     fn remove(&mut self, name: &str) {
+        let name = name.get(..name.len().min(MAX_NAME)).unwrap_or(name);
         if self.map.remove(name).is_some() {
             self.order.retain(|n| n != name);
         }
@@ -735,6 +746,17 @@ fn finish(
     });
 }
 
+/// Cuts `s` to at most `max` bytes, at a char boundary.
+fn cut(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+}
+
 /// A NUL-terminated string at `at` (or the rest, when the capture cut it) and the
 /// index after its NUL.
 fn cstr(body: &[u8], at: usize) -> Option<(String, usize)> {
@@ -758,13 +780,7 @@ fn error_fields(body: &[u8]) -> DbError {
             b'C' => error.code = Some(value),
             b'M' => {
                 let mut m = value;
-                if m.len() > MAX_ERROR_MESSAGE {
-                    let mut cut = MAX_ERROR_MESSAGE;
-                    while !m.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    m.truncate(cut);
-                }
+                cut(&mut m, MAX_ERROR_MESSAGE);
                 error.message = m;
             }
             _ => {}

@@ -536,4 +536,66 @@ mod tests {
         assert_eq!(s.connections(), 8);
         assert_eq!(s.stats().evicted_connections, 92);
     }
+
+    fn cut_data(mono_ns: u64, conn_id: u64, dir: Direction, bytes: &[u8], total: u64) -> Event {
+        event(
+            mono_ns,
+            EventKind::Data(Data {
+                pid: 5,
+                tid: 6,
+                conn_id,
+                direction: dir as i32,
+                total_len: total,
+                payload: bytes.to_vec(),
+                truncated: (bytes.len() as u64) < total,
+            }),
+        )
+    }
+
+    proptest::proptest! {
+        /// Any sequence of events, database-like or not, cut or not, on a few
+        /// connections: no panic, bounds held, every operation counted once.
+        #[test]
+        fn arbitrary_event_sequences(
+            steps in proptest::collection::vec(
+                (
+                    0u64..6,
+                    0u8..6,
+                    proptest::prop_oneof![
+                        proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+                        proptest::strategy::Just(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n".to_vec()),
+                        proptest::strategy::Just(b"+OK\r\n".to_vec()),
+                        proptest::strategy::Just(b"Q\0\0\0\x0dSELECT 1\0".to_vec()),
+                        proptest::strategy::Just(b"Z\0\0\0\x05I".to_vec()),
+                        proptest::strategy::Just(b"\0\0\0\x08\x04\xd2\x16\x2f".to_vec()),
+                        proptest::strategy::Just(b"N".to_vec()),
+                    ],
+                    0u64..3000,
+                ),
+                0..80,
+            ),
+        ) {
+            let mut s = DbStitcher::with_max_connections(4);
+            let mut out = vec![];
+            for (i, (conn, what, bytes, extra)) in steps.iter().enumerate() {
+                let t = i as u64 + 1;
+                let e = match what {
+                    0 => opened(t, *conn, Role::Client),
+                    1 => closed(t, *conn),
+                    2 | 3 => cut_data(t, *conn, Direction::Egress, bytes, bytes.len() as u64 + extra),
+                    _ => cut_data(t, *conn, Direction::Ingress, bytes, bytes.len() as u64 + extra),
+                };
+                s.push(&e, 0, &mut out);
+                proptest::prop_assert!(s.connections() <= 4);
+                let (pending, names, buffered) = s.footprint();
+                proptest::prop_assert!(pending <= crate::protocols::db::MAX_PENDING);
+                proptest::prop_assert!(names <= 2 * crate::protocols::postgres::MAX_STATEMENTS);
+                proptest::prop_assert!(buffered <= 2 * crate::protocols::db::MAX_KEEP);
+            }
+            for t in out.iter() {
+                proptest::prop_assert!(t.start_mono_ns <= t.end_mono_ns);
+            }
+            proptest::prop_assert_eq!(s.stats().transactions, out.len() as u64);
+        }
+    }
 }
