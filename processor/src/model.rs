@@ -106,6 +106,8 @@ pub enum DbSystem {
     Postgresql,
     /// Redis serialization protocol (RESP2/RESP3, inline commands).
     Redis,
+    /// MySQL client/server protocol (MySQL, MariaDB).
+    Mysql,
 }
 
 impl DbSystem {
@@ -114,6 +116,7 @@ impl DbSystem {
         match self {
             DbSystem::Postgresql => "postgresql",
             DbSystem::Redis => "redis",
+            DbSystem::Mysql => "mysql",
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod db;
 pub mod http1;
+pub mod mysql;
 pub mod postgres;
 pub mod redis;
 pub mod sql;

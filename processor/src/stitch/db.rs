@@ -28,6 +28,7 @@ use tandem_proto::{Event, EventKind};
 
 use crate::model::{DbSystem, DbTransaction, Side};
 use crate::protocols::db::{DbStats, Finished, Origin, Segment};
+use crate::protocols::mysql::{self, MySqlSession};
 use crate::protocols::postgres::{self, PgSession};
 use crate::protocols::redis::{self, RedisSession};
 
@@ -47,6 +48,7 @@ enum Proto {
     Other,
     Postgres(Box<PgSession>),
     Redis(Box<RedisSession>),
+    MySql(Box<MySqlSession>),
 }
 
 #[derive(Debug)]
@@ -145,6 +147,7 @@ impl DbStitcher {
                                 s.lose(mono_ns, &mut self.stats, &mut self.scratch)
                             }
                             Proto::Redis(s) => s.lose(mono_ns, &mut self.stats, &mut self.scratch),
+                            Proto::MySql(s) => s.lose(mono_ns, &mut self.stats, &mut self.scratch),
                             Proto::Unknown { .. } | Proto::Other => {}
                         }
                     }
@@ -184,6 +187,19 @@ impl DbStitcher {
                 (Side::Server, Direction::Ingress) | (Side::Client, Direction::Egress)
             )
         };
+        if let Proto::Unknown { .. } = conn.proto {
+            // MySQL: the server speaks first.
+            let could_be_answer = conn.side.is_none_or(|s| !is_request(s));
+            if could_be_answer && mysql::looks_like_greeting(seg.data, seg.total()) {
+                conn.proto = Proto::MySql(Box::new(MySqlSession::new(true)));
+                if conn.side.is_none() {
+                    conn.side = Some(match direction {
+                        Direction::Ingress => Side::Client,
+                        _ => Side::Server,
+                    });
+                }
+            }
+        }
         if let Proto::Unknown { seen } = &mut conn.proto {
             let could_be_request = conn.side.is_none_or(is_request);
             if !could_be_request {
@@ -198,6 +214,8 @@ impl DbStitcher {
                 Some(Proto::Postgres(Box::new(PgSession::new(from_start))))
             } else if redis::looks_like_start(seg.data) {
                 Some(Proto::Redis(Box::new(RedisSession::new(true))))
+            } else if mysql::looks_like_query(seg.data, total) {
+                Some(Proto::MySql(Box::new(MySqlSession::new(false))))
             } else {
                 None
             };
@@ -242,6 +260,16 @@ impl DbStitcher {
                     s.response(&seg, stats, scratch);
                 }
             }
+            Proto::MySql(s) => {
+                if request {
+                    s.request(&seg, stats, scratch);
+                } else {
+                    s.response(&seg, stats, scratch);
+                }
+                if s.encrypted() {
+                    conn.proto = Proto::Other;
+                }
+            }
             Proto::Unknown { .. } | Proto::Other => stats.skipped_bytes += seg.total(),
         }
         self.emit(key, offset, out);
@@ -258,6 +286,7 @@ impl DbStitcher {
         };
         let system = match conn.proto {
             Proto::Redis(_) => DbSystem::Redis,
+            Proto::MySql(_) => DbSystem::Mysql,
             _ => DbSystem::Postgresql,
         };
         emit_into(key, conn, system, &mut self.scratch, offset, out);
@@ -276,6 +305,10 @@ impl DbStitcher {
             Proto::Redis(s) => {
                 s.close(mono_ns, &mut self.stats, &mut self.scratch);
                 DbSystem::Redis
+            }
+            Proto::MySql(s) => {
+                s.close(mono_ns, &mut self.stats, &mut self.scratch);
+                DbSystem::Mysql
             }
             Proto::Unknown { .. } | Proto::Other => return,
         };
