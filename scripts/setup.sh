@@ -22,6 +22,8 @@ APT_PACKAGES=(
   postgresql-15        # database tests: initdb, pg_ctl, postgres, pgbench
   postgresql-client-15 # database tests: psql
   redis-server         # database tests: redis-server (redis-tools: redis-cli, redis-benchmark)
+  mariadb-server       # database tests: mariadb-install-db, mariadbd
+  mariadb-client       # database tests: mariadb, mariadb-slap
 )
 
 missing=()

@@ -568,3 +568,193 @@ fn redis_cli_and_benchmark_spans() {
         );
     }
 }
+
+/// A MariaDB server of its own (no grant tables: any client is root), in a temp dir.
+fn start_mariadb(dir: &Path, port: u16) -> Running {
+    let data = dir.join("mysql");
+    chown_nobody(dir);
+    let out = Command::new("mariadb-install-db")
+        .args(["--no-defaults", "--user=nobody", "--skip-test-db"])
+        .arg(format!("--datadir={}", data.display()))
+        .output()
+        .expect("run mariadb-install-db (scripts/setup.sh: mariadb-server)");
+    assert!(
+        out.status.success(),
+        "mariadb-install-db failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cmd = Command::new("mariadbd");
+    cmd.args([
+        "--no-defaults".to_string(),
+        format!("--datadir={}", data.display()),
+        format!("--port={port}"),
+        "--bind-address=127.0.0.1".to_string(),
+        format!("--socket={}", dir.join("mysql.sock").display()),
+        "--user=nobody".to_string(),
+        "--skip-grant-tables".to_string(),
+        "--skip-log-bin".to_string(),
+    ]);
+    let mut server = Running::spawn(cmd, "mariadbd");
+    wait_listening(&mut server, port, PATIENCE);
+    server
+}
+
+fn mysql_attributes(op: &str, table: &str, text: &str, port: u16) -> Value {
+    json!({
+        "db.system.name": "mysql",
+        "db.operation.name": op,
+        "db.collection.name": table,
+        "db.query.text": text,
+        "server.address": "127.0.0.1",
+        "server.port": port,
+        "network.peer.address": "127.0.0.1",
+        "network.peer.port": port,
+    })
+}
+
+#[test]
+fn mariadb_client_and_slap_spans() {
+    if !require_root_bpf("mariadb_client_and_slap_spans") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let mut server = start_mariadb(dir.path(), port);
+    let mut cap = Capture::start(dir.path(), port);
+    let client = |sql: &str| {
+        let mut cmd = Command::new("mariadb");
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-u",
+            "root",
+            "-P",
+            &port.to_string(),
+            "-e",
+            sql,
+        ]);
+        run(cmd)
+    };
+    let (pid, out) = client(
+        "CREATE DATABASE shop; CREATE TABLE shop.items (id int, name text); \
+         INSERT INTO shop.items VALUES (1, 'pen'); SELECT name FROM shop.items WHERE id = 1",
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("pen"),
+        "mariadb: {out:?}"
+    );
+    let (err_pid, out) = client("SELECT * FROM shop.nope");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ERROR 1146"),
+        "mariadb: {out:?}"
+    );
+    cap.until("the mariadb clients' CLIENT spans", |s| {
+        by(s, CLIENT, pid).len() >= 4 && !by(s, CLIENT, err_pid).is_empty()
+    });
+    cap.receiver.settle(Duration::from_millis(1500));
+    let all = cap.receiver.spans();
+    let spans = by(&all, CLIENT, pid);
+    assert_eq!(
+        names(&spans),
+        [
+            "CREATE",
+            "CREATE shop.items",
+            "INSERT shop.items",
+            "SELECT shop.items"
+        ],
+        "{}",
+        cap.receiver.dump()
+    );
+    assert_eq!(
+        spans[2]["attributes"],
+        mysql_attributes(
+            "INSERT",
+            "shop.items",
+            "INSERT INTO shop.items VALUES (?, ?)",
+            port
+        )
+    );
+    assert_eq!(
+        spans[3]["attributes"],
+        mysql_attributes(
+            "SELECT",
+            "shop.items",
+            "SELECT name FROM shop.items WHERE id = ?",
+            port
+        )
+    );
+    for s in &spans {
+        assert_eq!(s["status"], 0, "{s}");
+    }
+    let failed = by(&all, CLIENT, err_pid);
+    assert_eq!(names(&failed), ["SELECT shop.nope"]);
+    let mut want = mysql_attributes("SELECT", "shop.nope", "SELECT * FROM shop.nope", port);
+    want["db.response.status_code"] = json!("1146");
+    want["error.type"] = json!("1146");
+    assert_eq!(failed[0]["attributes"], want);
+    assert_eq!(failed[0]["status"], STATUS_ERROR);
+    assert_eq!(
+        failed[0]["status_message"],
+        "Table 'shop.nope' doesn't exist"
+    );
+    // The server side: mariadbd's SERVER spans.
+    let server_spans: Vec<&Value> = all
+        .iter()
+        .copied()
+        .filter(|s| s["kind"] == SERVER && s["resource"]["process.pid"] == i64::from(server.pid()))
+        .collect();
+    assert!(
+        names(&server_spans).iter().any(|n| n == "SELECT shop.nope"),
+        "{}",
+        cap.receiver.dump()
+    );
+
+    // mariadb-slap: the same query 5 times on one connection (in a thread).
+    let mut cmd = Command::new("mariadb-slap");
+    cmd.args(["-h", "127.0.0.1", "-u", "root", "-P", &port.to_string()])
+        .args([
+            "--create-schema=shop",
+            "--no-drop",
+            "--iterations=1",
+            "--concurrency=1",
+        ])
+        .args([
+            "--number-of-queries=5",
+            "--query=SELECT name FROM shop.items WHERE id = 1",
+        ]);
+    let (slap_pid, out) = run(cmd);
+    // mariadb-slap exits 0 even when it cannot connect: look at its stderr too.
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "mariadb-slap: {out:?}"
+    );
+    fn is_select(s: &&Value) -> bool {
+        s["name"] == "SELECT shop.items"
+    }
+    cap.until("mariadb-slap's five SELECT spans", |s| {
+        by(s, CLIENT, slap_pid)
+            .iter()
+            .filter(|v| is_select(v))
+            .count()
+            >= 5
+    });
+    cap.receiver.settle(Duration::from_millis(1500));
+    let all = cap.receiver.spans();
+    let selects: Vec<&Value> = by(&all, CLIENT, slap_pid)
+        .into_iter()
+        .filter(is_select)
+        .collect();
+    assert_eq!(selects.len(), 5, "{}", cap.receiver.dump());
+    for s in selects {
+        assert_eq!(
+            s["attributes"],
+            mysql_attributes(
+                "SELECT",
+                "shop.items",
+                "SELECT name FROM shop.items WHERE id = ?",
+                port
+            )
+        );
+    }
+    server.stop();
+}
