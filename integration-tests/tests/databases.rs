@@ -427,6 +427,46 @@ fn postgres_psql_and_pgbench_spans() {
         &|| logs.clone(),
         |r| latest_count(r, "db.client.operation.duration", bench_pid, &attrs) == 5,
     );
+
+    // pgbench -M prepared: one Parse (named statement) per connection, then
+    // Bind/Execute/Sync by name only: the executions are still named from the
+    // remembered statement. The prepare itself (Parse, Sync) is an operation too.
+    let mut cmd = Command::new(pg_bin("pgbench"));
+    cmd.args([
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        "1",
+        "-t",
+        "3",
+        "-h",
+        "127.0.0.1",
+    ])
+    .args(["-U", "postgres", "-p", &port.to_string(), "-f"])
+    .arg(&script)
+    .arg("postgres");
+    let (prepared_pid, out) = run(cmd);
+    assert!(out.status.success(), "pgbench: {out:?}");
+    cap.until("pgbench -M prepared's four CLIENT spans", |s| {
+        by(s, CLIENT, prepared_pid).len() >= 4
+    });
+    cap.receiver.settle(Duration::from_millis(1500));
+    let all = cap.receiver.spans();
+    let prepared = by(&all, CLIENT, prepared_pid);
+    assert_eq!(prepared.len(), 4, "{}", cap.receiver.dump());
+    for s in &prepared {
+        assert_eq!(s["name"], "SELECT users", "{s}");
+        assert_eq!(
+            s["attributes"],
+            pg_attributes(
+                "SELECT",
+                "users",
+                "SELECT name FROM users WHERE id = $1;",
+                port
+            )
+        );
+    }
 }
 
 /// A redis-server of its own on a spare loopback port, no persistence.
