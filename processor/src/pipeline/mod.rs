@@ -199,6 +199,7 @@ impl Pipeline {
             }
         }
         let rec = db::build_db_span(tx, self.sampler, self.ids.as_ref());
+        self.printer.print_db(&rec, tx, &process);
         if !rec.sampled {
             self.stats.spans_not_sampled += 1;
             return;

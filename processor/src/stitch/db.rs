@@ -1,14 +1,18 @@
 //! Stitching for databases: from the loader's raw events to [`DbTransaction`]s of
-//! PostgreSQL and Redis connections.
+//! PostgreSQL, Redis and MySQL connections.
 //!
 //! A [`DbStitcher`] is fed the same events as the HTTP [`super::Stitcher`], in stream
 //! order, and keeps its own state per connection `(pid, conn_id)`. A connection's
 //! protocol is decided by the first request-direction payload that starts like one
-//! (a PostgreSQL startup packet or `Q`/`P` message, a Redis array of bulk strings;
-//! [`crate::protocols::postgres::looks_like_start`],
-//! [`crate::protocols::redis::looks_like_start`]); until then its bytes are skipped
-//! and counted, and after a few undecided request payloads ([`MAX_UNDECIDED`]) the
-//! connection is left alone (its bytes are counted, not parsed).
+//! (a PostgreSQL startup packet or `Q`/`P` message, a Redis array of bulk strings, a
+//! MySQL `COM_QUERY`; [`crate::protocols::postgres::looks_like_start`],
+//! [`crate::protocols::redis::looks_like_start`],
+//! [`crate::protocols::mysql::looks_like_query`]) or, MySQL servers speaking first,
+//! by an answer-direction payload that is a MySQL handshake
+//! ([`crate::protocols::mysql::looks_like_greeting`]). Until then its bytes are
+//! skipped and counted, and after a few undecided request payloads
+//! ([`MAX_UNDECIDED`]) the connection is left alone (its bytes are counted, not
+//! parsed).
 //!
 //! The request direction is the client's sending direction: EGRESS when the
 //! instrumented process is the client (CLIENT spans, e.g. `psql`, `redis-cli`),
