@@ -198,6 +198,7 @@ fn run(mut cmd: Command) -> (i64, std::process::Output) {
 fn pg_attributes(op: &str, table: &str, text: &str, port: u16) -> Value {
     json!({
         "db.system.name": "postgresql",
+        "db.namespace": "postgres",
         "db.operation.name": op,
         "db.collection.name": table,
         "db.query.text": text,
@@ -416,6 +417,7 @@ fn postgres_psql_and_pgbench_spans() {
     // The duration metric counts every operation of pgbench.
     let attrs = json!({
         "db.system.name": "postgresql",
+        "db.namespace": "postgres",
         "db.operation.name": "SELECT",
         "db.collection.name": "users",
     });
@@ -785,16 +787,16 @@ fn mariadb_client_and_slap_spans() {
         .filter(is_select)
         .collect();
     assert_eq!(selects.len(), 5, "{}", cap.receiver.dump());
+    // mariadb-slap connects with a database: `db.namespace`.
+    let mut want = mysql_attributes(
+        "SELECT",
+        "shop.items",
+        "SELECT name FROM shop.items WHERE id = ?",
+        port,
+    );
+    want["db.namespace"] = json!("shop");
     for s in selects {
-        assert_eq!(
-            s["attributes"],
-            mysql_attributes(
-                "SELECT",
-                "shop.items",
-                "SELECT name FROM shop.items WHERE id = ?",
-                port
-            )
-        );
+        assert_eq!(s["attributes"], want);
     }
     server.stop();
 }

@@ -148,6 +148,9 @@ pub struct DbTransaction {
     /// `db.query.text`, literals replaced by `?`.
     pub query_text: Option<String>,
     pub error: Option<DbError>,
+    /// `db.namespace`: the database the connection uses (PostgreSQL's startup
+    /// `database`, MySQL's handshake or `COM_INIT_DB`), when seen.
+    pub namespace: Option<String>,
     pub start_mono_ns: u64,
     pub end_mono_ns: u64,
     pub realtime_offset_ns: i64,

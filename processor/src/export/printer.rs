@@ -335,6 +335,7 @@ mod tests {
                 code: Some("42P01".into()),
                 message: "relation \"nope\" does not exist".into(),
             }),
+            namespace: None,
             start_mono_ns: 1_000_000,
             end_mono_ns: 3_000_000,
             realtime_offset_ns: 0,

@@ -71,6 +71,9 @@ pub fn build_db_span(tx: &DbTransaction, sampler: Sampler, ids: &dyn IdGenerator
     let server_end = if is_server { tx.local } else { tx.peer };
 
     let mut attrs = vec![KeyValue::new("db.system.name", tx.system.name())];
+    if let Some(ns) = &tx.namespace {
+        attrs.push(KeyValue::new("db.namespace", ns.clone()));
+    }
     if let Some(op) = &tx.operation {
         attrs.push(KeyValue::new("db.operation.name", op.clone()));
     }
@@ -127,6 +130,9 @@ pub fn build_db_span(tx: &DbTransaction, sampler: Sampler, ids: &dyn IdGenerator
 /// The bounded attributes of `db.client.operation.duration`.
 pub fn db_metric_attributes(tx: &DbTransaction) -> Vec<KeyValue> {
     let mut attrs = vec![KeyValue::new("db.system.name", tx.system.name())];
+    if let Some(ns) = &tx.namespace {
+        attrs.push(KeyValue::new("db.namespace", ns.clone()));
+    }
     if let Some(op) = &tx.operation {
         attrs.push(KeyValue::new("db.operation.name", op.clone()));
     }
@@ -162,6 +168,7 @@ mod tests {
             collection: coll.map(String::from),
             query_text: Some("SELECT * FROM users WHERE id = ?".into()),
             error,
+            namespace: Some("shop".into()),
             start_mono_ns: 1_000,
             end_mono_ns: 5_000,
             realtime_offset_ns: 10,
@@ -192,6 +199,7 @@ mod tests {
             Some(&Value::from("postgresql"))
         );
         assert_eq!(attr(&ok.data, "server.port"), Some(&Value::from(5432)));
+        assert_eq!(attr(&ok.data, "db.namespace"), Some(&Value::from("shop")));
         assert_eq!(attr(&ok.data, "error.type"), None);
 
         let err = DbError {

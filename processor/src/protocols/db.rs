@@ -55,6 +55,8 @@ pub struct Finished {
     pub query_text: Option<String>,
     pub error: Option<DbError>,
     pub completion: Completion,
+    /// `db.namespace`: the database the connection uses, when its start was seen.
+    pub namespace: Option<String>,
 }
 
 /// Counters of the database sessions.

@@ -38,7 +38,13 @@ pub const MAX_STATEMENTS: usize = 256;
 pub const MAX_STORED_QUERY: usize = 1024;
 
 const COM_QUIT: u8 = 0x01;
+const COM_INIT_DB: u8 = 0x02;
 const COM_QUERY: u8 = 0x03;
+const CLIENT_CONNECT_WITH_DB: u32 = 0x0008;
+const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
+const CLIENT_PLUGIN_AUTH_LENENC: u32 = 0x0020_0000;
+/// Most bytes of a database name kept.
+const MAX_NAME: usize = 128;
 const COM_STMT_PREPARE: u8 = 0x16;
 const COM_STMT_EXECUTE: u8 = 0x17;
 const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
@@ -305,6 +311,8 @@ pub struct MySqlSession {
     untracked: u64,
     statements: HashMap<u32, String>,
     encrypted: bool,
+    /// The database named by the handshake response or the last `COM_INIT_DB`.
+    database: Option<String>,
 }
 
 impl MySqlSession {
@@ -317,6 +325,7 @@ impl MySqlSession {
             untracked: 0,
             statements: HashMap::new(),
             encrypted: false,
+            database: None,
         }
     }
 
@@ -368,6 +377,8 @@ impl MySqlSession {
             if p.seq == 1 && p.len == 32 && caps & CLIENT_SSL != 0 {
                 self.encrypted = true;
                 stats.encrypted_connections += 1;
+            } else if p.seq == 1 {
+                self.database = handshake_database(&p.body);
             }
             return;
         }
@@ -402,6 +413,11 @@ impl MySqlSession {
                 return;
             }
             COM_STMT_SEND_LONG_DATA | COM_QUIT => return,
+            COM_INIT_DB => {
+                let db = text(p.body.get(1..).unwrap_or_default(), MAX_NAME);
+                self.database = Some(db).filter(|d| !d.is_empty());
+                Kind::Silent
+            }
             _ => Kind::Silent,
         };
         if self.untracked > 0 || self.pending.len() >= MAX_PENDING {
@@ -552,6 +568,7 @@ impl MySqlSession {
             query_text,
             error: p.error,
             completion,
+            namespace: self.database.clone(),
         });
     }
 
@@ -585,6 +602,30 @@ fn query_text(body: &[u8]) -> String {
         _ => rest,
     };
     text(rest, MAX_KEEP)
+}
+
+/// The database a HandshakeResponse41 names (`CLIENT_CONNECT_WITH_DB`): after the
+/// capabilities, max packet size, charset, 23 reserved bytes, the user and the auth
+/// data.
+fn handshake_database(body: &[u8]) -> Option<String> {
+    let caps = le32(body, 0)?;
+    if caps & CLIENT_CONNECT_WITH_DB == 0 {
+        return None;
+    }
+    let user_at = 32;
+    let user_len = body.get(user_at..)?.iter().position(|&b| b == 0)?;
+    let auth_at = user_at + user_len + 1;
+    let db_at = if caps & CLIENT_PLUGIN_AUTH_LENENC != 0 {
+        let (n, at) = lenenc(body, auth_at)?;
+        at.checked_add(usize::try_from(n).ok()?)?
+    } else if caps & CLIENT_SECURE_CONNECTION != 0 {
+        auth_at + 1 + usize::from(*body.get(auth_at)?)
+    } else {
+        auth_at + body.get(auth_at..)?.iter().position(|&b| b == 0)? + 1
+    };
+    let rest = body.get(db_at..)?;
+    let end = rest.iter().position(|&b| b == 0)?;
+    Some(text(rest.get(..end)?, MAX_NAME)).filter(|d| !d.is_empty())
 }
 
 /// A length-encoded integer at `at` and the index after it.

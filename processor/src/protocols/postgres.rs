@@ -458,6 +458,8 @@ pub struct PgSession {
     batch: Option<Batch>,
     encrypted: bool,
     last_answer_ns: u64,
+    /// The startup packet's `database` (else `user`, PostgreSQL's default).
+    database: Option<String>,
 }
 
 impl PgSession {
@@ -473,6 +475,7 @@ impl PgSession {
             batch: None,
             encrypted: false,
             last_answer_ns: 0,
+            database: None,
         }
     }
 
@@ -492,6 +495,21 @@ impl PgSession {
 
     /// Client-to-server bytes.
     pub fn request(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
+        let from = out.len();
+        self.request_inner(seg, stats, out);
+        self.name(out, from);
+    }
+
+    /// Sets `db.namespace` on what was finished from `from` on.
+    fn name(&self, out: &mut [Finished], from: usize) {
+        if let Some(db) = &self.database {
+            for f in out.iter_mut().skip(from) {
+                f.namespace = Some(db.clone());
+            }
+        }
+    }
+
+    fn request_inner(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
         if self.encrypted {
             return;
         }
@@ -511,6 +529,12 @@ impl PgSession {
 
     /// Server-to-client bytes.
     pub fn response(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
+        let from = out.len();
+        self.response_inner(seg, stats, out);
+        self.name(out, from);
+    }
+
+    fn response_inner(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
         if self.encrypted {
             return;
         }
@@ -562,6 +586,7 @@ impl PgSession {
                 CANCEL_REQUEST => stats.pg_cancel_requests += 1,
                 _ => {
                     stats.pg_startups += 1;
+                    self.database = startup_database(body);
                     self.push(Kind::Startup, origin, stats, out);
                 }
             },
@@ -683,6 +708,7 @@ impl PgSession {
 
     /// The connection closed at `mono_ns`: unanswered operations are reported.
     pub fn close(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {
+        let from = out.len();
         while let Some(p) = self.pending.pop_front() {
             match p.maybe_done {
                 Some(end) => finish(p, end, Completion::Truncated, stats, out),
@@ -691,11 +717,13 @@ impl PgSession {
         }
         self.untracked = 0;
         self.batch = None;
+        self.name(out, from);
     }
 
     /// Events were lost: unanswered operations are reported truncated, both
     /// directions resynchronise.
     pub fn lose(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {
+        let from = out.len();
         let end = self.last_answer_ns.max(mono_ns);
         while let Some(p) = self.pending.pop_front() {
             let at = p.maybe_done.unwrap_or(end);
@@ -705,7 +733,27 @@ impl PgSession {
         self.batch = None;
         self.front.resync();
         self.back.resync();
+        self.name(out, from);
     }
+}
+
+/// The database a startup packet names: its `database` parameter, else its `user`.
+fn startup_database(body: &[u8]) -> Option<String> {
+    let mut at = 4;
+    let mut user = None;
+    while let Some((key, next)) = cstr(body, at) {
+        if key.is_empty() {
+            break;
+        }
+        let (value, after) = cstr(body, next)?;
+        match key.as_str() {
+            "database" if !value.is_empty() => return Some(value),
+            "user" => user = Some(value),
+            _ => {}
+        }
+        at = after;
+    }
+    user.filter(|u| !u.is_empty())
 }
 
 fn count_error(e: FrameError, stats: &mut DbStats) {
@@ -743,6 +791,7 @@ fn finish(
         query_text,
         error: p.error,
         completion,
+        namespace: None,
     });
 }
 

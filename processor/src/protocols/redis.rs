@@ -572,5 +572,6 @@ fn finish(
         query_text: p.query_text,
         error,
         completion,
+        namespace: None,
     });
 }

@@ -388,6 +388,7 @@ fn emit_into(
             collection: f.collection,
             query_text: f.query_text,
             error: f.error,
+            namespace: f.namespace,
             start_mono_ns: f.origin.mono_ns,
             end_mono_ns: f.end_mono_ns,
             realtime_offset_ns: offset,

@@ -309,3 +309,31 @@ proptest! {
         prop_assert_eq!(stats.transactions, out.len() as u64);
     }
 }
+
+#[test]
+fn database_from_handshake_and_init_db() {
+    let caps: u32 = CLIENT_CONNECT_WITH_DB | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH_LENENC;
+    let mut hs = caps.to_le_bytes().to_vec();
+    hs.extend_from_slice(&[0, 0, 0, 1, 33]);
+    hs.extend_from_slice(&[0; 23]);
+    hs.extend_from_slice(b"root\0");
+    hs.push(20);
+    hs.extend_from_slice(&[7; 20]);
+    hs.extend_from_slice(b"shop\0mysql_native_password\0");
+    let mut init = vec![COM_INIT_DB];
+    init.extend_from_slice(b"other");
+    let steps = vec![
+        (false, greeting()),
+        (true, pkt(1, &hs)),
+        (false, ok(2)),
+        (true, query("SELECT 1")),
+        (false, ok(1)),
+        (true, pkt(0, &init)),
+        (false, ok(1)),
+        (true, query("SELECT 2")),
+        (false, ok(1)),
+    ];
+    let (out, _) = run(&mut MySqlSession::new(true), &steps);
+    let ns: Vec<_> = out.iter().map(|f| f.namespace.as_deref()).collect();
+    assert_eq!(ns, [Some("shop"), Some("other")]);
+}

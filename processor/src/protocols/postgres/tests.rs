@@ -245,6 +245,10 @@ fn simple_extended_prepared_and_errors() {
         Some("relation \"nope\" does not exist")
     );
     assert!(out.iter().all(|f| f.completion == Completion::Complete));
+    // No `database` in the startup packet: PostgreSQL uses the user's name.
+    assert!(out
+        .iter()
+        .all(|f| f.namespace.as_deref() == Some("postgres")));
     assert_eq!(
         (stats.pg_startups, stats.pg_ssl_requests, stats.transactions),
         (1, 1, 5)
@@ -453,4 +457,17 @@ proptest! {
         session.close(1_000, &mut stats, &mut out);
         prop_assert_eq!(stats.transactions, out.len() as u64);
     }
+}
+
+#[test]
+fn startup_database_parameter() {
+    assert_eq!(
+        startup_database(b"\x00\x03\x00\x00user\x00bob\x00database\x00shop\x00\x00").as_deref(),
+        Some("shop")
+    );
+    assert_eq!(
+        startup_database(b"\x00\x03\x00\x00user\x00bob\x00\x00").as_deref(),
+        Some("bob")
+    );
+    assert_eq!(startup_database(b"\x00\x03\x00\x00user"), None);
 }
