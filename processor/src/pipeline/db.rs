@@ -6,7 +6,8 @@
 //! * **Name**: `{db.operation.name} {db.collection.name}` (`SELECT users`), the
 //!   operation alone when no table is known (`GET`, `BEGIN`), else the system
 //!   (`postgresql`).
-//! * **Attributes**: `db.system.name` (`postgresql`, `redis`), `db.operation.name`,
+//! * **Attributes**: `db.system.name` (`postgresql`, `redis`, `mysql`), `db.namespace`
+//!   (the connection's database, when its start was seen), `db.operation.name`,
 //!   `db.collection.name`, `db.query.text` (literals replaced by `?`; Redis: the
 //!   command and key, other arguments `?`), `server.address` / `server.port` (the
 //!   database's socket), `network.peer.address` / `network.peer.port`; on errors
