@@ -13,6 +13,7 @@ use tandem_processor::config::Config;
 use tandem_processor::pipeline::{self, Pipeline};
 use tandem_processor::printer::{PrintFormat, Printer};
 use tandem_processor::stats::{SeqCheck, Stats};
+use tandem_processor::stitch::db::DbStitcher;
 use tandem_processor::stitch::Stitcher;
 use tandem_proto::process::{shutdown_on_signals, LogFormat};
 
@@ -182,6 +183,8 @@ async fn run(cli: Cli, config: Config, privileged: Option<String>) -> anyhow::Re
     let mut stats = Stats::default();
     let mut transactions = Vec::new();
     let (posture_tx, mut posture_rx) = tokio::sync::watch::channel(None);
+    let mut db_stitcher = DbStitcher::new();
+    let mut db_transactions = Vec::new();
     let client_config = ClientConfig {
         socket: cli.socket.clone(),
         name: cli.name.clone(),
@@ -230,9 +233,13 @@ async fn run(cli: Cli, config: Config, privileged: Option<String>) -> anyhow::Re
                 pipeline.on_process(p);
             }
             stitcher.push(event, offset, &mut transactions);
+            db_stitcher.push(event, offset, &mut db_transactions);
         }
         for tx in transactions.drain(..) {
             pipeline.on_transaction(&tx);
+        }
+        for tx in db_transactions.drain(..) {
+            pipeline.on_db_transaction(&tx);
         }
         if let Some(marker) = &gap {
             print_or_warn(&printer, std::slice::from_ref(marker), offset);
@@ -243,6 +250,7 @@ async fn run(cli: Cli, config: Config, privileged: Option<String>) -> anyhow::Re
     let pipeline_stats = pipeline.shutdown().await;
     info!(
         stitch = ?stitcher.stats(),
+        db = ?db_stitcher.stats(),
         pipeline = ?pipeline_stats,
         "processor stopped: {stats}"
     );

@@ -98,3 +98,61 @@ pub struct HttpTransaction {
     pub realtime_offset_ns: i64,
     pub completion: Completion,
 }
+
+/// Which database protocol a [`DbTransaction`] was read from (`db.system.name`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DbSystem {
+    /// PostgreSQL frontend/backend protocol 3.0 (an SQL database).
+    Postgresql,
+    /// Redis serialization protocol (RESP2/RESP3, inline commands).
+    Redis,
+    /// MySQL client/server protocol (MySQL, MariaDB).
+    Mysql,
+}
+
+impl DbSystem {
+    /// The `db.system.name` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            DbSystem::Postgresql => "postgresql",
+            DbSystem::Redis => "redis",
+            DbSystem::Mysql => "mysql",
+        }
+    }
+}
+
+/// The error a database answered with.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DbError {
+    /// `db.response.status_code`: the SQLSTATE (PostgreSQL) or the error prefix
+    /// (Redis: `ERR`, `WRONGTYPE`, ...).
+    pub code: Option<String>,
+    /// The error message, bounded.
+    pub message: String,
+}
+
+/// One database operation (a query, a command) and its answer on one connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DbTransaction {
+    pub pid: u32,
+    pub tid: u32,
+    pub conn_id: u64,
+    pub side: Side,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    pub system: DbSystem,
+    /// `db.operation.name`: `SELECT`, `GET`, ...
+    pub operation: Option<String>,
+    /// `db.collection.name`: the table, when the statement names it.
+    pub collection: Option<String>,
+    /// `db.query.text`, literals replaced by `?`.
+    pub query_text: Option<String>,
+    pub error: Option<DbError>,
+    /// `db.namespace`: the database the connection uses (PostgreSQL's startup
+    /// `database`, MySQL's handshake or `COM_INIT_DB`), when seen.
+    pub namespace: Option<String>,
+    pub start_mono_ns: u64,
+    pub end_mono_ns: u64,
+    pub realtime_offset_ns: i64,
+    pub completion: Completion,
+}

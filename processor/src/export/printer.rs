@@ -8,6 +8,9 @@
 //!   queueing start and its processing start; tandem knows one start, printed twice.
 //! * `json` / `json_indent`: one JSON object per span (one line / indented), with the
 //!   fields of the text line plus every span attribute.
+//! * Database spans ([`Printer::print_db`]): `START (DURATION[DURATION]) TYPE CODE NAME
+//!   [FROM]->[TO] svc=[SERVICE] traceparent=[...]`, TYPE `SQLClient`, `SQLServer`,
+//!   `RedisClient` or `RedisServer`, CODE the error code or 0.
 //! * `counter`: nothing per span; `Processed N requests` at shutdown.
 //! * `disabled`: nothing.
 //!
@@ -19,7 +22,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use opentelemetry::trace::SpanKind;
 use serde_json::{json, Map, Value};
 
-use crate::model::{HttpTransaction, Side};
+use crate::model::{DbSystem, DbTransaction, HttpTransaction, Side};
+use crate::pipeline::db::DbSpanRecord;
 use crate::pipeline::resource::ProcessResource;
 use crate::pipeline::span::SpanRecord;
 use crate::settings::TracePrinter;
@@ -64,6 +68,22 @@ impl Printer {
             TracePrinter::Json => json_value(rec, tx, process).to_string(),
             TracePrinter::JsonIndent => {
                 serde_json::to_string_pretty(&json_value(rec, tx, process)).unwrap_or_default()
+            }
+        };
+        self.write_line(&text);
+    }
+
+    /// Prints a database span: the text line has TYPE `SQLClient`/`SQLServer`,
+    /// `RedisClient`/`RedisServer`, the error code (or 0) as STATUS, the span name
+    /// for METHOD PATH; the JSON forms carry the span's attributes.
+    pub fn print_db(&mut self, rec: &DbSpanRecord, tx: &DbTransaction, process: &ProcessResource) {
+        self.count += 1;
+        let text = match self.kind {
+            TracePrinter::Disabled | TracePrinter::Counter => return,
+            TracePrinter::Text => db_text_line(rec, tx, process),
+            TracePrinter::Json => db_json_value(rec, tx, process).to_string(),
+            TracePrinter::JsonIndent => {
+                serde_json::to_string_pretty(&db_json_value(rec, tx, process)).unwrap_or_default()
             }
         };
         self.write_line(&text);
@@ -167,6 +187,81 @@ fn json_value(rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource)
     })
 }
 
+fn db_type(tx: &DbTransaction) -> &'static str {
+    match (tx.system, tx.side) {
+        (DbSystem::Redis, Side::Client) => "RedisClient",
+        (DbSystem::Redis, Side::Server) => "RedisServer",
+        (_, Side::Client) => "SQLClient",
+        (_, Side::Server) => "SQLServer",
+    }
+}
+
+fn db_endpoints(tx: &DbTransaction) -> (String, String) {
+    let fmt =
+        |a: Option<std::net::SocketAddr>| a.map_or_else(|| "-:0".to_string(), |a| a.to_string());
+    match tx.side {
+        Side::Server => (fmt(tx.peer), fmt(tx.local)),
+        Side::Client => (fmt(tx.local), fmt(tx.peer)),
+    }
+}
+
+fn db_text_line(rec: &DbSpanRecord, tx: &DbTransaction, process: &ProcessResource) -> String {
+    let d = &rec.data;
+    let dur = d.end_time.duration_since(d.start_time).unwrap_or_default();
+    let (from, to) = db_endpoints(tx);
+    let c = &d.span_context;
+    format!(
+        "{} ({dur:?}[{dur:?}]) {} {} {} [{from}]->[{to}] svc=[{}] traceparent=[00-{}-{}[{}]-{:02x}]",
+        utc(d.start_time),
+        db_type(tx),
+        tx.error
+            .as_ref()
+            .and_then(|e| e.code.clone())
+            .unwrap_or_else(|| "0".to_string()),
+        d.name,
+        process.service_name,
+        c.trace_id(),
+        c.span_id(),
+        d.parent_span_id,
+        c.trace_flags().to_u8()
+    )
+}
+
+fn db_json_value(rec: &DbSpanRecord, tx: &DbTransaction, process: &ProcessResource) -> Value {
+    let d = &rec.data;
+    let ns = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    };
+    let mut attrs = Map::new();
+    for kv in &d.attributes {
+        let v = match &kv.value {
+            opentelemetry::Value::I64(i) => json!(i),
+            opentelemetry::Value::F64(f) => json!(f),
+            opentelemetry::Value::Bool(b) => json!(b),
+            other => json!(other.as_str()),
+        };
+        attrs.insert(kv.key.to_string(), v);
+    }
+    let (from, to) = db_endpoints(tx);
+    json!({
+        "type": db_type(tx),
+        "name": d.name,
+        "from": from,
+        "to": to,
+        "start": utc(d.start_time),
+        "startUnixNano": ns(d.start_time),
+        "endUnixNano": ns(d.end_time),
+        "traceID": d.span_context.trace_id().to_string(),
+        "spanID": d.span_context.span_id().to_string(),
+        "sampled": rec.sampled,
+        "serviceName": process.service_name,
+        "pid": process.pid,
+        "attributes": attrs,
+    })
+}
+
 /// `YYYY-MM-DD HH:MM:SS.sssss` in UTC (five decimals, as OBI prints).
 pub fn utc(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -216,6 +311,50 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn database_spans_print() {
+        use crate::model::{Completion, DbError, DbTransaction};
+        use crate::pipeline::db::build_db_span;
+        let buf = Buf::default();
+        let mut p = Printer::new(TracePrinter::Text, Box::new(buf.clone()));
+        let mut procs = ProcessMap::new(ResourceSettings::default());
+        let t = DbTransaction {
+            pid: 42,
+            tid: 42,
+            conn_id: 1,
+            side: Side::Client,
+            local: Some("127.0.0.1:40000".parse().expect("addr")),
+            peer: Some("127.0.0.1:5432".parse().expect("addr")),
+            system: DbSystem::Postgresql,
+            operation: Some("SELECT".into()),
+            collection: Some("nope".into()),
+            query_text: Some("SELECT * FROM nope".into()),
+            error: Some(DbError {
+                code: Some("42P01".into()),
+                message: "relation \"nope\" does not exist".into(),
+            }),
+            namespace: None,
+            start_mono_ns: 1_000_000,
+            end_mono_ns: 3_000_000,
+            realtime_offset_ns: 0,
+            completion: Completion::Complete,
+        };
+        let rec = build_db_span(&t, Sampler::AlwaysOn, &SeqIds::default());
+        p.print_db(&rec, &t, &procs.get(42));
+        let out = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8");
+        assert!(
+            out.contains(" SQLClient 42P01 SELECT nope [127.0.0.1:40000]->[127.0.0.1:5432] "),
+            "{out}"
+        );
+        let mut p = Printer::new(TracePrinter::Json, Box::new(buf.clone()));
+        buf.0.lock().expect("lock").clear();
+        p.print_db(&rec, &t, &procs.get(42));
+        let out = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8");
+        let v: Value = serde_json::from_str(out.trim()).expect("json");
+        assert_eq!(v["type"], "SQLClient");
+        assert_eq!(v["attributes"]["db.query.text"], "SELECT * FROM nope");
     }
 
     fn printed(kind: TracePrinter) -> String {

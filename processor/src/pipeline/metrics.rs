@@ -30,7 +30,8 @@ use opentelemetry_sdk::metrics::{
     InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
 };
 
-use crate::model::{HttpTransaction, Side};
+use crate::model::{DbTransaction, HttpTransaction, Side};
+use crate::pipeline::db::db_metric_attributes;
 use crate::pipeline::grpc::{self, GrpcCall};
 use crate::pipeline::resource::ProcessResource;
 use crate::pipeline::span::{error_type, host_of, scope};
@@ -39,6 +40,10 @@ use crate::pipeline::span::{error_type, host_of, scope};
 pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
+
+/// The database semantic conventions' `db.client.operation.duration` buckets, in
+/// seconds.
+pub const DB_DURATION_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 
 /// Body size buckets in bytes (the conventions give none; powers of two up to 8 MiB).
 pub const BODY_SIZE_BUCKETS: [f64; 12] = [
@@ -88,6 +93,7 @@ struct ProcessMeters {
     server_response_body: Histogram<u64>,
     client_request_body: Histogram<u64>,
     client_response_body: Histogram<u64>,
+    db_client_duration: Histogram<f64>,
 }
 
 impl ProcessMeters {
@@ -147,6 +153,12 @@ impl ProcessMeters {
                 "http.client.response.body.size",
                 "Size of HTTP client response bodies.",
             ),
+            db_client_duration: meter
+                .f64_histogram("db.client.operation.duration")
+                .with_unit("s")
+                .with_description("Duration of database client operations.")
+                .with_boundaries(DB_DURATION_BUCKETS.to_vec())
+                .build(),
             process,
             provider,
             reader,
@@ -256,6 +268,19 @@ impl MetricsRegistry {
         if let Some(size) = response_size {
             resp_body.record(size, &attrs);
         }
+    }
+
+    /// Records one database operation of `process` in `db.client.operation.duration`
+    /// (client side only: the conventions define no server-side database metric).
+    pub fn record_db(&mut self, process: &Arc<ProcessResource>, tx: &DbTransaction) {
+        if tx.side != Side::Client {
+            return;
+        }
+        let meters = self.meters(process);
+        let secs = tx.end_mono_ns.saturating_sub(tx.start_mono_ns) as f64 / 1e9;
+        meters
+            .db_client_duration
+            .record(secs, &db_metric_attributes(tx));
     }
 
     fn meters(&mut self, process: &Arc<ProcessResource>) -> &ProcessMeters {

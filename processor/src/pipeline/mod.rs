@@ -3,6 +3,7 @@
 //! `span` (ids, sampling by `sample`, attributes), with `resource` saying which
 //! process produced it.
 
+pub mod db;
 pub mod grpc;
 pub mod metrics;
 pub mod resource;
@@ -22,7 +23,7 @@ use crate::export::otlp::{self, OtlpError};
 use crate::export::printer::Printer;
 use crate::export::prometheus::{PrometheusEndpoint, PrometheusError};
 use crate::export::traces::{TraceExport, TraceExportCounts};
-use crate::model::HttpTransaction;
+use crate::model::{DbSystem, DbTransaction, HttpTransaction};
 use crate::settings::{ExportSettings, Instrumentation, Instrumentations, RoutesSettings, Sampler};
 
 use self::metrics::MetricsRegistry;
@@ -36,6 +37,15 @@ pub fn instrumentation_of(tx: &HttpTransaction) -> Instrumentation {
         Instrumentation::Grpc
     } else {
         Instrumentation::Http
+    }
+}
+
+/// The instrumentation a database operation belongs to: `redis` for Redis, `sql` for
+/// the SQL databases (PostgreSQL, MySQL/MariaDB), as OBI groups them.
+pub fn db_instrumentation_of(tx: &DbTransaction) -> Instrumentation {
+    match tx.system {
+        DbSystem::Redis => Instrumentation::Redis,
+        DbSystem::Postgresql | DbSystem::Mysql => Instrumentation::Sql,
     }
 }
 
@@ -219,6 +229,34 @@ impl Pipeline {
         }
     }
 
+    /// One database operation: metrics (client side), span (exported when sampled).
+    pub fn on_db_transaction(&mut self, tx: &DbTransaction) {
+        self.stats.transactions += 1;
+        let process = self.processes.get(tx.pid);
+        let kind = db_instrumentation_of(tx);
+        if !self.metrics_instrumentations.is_enabled(kind) {
+            self.stats.disabled_metrics += 1;
+        } else if let Some(m) = &self.metrics {
+            if let Ok(mut m) = m.lock() {
+                m.record_db(&process, tx);
+            }
+        }
+        if !self.traces_instrumentations.is_enabled(kind) {
+            self.stats.disabled_traces += 1;
+            return;
+        }
+        let rec = db::build_db_span(tx, self.sampler, self.ids.as_ref());
+        self.printer.print_db(&rec, tx, &process);
+        if !rec.sampled {
+            self.stats.spans_not_sampled += 1;
+            return;
+        }
+        self.stats.spans_sampled += 1;
+        if let Some(t) = &self.traces {
+            t.offer(process, rec.data);
+        }
+    }
+
     /// Where the Prometheus endpoint listens, when there is one.
     pub fn prometheus_addr(&self) -> Option<SocketAddr> {
         self.prometheus.as_ref().map(PrometheusEndpoint::local_addr)
@@ -312,6 +350,63 @@ mod instrumentation_tests {
             .map(|(n, _)| n)
             .collect();
         assert_eq!(names, ["rpc.server.call.duration"]);
+        p.shutdown().await;
+    }
+
+    fn db_tx(system: DbSystem) -> DbTransaction {
+        DbTransaction {
+            pid: 7,
+            tid: 7,
+            conn_id: 1,
+            side: Side::Client,
+            local: None,
+            peer: None,
+            system,
+            operation: Some("GET".into()),
+            collection: None,
+            query_text: None,
+            error: None,
+            namespace: None,
+            start_mono_ns: 1_000,
+            end_mono_ns: 5_000,
+            realtime_offset_ns: 0,
+            completion: crate::model::Completion::Complete,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn instrumentations_gate_database_operations() {
+        assert_eq!(
+            db_instrumentation_of(&db_tx(DbSystem::Redis)),
+            Instrumentation::Redis
+        );
+        assert_eq!(
+            db_instrumentation_of(&db_tx(DbSystem::Postgresql)),
+            Instrumentation::Sql
+        );
+        assert_eq!(
+            db_instrumentation_of(&db_tx(DbSystem::Mysql)),
+            Instrumentation::Sql
+        );
+        let export = ExportSettings {
+            prometheus_port: Some(0),
+            traces_instrumentations: Instrumentations::parse_list("sql").expect("list"),
+            metrics_instrumentations: Instrumentations::parse_list("redis").expect("list"),
+            ..Default::default()
+        };
+        let mut p = Pipeline::with_printer(
+            &RoutesSettings::default(),
+            &export,
+            "box".into(),
+            Printer::stdout(TracePrinter::Disabled),
+        )
+        .expect("pipeline");
+        p.on_db_transaction(&db_tx(DbSystem::Redis));
+        p.on_db_transaction(&db_tx(DbSystem::Postgresql));
+        let s = p.stats();
+        // Redis: metrics only; PostgreSQL: span only.
+        assert_eq!((s.disabled_traces, s.disabled_metrics), (1, 1));
+        assert_eq!(s.spans_sampled, 1);
         p.shutdown().await;
     }
 }

@@ -120,7 +120,7 @@ pub fn scope() -> InstrumentationScope {
         .build()
 }
 
-fn wall_time(mono_ns: u64, offset_ns: i64) -> SystemTime {
+pub(crate) fn wall_time(mono_ns: u64, offset_ns: i64) -> SystemTime {
     let ns = i128::from(mono_ns) + i128::from(offset_ns);
     let ns = u64::try_from(ns.max(0)).unwrap_or(u64::MAX);
     UNIX_EPOCH + Duration::from_nanos(ns)

@@ -2,6 +2,11 @@
 //! byte stream. They know nothing of connections, roles or pairing; `stitch` drives
 //! them and pairs what they find into transactions.
 
+pub mod db;
 pub mod hpack;
 pub mod http1;
 pub mod http2;
+pub mod mysql;
+pub mod postgres;
+pub mod redis;
+pub mod sql;

@@ -89,6 +89,8 @@ mod tests;
 #[cfg(test)]
 mod tests_http2;
 
+pub mod db;
+
 /// Default bound of tracked connections.
 pub const MAX_CONNECTIONS: usize = 65_536;
 /// Default bound of unanswered requests per connection.

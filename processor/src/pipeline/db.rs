@@ -1,0 +1,234 @@
+//! One span per database operation, with the OpenTelemetry database semantic
+//! conventions, as OBI emits them.
+//!
+//! * **Kind**: CLIENT when the instrumented process is the database's client, SERVER
+//!   when it is the database server itself.
+//! * **Name**: `{db.operation.name} {db.collection.name}` (`SELECT users`), the
+//!   operation alone when no table is known (`GET`, `BEGIN`), else the system
+//!   (`postgresql`).
+//! * **Attributes**: `db.system.name` (`postgresql`, `redis`, `mysql`), `db.namespace`
+//!   (the connection's database, when its start was seen), `db.operation.name`,
+//!   `db.collection.name`, `db.query.text` (literals replaced by `?`; Redis: the
+//!   command and key, other arguments `?`), `server.address` / `server.port` (the
+//!   database's socket), `network.peer.address` / `network.peer.port`; on errors
+//!   `db.response.status_code` (SQLSTATE, Redis error prefix) and `error.type` (the
+//!   same code, or `connection_closed` when no answer came).
+//! * **Status**: Error with the database's message when it answered with an error,
+//!   or when the connection closed before the answer; unset otherwise.
+//! * **Ids**: a new trace per operation (the wire protocols carry no trace context).
+
+use std::borrow::Cow;
+
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState};
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::trace::{IdGenerator, SpanData, SpanEvents, SpanLinks};
+
+use crate::model::{Completion, DbTransaction, Side};
+use crate::pipeline::sample::{should_sample, Parent};
+use crate::pipeline::span::{scope, wall_time};
+use crate::settings::Sampler;
+
+/// A database span ready to export when `sampled`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DbSpanRecord {
+    pub data: SpanData,
+    pub sampled: bool,
+}
+
+/// The span name of `tx`.
+pub fn span_name(tx: &DbTransaction) -> String {
+    match (&tx.operation, &tx.collection) {
+        (Some(op), Some(c)) => format!("{op} {c}"),
+        (Some(op), None) => op.clone(),
+        _ => tx.system.name().to_string(),
+    }
+}
+
+/// `error.type` of a failed operation, `None` when it succeeded.
+pub fn db_error_type(tx: &DbTransaction) -> Option<String> {
+    if let Some(e) = &tx.error {
+        return Some(e.code.clone().unwrap_or_else(|| "_OTHER".to_string()));
+    }
+    (tx.completion == Completion::ConnectionClosed).then(|| "connection_closed".to_string())
+}
+
+/// Builds the span of `tx`.
+pub fn build_db_span(tx: &DbTransaction, sampler: Sampler, ids: &dyn IdGenerator) -> DbSpanRecord {
+    let trace_id = ids.new_trace_id();
+    let sampled = should_sample(sampler, trace_id, Parent::None);
+    let flags = if sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    let span_context = SpanContext::new(
+        trace_id,
+        ids.new_span_id(),
+        flags,
+        false,
+        TraceState::default(),
+    );
+    let is_server = tx.side == Side::Server;
+    let server_end = if is_server { tx.local } else { tx.peer };
+
+    let mut attrs = vec![KeyValue::new("db.system.name", tx.system.name())];
+    if let Some(ns) = &tx.namespace {
+        attrs.push(KeyValue::new("db.namespace", ns.clone()));
+    }
+    if let Some(op) = &tx.operation {
+        attrs.push(KeyValue::new("db.operation.name", op.clone()));
+    }
+    if let Some(c) = &tx.collection {
+        attrs.push(KeyValue::new("db.collection.name", c.clone()));
+    }
+    if let Some(q) = &tx.query_text {
+        attrs.push(KeyValue::new("db.query.text", q.clone()));
+    }
+    if let Some(s) = server_end {
+        attrs.push(KeyValue::new("server.address", s.ip().to_string()));
+        attrs.push(KeyValue::new("server.port", i64::from(s.port())));
+    }
+    if let Some(p) = tx.peer {
+        attrs.push(KeyValue::new("network.peer.address", p.ip().to_string()));
+        attrs.push(KeyValue::new("network.peer.port", i64::from(p.port())));
+    }
+    if let Some(code) = tx.error.as_ref().and_then(|e| e.code.clone()) {
+        attrs.push(KeyValue::new("db.response.status_code", code));
+    }
+    let error_type = db_error_type(tx);
+    let status = match (&error_type, &tx.error) {
+        (Some(_), Some(e)) => Status::error(e.message.clone()),
+        (Some(_), None) => Status::error(""),
+        _ => Status::Unset,
+    };
+    if let Some(e) = error_type {
+        attrs.push(KeyValue::new("error.type", e));
+    }
+    let start_time = wall_time(tx.start_mono_ns, tx.realtime_offset_ns);
+    let end_time = wall_time(tx.end_mono_ns, tx.realtime_offset_ns).max(start_time);
+    let data = SpanData {
+        span_context,
+        parent_span_id: SpanId::INVALID,
+        parent_span_is_remote: false,
+        span_kind: if is_server {
+            SpanKind::Server
+        } else {
+            SpanKind::Client
+        },
+        name: Cow::Owned(span_name(tx)),
+        start_time,
+        end_time,
+        attributes: attrs,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status,
+        instrumentation_scope: scope(),
+    };
+    DbSpanRecord { data, sampled }
+}
+
+/// The bounded attributes of `db.client.operation.duration`.
+pub fn db_metric_attributes(tx: &DbTransaction) -> Vec<KeyValue> {
+    let mut attrs = vec![KeyValue::new("db.system.name", tx.system.name())];
+    if let Some(ns) = &tx.namespace {
+        attrs.push(KeyValue::new("db.namespace", ns.clone()));
+    }
+    if let Some(op) = &tx.operation {
+        attrs.push(KeyValue::new("db.operation.name", op.clone()));
+    }
+    if let Some(c) = &tx.collection {
+        attrs.push(KeyValue::new("db.collection.name", c.clone()));
+    }
+    if let Some(code) = tx.error.as_ref().and_then(|e| e.code.clone()) {
+        attrs.push(KeyValue::new("db.response.status_code", code));
+    }
+    if let Some(e) = db_error_type(tx) {
+        attrs.push(KeyValue::new("error.type", e));
+    }
+    attrs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DbError, DbSystem};
+    use crate::pipeline::span::tests::SeqIds;
+    use opentelemetry::Value;
+
+    fn tx(op: Option<&str>, coll: Option<&str>, error: Option<DbError>) -> DbTransaction {
+        DbTransaction {
+            pid: 7,
+            tid: 7,
+            conn_id: 1,
+            side: Side::Client,
+            local: Some("127.0.0.1:40000".parse().expect("addr")),
+            peer: Some("127.0.0.1:5432".parse().expect("addr")),
+            system: DbSystem::Postgresql,
+            operation: op.map(String::from),
+            collection: coll.map(String::from),
+            query_text: Some("SELECT * FROM users WHERE id = ?".into()),
+            error,
+            namespace: Some("shop".into()),
+            start_mono_ns: 1_000,
+            end_mono_ns: 5_000,
+            realtime_offset_ns: 10,
+            completion: Completion::Complete,
+        }
+    }
+
+    fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| &kv.value)
+    }
+
+    #[test]
+    fn names_attributes_and_errors() {
+        let ids = SeqIds::default();
+        let ok = build_db_span(
+            &tx(Some("SELECT"), Some("users"), None),
+            Sampler::AlwaysOn,
+            &ids,
+        );
+        assert_eq!(ok.data.name, "SELECT users");
+        assert_eq!(ok.data.span_kind, SpanKind::Client);
+        assert_eq!(ok.data.status, Status::Unset);
+        assert_eq!(
+            attr(&ok.data, "db.system.name"),
+            Some(&Value::from("postgresql"))
+        );
+        assert_eq!(attr(&ok.data, "server.port"), Some(&Value::from(5432)));
+        assert_eq!(attr(&ok.data, "db.namespace"), Some(&Value::from("shop")));
+        assert_eq!(attr(&ok.data, "error.type"), None);
+
+        let err = DbError {
+            code: Some("42P01".into()),
+            message: "relation \"nope\" does not exist".into(),
+        };
+        let failed = build_db_span(
+            &tx(Some("SELECT"), Some("nope"), Some(err)),
+            Sampler::AlwaysOn,
+            &ids,
+        );
+        assert_eq!(
+            failed.data.status,
+            Status::error("relation \"nope\" does not exist")
+        );
+        assert_eq!(
+            attr(&failed.data, "db.response.status_code"),
+            Some(&Value::from("42P01"))
+        );
+        assert_eq!(
+            attr(&failed.data, "error.type"),
+            Some(&Value::from("42P01"))
+        );
+
+        assert_eq!(span_name(&tx(Some("BEGIN"), None, None)), "BEGIN");
+        assert_eq!(span_name(&tx(None, None, None)), "postgresql");
+        let mut closed = tx(Some("SELECT"), None, None);
+        closed.completion = Completion::ConnectionClosed;
+        assert_eq!(db_error_type(&closed).as_deref(), Some("connection_closed"));
+    }
+}

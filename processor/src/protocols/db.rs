@@ -1,0 +1,108 @@
+//! What the database protocol sessions ([`super::postgres`], [`super::redis`]) share:
+//! the bytes of one `Data` event ([`Segment`]), what they report ([`Finished`]),
+//! their counters ([`DbStats`]) and bounds.
+
+use crate::model::{Completion, DbError};
+
+/// Most requests awaiting their answer per connection; further ones are counted in
+/// [`DbStats::untracked_requests`] and not reported.
+pub const MAX_PENDING: usize = 256;
+/// Most bytes of one message kept for decoding (the capture is usually 1 KiB).
+pub const MAX_KEEP: usize = 4096;
+/// Most bytes of an error message kept.
+pub const MAX_ERROR_MESSAGE: usize = 256;
+
+/// The event that carried a request's first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Origin {
+    pub mono_ns: u64,
+    pub tid: u32,
+}
+
+/// One `Data` event: its captured bytes, then `unknown` bytes moved by the syscall
+/// but not captured.
+#[derive(Debug, Clone, Copy)]
+pub struct Segment<'a> {
+    pub data: &'a [u8],
+    pub unknown: u64,
+    pub origin: Origin,
+}
+
+impl<'a> Segment<'a> {
+    pub fn new(data: &'a [u8], total_len: u64, origin: Origin) -> Self {
+        let captured = u64::try_from(data.len()).unwrap_or(u64::MAX);
+        Segment {
+            data,
+            unknown: total_len.saturating_sub(captured),
+            origin,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        u64::try_from(self.data.len())
+            .unwrap_or(u64::MAX)
+            .saturating_add(self.unknown)
+    }
+}
+
+/// One operation and its answer, as a session found them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub origin: Origin,
+    pub end_mono_ns: u64,
+    pub operation: Option<String>,
+    pub collection: Option<String>,
+    pub query_text: Option<String>,
+    pub error: Option<DbError>,
+    pub completion: Completion,
+    /// `db.namespace`: the database the connection uses, when its start was seen.
+    pub namespace: Option<String>,
+}
+
+/// Counters of the database sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DbStats {
+    /// Operations reported, whatever their completion.
+    pub transactions: u64,
+    pub truncated: u64,
+    pub connection_closed: u64,
+    /// PostgreSQL startup packets seen (StartupMessage), not reported as spans.
+    pub pg_startups: u64,
+    /// PostgreSQL SSLRequest / GSSENCRequest packets seen.
+    pub pg_ssl_requests: u64,
+    /// PostgreSQL CancelRequest packets seen.
+    pub pg_cancel_requests: u64,
+    /// Connections that switched to TLS/GSS encryption (no longer readable).
+    pub encrypted_connections: u64,
+    /// Messages that did not parse; the direction resynchronised.
+    pub parse_errors: u64,
+    /// Times uncaptured bytes hid message framing (the direction resynchronised).
+    pub lost_sync: u64,
+    /// Bytes skipped while resynchronising or on connections of no known protocol.
+    pub skipped_bytes: u64,
+    /// Answers with no request to pair with.
+    pub unpaired_responses: u64,
+    /// Requests over [`MAX_PENDING`] on one connection.
+    pub untracked_requests: u64,
+    /// Connections dropped to stay within the connection bound.
+    pub evicted_connections: u64,
+    /// Prepared statements forgotten to stay within the per-connection bound.
+    pub evicted_statements: u64,
+}
+
+impl DbStats {
+    pub fn count(&mut self, completion: Completion) {
+        self.transactions += 1;
+        match completion {
+            Completion::Complete => {}
+            Completion::Truncated => self.truncated += 1,
+            Completion::ConnectionClosed => self.connection_closed += 1,
+        }
+    }
+}
+
+/// `bytes` as text, invalid UTF-8 replaced, cut to at most `max` bytes.
+pub fn text(bytes: &[u8], max: usize) -> String {
+    let bytes = bytes.get(..max.min(bytes.len())).unwrap_or_default();
+    String::from_utf8_lossy(bytes).into_owned()
+}

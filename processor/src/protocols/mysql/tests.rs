@@ -1,0 +1,339 @@
+use super::*;
+use proptest::prelude::*;
+
+fn pkt(seq: u8, body: &[u8]) -> Vec<u8> {
+    let len = body.len() as u32;
+    let mut p = vec![len as u8, (len >> 8) as u8, (len >> 16) as u8, seq];
+    p.extend_from_slice(body);
+    p
+}
+
+fn greeting() -> Vec<u8> {
+    let mut b = vec![10];
+    b.extend_from_slice(b"10.11.19-MariaDB\0");
+    b.extend_from_slice(&[1, 0, 0, 0]);
+    b.extend_from_slice(&[b'x'; 30]);
+    pkt(0, &b)
+}
+
+fn ok(seq: u8) -> Vec<u8> {
+    pkt(seq, &[0, 0, 0, 2, 0, 0, 0])
+}
+
+fn eof(seq: u8, status: u16) -> Vec<u8> {
+    pkt(seq, &[0xFE, 0, 0, status as u8, (status >> 8) as u8])
+}
+
+fn query(q: &str) -> Vec<u8> {
+    let mut b = vec![COM_QUERY];
+    b.extend_from_slice(q.as_bytes());
+    pkt(0, &b)
+}
+
+fn rows(n: usize) -> Vec<u8> {
+    let mut r = pkt(1, &[1]);
+    r.extend(pkt(
+        2,
+        b"\x03def\x00\x00\x00\x01a\x00\x0c\x3f\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00\x00",
+    ));
+    r.extend(eof(3, 2));
+    for i in 0..n {
+        r.extend(pkt(4 + i as u8, b"\x0212"));
+    }
+    r.extend(eof(4 + n as u8, 2));
+    r
+}
+
+fn err(seq: u8, code: u16, state: &str, m: &str) -> Vec<u8> {
+    let mut b = vec![0xFF, code as u8, (code >> 8) as u8, b'#'];
+    b.extend_from_slice(state.as_bytes());
+    b.extend_from_slice(m.as_bytes());
+    pkt(seq, &b)
+}
+
+fn run(session: &mut MySqlSession, steps: &[(bool, Vec<u8>)]) -> (Vec<Finished>, DbStats) {
+    let mut stats = DbStats::default();
+    let mut out = vec![];
+    for (i, (req, bytes)) in steps.iter().enumerate() {
+        let seg = Segment::new(
+            bytes,
+            bytes.len() as u64,
+            Origin {
+                mono_ns: i as u64 + 1,
+                tid: 2,
+            },
+        );
+        if *req {
+            session.request(&seg, &mut stats, &mut out);
+        } else {
+            session.response(&seg, &mut stats, &mut out);
+        }
+    }
+    (out, stats)
+}
+
+type Row = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    u64,
+    u64,
+);
+
+fn summary(f: &[Finished]) -> Vec<Row> {
+    f.iter()
+        .map(|f| {
+            (
+                f.operation.clone(),
+                f.collection.clone(),
+                f.query_text.clone(),
+                f.error.as_ref().and_then(|e| e.code.clone()),
+                f.origin.mono_ns,
+                f.end_mono_ns,
+            )
+        })
+        .collect()
+}
+
+fn s(v: &str) -> Option<String> {
+    Some(v.to_string())
+}
+
+fn conversation() -> Vec<(bool, Vec<u8>)> {
+    let mut prepare = vec![COM_STMT_PREPARE];
+    prepare.extend_from_slice(b"SELECT a FROM t WHERE id = ?");
+    let mut execute = vec![COM_STMT_EXECUTE];
+    execute.extend_from_slice(&[7, 0, 0, 0, 0, 1, 0, 0, 0]);
+    vec![
+        (false, greeting()),
+        (
+            true,
+            pkt(
+                1,
+                &[
+                    0x0d, 0xa2, 0x0a, 0x00, 0, 0, 0, 1, 33, 0, 0, 0, b'r', b'o', b'o', b't', 0,
+                ],
+            ),
+        ),
+        (false, ok(2)),
+        (true, query("INSERT INTO t VALUES (1, 'x')")),
+        (false, ok(1)),
+        (true, query("SELECT a FROM t")),
+        (false, rows(3)),
+        (true, query("SELECT * FROM nope")),
+        (
+            false,
+            err(1, 1146, "42S02", "Table 'test.nope' doesn't exist"),
+        ),
+        (true, pkt(0, &prepare)),
+        (
+            false,
+            [
+                pkt(1, &[0, 7, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0]),
+                pkt(2, b"\x03def"),
+                eof(3, 2),
+                pkt(4, b"\x03def"),
+                eof(5, 2),
+            ]
+            .concat(),
+        ),
+        (true, pkt(0, &execute)),
+        (false, rows(1)),
+        (true, pkt(0, &[COM_QUIT])),
+    ]
+}
+
+#[test]
+fn queries_errors_prepared() {
+    let mut session = MySqlSession::new(true);
+    let (out, stats) = run(&mut session, &conversation());
+    assert_eq!(
+        summary(&out),
+        vec![
+            (
+                s("INSERT"),
+                s("t"),
+                s("INSERT INTO t VALUES (?, ?)"),
+                None,
+                4,
+                5
+            ),
+            (s("SELECT"), s("t"), s("SELECT a FROM t"), None, 6, 7),
+            (
+                s("SELECT"),
+                s("nope"),
+                s("SELECT * FROM nope"),
+                s("1146"),
+                8,
+                9
+            ),
+            (
+                s("SELECT"),
+                s("t"),
+                s("SELECT a FROM t WHERE id = ?"),
+                None,
+                10,
+                11
+            ),
+            (
+                s("SELECT"),
+                s("t"),
+                s("SELECT a FROM t WHERE id = ?"),
+                None,
+                12,
+                13
+            ),
+        ]
+    );
+    assert_eq!(
+        out[2].error.as_ref().map(|e| e.message.as_str()),
+        Some("Table 'test.nope' doesn't exist")
+    );
+    assert!(out.iter().all(|f| f.completion == Completion::Complete));
+    assert_eq!((stats.lost_sync, stats.unpaired_responses), (0, 0));
+}
+
+#[test]
+fn split_at_every_byte() {
+    let steps = conversation();
+    let (want, _) = run(&mut MySqlSession::new(true), &steps);
+    let want: Vec<_> = summary(&want)
+        .into_iter()
+        .map(|t| (t.0, t.1, t.2, t.3))
+        .collect();
+    for (i, (_, bytes)) in steps.iter().enumerate() {
+        for cut in 1..bytes.len() {
+            let mut split = steps.clone();
+            let (req, b) = split.remove(i);
+            split.insert(i, (req, b[cut..].to_vec()));
+            split.insert(i, (req, b[..cut].to_vec()));
+            let (got, _) = run(&mut MySqlSession::new(true), &split);
+            let got: Vec<_> = summary(&got)
+                .into_iter()
+                .map(|t| (t.0, t.1, t.2, t.3))
+                .collect();
+            assert_eq!(got, want, "step {i} cut at {cut}");
+        }
+    }
+}
+
+#[test]
+fn uncaptured_rows_end_at_next_command() {
+    let mut session = MySqlSession::new(false);
+    let mut stats = DbStats::default();
+    let mut out = vec![];
+    let o = |n| Origin { mono_ns: n, tid: 1 };
+    let q = query("SELECT a FROM big");
+    session.request(
+        &Segment::new(&q, q.len() as u64, o(1)),
+        &mut stats,
+        &mut out,
+    );
+    let r = rows(200);
+    session.response(
+        &Segment::new(&r[..300], r.len() as u64, o(2)),
+        &mut stats,
+        &mut out,
+    );
+    assert!(out.is_empty());
+    let q2 = query("SELECT 1");
+    session.request(
+        &Segment::new(&q2, q2.len() as u64, o(3)),
+        &mut stats,
+        &mut out,
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].end_mono_ns, out[0].completion),
+        (2, Completion::Truncated)
+    );
+    session.response(&Segment::new(&ok(1), 11, o(4)), &mut stats, &mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        (out[1].end_mono_ns, out[1].completion),
+        (4, Completion::Complete)
+    );
+}
+
+#[test]
+fn ssl_request_stops_reading() {
+    let mut session = MySqlSession::new(true);
+    let mut ssl = vec![0x0d, 0xaa, 0x0f, 0x00];
+    ssl.extend_from_slice(&[0; 28]);
+    let (out, stats) = run(
+        &mut session,
+        &[
+            (false, greeting()),
+            (true, pkt(1, &ssl)),
+            (true, b"\x16\x03\x01xx".to_vec()),
+        ],
+    );
+    assert!(out.is_empty());
+    assert!(session.encrypted());
+    assert_eq!(stats.encrypted_connections, 1);
+}
+
+#[test]
+fn detection() {
+    let g = greeting();
+    assert!(looks_like_greeting(&g, g.len() as u64));
+    let q = query("SELECT 1");
+    assert!(looks_like_query(&q, q.len() as u64));
+    assert!(!looks_like_greeting(b"GET / HTTP/1.1\r\n\r\n", 18));
+    assert!(!looks_like_query(b"*1\r\n$4\r\nPING\r\n", 14));
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic_and_stay_bounded(
+        chunks in proptest::collection::vec((any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300), 0u64..5000), 0..40),
+        fresh in any::<bool>(),
+    ) {
+        let mut session = MySqlSession::new(fresh);
+        let mut stats = DbStats::default();
+        let mut out = vec![];
+        for (i, (req, bytes, extra)) in chunks.iter().enumerate() {
+            let seg = Segment::new(bytes, bytes.len() as u64 + extra, Origin { mono_ns: i as u64, tid: 1 });
+            if *req {
+                session.request(&seg, &mut stats, &mut out);
+            } else {
+                session.response(&seg, &mut stats, &mut out);
+            }
+            let (pending, names, buffered) = session.footprint();
+            prop_assert!(pending <= MAX_PENDING);
+            prop_assert!(names <= MAX_STATEMENTS);
+            prop_assert!(buffered <= 2 * MAX_KEEP);
+        }
+        session.close(1_000, &mut stats, &mut out);
+        prop_assert_eq!(stats.transactions, out.len() as u64);
+    }
+}
+
+#[test]
+fn database_from_handshake_and_init_db() {
+    let caps: u32 = CLIENT_CONNECT_WITH_DB | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH_LENENC;
+    let mut hs = caps.to_le_bytes().to_vec();
+    hs.extend_from_slice(&[0, 0, 0, 1, 33]);
+    hs.extend_from_slice(&[0; 23]);
+    hs.extend_from_slice(b"root\0");
+    hs.push(20);
+    hs.extend_from_slice(&[7; 20]);
+    hs.extend_from_slice(b"shop\0mysql_native_password\0");
+    let mut init = vec![COM_INIT_DB];
+    init.extend_from_slice(b"other");
+    let steps = vec![
+        (false, greeting()),
+        (true, pkt(1, &hs)),
+        (false, ok(2)),
+        (true, query("SELECT 1")),
+        (false, ok(1)),
+        (true, pkt(0, &init)),
+        (false, ok(1)),
+        (true, query("SELECT 2")),
+        (false, ok(1)),
+    ];
+    let (out, _) = run(&mut MySqlSession::new(true), &steps);
+    let ns: Vec<_> = out.iter().map(|f| f.namespace.as_deref()).collect();
+    assert_eq!(ns, [Some("shop"), Some("other")]);
+}

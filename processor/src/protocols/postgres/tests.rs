@@ -1,0 +1,473 @@
+use super::*;
+use proptest::prelude::*;
+
+fn msg(t: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![t];
+    m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn startup() -> Vec<u8> {
+    let body = b"\x00\x03\x00\x00user\x00postgres\x00\x00";
+    let mut m = (body.len() as u32 + 4).to_be_bytes().to_vec();
+    m.extend_from_slice(body);
+    m
+}
+
+fn ssl_request() -> Vec<u8> {
+    let mut m = 8u32.to_be_bytes().to_vec();
+    m.extend_from_slice(&SSL_REQUEST.to_be_bytes());
+    m
+}
+
+fn cstrs(parts: &[&str]) -> Vec<u8> {
+    let mut b = vec![];
+    for p in parts {
+        b.extend_from_slice(p.as_bytes());
+        b.push(0);
+    }
+    b
+}
+
+fn query(q: &str) -> Vec<u8> {
+    msg(b'Q', &cstrs(&[q]))
+}
+
+fn ready() -> Vec<u8> {
+    msg(b'Z', b"I")
+}
+
+fn complete(tag: &str) -> Vec<u8> {
+    msg(b'C', &cstrs(&[tag]))
+}
+
+fn error(code: &str, m: &str) -> Vec<u8> {
+    let mut b = b"SERROR\0C".to_vec();
+    b.extend_from_slice(&cstrs(&[code]));
+    b.push(b'M');
+    b.extend_from_slice(&cstrs(&[m]));
+    b.push(0);
+    msg(b'E', &b)
+}
+
+fn extended(stmt: &str, q: &str) -> Vec<u8> {
+    let mut parse = cstrs(&[stmt, q]);
+    parse.extend_from_slice(&[0, 0]);
+    let mut bind = cstrs(&["", stmt]);
+    bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    let mut exec = cstrs(&[""]);
+    exec.extend_from_slice(&[0, 0, 0, 0]);
+    [
+        msg(b'P', &parse),
+        msg(b'B', &bind),
+        msg(b'D', b"P\0"),
+        msg(b'E', &exec),
+        msg(b'S', b""),
+    ]
+    .concat()
+}
+
+/// (is_request, bytes) in order, each fed as one segment at time index+1.
+fn run(session: &mut PgSession, steps: &[(bool, Vec<u8>)]) -> (Vec<Finished>, DbStats) {
+    let mut stats = DbStats::default();
+    let mut out = vec![];
+    for (i, (req, bytes)) in steps.iter().enumerate() {
+        let seg = Segment::new(
+            bytes,
+            bytes.len() as u64,
+            Origin {
+                mono_ns: i as u64 + 1,
+                tid: 9,
+            },
+        );
+        if *req {
+            session.request(&seg, &mut stats, &mut out);
+        } else {
+            session.response(&seg, &mut stats, &mut out);
+        }
+    }
+    (out, stats)
+}
+
+fn conversation() -> Vec<(bool, Vec<u8>)> {
+    let rows = msg(b'D', &[0u8; 40]);
+    vec![
+        (true, ssl_request()),
+        (false, b"N".to_vec()),
+        (true, startup()),
+        (
+            false,
+            [
+                msg(b'R', &[0, 0, 0, 0]),
+                msg(b'S', &cstrs(&["a", "b"])),
+                ready(),
+            ]
+            .concat(),
+        ),
+        (true, query("SELECT name FROM users WHERE id = 42")),
+        (
+            false,
+            [
+                msg(b'T', &[0; 20]),
+                rows.clone(),
+                rows,
+                complete("SELECT 2"),
+                ready(),
+            ]
+            .concat(),
+        ),
+        (true, query("SELECT * FROM nope")),
+        (
+            false,
+            [error("42P01", "relation \"nope\" does not exist"), ready()].concat(),
+        ),
+        (
+            true,
+            extended(
+                "",
+                "UPDATE accounts SET balance = balance + $1 WHERE aid = $2",
+            ),
+        ),
+        (
+            false,
+            [
+                msg(b'1', b""),
+                msg(b'2', b""),
+                complete("UPDATE 1"),
+                ready(),
+            ]
+            .concat(),
+        ),
+        (true, extended("s1", "INSERT INTO history (a) VALUES ($1)")),
+        (
+            false,
+            [
+                msg(b'1', b""),
+                msg(b'2', b""),
+                complete("INSERT 0 1"),
+                ready(),
+            ]
+            .concat(),
+        ),
+        // Prepared: Bind/Execute/Sync only, by name.
+        (true, {
+            let mut bind = cstrs(&["", "s1"]);
+            bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+            [msg(b'B', &bind), msg(b'E', b"\0\0\0\0\0"), msg(b'S', b"")].concat()
+        }),
+        (
+            false,
+            [msg(b'2', b""), complete("INSERT 0 1"), ready()].concat(),
+        ),
+    ]
+}
+
+type Row = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    u64,
+    u64,
+);
+
+fn summary(f: &[Finished]) -> Vec<Row> {
+    f.iter()
+        .map(|f| {
+            (
+                f.operation.clone(),
+                f.collection.clone(),
+                f.query_text.clone(),
+                f.error.as_ref().and_then(|e| e.code.clone()),
+                f.origin.mono_ns,
+                f.end_mono_ns,
+            )
+        })
+        .collect()
+}
+
+fn s(v: &str) -> Option<String> {
+    Some(v.to_string())
+}
+
+#[test]
+fn simple_extended_prepared_and_errors() {
+    let mut session = PgSession::new(true);
+    let (out, stats) = run(&mut session, &conversation());
+    assert_eq!(
+        summary(&out),
+        vec![
+            (
+                s("SELECT"),
+                s("users"),
+                s("SELECT name FROM users WHERE id = ?"),
+                None,
+                5,
+                6
+            ),
+            (
+                s("SELECT"),
+                s("nope"),
+                s("SELECT * FROM nope"),
+                s("42P01"),
+                7,
+                8
+            ),
+            (
+                s("UPDATE"),
+                s("accounts"),
+                s("UPDATE accounts SET balance = balance + $1 WHERE aid = $2"),
+                None,
+                9,
+                10
+            ),
+            (
+                s("INSERT"),
+                s("history"),
+                s("INSERT INTO history (a) VALUES ($1)"),
+                None,
+                11,
+                12
+            ),
+            (
+                s("INSERT"),
+                s("history"),
+                s("INSERT INTO history (a) VALUES ($1)"),
+                None,
+                13,
+                14
+            ),
+        ]
+    );
+    assert_eq!(
+        out[1].error.as_ref().map(|e| e.message.as_str()),
+        Some("relation \"nope\" does not exist")
+    );
+    assert!(out.iter().all(|f| f.completion == Completion::Complete));
+    // No `database` in the startup packet: PostgreSQL uses the user's name.
+    assert!(out
+        .iter()
+        .all(|f| f.namespace.as_deref() == Some("postgres")));
+    assert_eq!(
+        (stats.pg_startups, stats.pg_ssl_requests, stats.transactions),
+        (1, 1, 5)
+    );
+    assert_eq!(
+        (
+            stats.parse_errors,
+            stats.lost_sync,
+            stats.unpaired_responses
+        ),
+        (0, 0, 0)
+    );
+}
+
+/// Every byte split of both directions gives the same operations.
+#[test]
+fn split_at_every_byte() {
+    let steps = conversation();
+    let mut whole = PgSession::new(true);
+    let (want, _) = run(&mut whole, &steps);
+    let want: Vec<_> = summary(&want)
+        .into_iter()
+        .map(|t| (t.0, t.1, t.2, t.3))
+        .collect();
+    for (i, (_, bytes)) in steps.iter().enumerate() {
+        for cut in 1..bytes.len() {
+            let mut split = steps.clone();
+            let (req, b) = split.remove(i);
+            split.insert(i, (req, b[cut..].to_vec()));
+            split.insert(i, (req, b[..cut].to_vec()));
+            let mut session = PgSession::new(true);
+            let (got, _) = run(&mut session, &split);
+            let got: Vec<_> = summary(&got)
+                .into_iter()
+                .map(|t| (t.0, t.1, t.2, t.3))
+                .collect();
+            assert_eq!(got, want, "step {i} cut at {cut}");
+        }
+    }
+}
+
+#[test]
+fn pipelined_queries_pair_in_order() {
+    let mut session = PgSession::new(false);
+    let steps = vec![
+        (true, [query("SELECT 1"), query("DELETE FROM t")].concat()),
+        (
+            false,
+            [complete("SELECT 1"), ready(), error("23503", "fk"), ready()].concat(),
+        ),
+    ];
+    let (out, _) = run(&mut session, &steps);
+    assert_eq!(
+        summary(&out),
+        vec![
+            (s("SELECT"), None, s("SELECT ?"), None, 1, 2),
+            (s("DELETE"), s("t"), s("DELETE FROM t"), s("23503"), 1, 2),
+        ]
+    );
+}
+
+#[test]
+fn ssl_accepted_stops_reading() {
+    let mut session = PgSession::new(true);
+    let (out, stats) = run(
+        &mut session,
+        &[
+            (true, ssl_request()),
+            (false, b"S".to_vec()),
+            (true, b"\x16\x03\x01garbage".to_vec()),
+        ],
+    );
+    assert!(out.is_empty());
+    assert!(session.encrypted());
+    assert_eq!(stats.encrypted_connections, 1);
+}
+
+#[test]
+fn uncaptured_rows_finish_at_next_request() {
+    let mut session = PgSession::new(false);
+    let mut stats = DbStats::default();
+    let mut out = vec![];
+    let o = |n| Origin { mono_ns: n, tid: 1 };
+    let q = query("SELECT * FROM big");
+    session.request(
+        &Segment::new(&q, q.len() as u64, o(1)),
+        &mut stats,
+        &mut out,
+    );
+    // 64 KiB of rows, C and Z in one write: only the first 1 KiB captured.
+    let mut resp = msg(b'T', &[0; 10]);
+    for _ in 0..200 {
+        resp.extend(msg(b'D', &[7; 300]));
+    }
+    resp.extend(complete("SELECT 200"));
+    resp.extend(ready());
+    session.response(
+        &Segment::new(&resp[..1024], resp.len() as u64, o(2)),
+        &mut stats,
+        &mut out,
+    );
+    assert!(out.is_empty());
+    let q2 = query("SELECT 2");
+    session.request(
+        &Segment::new(&q2, q2.len() as u64, o(3)),
+        &mut stats,
+        &mut out,
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].end_mono_ns, out[0].completion),
+        (2, Completion::Truncated)
+    );
+    assert_eq!(stats.lost_sync, 1);
+    // The next 8 KiB write of the same answer starts inside a row ("1234...").
+    let mut tail = b"1234".to_vec();
+    tail.extend(msg(b'D', &[b'9'; 300]));
+    session.response(&Segment::new(&tail, 8192, o(3)), &mut stats, &mut out);
+    assert_eq!(out.len(), 1);
+    // The second query's answer still pairs.
+    let r = [complete("SELECT 1"), ready()].concat();
+    session.response(
+        &Segment::new(&r, r.len() as u64, o(4)),
+        &mut stats,
+        &mut out,
+    );
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1].operation.as_deref(), Some("SELECT"));
+    assert_eq!(out[1].completion, Completion::Complete);
+}
+
+#[test]
+fn long_query_truncated_by_capture_is_skipped_by_length() {
+    let mut session = PgSession::new(false);
+    let mut stats = DbStats::default();
+    let mut out = vec![];
+    let long = format!(
+        "SELECT * FROM wide WHERE x IN ({})",
+        "1,".repeat(2000) + "1"
+    );
+    let q = query(&long);
+    let o = |n| Origin { mono_ns: n, tid: 1 };
+    session.request(
+        &Segment::new(&q[..1024], q.len() as u64, o(1)),
+        &mut stats,
+        &mut out,
+    );
+    let r = [complete("SELECT 0"), ready()].concat();
+    session.response(
+        &Segment::new(&r, r.len() as u64, o(2)),
+        &mut stats,
+        &mut out,
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].collection.as_deref(), Some("wide"));
+    assert_eq!(stats.lost_sync, 0);
+}
+
+#[test]
+fn closed_before_answer() {
+    let mut session = PgSession::new(false);
+    let (mut out, mut stats) = run(&mut session, &[(true, query("SELECT pg_sleep(10)"))]);
+    session.close(50, &mut stats, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].completion, out[0].end_mono_ns),
+        (Completion::ConnectionClosed, 50)
+    );
+}
+
+#[test]
+fn statements_are_bounded() {
+    let mut session = PgSession::new(false);
+    let mut steps = vec![];
+    for i in 0..(MAX_STATEMENTS + 50) {
+        steps.push((true, extended(&format!("s{i}"), "SELECT 1")));
+    }
+    let (_, stats) = run(&mut session, &steps);
+    let (pending, names, _) = session.footprint();
+    assert!(names <= 2 * MAX_STATEMENTS);
+    assert!(pending <= MAX_PENDING);
+    assert_eq!(stats.evicted_statements, 50);
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic_and_stay_bounded(
+        chunks in proptest::collection::vec((any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300), 0u64..5000), 0..40),
+        fresh in any::<bool>(),
+    ) {
+        let mut session = PgSession::new(fresh);
+        let mut stats = DbStats::default();
+        let mut out = vec![];
+        for (i, (req, bytes, extra)) in chunks.iter().enumerate() {
+            let seg = Segment::new(bytes, bytes.len() as u64 + extra, Origin { mono_ns: i as u64, tid: 1 });
+            if *req {
+                session.request(&seg, &mut stats, &mut out);
+            } else {
+                session.response(&seg, &mut stats, &mut out);
+            }
+            let (pending, names, buffered) = session.footprint();
+            prop_assert!(pending <= MAX_PENDING);
+            prop_assert!(names <= 2 * MAX_STATEMENTS);
+            prop_assert!(buffered <= 2 * MAX_KEEP);
+        }
+        session.close(1_000, &mut stats, &mut out);
+        prop_assert_eq!(stats.transactions, out.len() as u64);
+    }
+}
+
+#[test]
+fn startup_database_parameter() {
+    assert_eq!(
+        startup_database(b"\x00\x03\x00\x00user\x00bob\x00database\x00shop\x00\x00").as_deref(),
+        Some("shop")
+    );
+    assert_eq!(
+        startup_database(b"\x00\x03\x00\x00user\x00bob\x00\x00").as_deref(),
+        Some("bob")
+    );
+    assert_eq!(startup_database(b"\x00\x03\x00\x00user"), None);
+}
