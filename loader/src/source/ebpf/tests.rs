@@ -43,6 +43,7 @@ fn args() -> EbpfArgs {
         ring_buffer_kib: 1024,
         poll_interval_ms: 10,
         max_traced_processes: 1024,
+        tls: true,
     }
 }
 
