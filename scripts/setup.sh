@@ -19,6 +19,7 @@ APT_PACKAGES=(
   python3
   util-linux           # setpriv: run the loader with exactly its capabilities
   libcap2-bin          # capsh/getpcaps for inspection
+  openssl              # TLS tests: self-signed certificates (openssl req)
 )
 
 missing=()

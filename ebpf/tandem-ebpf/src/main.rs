@@ -555,7 +555,12 @@ pub fn sys_exit_io(ctx: TracePointContext) -> u32 {
             (*call).sk = p.sk;
             (*call).fd = p.fd;
         }
-        let _ = connection(p.sk, id, p.fd, true);
+        // Announced (and marked) only if the call yields plaintext: a close_notify
+        // written after the socket reached TCP_CLOSE must not open a connection.
+        if let Some(c) = CONNS.get_ptr_mut(&p.sk) {
+            // SAFETY: pointer to a live map value; fields are plain integers.
+            unsafe { (*c).flags |= conn_flags::TLS };
+        }
         bump(counter::TLS_CIPHERTEXT_SKIPPED);
         return 0;
     }
