@@ -327,6 +327,12 @@ impl Kernel {
         })
     }
 
+    /// The aya object (tests: loading a program the way aya does).
+    #[cfg(test)]
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// The loaded TLS programs (entry, return), or why they could not be loaded.
     pub fn take_tls_programs(&mut self) -> Result<(OwnedFd, OwnedFd), String> {
         self.tls_programs

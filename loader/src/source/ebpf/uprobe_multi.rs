@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type};
 
@@ -151,7 +151,7 @@ impl Relocated {
 /// probes or (`ret`) return probes. `pid` 0: every process mapping the file.
 /// The link lives as long as the returned descriptor.
 pub fn attach(
-    prog: &OwnedFd,
+    prog: impl AsFd,
     path: &str,
     offsets: &[u64],
     cookies: &[u64],
@@ -170,7 +170,7 @@ pub fn attach(
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     // SAFETY: writing the BPF_LINK_CREATE member of the union.
     let l = unsafe { &mut attr.link_create };
-    l.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
+    l.__bindgen_anon_1.prog_fd = prog.as_fd().as_raw_fd() as u32;
     l.attach_type = bpf_attach_type::BPF_TRACE_UPROBE_MULTI as u32;
     // SAFETY: writing the uprobe_multi member of the union.
     let m = unsafe { &mut l.__bindgen_anon_3.uprobe_multi };
