@@ -243,8 +243,14 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         // A thread entry added at fork.
         let _ = PIDS.remove(&tid);
     }
+    let traced = is_traced(tgid);
+    if traced {
+        // A thread that dies inside an SSL_* call never returns from it: do not let
+        // a later thread with the same id look like it is inside one.
+        let _ = SSL_ACTIVE.remove(&id);
+    }
     let group_dead: u8 = field(&ctx, 32);
-    if group_dead == 0 || !is_traced(tgid) {
+    if group_dead == 0 || !traced {
         return 0;
     }
     // SAFETY: the value is copied out at once.
