@@ -23,6 +23,7 @@ port, cert, key, root = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(cert, key)
 class Handler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = sys.argv[5] if len(sys.argv) > 5 else "HTTP/1.0"
     def __init__(self, *a, **kw):
         super().__init__(*a, directory=root, **kw)
 httpd = http.server.HTTPServer(("127.0.0.1", port), Handler)
@@ -402,4 +403,84 @@ fn https_plaintext_with_exactly_six_capabilities_and_no_sys_admin() {
         Some(SIX_CAPS),
         false,
     );
+}
+
+/// HTTP/1.1 keep-alive: curl sends two requests over one TLS connection; each side
+/// has exactly one connection carrying both plaintext exchanges in order.
+#[test]
+fn https_keep_alive_requests_share_one_tls_connection() {
+    let test = "https_keep_alive_requests_share_one_tls_connection";
+    if !require_root_bpf(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let (cert, key) = make_certificate(dir.path());
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("create www");
+    std::fs::write(www.join("hello.txt"), BODY).expect("write hello.txt");
+    let script = dir.path().join("https_server.py");
+    std::fs::write(&script, SERVER_SCRIPT).expect("write the server script");
+    let mut cmd = Command::new("python3");
+    cmd.arg("-u")
+        .arg(&script)
+        .arg(port.to_string())
+        .arg(&cert)
+        .arg(&key)
+        .arg(&www)
+        .arg("HTTP/1.1");
+    let mut server = Running::spawn(cmd, "python3 https server (HTTP/1.1)");
+    wait_listening(&mut server, port, PATIENCE);
+    let server_pid = i64::from(server.pid());
+
+    let socket = dir.path().join("run").join("loader.sock");
+    let loader = start_ebpf_loader(&socket, &[]);
+    let p = start_subscribed_processor(&socket, test, &["--open-port", &port.to_string()]);
+    wait_instrumenting(&loader, &format!("ports {port}"));
+
+    let base = format!("https://127.0.0.1:{port}");
+    let out = Command::new("curl")
+        .args(["-sS", "-k", "--max-time", "20"])
+        .arg(format!("{base}/hello.txt?first"))
+        .arg(format!("{base}/hello.txt?second"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{BODY}{BODY}")
+    );
+
+    let mut log = EventLog::new(&p);
+    log.until("the server's two responses", PATIENCE, |events| {
+        connections(events, server_pid)
+            .first()
+            .is_some_and(|c| stream(c, "egress").matches(BODY).count() == 2)
+    });
+    log.settle(Duration::from_millis(500));
+    let conns = connections(&log.events, server_pid);
+    assert_eq!(conns.len(), 1, "one TLS connection:\n{}", dump(&log.events));
+    let requests = stream(&conns[0], "ingress");
+    let first = requests.find("GET /hello.txt?first HTTP/1.1\r\n");
+    let second = requests.find("GET /hello.txt?second HTTP/1.1\r\n");
+    assert!(
+        matches!((first, second), (Some(a), Some(b)) if a == 0 && b > a),
+        "both requests, in order: {requests:?}"
+    );
+    let responses = stream(&conns[0], "egress");
+    assert_eq!(
+        responses.matches("HTTP/1.1 200 OK\r\n").count(),
+        2,
+        "{responses:?}"
+    );
+    for e in conns[0].iter().filter(|e| kind(e) == "data") {
+        let first = payload(e).as_bytes().first().copied().unwrap_or(0);
+        assert!(!(0x14..=0x17).contains(&first), "a TLS record as data: {e}");
+    }
+    drop(server);
 }
