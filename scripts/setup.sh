@@ -24,6 +24,7 @@ APT_PACKAGES=(
   redis-server         # database tests: redis-server (redis-tools: redis-cli, redis-benchmark)
   mariadb-server       # database tests: mariadb-install-db, mariadbd
   mariadb-client       # database tests: mariadb, mariadb-slap
+  openssl              # TLS tests: self-signed certificates (openssl req)
 )
 
 missing=()

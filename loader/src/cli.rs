@@ -202,17 +202,15 @@ pub struct RecordArgs {
     pub duration_secs: u64,
 }
 
-impl SourceKind {
-    /// Features of the capability model this source uses.
-    pub fn features(self) -> Vec<&'static str> {
-        match self {
-            SourceKind::Ebpf => crate::source::ebpf::USED_FEATURES.to_vec(),
+impl SourceArgs {
+    /// Features of the capability model the chosen source uses with these options.
+    pub fn features(&self) -> Vec<&'static str> {
+        match self.kind() {
+            SourceKind::Ebpf => crate::source::ebpf::used_features(&self.ebpf),
             SourceKind::Replay | SourceKind::Synthetic => Vec::new(),
         }
     }
-}
 
-impl SourceArgs {
     /// The chosen source: explicit, or implied by --replay, or ebpf.
     pub fn kind(&self) -> SourceKind {
         match (self.source, &self.replay) {
@@ -354,7 +352,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     hub.set_source(source.name());
     let allow = args.allowlist();
     let posture = Arc::new(Posture::new(
-        &args.source.kind().features(),
+        &args.source.features(),
         Some(socket_allowlist(&allow, args.socket_group)),
     ));
     let socket = SocketConfig {

@@ -37,7 +37,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         selection: hub.selection(),
         shutdown: shutdown.clone(),
         posture: std::sync::Arc::new(crate::posture::Posture::new(
-            &args.source.kind().features(),
+            &args.source.features(),
             None,
         )),
     };

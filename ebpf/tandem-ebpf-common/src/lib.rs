@@ -58,6 +58,9 @@ pub mod direction {
 pub mod conn_flags {
     /// Addresses, ports and role are filled in (seen at TCP_ESTABLISHED).
     pub const TUPLE_KNOWN: u8 = 1;
+    /// A traced process used the socket inside an OpenSSL call (`SSL_*` uprobes):
+    /// its bytes are TLS records; only the plaintext seen by the uprobes is emitted.
+    pub const TLS: u8 = 2;
 }
 
 /// Why a process is in the kernel's pid map (values of the `PIDS` map).
@@ -92,7 +95,41 @@ pub mod counter {
     pub const CONN_IDS: u32 = 1;
     /// Children the kernel could not add to the pid map (map full).
     pub const PIDS_FULL: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Syscall data records not emitted because the bytes were TLS records of a
+    /// connection whose plaintext the `SSL_*` uprobes capture.
+    pub const TLS_CIPHERTEXT_SKIPPED: u32 = 3;
+    /// Plaintext of an `SSL_*` call not emitted because the call's connection was
+    /// unknown (no socket syscall seen for that `SSL *` in this process yet).
+    pub const TLS_UNKNOWN_CONNECTION: u32 = 4;
+    pub const COUNT: u32 = 5;
+}
+
+/// Which OpenSSL function a TLS uprobe fired for: the uprobe_multi cookie of each
+/// attached offset ([`SslCall::func`]).
+pub mod ssl_fn {
+    /// `int SSL_read(SSL *s, void *buf, int num)`
+    pub const READ: u8 = 1;
+    /// `int SSL_write(SSL *s, const void *buf, int num)`
+    pub const WRITE: u8 = 2;
+    /// `int SSL_read_ex(SSL *s, void *buf, size_t num, size_t *readbytes)`
+    pub const READ_EX: u8 = 3;
+    /// `int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written)`
+    pub const WRITE_EX: u8 = 4;
+    /// `SSL_do_handshake`, `SSL_shutdown`, `SSL_peek{,_ex}`: TLS records move on the
+    /// socket (suppressed as ciphertext) but no application data is emitted.
+    pub const OTHER: u8 = 5;
+
+    /// The functions probed, with their cookie.
+    pub const PROBED: [(&str, u8); 8] = [
+        ("SSL_read", READ),
+        ("SSL_write", WRITE),
+        ("SSL_read_ex", READ_EX),
+        ("SSL_write_ex", WRITE_EX),
+        ("SSL_do_handshake", OTHER),
+        ("SSL_shutdown", OTHER),
+        ("SSL_peek", OTHER),
+        ("SSL_peek_ex", OTHER),
+    ];
 }
 
 /// Common first field of every ring buffer record.
@@ -197,6 +234,10 @@ pub mod syscall {
     pub const WRITEV: u8 = 6;
     pub const RECVMSG: u8 = 7;
     pub const SENDMSG: u8 = 8;
+    /// Plaintext returned by `SSL_read`/`SSL_read_ex` (TLS uprobes).
+    pub const SSL_READ: u8 = 9;
+    /// Plaintext passed to `SSL_write`/`SSL_write_ex` (TLS uprobes).
+    pub const SSL_WRITE: u8 = 10;
 
     /// The syscall's name.
     pub fn name(nr: u8) -> &'static str {
@@ -209,6 +250,8 @@ pub mod syscall {
             WRITEV => "writev",
             RECVMSG => "recvmsg",
             SENDMSG => "sendmsg",
+            SSL_READ => "SSL_read",
+            SSL_WRITE => "SSL_write",
             _ => "?",
         }
     }
@@ -265,6 +308,45 @@ pub struct Pending {
     pub _pad: u16,
 }
 
+/// Value of the `SSL_ACTIVE` map (key: pid_tgid): an OpenSSL call in flight.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SslCall {
+    /// The `SSL *` argument.
+    pub ssl: u64,
+    /// The plaintext buffer (read/write functions), else 0.
+    pub buf: u64,
+    /// `size_t *readbytes` / `size_t *written` of the `_ex` functions, else 0.
+    pub len_ptr: u64,
+    /// The `struct sock *` of a TCP socket syscall made inside the call, 0 for none.
+    pub sk: u64,
+    /// The file descriptor of that syscall.
+    pub fd: i32,
+    /// One of [`ssl_fn`].
+    pub func: u8,
+    /// Nested `SSL_*` calls of the same thread (the outermost one is reported).
+    pub depth: u8,
+    pub _pad: u16,
+}
+
+/// Key of the `SSL_CONNS` map: which socket an `SSL *` of a process uses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SslKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ssl: u64,
+}
+
+/// Value of the `SSL_CONNS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SslConn {
+    pub sk: u64,
+    pub fd: i32,
+    pub _pad: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -295,5 +377,8 @@ mod tests {
         assert_eq!(size_of::<Config>(), 24);
         assert_eq!(size_of::<ConnInfo>(), 8 + 4 + 2 + 1 + 1 + 2 + 2 + 4 + 32);
         assert_eq!(size_of::<Pending>(), 24);
+        assert_eq!(size_of::<SslCall>(), 40);
+        assert_eq!(size_of::<SslKey>(), 16);
+        assert_eq!(size_of::<SslConn>(), 16);
     }
 }

@@ -14,17 +14,17 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        generated::bpf_probe_read_user,
+        generated::{bpf_get_attach_cookie, bpf_probe_read_user},
     },
-    macros::{map, tracepoint},
+    macros::{map, tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
 use tandem_ebpf_common::{
-    config_flags, conn_flags, counter, direction, kind, port_how, reason, role, syscall,
+    config_flags, conn_flags, counter, direction, kind, port_how, reason, role, ssl_fn, syscall,
     CloseEvent, Config, ConnEvent, ConnInfo, DataEvent, Header, Pending, PortSelectEvent,
-    ProcessEvent, DATA_OFFSET, MAX_CAPTURE_BYTES,
+    ProcessEvent, SslCall, SslConn, SslKey, DATA_OFFSET, MAX_CAPTURE_BYTES,
 };
 
 const AF_INET: u16 = 2;
@@ -73,6 +73,19 @@ static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU counters, indexed by `counter::*`.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// OpenSSL calls of traced threads in flight (TLS uprobes): pid_tgid -> SslCall.
+#[map]
+static SSL_ACTIVE: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16_384, 0);
+
+/// The socket each `SSL *` of a traced process was last seen using.
+#[map]
+static SSL_CONNS: LruHashMap<SslKey, SslConn> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Per-CPU scratch space for TLS plaintext records (separate from `SCRATCH`: uprobe
+/// programs run in a different context than the syscall tracepoints).
+#[map]
+static TLS_SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Records for user space. Resized by the loader (`--ring-buffer-kib`). Records are
 /// written with BPF_RB_NO_WAKEUP; user space polls every few milliseconds.
@@ -230,8 +243,14 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         // A thread entry added at fork.
         let _ = PIDS.remove(&tid);
     }
+    let traced = is_traced(tgid);
+    if traced {
+        // A thread that dies inside an SSL_* call never returns from it: do not let
+        // a later thread with the same id look like it is inside one.
+        let _ = SSL_ACTIVE.remove(&id);
+    }
     let group_dead: u8 = field(&ctx, 32);
-    if group_dead == 0 || !is_traced(tgid) {
+    if group_dead == 0 || !traced {
         return 0;
     }
     // SAFETY: the value is copied out at once.
@@ -393,7 +412,12 @@ enter_program!(sys_enter_read, syscall::READ, direction::INGRESS, 0);
 enter_program!(sys_enter_write, syscall::WRITE, direction::EGRESS, 0);
 enter_program!(sys_enter_readv, syscall::READV, direction::INGRESS, 0);
 enter_program!(sys_enter_writev, syscall::WRITEV, direction::EGRESS, 0);
-enter_program!(sys_enter_recvfrom, syscall::RECVFROM, direction::INGRESS, 40);
+enter_program!(
+    sys_enter_recvfrom,
+    syscall::RECVFROM,
+    direction::INGRESS,
+    40
+);
 enter_program!(sys_enter_sendto, syscall::SENDTO, direction::EGRESS, 0);
 enter_program!(sys_enter_recvmsg, syscall::RECVMSG, direction::INGRESS, 32);
 enter_program!(sys_enter_sendmsg, syscall::SENDMSG, direction::EGRESS, 0);
@@ -431,14 +455,18 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
     on_sock_length(&ctx, direction::EGRESS)
 }
 
-/// The connection id of `sk` for process `tgid`, announcing the connection to user
-/// space the first time this process uses it.
+/// The connection id of `sk` for process `tgid` and its `conn_flags`, announcing
+/// the connection to user space the first time this process uses it. `tls`: the
+/// socket is used inside an OpenSSL call, mark it.
 #[inline(always)]
-fn connection(sk: u64, id: u64, fd: i32) -> u64 {
+fn connection(sk: u64, id: u64, fd: i32, tls: bool) -> (u64, u8) {
     let tgid = (id >> 32) as u32;
     if let Some(c) = CONNS.get_ptr_mut(&sk) {
         // SAFETY: pointer to a live map value; fields are plain integers.
         let c = unsafe { &mut *c };
+        if tls {
+            c.flags |= conn_flags::TLS;
+        }
         if c.announced_pid != tgid {
             c.announced_pid = tgid;
             emit(&ConnEvent {
@@ -455,14 +483,16 @@ fn connection(sk: u64, id: u64, fd: i32) -> u64 {
                 peer_addr: c.peer_addr,
             });
         }
-        return c.conn_id;
+        return (c.conn_id, c.flags);
     }
     // Established before the programs were attached (or evicted from the LRU map):
     // user space resolves fd -> socket inode -> /proc/net/tcp{,6}.
     let conn_id = next_conn_id();
+    let flags = if tls { conn_flags::TLS } else { 0 };
     let info = ConnInfo {
         conn_id,
         announced_pid: tgid,
+        flags,
         ..ConnInfo::default()
     };
     let _ = CONNS.insert(&sk, &info, BPF_NOEXIST as u64);
@@ -470,9 +500,10 @@ fn connection(sk: u64, id: u64, fd: i32) -> u64 {
         header: header(kind::CONN_OPEN, tgid, id as u32),
         conn_id,
         fd,
+        flags,
         ..ConnEvent::default()
     });
-    conn_id
+    (conn_id, flags)
 }
 
 /// The user memory holding the first bytes moved and how many it can hold.
@@ -522,20 +553,70 @@ pub fn sys_exit_io(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let ret = ret as u64;
-    let capture = config().map_or(0, |c| u64::from(c.capture_bytes));
-    let conn_id = connection(p.sk, id, p.fd);
-    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+    // Inside an OpenSSL call of this thread: these are TLS records; remember the
+    // socket for the call's plaintext record, emitted when the call returns.
+    if let Some(call) = SSL_ACTIVE.get_ptr_mut(&id) {
+        // SAFETY: pointer to a live map value of this thread's key.
+        unsafe {
+            (*call).sk = p.sk;
+            (*call).fd = p.fd;
+        }
+        // Announced (and marked) only if the call yields plaintext: a close_notify
+        // written after the socket reached TCP_CLOSE must not open a connection.
+        if let Some(c) = CONNS.get_ptr_mut(&p.sk) {
+            // SAFETY: pointer to a live map value; fields are plain integers.
+            unsafe { (*c).flags |= conn_flags::TLS };
+        }
+        bump(counter::TLS_CIPHERTEXT_SKIPPED);
         return 0;
-    };
+    }
+    let (conn_id, flags) = connection(p.sk, id, p.fd, false);
+    if flags & conn_flags::TLS != 0 {
+        // TLS records outside the probed calls (e.g. a handshake step of a function
+        // that is not probed): never delivered as data.
+        bump(counter::TLS_CIPHERTEXT_SKIPPED);
+        return 0;
+    }
     let (src, avail) = source_buffer(&p, ret);
-    let n = ret.min(avail).min(capture);
+    emit_data(
+        &SCRATCH,
+        id,
+        conn_id,
+        ret,
+        src,
+        ret.min(avail),
+        p.direction,
+        p.syscall,
+    );
+    0
+}
+
+/// Emits a data record: `total` bytes moved, the first `min(avail, capture_bytes)`
+/// copied from the user memory at `src`, through this CPU's value of `scratch`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn emit_data(
+    scratch: &PerCpuArray<DataEvent>,
+    id: u64,
+    conn_id: u64,
+    total: u64,
+    src: u64,
+    avail: u64,
+    direction: u8,
+    syscall: u8,
+) {
+    let capture = config().map_or(0, |c| u64::from(c.capture_bytes));
+    let Some(ev) = scratch.get_ptr_mut(0) else {
+        return;
+    };
+    let n = avail.min(capture);
     // SAFETY: `ev` points at this CPU's scratch value, large enough for a DataEvent.
     unsafe {
         (*ev).header = header(kind::DATA, (id >> 32) as u32, id as u32);
         (*ev).conn_id = conn_id;
-        (*ev).total_len = ret;
-        (*ev).direction = p.direction;
-        (*ev).syscall = p.syscall;
+        (*ev).total_len = total;
+        (*ev).direction = direction;
+        (*ev).syscall = syscall;
         (*ev)._pad = 0;
         (*ev).captured_len = 0;
         let mut len = DATA_OFFSET;
@@ -556,6 +637,132 @@ pub fn sys_exit_io(ctx: TracePointContext) -> u32 {
             bump(counter::RINGBUF_LOST);
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// TLS: uprobes on OpenSSL's SSL_* functions (attached with uprobe_multi links;
+// the cookie of each attached offset says which function it is, see `ssl_fn`)
+// ---------------------------------------------------------------------------
+
+/// Entry of an `SSL_*` function: remember the call (outermost one per thread).
+#[uprobe]
+pub fn ssl_enter(ctx: ProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if !is_traced((id >> 32) as u32) {
+        return 0;
+    }
+    if let Some(call) = SSL_ACTIVE.get_ptr_mut(&id) {
+        // SAFETY: pointer to a live map value of this thread's key.
+        unsafe { (*call).depth = (*call).depth.saturating_add(1) };
+        return 0;
+    }
+    // SAFETY: the context pointer of this program.
+    let func = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u8;
+    let ssl: u64 = ctx.arg(0).unwrap_or(0);
+    let (buf, len_ptr) = match func {
+        ssl_fn::READ | ssl_fn::WRITE => (ctx.arg(1).unwrap_or(0), 0),
+        ssl_fn::READ_EX | ssl_fn::WRITE_EX => (ctx.arg(1).unwrap_or(0), ctx.arg(3).unwrap_or(0)),
+        ssl_fn::OTHER => (0, 0),
+        _ => return 0,
+    };
+    let call = SslCall {
+        ssl,
+        buf,
+        len_ptr,
+        sk: 0,
+        fd: 0,
+        func,
+        depth: 0,
+        _pad: 0,
+    };
+    let _ = SSL_ACTIVE.insert(&id, &call, BPF_ANY as u64);
+    0
+}
+
+/// Return of an `SSL_*` function: emit the plaintext it moved as a data record of
+/// the connection its socket belongs to.
+#[uretprobe]
+pub fn ssl_return(ctx: RetProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(p) = SSL_ACTIVE.get_ptr_mut(&id) else {
+        return 0;
+    };
+    // SAFETY: pointer to a live map value of this thread's key.
+    let call = unsafe {
+        if (*p).depth > 0 {
+            (*p).depth -= 1;
+            return 0;
+        }
+        *p
+    };
+    let _ = SSL_ACTIVE.remove(&id);
+    let key = SslKey {
+        tgid: (id >> 32) as u32,
+        _pad: 0,
+        ssl: call.ssl,
+    };
+    let (sk, fd) = if call.sk != 0 {
+        let conn = SslConn {
+            sk: call.sk,
+            fd: call.fd,
+            _pad: 0,
+        };
+        let _ = SSL_CONNS.insert(&key, &conn, BPF_ANY as u64);
+        (call.sk, call.fd)
+    } else {
+        // Served from OpenSSL's buffers without a syscall: the socket this SSL
+        // object used before.
+        // SAFETY: the value is copied out at once.
+        match unsafe { SSL_CONNS.get(&key) }.copied() {
+            Some(c) => (c.sk, c.fd),
+            None => {
+                if call.func != ssl_fn::OTHER {
+                    bump(counter::TLS_UNKNOWN_CONNECTION);
+                }
+                return 0;
+            }
+        }
+    };
+    let (direction, syscall) = match call.func {
+        ssl_fn::READ | ssl_fn::READ_EX => (direction::INGRESS, syscall::SSL_READ),
+        ssl_fn::WRITE | ssl_fn::WRITE_EX => (direction::EGRESS, syscall::SSL_WRITE),
+        _ => return 0,
+    };
+    let ret: i64 = ctx.ret();
+    let moved: u64 = match call.func {
+        ssl_fn::READ | ssl_fn::WRITE => {
+            let r = ret as i32;
+            if r <= 0 {
+                return 0;
+            }
+            r as u64
+        }
+        _ => {
+            if ret as i32 != 1 || call.len_ptr == 0 {
+                return 0;
+            }
+            let mut n: u64 = 0;
+            // SAFETY: bpf_probe_read_user checks the address.
+            let r = unsafe {
+                bpf_probe_read_user(ptr::addr_of_mut!(n).cast(), 8, call.len_ptr as *const _)
+            };
+            if r != 0 || n == 0 {
+                return 0;
+            }
+            n
+        }
+    };
+    let (conn_id, _) = connection(sk, id, fd, true);
+    emit_data(
+        &TLS_SCRATCH,
+        id,
+        conn_id,
+        moved,
+        call.buf,
+        moved,
+        direction,
+        syscall,
+    );
     0
 }
 

@@ -11,7 +11,9 @@
 pub mod convert;
 pub mod proc;
 pub mod programs;
+pub mod tls;
 pub mod tracker;
+pub mod uprobe_multi;
 
 #[cfg(test)]
 mod tests;
@@ -76,6 +78,17 @@ pub struct EbpfArgs {
     /// Capacity of the kernel's pid map (processes traced at once).
     #[arg(long, env = "TANDEM_MAX_TRACED_PROCESSES", default_value_t = 65_536)]
     pub max_traced_processes: u32,
+
+    /// Capture the plaintext of OpenSSL (libssl) TLS connections with uprobes
+    /// (uprobe_multi links: CAP_BPF + CAP_PERFMON, Linux 6.6+).
+    #[arg(
+        long,
+        env = "TANDEM_TLS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub tls: bool,
 }
 
 impl EbpfArgs {
@@ -161,20 +174,25 @@ impl EbpfSource {
             warn!("{e}; tracepoints cannot be attached");
         }
         let hub = ctx.sink.clone();
-        let (mut tracker, probes) = start(&self.args, self.flags.clone())?;
+        let (mut tracker, mut probes) = start(&self.args, self.flags.clone())?;
         let total = probes.len();
         let attached = probes.iter().filter(|p| p.attached).count();
-        hub.set_probes(probes);
+        hub.set_probes(probes.clone());
         let subscribers = ctx.selection.borrow_and_update().clone();
         let events = tracker.apply_selection(subscribers);
         hub.publish(events);
-        // Everything is attached: from now on only /proc reads and map updates
-        // through fds already held remain (see tandem_security::FEATURES).
+        probes.extend(tracker.tls().take_probes());
+        hub.set_probes(probes.clone());
+        // Everything is attached: from now on only what the used features keep at run
+        // time remains (/proc reads, map updates through fds already held, and with
+        // TLS the uprobe_multi links for libraries found later; see
+        // tandem_security::FEATURES).
         ctx.posture.drop_after_attach();
         info!(
             probes_attached = attached,
             probes_total = total,
             traced_processes = tracker.traced(),
+            tls_libraries = tracker.tls().attached(),
             capture_bytes = self.args.capture_bytes,
             "ebpf source ready"
         );
@@ -195,6 +213,11 @@ impl EbpfSource {
             let n = tracker.drain(&mut events, MAX_RECORDS_PER_BATCH);
             if !events.is_empty() {
                 hub.publish(std::mem::take(&mut events));
+            }
+            let tls_probes = tracker.tls().take_probes();
+            if !tls_probes.is_empty() {
+                probes.extend(tls_probes);
+                hub.set_probes(probes.clone());
             }
             if last_check.elapsed() >= Duration::from_secs(1) {
                 last_check = Instant::now();
@@ -263,14 +286,35 @@ pub fn start(
             total, "some eBPF probes are not attached: capture is partial (see Info.probes)"
         );
     }
-    let tracker = Tracker::new(kernel, proc::ProcFs::default(), flags);
+    let mut tracker = Tracker::new(kernel, proc::ProcFs::default(), flags);
+    let mut probes = probes;
+    if args.tls {
+        tracker.tls().attach_host();
+    } else {
+        tracker.tls().disable("disabled by --tls=false");
+    }
+    probes.extend(tracker.tls().take_probes());
     Ok((tracker, probes))
 }
 
-/// Logs, for a non-root loader, each feature whose capabilities are missing.
-/// Features of the capability model this source uses.
-pub const USED_FEATURES: [&str; 3] = ["syscall_capture", "sock_tracepoints", "process_discovery"];
+/// Features of the capability model this source uses (`tls_uprobes` only with
+/// `--tls=true`, see [`used_features`]).
+pub const USED_FEATURES: [&str; 4] = [
+    "syscall_capture",
+    "sock_tracepoints",
+    "process_discovery",
+    "tls_uprobes",
+];
 
+/// The features this source uses with these options.
+pub fn used_features(args: &EbpfArgs) -> Vec<&'static str> {
+    USED_FEATURES
+        .into_iter()
+        .filter(|f| args.tls || *f != "tls_uprobes")
+        .collect()
+}
+
+/// Logs, for a non-root loader, each feature whose capabilities are missing.
 fn report_capabilities() {
     let held = match tandem_security::effective_capabilities() {
         Ok(h) => h,

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
@@ -215,6 +216,43 @@ pub struct Kernel {
     pub ring: RingBuf<MapData>,
     ports_written: Vec<u64>,
     config_written: Config,
+    /// The TLS uprobe programs (`ssl_enter`, `ssl_return`), loaded for uprobe_multi
+    /// links, or why not; taken by [`Self::take_tls_programs`].
+    tls_programs: Option<Result<(OwnedFd, OwnedFd), String>>,
+}
+
+/// The file descriptor of a map aya created.
+fn map_fd(map: &aya::maps::Map) -> Option<RawFd> {
+    use aya::maps::Map as M;
+    let data = match map {
+        M::Array(d)
+        | M::HashMap(d)
+        | M::LruHashMap(d)
+        | M::PerCpuArray(d)
+        | M::PerCpuHashMap(d)
+        | M::PerCpuLruHashMap(d)
+        | M::RingBuf(d)
+        | M::PerfEventArray(d)
+        | M::Queue(d)
+        | M::Stack(d)
+        | M::Unsupported(d) => d,
+        _ => return None,
+    };
+    Some(data.fd().as_fd().as_raw_fd())
+}
+
+/// Loads the TLS programs of the object for uprobe_multi links (see
+/// `uprobe_multi.rs`), sharing the maps aya created.
+fn load_tls_programs(ebpf: &Ebpf) -> Result<(OwnedFd, OwnedFd), String> {
+    let maps: std::collections::HashMap<String, RawFd> = ebpf
+        .maps()
+        .filter_map(|(name, map)| map_fd(map).map(|fd| (name.to_owned(), fd)))
+        .collect();
+    let names = [super::tls::ENTRY_PROGRAM, super::tls::RETURN_PROGRAM];
+    let relocated = super::uprobe_multi::relocate(OBJECT, &maps, &names)?;
+    let entry = relocated.load(names[0])?;
+    let ret = relocated.load(names[1])?;
+    Ok((entry, ret))
 }
 
 /// Sizes fixed at load time.
@@ -267,6 +305,7 @@ impl Kernel {
                 };
                 anyhow::anyhow!("cannot load the eBPF object: {}{hint}", chain(&e))
             })?;
+        let tls_programs = Some(load_tls_programs(&ebpf));
         let pids = take(&mut ebpf, "PIDS")?;
         let mut config: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?;
         let ports = take(&mut ebpf, "PORTS")?;
@@ -284,7 +323,21 @@ impl Kernel {
             ring,
             ports_written: vec![0; 1024],
             config_written: opts.config,
+            tls_programs,
         })
+    }
+
+    /// The aya object (tests: loading a program the way aya does).
+    #[cfg(test)]
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// The loaded TLS programs (entry, return), or why they could not be loaded.
+    pub fn take_tls_programs(&mut self) -> Result<(OwnedFd, OwnedFd), String> {
+        self.tls_programs
+            .take()
+            .unwrap_or_else(|| Err("the TLS programs were taken already".into()))
     }
 
     /// Loads and attaches every probe it can; returns the status of each.

@@ -43,6 +43,7 @@ fn args() -> EbpfArgs {
         ring_buffer_kib: 1024,
         poll_interval_ms: 10,
         max_traced_processes: 1024,
+        tls: true,
     }
 }
 
@@ -219,4 +220,62 @@ fn captures_a_loopback_exchange_as_root() {
         events.iter().all(|e| e.pid() != Some(me)),
         "the loader traced itself"
     );
+}
+
+/// Measures, with the kernel, why the TLS programs are loaded by hand: a program
+/// loaded the way aya 0.14's `UProbe::load` does (no expected attach type) cannot
+/// be attached with a uprobe_multi link (EINVAL), the same instructions loaded with
+/// `expected_attach_type = BPF_TRACE_UPROBE_MULTI` can.
+#[test]
+fn uprobe_multi_links_need_the_expected_attach_type() {
+    use super::{tls, uprobe_multi};
+    use std::os::fd::AsFd;
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("TANDEM_REQUIRE_PRIVILEGED_TESTS").is_none(),
+            "TANDEM_REQUIRE_PRIVILEGED_TESTS is set but this test needs root"
+        );
+        eprintln!("SKIP: needs root/CAP_BPF");
+        return;
+    }
+    let Some(lib) = [
+        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+        "/usr/lib64/libssl.so.3",
+        "/usr/lib/libssl.so.3",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).is_file()) else {
+        panic!("libssl.so.3 is not installed (scripts/setup.sh installs curl, which needs it)");
+    };
+    let data = std::fs::read(lib).expect("read libssl");
+    let found = tls::ssl_offsets(&data).expect("SSL_* symbols");
+    let offsets: Vec<u64> = found.iter().map(|f| f.1).collect();
+    let cookies: Vec<u64> = found.iter().map(|f| f.2).collect();
+
+    let mut kernel = programs::Kernel::load(programs::LoadOptions {
+        ring_buffer_bytes: 64 * 1024,
+        max_processes: 64,
+        config: tandem_ebpf_common::Config::default(),
+    })
+    .expect("load the object");
+    let (entry, ret) = kernel.take_tls_programs().expect("TLS programs load");
+    let link = uprobe_multi::attach(&entry, lib, &offsets, &cookies, false, 0)
+        .expect("uprobe_multi entry link");
+    let ret_link = uprobe_multi::attach(&ret, lib, &offsets, &cookies, true, 0)
+        .expect("uprobe_multi return link");
+    drop((link, ret_link));
+
+    let program: &mut aya::programs::UProbe = kernel
+        .ebpf_mut()
+        .program_mut(tls::ENTRY_PROGRAM)
+        .expect("ssl_enter in the object")
+        .try_into()
+        .expect("a uprobe program");
+    program
+        .load()
+        .expect("aya loads it (as a perf-event uprobe program)");
+    let fd = program.fd().expect("loaded");
+    let err = uprobe_multi::attach(fd.as_fd(), lib, &offsets, &cookies, false, 0)
+        .expect_err("the kernel refuses a uprobe_multi link without the expected attach type");
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
 }

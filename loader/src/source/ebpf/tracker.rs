@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use super::convert::{self, Record};
 use super::proc::{self, ProcFs, ProcessInfo};
 use super::programs::{port_bitmap, Kernel};
+use super::tls::Tls;
 use crate::hub::monotonic_ns;
 use crate::selection::{Matcher, ProcessFacts};
 
@@ -75,12 +76,20 @@ pub struct Tracker {
     warned_fds: bool,
     /// Root, or CAP_SYS_PTRACE held: /proc of other users' processes is readable.
     has_ptrace: bool,
+    /// TLS uprobes (libssl discovery and attachment).
+    tls: Tls,
     pub stats: TrackerStats,
 }
 
+/// `Tls::scan_process` stages.
+const TLS_SCAN_SELECTED: u8 = 0;
+const TLS_SCAN_FIRST_CONNECTION: u8 = 1;
+
 impl Tracker {
-    pub fn new(kernel: Kernel, procfs: ProcFs, flags: Option<Selection>) -> Self {
+    pub fn new(mut kernel: Kernel, procfs: ProcFs, flags: Option<Selection>) -> Self {
+        let tls = Tls::new(kernel.take_tls_programs());
         Tracker {
+            tls,
             kernel,
             procfs,
             self_pid: std::process::id(),
@@ -102,6 +111,11 @@ impl Tracker {
 
     pub fn kernel(&self) -> &Kernel {
         &self.kernel
+    }
+
+    /// The TLS uprobe manager.
+    pub fn tls(&mut self) -> &mut Tls {
+        &mut self.tls
     }
 
     /// Processes currently in the kernel's pid map (as far as user space knows).
@@ -328,6 +342,10 @@ impl Tracker {
                 self.kernel.untrace_pid(pid);
                 p.in_kernel = false;
             }
+            if want {
+                self.tls
+                    .scan_process(pid, p.info.start_time, TLS_SCAN_SELECTED);
+            }
             // Announced once; the hub hands the ProcessStarted to subscribers that
             // attach (or come to select the process) later.
             if want && !p.announced {
@@ -440,6 +458,13 @@ impl Tracker {
             }
             Record::ConnOpen(ev) => {
                 self.ensure_announced(ev.header.pid, None, ev.header.ts_ns, out);
+                // libssl may have been loaded (dlopen) after the process was selected.
+                let start_time = self
+                    .procs
+                    .get(&ev.header.pid)
+                    .map_or(0, |p| p.info.start_time);
+                self.tls
+                    .scan_process(ev.header.pid, start_time, TLS_SCAN_FIRST_CONNECTION);
                 if convert::tuple_known(&ev) {
                     out.push(convert::connection_opened(&ev, None, false));
                 } else {
@@ -498,6 +523,9 @@ impl Tracker {
             if !already_described {
                 out.push(convert::process_started(ts, &p.info, false));
             }
+            // A new image: its libraries (usually mapped only after this record, by
+            // the dynamic loader; the host's libssl is probed at start-up).
+            self.tls.rescan_process(pid);
             // Children it forked before this record was handled (a daemon's workers)
             // were not in the pid map then, so the kernel did not add them.
             self.adopt_descendants(pid, ts, out);
