@@ -36,10 +36,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         sink: hub.clone(),
         selection: hub.selection(),
         shutdown: shutdown.clone(),
-        posture: std::sync::Arc::new(crate::posture::Posture::new(
-            &args.source.features(),
-            None,
-        )),
+        posture: std::sync::Arc::new(crate::posture::Posture::new(&args.source.features(), None)),
     };
     let mut source_task = tokio::spawn(source.run(ctx));
     let deadline = (args.duration_secs > 0)
