@@ -61,7 +61,11 @@ impl PodServer {
         let www = tempfile::tempdir().expect("temp dir");
         std::fs::write(www.path().join(format!("{name}.txt")), format!("{name}\n"))
             .expect("write page");
-        let slice = cgroup2_root().join(format!("tandem-test-{}.slice", std::process::id()));
+        // One slice per server: removing it never races with another test's server.
+        let slice = cgroup2_root().join(format!(
+            "tandem-test-{}-{name}-{port}.slice",
+            std::process::id()
+        ));
         let cgroup = slice.join(format!("cri-containerd-{cid}.scope"));
         std::fs::create_dir_all(&cgroup)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", cgroup.display()));
@@ -108,7 +112,7 @@ impl Drop for PodServer {
         drop(self.server.take());
         let _ = std::fs::remove_dir(&self.cgroup);
         if let Some(slice) = self.cgroup.parent() {
-            let _ = std::fs::remove_dir(slice); // fails while other pods use it
+            let _ = std::fs::remove_dir(slice);
         }
     }
 }
