@@ -142,9 +142,6 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
-    for warning in config.warnings() {
-        warn!("configuration: {warning}");
-    }
     // Kubernetes metadata (decoration, and discovery of k8s_* entries).
     let mut kube = None;
     if tandem_processor::kube::enabled(&config.kubernetes) {
@@ -158,6 +155,9 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         &config.discovery.instrument,
         &config.discovery.exclude_instrument,
     );
+    for warning in config.warnings_for(kube.is_some()) {
+        warn!("configuration: {warning}");
+    }
     let mut selection_updates = None;
     let selection = match kube.as_mut() {
         Some(k) if discovery.is_active() => {

@@ -469,6 +469,13 @@ impl Config {
     /// Things the user should know, one line each: ignored keys present in the file,
     /// and `discovery.instrument` entries the loader selection cannot express.
     pub fn warnings(&self) -> Vec<String> {
+        self.warnings_for(false)
+    }
+
+    /// [`Config::warnings`]; with `kubernetes_discovery` (Kubernetes metadata on),
+    /// entries with `k8s_*` criteria are resolved to container ids, so they are not
+    /// reported as selecting every process.
+    pub fn warnings_for(&self, kubernetes_discovery: bool) -> Vec<String> {
         let file = self
             .file
             .as_deref()
@@ -482,6 +489,9 @@ impl Config {
             })
             .collect();
         for (i, e) in self.discovery.instrument.iter().enumerate() {
+            if kubernetes_discovery && e.has_kubernetes_criteria() {
+                continue;
+            }
             if !e.has_loader_criteria() {
                 out.push(format!(
                     "{file}: discovery.instrument[{i}] has no open_ports, exe_path or target_pids, \

@@ -1048,4 +1048,6 @@ fn kubernetes_entries_leave_the_rest_of_the_selection() {
     )
     .unwrap();
     assert!(only_k8s.selection_without_kubernetes_entries().is_empty());
+    assert_eq!(only_k8s.warnings().len(), 1);
+    assert!(only_k8s.warnings_for(true).is_empty());
 }
