@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,31 @@ pub struct Overflow {
     pub objects: AtomicU64,
 }
 
+/// A write in progress (see [`Store::write`]).
+struct Writing<'a> {
+    guard: RwLockWriteGuard<'a, Inner>,
+    version: &'a AtomicU64,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.version.fetch_add(1, Release);
+    }
+}
+
+impl std::ops::Deref for Writing<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Writing<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.guard
+    }
+}
+
 /// The shared indexes. See the module doc.
 #[derive(Debug)]
 pub struct Store {
@@ -83,16 +108,20 @@ impl Store {
 
     /// Bumped by every change.
     pub fn version(&self) -> u64 {
-        self.version.load(Relaxed)
+        self.version.load(Acquire)
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
-        self.version.fetch_add(1, Relaxed);
-        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    /// The write lock; the version is bumped when the guard drops, while the lock is
+    /// still held: a reader that sees the new version then reads the new data.
+    fn write(&self) -> Writing<'_> {
+        Writing {
+            guard: self.inner.write().unwrap_or_else(|p| p.into_inner()),
+            version: &self.version,
+        }
     }
 
     // ---- writers (watcher tasks) ----
