@@ -185,6 +185,28 @@ fn wait_logged(p: &Running, needle: &str, n: usize) {
     }
 }
 
+/// Waits until the loader instruments a selection mentioning `what` (a container id);
+/// on timeout, shows both logs.
+fn wait_selected(loader: &Running, p: &Running, what: &str) {
+    let deadline = Instant::now() + 2 * PATIENCE;
+    while !loader
+        .stderr
+        .text()
+        .lines()
+        .any(|l| l.contains("ebpf: instrumenting") && l.contains(what))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the loader never instrumented {what}; loader stderr:\n{}\nprocessor stderr:\n{}",
+            loader.stderr.text(),
+            p.stderr.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The source programs the kernel and rescans /proc right after logging.
+    std::thread::sleep(Duration::from_millis(300));
+}
+
 fn assert_attrs(resource: &Value, want: &Value) {
     for (k, v) in want.as_object().expect("object") {
         assert_eq!(&resource[k], v, "{k} in resource {resource}");
@@ -583,7 +605,7 @@ fn kubernetes_discovery_selects_matching_pods() {
         "discovery:\n  instrument:\n    - k8s_namespace: shop\n      k8s_pod_labels:\n        app: 'check*'\n",
         &[],
     );
-    wait_instrumenting(&loader, &cid_a);
+    wait_selected(&loader, &p, &cid_a);
     a.get("a");
     b.get("b");
     wait_span(&mut receiver, &p, SERVER, a.pid(), "/a.txt");
@@ -602,7 +624,7 @@ fn kubernetes_discovery_selects_matching_pods() {
 
     // b's labels change: it matches now.
     api.apply(Kind::Pod, pod_b("checkout-v2"));
-    wait_instrumenting(&loader, &cid_b);
+    wait_selected(&loader, &p, &cid_b);
     assert!(p
         .stderr
         .text()

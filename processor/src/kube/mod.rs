@@ -234,10 +234,12 @@ impl Kube {
                 }
             }
         };
+        // The version is read before the first computation: a change that lands in
+        // between is seen by the task (the watchers are already running).
+        let mut seen = self.store.version();
         let (tx, rx) = channel::channel(compute(&self.store));
         let store = self.store.clone();
         self.tasks.push(tokio::spawn(async move {
-            let mut seen = store.version();
             let mut tick = tokio::time::interval(DISCOVERY_PERIOD);
             loop {
                 tick.tick().await;
