@@ -247,6 +247,16 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             replicasets,
             services,
             pods_synced = k.pods_synced(),
+            pods_not_kept = k
+                .store
+                .overflow
+                .pods
+                .load(std::sync::atomic::Ordering::Relaxed),
+            objects_not_kept = k
+                .store
+                .overflow
+                .objects
+                .load(std::sync::atomic::Ordering::Relaxed),
             "kubernetes metadata at exit"
         );
     }
