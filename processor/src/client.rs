@@ -31,6 +31,19 @@ pub struct ClientConfig {
     /// with `CapabilityReport`; absent from loaders without it). It is logged
     /// whether or not this is set.
     pub posture: Option<watch::Sender<Option<CapabilitySummary>>>,
+    /// When given, the selection follows this channel (Kubernetes discovery): each
+    /// change re-subscribes under the same name, so the loader keeps the
+    /// subscription's queue and resends what was not acknowledged.
+    pub selection_updates: Option<watch::Receiver<Selection>>,
+}
+
+impl ClientConfig {
+    fn current_selection(&self) -> Selection {
+        match &self.selection_updates {
+            Some(rx) => rx.borrow().clone(),
+            None => self.selection.clone(),
+        }
+    }
 }
 
 /// Errors that retrying cannot fix.
@@ -45,6 +58,8 @@ pub enum Fatal {
 /// Why a session ended.
 enum SessionEnd {
     Shutdown,
+    /// The selection changed: subscribe again at once with the new one.
+    Resubscribe,
     /// Try again after a pause; the string says why (logged once per change).
     Retry(String),
 }
@@ -70,7 +85,7 @@ fn is_fatal(status: &Status) -> bool {
 /// Subscribes and calls `on_batch` for every batch, reconnecting until `shutdown`.
 /// Returns an error only for problems that retrying cannot fix.
 pub async fn run<F>(
-    config: ClientConfig,
+    mut config: ClientConfig,
     shutdown: CancellationToken,
     mut on_batch: F,
 ) -> Result<(), Fatal>
@@ -86,9 +101,24 @@ where
         "processor starting"
     );
     loop {
-        let end = session(&config, &shutdown, &mut state, &mut backoff, &mut on_batch).await?;
+        let end = session(
+            &mut config,
+            &shutdown,
+            &mut state,
+            &mut backoff,
+            &mut on_batch,
+        )
+        .await?;
         let reason = match end {
             SessionEnd::Shutdown => return Ok(()),
+            SessionEnd::Resubscribe => {
+                info!(
+                    subscriber = %config.name,
+                    selection = %selection::describe(&config.current_selection()),
+                    "selection changed; subscribing again under the same name"
+                );
+                continue;
+            }
             SessionEnd::Retry(reason) => reason,
         };
         if state != State::Unavailable {
@@ -107,7 +137,7 @@ where
 }
 
 async fn session<F>(
-    config: &ClientConfig,
+    config: &mut ClientConfig,
     shutdown: &CancellationToken,
     state: &mut State,
     backoff: &mut Duration,
@@ -136,10 +166,14 @@ where
         Err(s) => return Ok(SessionEnd::Retry(format!("Info failed: {}", s.message()))),
     };
     check_compatible(info.protocol.as_ref(), "processor", "loader")?;
+    if let Some(rx) = config.selection_updates.as_mut() {
+        // What is subscribed now; later changes end the session.
+        rx.mark_unchanged();
+    }
     let request = SubscribeRequest {
         protocol: Some(tandem_proto::protocol_version()),
         name: config.name.clone(),
-        selection: Some(config.selection.clone()),
+        selection: Some(config.current_selection()),
         acknowledge: true,
     };
     let mut stream = match client.subscribe(request).await {
@@ -177,11 +211,13 @@ where
             }
         }
     });
+    let name = config.name.clone();
     let end = receive(
         &mut stream,
         shutdown,
         &ack_tx,
-        &config.name,
+        &name,
+        config.selection_updates.as_mut(),
         on_batch,
         &refused,
     )
@@ -282,6 +318,7 @@ async fn receive<F>(
     shutdown: &CancellationToken,
     ack_tx: &watch::Sender<Option<AckRequest>>,
     name: &str,
+    mut updates: Option<&mut watch::Receiver<Selection>>,
     on_batch: &mut F,
     refused: &dyn Fn(Status) -> Fatal,
 ) -> Result<SessionEnd, Fatal>
@@ -289,7 +326,18 @@ where
     F: FnMut(EventBatch),
 {
     loop {
+        let changed = async {
+            match updates.as_mut() {
+                Some(rx) => {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
+            () = changed => return Ok(SessionEnd::Resubscribe),
             // A batch dropped here by a shutdown was not acknowledged, so the loader
             // sends it to the next processor that resumes this subscription.
             msg = stream.message() => match msg {

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod config;
 pub mod export;
+pub mod kube;
 pub mod model;
 pub mod pipeline;
 pub mod printer;

@@ -9,7 +9,8 @@ use tandem_proto::{selection, Event, EventKind, Selection};
 use tracing::{info, warn};
 
 use tandem_processor::client::{self, ClientConfig};
-use tandem_processor::config::Config;
+use tandem_processor::config::{Config, KubeEnable};
+use tandem_processor::kube::discovery::KubeDiscovery;
 use tandem_processor::pipeline::{self, Pipeline};
 use tandem_processor::printer::{PrintFormat, Printer};
 use tandem_processor::stats::{SeqCheck, Stats};
@@ -107,13 +108,17 @@ fn parse_ports(text: &str) -> Result<Ports, String> {
 impl Cli {
     /// The configuration's selection plus what the flags add.
     fn selection(&self, config: &Config) -> Selection {
+        self.selection_with(config.selection())
+    }
+
+    /// `configured` plus what the flags add.
+    fn selection_with(&self, configured: Selection) -> Selection {
         let flags = Selection {
             ports: self.open_port.clone().map(|p| p.0).unwrap_or_default(),
             exe_globs: self.exe_globs.clone(),
             pids: self.pids.clone(),
             container_ids: self.container_ids.clone(),
         };
-        let configured = config.selection();
         if flags.is_empty() {
             return configured;
         }
@@ -165,10 +170,33 @@ async fn run(cli: Cli, config: Config, privileged: Option<String>) -> anyhow::Re
              (--refuse-privileged makes this fatal)"
         );
     }
-    for warning in config.warnings() {
+    // Kubernetes metadata (decoration, and discovery of k8s_* entries).
+    let mut kube = None;
+    if tandem_processor::kube::enabled(&config.kubernetes) {
+        match tandem_processor::kube::Kube::start(&config.kubernetes).await {
+            Ok(k) => kube = Some(k),
+            Err(e) if config.kubernetes.enable == KubeEnable::True => return Err(e.into()),
+            Err(e) => warn!("kubernetes metadata off (autodetect): {e}"),
+        }
+    }
+    let discovery = KubeDiscovery::new(
+        &config.discovery.instrument,
+        &config.discovery.exclude_instrument,
+    );
+    for warning in config.warnings_for(kube.is_some()) {
         warn!("configuration: {warning}");
     }
-    let selection = cli.selection(&config);
+    let mut selection_updates = None;
+    let selection = match kube.as_mut() {
+        Some(k) if discovery.is_active() => {
+            let base = cli.selection_with(config.selection_without_kubernetes_entries());
+            let rx = k.selection_updates(discovery, base);
+            let first = rx.borrow().clone();
+            selection_updates = Some(rx);
+            first
+        }
+        _ => cli.selection(&config),
+    };
     if selection.is_empty() {
         warn!("no selection given (OTEL_EBPF_OPEN_PORT, OTEL_EBPF_AUTO_TARGET_EXE, discovery.instrument, --open-port, --exe, --pid, --container-id): subscribing to every process");
     }
@@ -179,6 +207,9 @@ async fn run(cli: Cli, config: Config, privileged: Option<String>) -> anyhow::Re
         &config.export,
         pipeline::resource::local_host_name(),
     )?;
+    if let Some(k) = &kube {
+        pipeline.set_kubernetes(k.store.clone());
+    }
     let mut stitcher = Stitcher::new();
     let mut stats = Stats::default();
     let mut transactions = Vec::new();
@@ -190,6 +221,7 @@ async fn run(cli: Cli, config: Config, privileged: Option<String>) -> anyhow::Re
         name: cli.name.clone(),
         selection,
         posture: cli.export_loader_posture.then_some(posture_tx),
+        selection_updates,
     };
     let result = client::run(client_config, shutdown, |batch| {
         if posture_rx.has_changed().unwrap_or(false) {
@@ -248,6 +280,27 @@ async fn run(cli: Cli, config: Config, privileged: Option<String>) -> anyhow::Re
     })
     .await;
     let pipeline_stats = pipeline.shutdown().await;
+    if let Some(k) = &kube {
+        let (pods, deleted, replicasets, services) = k.store.sizes();
+        info!(
+            pods,
+            deleted,
+            replicasets,
+            services,
+            pods_synced = k.pods_synced(),
+            pods_not_kept = k
+                .store
+                .overflow
+                .pods
+                .load(std::sync::atomic::Ordering::Relaxed),
+            objects_not_kept = k
+                .store
+                .overflow
+                .objects
+                .load(std::sync::atomic::Ordering::Relaxed),
+            "kubernetes metadata at exit"
+        );
+    }
     info!(
         stitch = ?stitcher.stats(),
         db = ?db_stitcher.stats(),

@@ -77,6 +77,14 @@ pub mod vars {
     pub const KUBE_METADATA_ENABLE: &str = "OTEL_EBPF_KUBE_METADATA_ENABLE";
     pub const KUBE_CLUSTER_NAME: &str = "OTEL_EBPF_KUBE_CLUSTER_NAME";
     pub const KUBECONFIG: &str = "KUBECONFIG";
+    pub const KUBE_INFORMERS_SYNC_TIMEOUT: &str = "OTEL_EBPF_KUBE_INFORMERS_SYNC_TIMEOUT";
+    pub const KUBE_INFORMERS_RESYNC_PERIOD: &str = "OTEL_EBPF_KUBE_INFORMERS_RESYNC_PERIOD";
+    /// This node's name (downward API `spec.nodeName`): pods are watched on it only.
+    pub const KUBE_NODE_NAME: &str = "KUBE_NODE_NAME";
+    /// The processor's own namespace (downward API `metadata.namespace`).
+    pub const KUBE_NAMESPACE: &str = "KUBE_NAMESPACE";
+    /// Set by Kubernetes in every container: `autodetect` turns decoration on.
+    pub const KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
     pub const SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
     /// OBI's name for [`SERVICE_NAME`], used when that is unset.
     pub const EBPF_SERVICE_NAME: &str = "OTEL_EBPF_SERVICE_NAME";

@@ -67,8 +67,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "attributes.select",
     "attributes.host_id",
     "attributes.extra_group_attributes",
-    "attributes.kubernetes.informers_sync_timeout",
-    "attributes.kubernetes.informers_resync_period",
     "attributes.kubernetes.drop_external",
     "attributes.kubernetes.disable_informers",
     "attributes.kubernetes.meta_cache_address",
@@ -291,10 +289,8 @@ pub(crate) struct KubernetesSection {
     pub cluster_name: Option<String>,
     pub kubeconfig_path: Option<String>,
     pub meta_restrict_local_node: Option<bool>,
-    #[serde(rename = "informers_sync_timeout")]
-    _informers_sync_timeout: Ignored,
-    #[serde(rename = "informers_resync_period")]
-    _informers_resync_period: Ignored,
+    pub informers_sync_timeout: Option<V<GoDuration>>,
+    pub informers_resync_period: Option<V<GoDuration>>,
     #[serde(rename = "drop_external")]
     _drop_external: Ignored,
     #[serde(rename = "disable_informers")]
@@ -404,6 +400,27 @@ impl InstrumentSelector {
     /// cannot be expressed in a loader selection.
     pub fn has_loader_criteria(&self) -> bool {
         !self.open_ports.is_empty() || self.exe_path.is_some() || !self.target_pids.is_empty()
+    }
+
+    /// Whether the entry has `k8s_*` criteria (resolved to container ids by the
+    /// processor's Kubernetes discovery when decoration is on).
+    pub fn has_kubernetes_criteria(&self) -> bool {
+        [
+            &self.k8s_namespace,
+            &self.k8s_pod_name,
+            &self.k8s_deployment_name,
+            &self.k8s_replicaset_name,
+            &self.k8s_daemonset_name,
+            &self.k8s_statefulset_name,
+            &self.k8s_job_name,
+            &self.k8s_cronjob_name,
+            &self.k8s_owner_name,
+            &self.k8s_container_name,
+        ]
+        .iter()
+        .any(|c| c.is_some())
+            || !self.k8s_pod_labels.is_empty()
+            || !self.k8s_pod_annotations.is_empty()
     }
 
     fn has_any_criteria(&self) -> bool {

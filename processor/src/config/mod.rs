@@ -125,7 +125,7 @@ pub struct Discovery {
 }
 
 /// `attributes.kubernetes`, kept for the Kubernetes decoration stage.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Kubernetes {
     /// `enable` / `OTEL_EBPF_KUBE_METADATA_ENABLE` (default false, as in OBI).
     pub enable: KubeEnable,
@@ -135,6 +135,40 @@ pub struct Kubernetes {
     pub kubeconfig_path: Option<String>,
     /// `meta_restrict_local_node` (default false).
     pub meta_restrict_local_node: bool,
+    /// `informers_sync_timeout` / `OTEL_EBPF_KUBE_INFORMERS_SYNC_TIMEOUT` (default
+    /// 30 s): after this long without a first complete list, a warning says so (spans
+    /// keep flowing, undecorated, meanwhile).
+    pub informers_sync_timeout: Duration,
+    /// `informers_resync_period` / `OTEL_EBPF_KUBE_INFORMERS_RESYNC_PERIOD` (default
+    /// 30 m): every watch is restarted with a full list this often.
+    pub informers_resync_period: Duration,
+    /// `KUBE_NODE_NAME` (downward API): pods are watched on this node only.
+    pub node_name: Option<String>,
+    /// `KUBE_NAMESPACE` (downward API): the processor's own namespace (logged).
+    pub own_namespace: Option<String>,
+    /// `KUBERNETES_SERVICE_HOST` is set: running inside a cluster.
+    pub in_cluster: bool,
+}
+
+/// OBI's default `informers_sync_timeout`.
+pub const DEFAULT_KUBE_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// OBI's default `informers_resync_period`.
+pub const DEFAULT_KUBE_RESYNC_PERIOD: Duration = Duration::from_secs(30 * 60);
+
+impl Default for Kubernetes {
+    fn default() -> Self {
+        Kubernetes {
+            enable: KubeEnable::default(),
+            cluster_name: None,
+            kubeconfig_path: None,
+            meta_restrict_local_node: false,
+            informers_sync_timeout: DEFAULT_KUBE_SYNC_TIMEOUT,
+            informers_resync_period: DEFAULT_KUBE_RESYNC_PERIOD,
+            node_name: None,
+            own_namespace: None,
+            in_cluster: false,
+        }
+    }
 }
 
 impl Default for Config {
@@ -350,6 +384,18 @@ impl Config {
                 .kubernetes
                 .meta_restrict_local_node
                 .unwrap_or(false),
+            informers_sync_timeout: from_env::<GoDuration>(env, vars::KUBE_INFORMERS_SYNC_TIMEOUT)?
+                .or(f.attributes.kubernetes.informers_sync_timeout.map(|v| v.0))
+                .map_or(DEFAULT_KUBE_SYNC_TIMEOUT, |d| d.0),
+            informers_resync_period: from_env::<GoDuration>(
+                env,
+                vars::KUBE_INFORMERS_RESYNC_PERIOD,
+            )?
+            .or(f.attributes.kubernetes.informers_resync_period.map(|v| v.0))
+            .map_or(DEFAULT_KUBE_RESYNC_PERIOD, |d| d.0),
+            node_name: setting(env, vars::KUBE_NODE_NAME),
+            own_namespace: setting(env, vars::KUBE_NAMESPACE),
+            in_cluster: setting(env, vars::KUBERNETES_SERVICE_HOST).is_some(),
         };
 
         Ok(Config {
@@ -413,9 +459,32 @@ impl Config {
         s
     }
 
+    /// [`Config::selection`] of the entries without `k8s_*` criteria (those are
+    /// resolved to container ids by the Kubernetes discovery, `crate::kube`).
+    pub fn selection_without_kubernetes_entries(&self) -> Selection {
+        let mut c = self.clone();
+        c.discovery
+            .instrument
+            .retain(|e| !e.has_kubernetes_criteria());
+        if c.discovery.instrument.is_empty()
+            && c.discovery.open_port.is_empty()
+            && c.discovery.auto_target_exe.is_none()
+        {
+            return Selection::default();
+        }
+        c.selection()
+    }
+
     /// Things the user should know, one line each: ignored keys present in the file,
     /// and `discovery.instrument` entries the loader selection cannot express.
     pub fn warnings(&self) -> Vec<String> {
+        self.warnings_for(false)
+    }
+
+    /// [`Config::warnings`]; with `kubernetes_discovery` (Kubernetes metadata on),
+    /// entries with `k8s_*` criteria are resolved to container ids, so they are not
+    /// reported as selecting every process.
+    pub fn warnings_for(&self, kubernetes_discovery: bool) -> Vec<String> {
         let file = self
             .file
             .as_deref()
@@ -429,6 +498,9 @@ impl Config {
             })
             .collect();
         for (i, e) in self.discovery.instrument.iter().enumerate() {
+            if kubernetes_discovery && e.has_kubernetes_criteria() {
+                continue;
+            }
             if !e.has_loader_criteria() {
                 out.push(format!(
                     "{file}: discovery.instrument[{i}] has no open_ports, exe_path or target_pids, \

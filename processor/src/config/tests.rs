@@ -1077,3 +1077,53 @@ fn unknown_instrumentation_is_an_error() {
     );
     assert!(e.message.contains("soap"), "{}", e.message);
 }
+
+#[test]
+fn kubernetes_informer_settings_and_downward_api() {
+    let c = Config::from_yaml(
+        Path::new("k.yml"),
+        "attributes:\n  kubernetes:\n    informers_sync_timeout: 10s\n    informers_resync_period: 5m\n",
+        &[
+            ("OTEL_EBPF_KUBE_INFORMERS_RESYNC_PERIOD", "1h"),
+            ("KUBE_NODE_NAME", "node-a"),
+            ("KUBE_NAMESPACE", "tandem"),
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+        ],
+    )
+    .unwrap();
+    let k = &c.kubernetes;
+    assert_eq!(k.informers_sync_timeout, Duration::from_secs(10));
+    assert_eq!(k.informers_resync_period, Duration::from_secs(3600));
+    assert_eq!(k.node_name.as_deref(), Some("node-a"));
+    assert_eq!(k.own_namespace.as_deref(), Some("tandem"));
+    assert!(k.in_cluster);
+    assert!(c.ignored_keys.is_empty(), "{:?}", c.ignored_keys);
+    let d = Config::default().kubernetes;
+    assert_eq!(d.informers_sync_timeout, Duration::from_secs(30));
+    assert_eq!(d.informers_resync_period, Duration::from_secs(1800));
+}
+
+#[test]
+fn kubernetes_entries_leave_the_rest_of_the_selection() {
+    let c = Config::from_yaml(
+        Path::new("k.yml"),
+        "discovery:\n  instrument:\n    - open_ports: 8080\n    - k8s_namespace: shop\n",
+        &[("X", "y")],
+    )
+    .unwrap();
+    assert!(
+        c.selection().is_empty(),
+        "a k8s-only entry selects everything without kube"
+    );
+    let s = c.selection_without_kubernetes_entries();
+    assert_eq!(s.ports.len(), 1);
+    let only_k8s = Config::from_yaml(
+        Path::new("k.yml"),
+        "discovery:\n  instrument:\n    - k8s_namespace: shop\n",
+        &[("X", "y")],
+    )
+    .unwrap();
+    assert!(only_k8s.selection_without_kubernetes_entries().is_empty());
+    assert_eq!(only_k8s.warnings().len(), 1);
+    assert!(only_k8s.warnings_for(true).is_empty());
+}

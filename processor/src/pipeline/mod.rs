@@ -81,11 +81,38 @@ pub struct PipelineStats {
     pub metric_exports: (u64, u64),
 }
 
+/// The Kubernetes attributes of a span's peer (a pod of this node, or a Service's
+/// cluster IP): `k8s.dst.*` on CLIENT spans (the peer is the destination),
+/// `k8s.src.*` on SERVER spans (the peer is the source) — OBI's names for the two
+/// ends of a connection: `.name`, `.namespace`, `.type` (`Pod`, `Service`) and
+/// `.owner.name`.
+pub fn peer_attributes(
+    side: crate::model::Side,
+    p: &crate::kube::Peer,
+) -> Vec<opentelemetry::KeyValue> {
+    use opentelemetry::KeyValue;
+    let end = match side {
+        crate::model::Side::Client => "k8s.dst",
+        crate::model::Side::Server => "k8s.src",
+    };
+    let mut v = vec![
+        KeyValue::new(format!("{end}.name"), p.name.clone()),
+        KeyValue::new(format!("{end}.namespace"), p.namespace.clone()),
+        KeyValue::new(format!("{end}.type"), p.kind),
+    ];
+    if let Some(o) = &p.owner_name {
+        v.push(KeyValue::new(format!("{end}.owner.name"), o.clone()));
+    }
+    v
+}
+
 /// Transactions in, spans and metrics out. Single consumer: the processor's event
 /// loop calls it; export runs on tasks of the same (multi-thread) runtime.
 pub struct Pipeline {
     router: Router,
     processes: ProcessMap,
+    /// Kubernetes metadata (peer addresses; the resources read it through `processes`).
+    kube: Option<Arc<crate::kube::Store>>,
     sampler: Sampler,
     ids: Box<dyn IdGenerator>,
     metrics: Option<Arc<Mutex<MetricsRegistry>>>,
@@ -170,6 +197,7 @@ impl Pipeline {
         Ok(Pipeline {
             router,
             processes,
+            kube: None,
             sampler: export.sampler,
             ids: Box::new(RandomIdGenerator::default()),
             metrics,
@@ -187,6 +215,12 @@ impl Pipeline {
     /// the processes seen from now on.
     pub fn set_loader_attributes(&mut self, attrs: std::collections::BTreeMap<String, String>) {
         self.processes.set_loader_attributes(attrs);
+    }
+
+    /// Decorates resources and peers with Kubernetes metadata from `store`.
+    pub fn set_kubernetes(&mut self, store: Arc<crate::kube::Store>) {
+        self.processes.set_kubernetes(store.clone());
+        self.kube = Some(store);
     }
 
     /// A process started or was found running: its resource comes from here.
@@ -217,7 +251,12 @@ impl Pipeline {
             self.stats.ignored_traces += 1;
             return;
         }
-        let rec = build_span(tx, routed.route.as_deref(), self.sampler, self.ids.as_ref());
+        let mut rec = build_span(tx, routed.route.as_deref(), self.sampler, self.ids.as_ref());
+        if let (Some(store), Some(peer)) = (&self.kube, tx.peer) {
+            if let Some(p) = store.peer(peer.ip()) {
+                rec.data.attributes.extend(peer_attributes(tx.side, &p));
+            }
+        }
         self.printer.print(&rec, tx, &process);
         if !rec.sampled {
             self.stats.spans_not_sampled += 1;

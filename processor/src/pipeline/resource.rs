@@ -8,8 +8,13 @@
 //!    `process.executable.name`, `container.id` (when in a container),
 //!    `telemetry.sdk.name` = `tandem`, `telemetry.sdk.version` = this crate's version;
 //!    then the loader's posture (`tandem.loader.*`, see [`ProcessMap::set_loader_attributes`]);
-//! 2. `resource_attributes` (`OTEL_RESOURCE_ATTRIBUTES`);
-//! 3. `service_name` / `service_namespace` settings (`OTEL_SERVICE_NAME`).
+//! 2. with Kubernetes metadata on, for a process in a known pod's container: the
+//!    `k8s.*` attributes, `service.name` / `service.namespace` from the pod (see
+//!    `crate::kube::meta` for the rule) and its `resource.opentelemetry.io/*`
+//!    annotations; looked up again whenever the Kubernetes store changed, so a pod
+//!    learnt late (API server down at start) decorates the next spans;
+//! 3. `resource_attributes` (`OTEL_RESOURCE_ATTRIBUTES`);
+//! 4. `service_name` / `service_namespace` settings (`OTEL_SERVICE_NAME`).
 //!
 //! OBI names its SDK `opentelemetry-ebpf-instrumentation` and sets
 //! `telemetry.sdk.language` to the language it detected in the process; tandem
@@ -22,6 +27,8 @@ use std::sync::Arc;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
 use tandem_proto::v1::ProcessStarted;
+
+use crate::kube::Store;
 
 /// `telemetry.sdk.name` of everything tandem exports.
 pub const SDK_NAME: &str = "tandem";
@@ -58,13 +65,30 @@ pub struct ProcessResource {
     pub resource: Resource,
 }
 
+/// What the loader said of a process.
+#[derive(Debug, Clone, Default)]
+struct Started {
+    exe_path: String,
+    container_id: String,
+}
+
+#[derive(Debug)]
+struct Entry {
+    started: Option<Started>,
+    resource: Arc<ProcessResource>,
+    /// Kubernetes store version last looked at, and what it gave.
+    kube_version: u64,
+    kube_attrs: Option<BTreeMap<String, String>>,
+}
+
 /// What is known of each process, fed from `ProcessStarted` events.
 #[derive(Debug)]
 pub struct ProcessMap {
     settings: ResourceSettings,
     /// `tandem.loader.*` attributes: the loader's capability posture.
     loader: BTreeMap<String, String>,
-    by_pid: HashMap<u32, Arc<ProcessResource>>,
+    kube: Option<Arc<Store>>,
+    by_pid: HashMap<u32, Entry>,
     /// Insertion order, for forgetting the oldest past `MAX_PROCESSES`.
     order: std::collections::VecDeque<u32>,
 }
@@ -74,16 +98,45 @@ impl ProcessMap {
         ProcessMap {
             settings,
             loader: BTreeMap::new(),
+            kube: None,
             by_pid: HashMap::new(),
             order: Default::default(),
         }
     }
 
+    /// Decorates with the Kubernetes metadata of `store` from now on.
+    pub fn set_kubernetes(&mut self, store: Arc<Store>) {
+        self.kube = Some(store);
+    }
+
     /// A process started (or was found running). A pid seen again replaces the entry:
     /// it is a new process.
     pub fn on_started(&mut self, p: &ProcessStarted) {
-        let res = Arc::new(self.build(p.pid, Some(p)));
-        self.insert(p.pid, res);
+        let started = Started {
+            exe_path: p.exe_path.clone(),
+            container_id: p.container_id.clone(),
+        };
+        let (kube_version, kube_attrs) = self.kube_lookup(Some(&started));
+        let resource = Arc::new(self.build(p.pid, Some(&started), kube_attrs.as_ref()));
+        self.insert(
+            p.pid,
+            Entry {
+                started: Some(started),
+                resource,
+                kube_version,
+                kube_attrs,
+            },
+        );
+    }
+
+    fn kube_lookup(&self, started: Option<&Started>) -> (u64, Option<BTreeMap<String, String>>) {
+        match (&self.kube, started) {
+            (Some(store), Some(s)) if !s.container_id.is_empty() => {
+                let v = store.version();
+                (v, store.container_attributes(&s.container_id))
+            }
+            _ => (0, None),
+        }
     }
 
     /// Sets the `tandem.loader.*` attributes (the loader's capability posture) of
@@ -93,17 +146,47 @@ impl ProcessMap {
     }
 
     /// The resource of `pid`; a process tandem never saw start gets a minimal one
-    /// (remembered, so that all its spans share it).
+    /// (remembered, so that all its spans share it). With Kubernetes metadata, a
+    /// changed store is looked at again (no API call: an in-memory lookup).
     pub fn get(&mut self, pid: u32) -> Arc<ProcessResource> {
-        if let Some(r) = self.by_pid.get(&pid) {
-            return r.clone();
+        let kube_version = self.kube.as_ref().map(|s| s.version());
+        if let Some(e) = self.by_pid.get(&pid) {
+            let stale = kube_version.is_some_and(|v| v != e.kube_version)
+                && e.started
+                    .as_ref()
+                    .is_some_and(|s| !s.container_id.is_empty());
+            if !stale {
+                return e.resource.clone();
+            }
+            let started = e.started.clone();
+            let (v, attrs) = self.kube_lookup(started.as_ref());
+            let rebuild = attrs != e.kube_attrs;
+            let resource = if rebuild {
+                Arc::new(self.build(pid, started.as_ref(), attrs.as_ref()))
+            } else {
+                e.resource.clone()
+            };
+            if let Some(e) = self.by_pid.get_mut(&pid) {
+                e.kube_version = v;
+                e.kube_attrs = attrs;
+                e.resource = resource.clone();
+            }
+            return resource;
         }
-        let res = Arc::new(self.build(pid, None));
-        self.insert(pid, res.clone());
+        let res = Arc::new(self.build(pid, None, None));
+        self.insert(
+            pid,
+            Entry {
+                started: None,
+                resource: res.clone(),
+                kube_version: kube_version.unwrap_or(0),
+                kube_attrs: None,
+            },
+        );
         res
     }
 
-    fn insert(&mut self, pid: u32, res: Arc<ProcessResource>) {
+    fn insert(&mut self, pid: u32, res: Entry) {
         if self.by_pid.insert(pid, res).is_none() {
             self.order.push_back(pid);
         }
@@ -117,7 +200,12 @@ impl ProcessMap {
         }
     }
 
-    fn build(&self, pid: u32, p: Option<&ProcessStarted>) -> ProcessResource {
+    fn build(
+        &self,
+        pid: u32,
+        p: Option<&Started>,
+        kube: Option<&BTreeMap<String, String>>,
+    ) -> ProcessResource {
         let s = &self.settings;
         let mut attrs: BTreeMap<String, String> = BTreeMap::new();
         let exe_name = p
@@ -156,7 +244,10 @@ impl ProcessMap {
                 attrs.insert("container.id".into(), p.container_id.clone());
             }
         }
-        for (k, v) in self.loader.iter().chain(&s.resource_attributes) {
+        for (k, v) in self.loader.iter().chain(kube.into_iter().flatten()) {
+            attrs.insert(k.clone(), v.clone());
+        }
+        for (k, v) in &s.resource_attributes {
             attrs.insert(k.clone(), v.clone());
         }
         if let Some(name) = &s.service_name {
@@ -292,5 +383,46 @@ mod tests {
         assert_eq!(m.by_pid.len(), MAX_PROCESSES);
         assert!(!m.by_pid.contains_key(&0));
         assert!(m.by_pid.contains_key(&(MAX_PROCESSES as u32 + 9)));
+    }
+
+    #[test]
+    fn kubernetes_metadata_learnt_late_decorates_the_next_spans() {
+        use crate::kube::meta::{Owner, PodMeta};
+        let store = Arc::new(Store::new(Some("prod".into())));
+        let mut m = ProcessMap::new(settings());
+        m.set_kubernetes(store.clone());
+        m.on_started(&started(5, "/usr/bin/server"));
+        // The API server has not answered yet: undecorated.
+        assert_eq!(m.get(5).service_name, "server");
+        assert_eq!(get(&m.get(5), "k8s.pod.name"), None);
+        let first = m.get(5);
+        assert!(
+            Arc::ptr_eq(&first, &m.get(5)),
+            "cached while nothing changed"
+        );
+        store.pod_apply(PodMeta {
+            uid: "u".into(),
+            name: "web-0".into(),
+            namespace: "shop".into(),
+            node_name: "n1".into(),
+            start_time: Some("2026-01-01T00:00:00Z".into()),
+            owner: Some(Owner {
+                kind: "StatefulSet".into(),
+                name: "web".into(),
+            }),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            containers: vec![("abc123".into(), "app".into())],
+            ips: vec![],
+        });
+        let r = m.get(5);
+        assert_eq!(r.service_name, "web");
+        assert_eq!(get(&r, "k8s.pod.name"), Some("web-0".into()));
+        assert_eq!(get(&r, "k8s.statefulset.name"), Some("web".into()));
+        assert_eq!(get(&r, "k8s.cluster.name"), Some("prod".into()));
+        assert_eq!(get(&r, "service.namespace"), Some("shop".into()));
+        // An unrelated change keeps the same resource.
+        store.set_detected_cluster_name(Some("other".into()));
+        assert!(Arc::ptr_eq(&r, &m.get(5)));
     }
 }
