@@ -350,10 +350,11 @@ fn loader_as(who: &LoaderAs, dir: &Path, socket: &Path, args: &[&str]) -> Runnin
             };
             assert_eq!(line("Uid:"), ["65534"; 4], "{status}");
             // Once attached, the loader keeps only what following new processes takes
-            // (tandem_security: SYS_PTRACE and DAC_READ_SEARCH) and sets no_new_privs.
+            // (tandem_security: SYS_PTRACE and DAC_READ_SEARCH for processes,
+            // CHECKPOINT_RESTORE for TLS libraries) and sets no_new_privs.
             let want: u64 = caps
                 .iter()
-                .filter(|c| matches!(**c, "sys_ptrace" | "dac_read_search"))
+                .filter(|c| matches!(**c, "sys_ptrace" | "dac_read_search" | "checkpoint_restore"))
                 .map(|c| 1u64 << cap_bit(c))
                 .sum();
             let eff = u64::from_str_radix(line("CapEff:")[0], 16).expect("CapEff hex");

@@ -23,6 +23,18 @@ const SIX: &[&str] = &[
     "checkpoint_restore",
 ];
 
+/// What the serving loader keeps after attaching with every feature it uses on
+/// (syscall capture, sock tracepoints, process discovery, TLS), per
+/// `tandem_security::FEATURES`' run-time needs: SYS_PTRACE, DAC_READ_SEARCH and
+/// CHECKPOINT_RESTORE, as /proc/<pid>/status prints them (names in capability
+/// number order, as the report lists them).
+const REDUCED: &str = "0000010000080004";
+const REDUCED_NAMES: [&str; 3] = [
+    "CAP_DAC_READ_SEARCH",
+    "CAP_SYS_PTRACE",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
 /// A setpriv command running `program` as uid/gid 65534 with exactly `caps`
 /// (effective, permitted, inheritable, ambient and bounding).
 fn as_nobody(caps: &[&str], program: &Path) -> Command {
@@ -216,8 +228,31 @@ fn the_serving_loader_drops_what_it_no_longer_needs_after_attaching() {
     loader.stderr.wait_for("serving tandem.loader.v1", PATIENCE);
     wait_ebpf_ready(&loader);
 
-    // Every thread holds only SYS_PTRACE + DAC_READ_SEARCH, with no_new_privs.
-    let reduced = "0000000000080004";
+    // Every thread holds only SYS_PTRACE + DAC_READ_SEARCH (process discovery) and
+    // CHECKPOINT_RESTORE (TLS: libraries found later), with no_new_privs.
+    let reduced = REDUCED;
+    // The constants above are the model's run-time set.
+    let model: Vec<String> = tandem_security::runtime_capabilities(
+        [
+            "syscall_capture",
+            "sock_tracepoints",
+            "process_discovery",
+            "tls_uprobes",
+        ]
+        .iter()
+        .map(|id| tandem_security::feature(id).expect("a feature of the model")),
+    )
+    .iter()
+    .map(|c| c.to_string())
+    .collect();
+    let mut names = REDUCED_NAMES.to_vec();
+    names.sort();
+    let mut model_sorted = model.clone();
+    model_sorted.sort();
+    assert_eq!(
+        model_sorted, names,
+        "REDUCED_NAMES is the model's run-time set"
+    );
     let tasks = std::fs::read_dir(format!("/proc/{}/task", loader.pid())).expect("tasks");
     let mut threads = 0;
     for task in tasks {
@@ -246,12 +281,12 @@ fn the_serving_loader_drops_what_it_no_longer_needs_after_attaching() {
         "{log}"
     );
 
-    // The same over gRPC: before (six) and after (two).
+    // The same over gRPC: before (six) and after (three).
     let r = capability_report(&socket);
     let current = r.current.expect("current summary");
     assert_eq!(current.uid, 65534);
-    assert_eq!(current.effective, ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"]);
-    assert_eq!(current.permitted, ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"]);
+    assert_eq!(current.effective, REDUCED_NAMES);
+    assert_eq!(current.permitted, REDUCED_NAMES);
     assert!(current.no_new_privs);
     assert!(current.excess.is_empty(), "{:?}", current.excess);
     assert!(current.unavailable_features.is_empty());
@@ -259,15 +294,7 @@ fn the_serving_loader_drops_what_it_no_longer_needs_after_attaching() {
     assert!(current.strict_ok);
     let mut dropped = r.dropped.clone();
     dropped.sort();
-    assert_eq!(
-        dropped,
-        [
-            "CAP_BPF",
-            "CAP_CHECKPOINT_RESTORE",
-            "CAP_NET_RAW",
-            "CAP_PERFMON"
-        ]
-    );
+    assert_eq!(dropped, ["CAP_BPF", "CAP_NET_RAW", "CAP_PERFMON"]);
     assert_eq!(r.allowed_uids, [0]);
     let before: Value = serde_json::from_str(&r.before_json).expect("before_json");
     let after: Value = serde_json::from_str(&r.after_json).expect("after_json");
@@ -286,7 +313,7 @@ fn the_serving_loader_drops_what_it_no_longer_needs_after_attaching() {
         .map(|e| e["capability"].as_str().expect("name").to_owned())
         .collect();
     before_excess.sort();
-    assert_eq!(before_excess, ["CAP_CHECKPOINT_RESTORE", "CAP_NET_RAW"]);
+    assert_eq!(before_excess, ["CAP_NET_RAW"]);
     assert_eq!(before["process"]["no_new_privs"], false);
     assert_eq!(after["process"]["no_new_privs"], true);
     assert_eq!(after["socket_allowlist"]["uids"], serde_json::json!([0]));
@@ -296,7 +323,7 @@ fn the_serving_loader_drops_what_it_no_longer_needs_after_attaching() {
     let line = p.stderr.wait_for("loader capabilities:", PATIENCE);
     assert!(line.contains("INFO"), "{line}");
     assert!(
-        line.contains("uid 65534") && line.contains("CAP_DAC_READ_SEARCH,CAP_SYS_PTRACE"),
+        line.contains("uid 65534") && line.contains(&REDUCED_NAMES.join(",")),
         "{line}"
     );
     assert!(line.contains("excess [none]"), "{line}");
@@ -434,7 +461,7 @@ fn after_the_drop_the_loader_still_finds_and_captures_new_processes() {
     let loader = Running::spawn(cmd, "tandem-loader (uid 65534)");
     wait_ebpf_ready(&loader);
     let status = std::fs::read_to_string(format!("/proc/{}/status", loader.pid())).expect("status");
-    assert_eq!(field(&status, "CapEff"), "0000000000080004", "{status}");
+    assert_eq!(field(&status, "CapEff"), REDUCED, "{status}");
 
     // Started after the drop, before anybody asked for it.
     let www = dir.path().join("www");

@@ -87,7 +87,7 @@ fn make_certificate(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// The HTTPS server, listening on `port`, serving `/hello.txt`.
-fn start_https_server(dir: &Path, port: u16) -> Running {
+fn start_https_server(dir: &Path, port: u16, lib_dir: Option<&Path>) -> Running {
     let (cert, key) = make_certificate(dir);
     let www = dir.join("www");
     std::fs::create_dir_all(&www).expect("create www");
@@ -101,6 +101,9 @@ fn start_https_server(dir: &Path, port: u16) -> Running {
         .arg(&cert)
         .arg(&key)
         .arg(&www);
+    if let Some(lib) = lib_dir {
+        cmd.env("LD_LIBRARY_PATH", lib);
+    }
     let mut server = Running::spawn(cmd, &format!("python3 https server :{port}"));
     wait_listening(&mut server, port, PATIENCE);
     server
@@ -130,6 +133,10 @@ fn start_loader_as(caps: Option<&[&str]>, dir: &Path, socket: &Path) -> Running 
     .args(["--allow-uid", "0"]);
     let loader = Running::spawn(cmd, "tandem-loader (uid 65534)");
     loader.stderr.wait_for("serving tandem.loader.v1", PATIENCE);
+    // Attached and dropped to the run-time set: whatever is probed from now on (a
+    // library found when a subscriber selects a process) is probed without the
+    // capabilities that loading needed.
+    loader.stderr.wait_for("ebpf source ready", PATIENCE);
     wait_ebpf_ready(&loader);
     let status = std::fs::read_to_string(format!("/proc/{}/status", loader.pid()))
         .expect("read the loader's /proc status");
@@ -145,11 +152,31 @@ fn start_loader_as(caps: Option<&[&str]>, dir: &Path, socket: &Path) -> Running 
     let eff = u64::from_str_radix(&field("CapEff:"), 16).expect("CapEff hex");
     const SYS_ADMIN: u64 = 1 << 21;
     assert_eq!(eff & SYS_ADMIN, 0, "no CAP_SYS_ADMIN: {eff:#x}");
+    // Started with exactly `caps` (the bounding set keeps them: the loader cannot
+    // change it without SETPCAP); after attaching it keeps only a subset of them.
+    let bounding = u64::from_str_radix(&field("CapBnd:"), 16).expect("CapBnd hex");
     assert_eq!(
-        eff.count_ones() as usize,
+        bounding.count_ones() as usize,
         caps.len(),
-        "exactly {caps:?}: {eff:#x}"
+        "exactly {caps:?}: {bounding:#x}"
     );
+    assert_eq!(eff & !bounding, 0, "effective within {caps:?}: {eff:#x}");
+    // Exactly what the capability model says the features keep at run time.
+    let features = [
+        "syscall_capture",
+        "sock_tracepoints",
+        "process_discovery",
+        "tls_uprobes",
+    ];
+    let kept = tandem_security::runtime_capabilities(
+        features
+            .iter()
+            .map(|id| tandem_security::feature(id).expect("a feature of the model")),
+    );
+    let kept_bits = kept
+        .iter()
+        .fold(0u64, |bits, c| bits | 1u64 << (c.to_caps().index() as u64));
+    assert_eq!(eff, kept_bits, "the run-time set {kept:?}: {eff:#x}");
     loader
 }
 
@@ -261,14 +288,36 @@ fn curl_https(url: &str) -> (i64, u16, String) {
 
 /// Runs curl against the HTTPS server and checks the raw events of both sides, and
 /// (`spans`) the spans a second, exporting processor sends to an OTLP receiver.
-fn https_exchange(test: &str, caps: Option<&[&str]>, spans: bool) {
+/// The host's libssl.so.3, copied into `dir`: a library file the loader cannot have
+/// probed at start-up, found only in the maps of the process that loads it.
+fn private_libssl_copy(dir: &Path) -> PathBuf {
+    let host = [
+        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+        "/usr/lib64/libssl.so.3",
+        "/usr/lib/libssl.so.3",
+    ]
+    .into_iter()
+    .map(Path::new)
+    .find(|p| p.exists())
+    .expect("libssl.so.3 (scripts/setup.sh installs it with curl)");
+    let lib = dir.join("private-lib");
+    std::fs::create_dir_all(&lib).expect("lib dir");
+    std::fs::copy(host, lib.join("libssl.so.3")).expect("copy libssl");
+    lib
+}
+
+/// With `private_libssl`, the server loads its own copy of libssl, which the loader
+/// finds and probes only when a subscriber selects the server: after start-up, so
+/// with only the capabilities it keeps at run time.
+fn https_exchange(test: &str, caps: Option<&[&str]>, spans: bool, private_libssl: bool) {
     if !require_root_bpf(test) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let port = free_port();
-    let server = start_https_server(dir.path(), port);
+    let lib_dir = private_libssl.then(|| private_libssl_copy(dir.path()));
+    let server = start_https_server(dir.path(), port, lib_dir.as_deref());
     let server_pid = i64::from(server.pid());
 
     let run = dir.path().join("run");
@@ -309,6 +358,15 @@ fn https_exchange(test: &str, caps: Option<&[&str]>, spans: bool) {
         "an attached uprobe_multi probe on libssl: {tls:?}\nloader stderr:\n{}",
         loader.stderr.text()
     );
+    if let Some(lib) = &lib_dir {
+        let lib = lib.to_string_lossy();
+        assert!(
+            tls.iter()
+                .any(|p| p.attached && p.name.contains(lib.as_ref())),
+            "an attached uprobe_multi probe on the private copy in {lib}: {tls:?}\nloader stderr:\n{}",
+            loader.stderr.text()
+        );
+    }
 
     let (curl_pid, curl_port, body) = curl_https(&format!("https://127.0.0.1:{port}/hello.txt"));
     assert_eq!(body, BODY);
@@ -393,6 +451,7 @@ fn https_plaintext_of_curl_and_a_python_server_becomes_spans() {
         "https_plaintext_of_curl_and_a_python_server_becomes_spans",
         None,
         true,
+        false,
     );
 }
 
@@ -402,6 +461,7 @@ fn https_plaintext_with_exactly_six_capabilities_and_no_sys_admin() {
         "https_plaintext_with_exactly_six_capabilities_and_no_sys_admin",
         Some(SIX_CAPS),
         false,
+        true,
     );
 }
 

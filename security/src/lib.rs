@@ -219,11 +219,12 @@ pub const FEATURES: &[Feature] = &[
         id: "tls_uprobes",
         description: "uprobe_multi links on libssl SSL_read/SSL_write: plaintext of TLS traffic",
         capabilities: &[Bpf, Perfmon, SysPtrace, CheckpointRestore],
-        runtime_capabilities: &[Bpf, Perfmon, SysPtrace, CheckpointRestore],
-        why: "BPF and PERFMON create uprobe_multi links (no SYS_ADMIN needed); SYS_PTRACE \
+        runtime_capabilities: &[SysPtrace, CheckpointRestore],
+        why: "BPF and PERFMON load the programs (no SYS_ADMIN needed); SYS_PTRACE \
               reads /proc/<pid>/maps and root of other users' processes; CHECKPOINT_RESTORE \
-              opens /proc/<pid>/map_files to find the exact libssl mapped. New processes \
-              get new links, so all four stay after attaching.",
+              opens /proc/<pid>/map_files to find the exact libssl mapped. Libraries found \
+              later get links from the programs already loaded, which needs no BPF or \
+              PERFMON (measured on Linux 6.18): SYS_PTRACE and CHECKPOINT_RESTORE stay.",
         facilities: &[Facility::UprobeMulti, Facility::Btf, Facility::RingBuffer, Facility::Procfs],
     },
 ];
