@@ -19,6 +19,7 @@ APT_PACKAGES=(
   python3
   util-linux           # setpriv: run the loader with exactly its capabilities
   libcap2-bin          # capsh/getpcaps for inspection
+  bpftool              # capture-overhead bench: per-program kernel run time
   postgresql-15        # database tests: initdb, pg_ctl, postgres, pgbench
   postgresql-client-15 # database tests: psql
   redis-server         # database tests: redis-server (redis-tools: redis-cli, redis-benchmark)

@@ -19,6 +19,10 @@
 # per request (user + system time of its workers / requests) is printed with and
 # without tandem. PIN=0 lets everything share every CPU.
 #
+# The kernel side is measured too: with kernel.bpf_stats_enabled on during the runs
+# with tandem, it prints each eBPF program's runs and nanoseconds per run (bpftool,
+# installed by scripts/setup.sh), and their sum per request.
+#
 # Environment (defaults): ROUNDS (2), DURATION (10s), THREADS (1 pinned, 2 otherwise),
 # CONNECTIONS (50), WORKERS (nginx worker_processes: SERVER_CPUS pinned, 2 otherwise),
 # BODY_BYTES (size of the static file, 612),
@@ -57,7 +61,7 @@ say() { echo "bench: $*" >&2; }
 die() { say "$*"; exit 2; }
 
 [ "$(id -u)" = 0 ] || die "run as root (the loader loads eBPF programs): sudo bash $0"
-for tool in wrk nginx curl taskset; do
+for tool in wrk nginx curl taskset bpftool; do
   command -v "$tool" >/dev/null || die "$tool is missing (bash scripts/setup.sh installs it)"
 done
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
@@ -139,6 +143,18 @@ nginx_ticks() {
   echo "$t"
 }
 
+# prog_stats: "id name run_cnt run_time_ns" of the loader's eBPF programs, by id.
+prog_stats() {
+  local fd f id
+  for fd in /proc/"$LOADER_PID"/fd/*; do
+    [[ "$(readlink "$fd" 2>/dev/null)" == *bpf-prog* ]] || continue
+    f=/proc/$LOADER_PID/fdinfo/${fd##*/}
+    id=$(awk '/^prog_id:/ {print $2}' "$f")
+    echo "$id $(bpftool prog show id "$id" 2>/dev/null | awk 'NR == 1 { for (i = 1; i < NF; i++) if ($i == "name") print $(i + 1) }') \
+$(awk '/^run_cnt:/ {c = $2} /^run_time_ns:/ {t = $2} END {print c + 0, t + 0}' "$f")"
+  done | sort -k1,1
+}
+
 # run_wrk LABEL: prints requests/s and nginx's CPU time per request (microseconds).
 run_wrk() {
   local out n0 n1 rps
@@ -175,9 +191,19 @@ for round in $(seq "$ROUNDS"); do
   wait_log "$WORK/loader-$round.log" "ebpf: instrumenting"
   sleep 0.5
 
+  bpf_stats_was=$(sysctl -n kernel.bpf_stats_enabled)
+  sysctl -qw kernel.bpf_stats_enabled=1
+  prog_stats >"$WORK/progs0-$round.txt"
   l0=$(cpu_ticks "$LOADER_PID"); p0=$(cpu_ticks "$PROCESSOR_PID")
   read -r with with_us <<<"$(run_wrk "tandem-$round")"
   l1=$(cpu_ticks "$LOADER_PID"); p1=$(cpu_ticks "$PROCESSOR_PID")
+  prog_stats >"$WORK/progs1-$round.txt"
+  sysctl -qw kernel.bpf_stats_enabled="$bpf_stats_was"
+  requests=$(awk -v r="$with" -v s="${DURATION%s}" 'BEGIN { printf "%d", r * s }')
+  say "round $round: kernel programs during the run (runs, ns/run, ns per request):"
+  join "$WORK/progs0-$round.txt" "$WORK/progs1-$round.txt" | awk -v req="$requests" '
+    { runs = $6 - $3; ns = $7 - $4; if (runs > 0) { printf "bench:   %-28s %10d %8.0f %8.1f\n", $2, runs, ns / runs, ns / req; tot += ns } }
+    END { printf "bench:   %-28s %10s %8s %8.1f\n", "all programs", "", "", tot / req }' >&2
   # CPU used during the run, in % of one core.
   loader_cpu=$(( (l1 - l0) * 100 / HZ / secs ))
   processor_cpu=$(( (p1 - p0) * 100 / HZ / secs ))

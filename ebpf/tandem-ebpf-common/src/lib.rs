@@ -101,7 +101,10 @@ pub mod counter {
     /// Plaintext of an `SSL_*` call not emitted because the call's connection was
     /// unknown (no socket syscall seen for that `SSL *` in this process yet).
     pub const TLS_UNKNOWN_CONNECTION: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Read/write syscalls of traced threads not captured because the in-flight
+    /// map (`ACTIVE`) was full.
+    pub const ACTIVE_FULL: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Which OpenSSL function a TLS uprobe fired for: the uprobe_multi cookie of each

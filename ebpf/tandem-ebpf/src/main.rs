@@ -52,9 +52,13 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 static PORTS: Array<u64> = Array::with_max_entries(1024, 0);
 
-/// Read/write syscalls of traced threads in flight: pid_tgid -> Pending.
+/// Read/write syscalls of traced threads in flight: pid_tgid -> Pending. A plain
+/// (preallocated) hash: an insert costs a third of an LRU insert, and it is paid on
+/// every read/write of a traced thread. Entries go at syscall exit, or at thread
+/// exit for a thread that dies inside the syscall; when full, a syscall is not
+/// captured and counted (`ACTIVE_FULL`).
 #[map]
-static ACTIVE: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16_384, 0);
+static ACTIVE: HashMap<u64, Pending> = HashMap::with_max_entries(16_384, 0);
 
 /// TCP sockets: `struct sock *` -> tuple, role and connection id. Filled at
 /// TCP_ESTABLISHED for every socket, or at first use for sockets established before
@@ -245,6 +249,8 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     }
     let traced = is_traced(tgid);
     if traced {
+        // A thread that dies inside a read/write never reaches its sys_exit.
+        let _ = ACTIVE.remove(&id);
         // A thread that dies inside an SSL_* call never returns from it: do not let
         // a later thread with the same id look like it is inside one.
         let _ = SSL_ACTIVE.remove(&id);
@@ -393,7 +399,9 @@ fn on_enter(ctx: &TracePointContext, syscall: u8, direction: u8, flags_offset: u
         direction,
         _pad: 0,
     };
-    let _ = ACTIVE.insert(&id, &pending, BPF_ANY as u64);
+    if ACTIVE.insert(&id, &pending, BPF_ANY as u64).is_err() {
+        bump(counter::ACTIVE_FULL);
+    }
     0
 }
 

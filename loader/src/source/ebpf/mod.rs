@@ -200,6 +200,7 @@ impl EbpfSource {
         let poll = Duration::from_millis(self.args.poll_interval_ms);
         let mut lost_reported = tracker.kernel().ring_lost();
         let mut pids_full_reported = tracker.kernel().counter(counter::PIDS_FULL);
+        let mut active_full_reported = tracker.kernel().counter(counter::ACTIVE_FULL);
         let mut last_check = Instant::now();
         let mut events = Vec::new();
         loop {
@@ -240,6 +241,18 @@ impl EbpfSource {
                          not traced (raise --max-traced-processes)"
                     );
                     pids_full_reported = full;
+                }
+                let full = tracker.kernel().counter(counter::ACTIVE_FULL);
+                if full > active_full_reported {
+                    hub.report_source_loss(
+                        monotonic_ns(),
+                        full - active_full_reported,
+                        LossLocation::Source,
+                        "the kernel's in-flight syscall map was full: reads/writes of traced \
+                         threads were not captured (more than 16384 threads inside a read or \
+                         write at once)",
+                    );
+                    active_full_reported = full;
                 }
             }
             if n < MAX_RECORDS_PER_BATCH {
