@@ -538,6 +538,10 @@ fn pod_violations(spec: &PodSpec, mode: PodMode, objs: &Objects, ext: &External)
         env_field_ref(processor, "KUBE_NAMESPACE") == Some("metadata.namespace"),
         || "processor: KUBE_NAMESPACE must come from metadata.namespace".into(),
     );
+    v.check(
+        env_value(processor, "TANDEM_REFUSE_PRIVILEGED") == Some("true"),
+        || "processor: TANDEM_REFUSE_PRIVILEGED must be true (refuse to run privileged)".into(),
+    );
     let kube = env_value(processor, "OTEL_EBPF_KUBE_METADATA_ENABLE");
     v.check(matches!(kube, Some("true" | "autodetect")), || {
         format!("processor: OTEL_EBPF_KUBE_METADATA_ENABLE must be true or autodetect, is {kube:?}")
@@ -967,6 +971,12 @@ const MUTATIONS: &[Mutation] = &[
             }
         }
     }),
+    ("processor may run privileged", |o| {
+        processor_mut(o)
+            .env
+            .get_or_insert_with(Vec::new)
+            .retain(|e| e.name != "TANDEM_REFUSE_PRIVILEGED")
+    }),
     ("no node name", |o| {
         processor_mut(o)
             .env
@@ -1295,6 +1305,11 @@ fn processor_unit_violations(text: &str, loader_text: &str) -> Vec<String> {
     v.check(unit_value(&s, "NoNewPrivileges") == Some("yes"), || {
         "processor unit: NoNewPrivileges=yes".into()
     });
+    v.check(
+        text.lines()
+            .any(|l| l.trim() == "Environment=TANDEM_REFUSE_PRIVILEGED=true"),
+        || "processor unit: Environment=TANDEM_REFUSE_PRIVILEGED=true".into(),
+    );
     let user = unit_value(&s, "User").unwrap_or("");
     let dynamic = unit_value(&s, "DynamicUser") == Some("yes");
     v.check(
@@ -2082,9 +2097,6 @@ fn every_environment_variable_set_is_one_the_binaries_read() {
     let loader_known = help_env_names(&loader_bin());
     let mut processor_known = help_env_names(&processor_bin());
     processor_known.extend(processor_source_env_names());
-    // Read by the processor's Kubernetes decoration (developed separately); the names
-    // are the ones OBI's guide uses for the downward API.
-    processor_known.extend(["KUBE_NODE_NAME".to_string(), "KUBE_NAMESPACE".to_string()]);
 
     let mut pods: Vec<(String, PodSpec)> = Vec::new();
     let plain = daemon_set_objects();
