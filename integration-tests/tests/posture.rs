@@ -415,6 +415,7 @@ fn the_loader_posture_is_exported_as_resource_attributes_on_request() {
         ),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
         ("TANDEM_EXPORT_LOADER_POSTURE", "true".to_owned()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "500".to_owned()),
     ];
     let p = start_exporting_processor(&socket, "posture-export", &config, &env);
     receiver.until("a span", PATIENCE, &|| p.stderr.text(), |records| {
@@ -440,6 +441,46 @@ fn the_loader_posture_is_exported_as_resource_attributes_on_request() {
     ] {
         assert!(resource[key].is_string(), "{key} in {resource}");
     }
+
+    // The metric of excess capabilities, under the processor's own resource (the
+    // replaying loader runs as this test's user and attaches nothing: as root, every
+    // capability it holds is excess).
+    receiver.until(
+        "tandem.loader.excess_capabilities",
+        PATIENCE,
+        &|| p.stderr.text(),
+        |records| {
+            records.iter().any(|r| {
+                r["signal"] == "metrics" && r["name"] == "tandem.loader.excess_capabilities"
+            })
+        },
+    );
+    let gauge = receiver
+        .records
+        .iter()
+        .rev()
+        .find(|r| r["signal"] == "metrics" && r["name"] == "tandem.loader.excess_capabilities")
+        .expect("the gauge")
+        .clone();
+    assert_eq!(gauge["kind"], "gauge", "{gauge}");
+    assert_eq!(
+        gauge["resource"]["service.name"], "posture-export",
+        "{gauge}"
+    );
+    let point = &gauge["points"][0];
+    let excess = resource["tandem.loader.capabilities.excess"]
+        .as_str()
+        .expect("excess attribute");
+    let count = if excess.is_empty() {
+        0
+    } else {
+        excess.split(',').count()
+    };
+    assert_eq!(point["value"], count, "{gauge}");
+    assert_eq!(
+        point["attributes"]["tandem.loader.capabilities.excess"], excess,
+        "{gauge}"
+    );
 }
 
 /// What the loader keeps after its drop is what following processes needs, measured:

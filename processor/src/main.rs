@@ -220,13 +220,22 @@ async fn run(cli: Cli, config: Config, privileged: Option<String>) -> anyhow::Re
         socket: cli.socket.clone(),
         name: cli.name.clone(),
         selection,
-        posture: cli.export_loader_posture.then_some(posture_tx),
+        posture: Some(posture_tx),
         selection_updates,
     };
     let result = client::run(client_config, shutdown, |batch| {
         if posture_rx.has_changed().unwrap_or(false) {
             if let Some(summary) = posture_rx.borrow_and_update().as_ref() {
-                pipeline.set_loader_attributes(client::posture_attributes(summary));
+                pipeline.set_loader_posture(
+                    &cli.name,
+                    &pipeline::metrics::LoaderPosture {
+                        excess: summary.excess.clone(),
+                        privileged: summary.privileged.clone(),
+                    },
+                );
+                if cli.export_loader_posture {
+                    pipeline.set_loader_attributes(client::posture_attributes(summary));
+                }
             }
         }
         let offset = batch.realtime_offset_ns;

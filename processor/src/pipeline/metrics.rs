@@ -21,7 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use opentelemetry::metrics::{Histogram, MeterProvider};
+use opentelemetry::metrics::{Gauge, Histogram, MeterProvider};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
@@ -29,6 +29,7 @@ use opentelemetry_sdk::metrics::reader::MetricReader;
 use opentelemetry_sdk::metrics::{
     InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
 };
+use opentelemetry_sdk::Resource;
 
 use crate::model::{DbTransaction, HttpTransaction, Side};
 use crate::pipeline::db::db_metric_attributes;
@@ -228,9 +229,84 @@ pub struct MetricsRegistry {
     order: VecDeque<u32>,
     /// Replaced or evicted meters: collected once more, then dropped.
     retired: Vec<ProcessMeters>,
+    /// tandem's own metrics (the loader's posture), under the processor's resource.
+    own: Option<OwnMeters>,
+}
+
+/// Metrics about tandem itself rather than an instrumented process: resource
+/// `service.name` = the processor's subscription name, `host.name`.
+#[derive(Debug)]
+struct OwnMeters {
+    /// Kept alive: the gauge records through it.
+    _provider: SdkMeterProvider,
+    reader: SharedReader,
+    excess: Gauge<i64>,
+}
+
+/// The loader's capability posture as a metric (`tandem.loader.excess_capabilities`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoaderPosture {
+    /// Capabilities the loader holds that no enabled feature needs (`CAP_*`).
+    pub excess: Vec<String>,
+    /// Why the loader is privileged-equivalent; empty when it is not.
+    pub privileged: String,
+}
+
+impl OwnMeters {
+    fn new(resource: Resource) -> Self {
+        let reader = SharedReader(Arc::new(ManualReader::builder().build()));
+        let provider = SdkMeterProvider::builder()
+            .with_resource(resource)
+            .with_reader(reader.clone())
+            .build();
+        let excess = provider
+            .meter_with_scope(scope())
+            .i64_gauge("tandem.loader.excess_capabilities")
+            .with_unit("{capability}")
+            .with_description(
+                "Capabilities the loader holds that no enabled feature needs (0 when it holds \
+                 only what it uses); attribute tandem.loader.capabilities.excess names them.",
+            )
+            .build();
+        OwnMeters {
+            _provider: provider,
+            reader,
+            excess,
+        }
+    }
+
+    fn collect(&self) -> Option<ResourceMetrics> {
+        let mut rm = ResourceMetrics::default();
+        match self.reader.collect(&mut rm) {
+            Ok(()) => Some(rm),
+            Err(e) => {
+                tracing::debug!("tandem's own metrics collection failed: {e}");
+                None
+            }
+        }
+    }
 }
 
 impl MetricsRegistry {
+    /// Records the loader's posture under `resource` (the processor's own): the
+    /// gauge `tandem.loader.excess_capabilities`.
+    pub fn record_loader_posture(&mut self, resource: &Resource, posture: &LoaderPosture) {
+        let own = self
+            .own
+            .get_or_insert_with(|| OwnMeters::new(resource.clone()));
+        let count = i64::try_from(posture.excess.len()).unwrap_or(i64::MAX);
+        own.excess.record(
+            count,
+            &[
+                KeyValue::new(
+                    "tandem.loader.capabilities.excess",
+                    posture.excess.join(","),
+                ),
+                KeyValue::new("tandem.loader.privileged", !posture.privileged.is_empty()),
+            ],
+        );
+    }
+
     /// Records one transaction of `process`.
     pub fn record(
         &mut self,
@@ -319,6 +395,7 @@ impl MetricsRegistry {
             .values()
             .filter_map(ProcessMeters::collect)
             .collect();
+        out.extend(self.own.as_ref().and_then(OwnMeters::collect));
         for old in self.retired.drain(..) {
             out.extend(old.collect());
             if let Err(e) = old.provider.shutdown() {
@@ -383,6 +460,48 @@ pub(crate) mod tests {
             .find(|(n, _)| n == name)
             .unwrap_or_else(|| panic!("no metric {name}"))
             .1
+    }
+
+    #[test]
+    fn the_loader_posture_is_a_gauge_under_the_processors_own_resource() {
+        let mut reg = MetricsRegistry::default();
+        assert!(reg.collect().is_empty());
+        let resource = crate::pipeline::resource::own_resource("tandem-processor", "box");
+        let posture = LoaderPosture {
+            excess: vec!["CAP_SYS_ADMIN".into(), "CAP_NET_ADMIN".into()],
+            privileged: "holds CAP_SYS_ADMIN".into(),
+        };
+        reg.record_loader_posture(&resource, &posture);
+        let all = reg.collect();
+        assert_eq!(all.len(), 1);
+        let rm = &all[0];
+        let service = rm
+            .resource()
+            .get(&opentelemetry::Key::from_static_str("service.name"));
+        assert_eq!(service, Some("tandem-processor".into()));
+        let mut points = vec![];
+        for sm in rm.scope_metrics() {
+            for m in sm.metrics() {
+                if let AggregatedMetrics::I64(MetricData::Gauge(g)) = m.data() {
+                    for p in g.data_points() {
+                        points.push((
+                            m.name().to_string(),
+                            p.value(),
+                            p.attributes().cloned().collect::<Vec<_>>(),
+                        ));
+                    }
+                }
+            }
+        }
+        assert_eq!(points.len(), 1, "{points:?}");
+        let (name, value, attrs) = &points[0];
+        assert_eq!(name, "tandem.loader.excess_capabilities");
+        assert_eq!(*value, 2);
+        assert!(attrs.contains(&KeyValue::new(
+            "tandem.loader.capabilities.excess",
+            "CAP_SYS_ADMIN,CAP_NET_ADMIN"
+        )));
+        assert!(attrs.contains(&KeyValue::new("tandem.loader.privileged", true)));
     }
 
     #[test]

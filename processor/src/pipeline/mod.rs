@@ -217,6 +217,19 @@ impl Pipeline {
         self.processes.set_loader_attributes(attrs);
     }
 
+    /// The loader's capability posture as tandem's own metric
+    /// (`tandem.loader.excess_capabilities`, resource [`resource::own_resource`] with
+    /// `name`), when metrics are exported.
+    pub fn set_loader_posture(&mut self, name: &str, posture: &metrics::LoaderPosture) {
+        let Some(m) = &self.metrics else {
+            return;
+        };
+        let resource = resource::own_resource(name, self.processes.host_name());
+        if let Ok(mut m) = m.lock() {
+            m.record_loader_posture(&resource, posture);
+        }
+    }
+
     /// Decorates resources and peers with Kubernetes metadata from `store`.
     pub fn set_kubernetes(&mut self, store: Arc<crate::kube::Store>) {
         self.processes.set_kubernetes(store.clone());

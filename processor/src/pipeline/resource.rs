@@ -47,6 +47,19 @@ pub struct ResourceSettings {
     pub host_name: String,
 }
 
+/// The resource of tandem's own metrics: `service.name` = `name` (the processor's
+/// subscription name), `host.name`, `telemetry.sdk.*`.
+pub fn own_resource(name: &str, host_name: &str) -> Resource {
+    Resource::builder_empty()
+        .with_attributes([
+            opentelemetry::KeyValue::new("service.name", name.to_owned()),
+            opentelemetry::KeyValue::new("host.name", host_name.to_owned()),
+            opentelemetry::KeyValue::new("telemetry.sdk.name", SDK_NAME),
+            opentelemetry::KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+        ])
+        .build()
+}
+
 /// This machine's host name (`/proc/sys/kernel/hostname`), `localhost` if unreadable.
 pub fn local_host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -137,6 +150,11 @@ impl ProcessMap {
             }
             _ => (0, None),
         }
+    }
+
+    /// `host.name` of the resources built here.
+    pub fn host_name(&self) -> &str {
+        &self.settings.host_name
     }
 
     /// Sets the `tandem.loader.*` attributes (the loader's capability posture) of
