@@ -1,8 +1,10 @@
-//! What the database protocol sessions ([`super::postgres`], [`super::redis`]) share:
-//! the bytes of one `Data` event ([`Segment`]), what they report ([`Finished`]),
-//! their counters ([`DbStats`]) and bounds.
+//! What the database protocol sessions ([`super::postgres`], [`super::redis`],
+//! [`super::mysql`]) share: the bytes of one `Data` event ([`Segment`]) and the cursor
+//! over them ([`Input`]), what they report ([`Finished`]), their counters ([`DbStats`])
+//! and bounds.
 
 use crate::model::{Completion, DbError};
+use crate::protocols::sql;
 
 /// Most requests awaiting their answer per connection; further ones are counted in
 /// [`DbStats::untracked_requests`] and not reported.
@@ -45,6 +47,44 @@ impl<'a> Segment<'a> {
     }
 }
 
+/// The cursor over one segment: captured bytes read up to `pos`, then `unknown`
+/// uncaptured ones; `skipped` counts the bytes passed over while resynchronising.
+#[derive(Debug)]
+pub struct Input<'a> {
+    pub(crate) data: &'a [u8],
+    pub(crate) pos: usize,
+    pub(crate) unknown: u64,
+    pub(crate) skipped: u64,
+}
+
+impl<'a> Input<'a> {
+    pub fn new(seg: &Segment<'a>) -> Self {
+        Input {
+            data: seg.data,
+            pos: 0,
+            unknown: seg.unknown,
+            skipped: 0,
+        }
+    }
+
+    /// The captured bytes not read yet.
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        self.data.get(self.pos..).unwrap_or_default()
+    }
+
+    /// Bytes the segment stands for: captured and uncaptured.
+    pub(crate) fn total(&self) -> u64 {
+        u64::try_from(self.data.len()).unwrap_or(u64::MAX) + self.unknown
+    }
+
+    /// Passes over all that is left, counting it as skipped.
+    pub(crate) fn skip_rest(&mut self) {
+        self.skipped += u64::try_from(self.rest().len()).unwrap_or(u64::MAX) + self.unknown;
+        self.pos = self.data.len();
+        self.unknown = 0;
+    }
+}
+
 /// One operation and its answer, as a session found them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finished {
@@ -57,6 +97,39 @@ pub struct Finished {
     pub completion: Completion,
     /// `db.namespace`: the database the connection uses, when its start was seen.
     pub namespace: Option<String>,
+}
+
+impl Finished {
+    /// A SQL operation's report: `query` summarized into its operation, collection
+    /// and sanitized text (no text when the summary is empty); the end is never
+    /// before the start.
+    pub fn sql(
+        origin: Origin,
+        end_mono_ns: u64,
+        query: Option<&str>,
+        error: Option<DbError>,
+        completion: Completion,
+        namespace: Option<String>,
+    ) -> Self {
+        let (operation, collection, query_text) = match query.map(sql::summarize) {
+            Some(s) => (
+                s.operation,
+                s.collection,
+                Some(s.text).filter(|t| !t.is_empty()),
+            ),
+            None => (None, None, None),
+        };
+        Finished {
+            origin,
+            end_mono_ns: end_mono_ns.max(origin.mono_ns),
+            operation,
+            collection,
+            query_text,
+            error,
+            completion,
+            namespace,
+        }
+    }
 }
 
 /// Counters of the database sessions.

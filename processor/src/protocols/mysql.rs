@@ -25,9 +25,8 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::model::{Completion, DbError};
 use crate::protocols::db::{
-    text, DbStats, Finished, Origin, Segment, MAX_ERROR_MESSAGE, MAX_KEEP, MAX_PENDING,
+    text, DbStats, Finished, Input, Origin, Segment, MAX_ERROR_MESSAGE, MAX_KEEP, MAX_PENDING,
 };
-use crate::protocols::sql;
 
 #[cfg(test)]
 mod tests;
@@ -128,27 +127,6 @@ struct Framer {
     seq: u8,
     body: Vec<u8>,
     remaining: u64,
-}
-
-struct Input<'a> {
-    data: &'a [u8],
-    pos: usize,
-    unknown: u64,
-    skipped: u64,
-}
-
-impl<'a> Input<'a> {
-    fn rest(&self) -> &'a [u8] {
-        self.data.get(self.pos..).unwrap_or_default()
-    }
-    fn skip_rest(&mut self) {
-        self.skipped += u64::try_from(self.rest().len()).unwrap_or(u64::MAX) + self.unknown;
-        self.pos = self.data.len();
-        self.unknown = 0;
-    }
-    fn total(&self) -> u64 {
-        u64::try_from(self.data.len()).unwrap_or(u64::MAX) + self.unknown
-    }
 }
 
 enum Read {
@@ -346,12 +324,7 @@ impl MySqlSession {
         if self.encrypted {
             return;
         }
-        let mut input = Input {
-            data: seg.data,
-            pos: 0,
-            unknown: seg.unknown,
-            skipped: 0,
-        };
+        let mut input = Input::new(seg);
         while let Some(read) = self.commands.next(&mut input) {
             match read {
                 Read::Packet(p) => self.on_command(p, seg.origin, stats, out),
@@ -440,12 +413,7 @@ impl MySqlSession {
             return;
         }
         let now = seg.origin.mono_ns;
-        let mut input = Input {
-            data: seg.data,
-            pos: 0,
-            unknown: seg.unknown,
-            skipped: 0,
-        };
+        let mut input = Input::new(seg);
         while let Some(read) = self.answers.next(&mut input) {
             match read {
                 Read::Packet(p) => self.on_answer(p, now, stats, out),
@@ -551,25 +519,14 @@ impl MySqlSession {
             Kind::Silent => return,
         };
         stats.count(completion);
-        let summary = query.as_deref().map(sql::summarize);
-        let (operation, collection, query_text) = match summary {
-            Some(s) => (
-                s.operation,
-                s.collection,
-                Some(s.text).filter(|t| !t.is_empty()),
-            ),
-            None => (None, None, None),
-        };
-        out.push(Finished {
-            origin: p.origin,
-            end_mono_ns: end.max(p.origin.mono_ns),
-            operation,
-            collection,
-            query_text,
-            error: p.error,
+        out.push(Finished::sql(
+            p.origin,
+            end,
+            query.as_deref(),
+            p.error,
             completion,
-            namespace: self.database.clone(),
-        });
+            self.database.clone(),
+        ));
     }
 
     pub fn close(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {

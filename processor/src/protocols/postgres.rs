@@ -34,10 +34,11 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::model::{Completion, DbError};
+/// The cursor the framer reads (shared by the database protocols).
+pub use crate::protocols::db::Input;
 use crate::protocols::db::{
     text, DbStats, Finished, Origin, Segment, MAX_ERROR_MESSAGE, MAX_KEEP, MAX_PENDING,
 };
-use crate::protocols::sql;
 
 #[cfg(test)]
 mod tests;
@@ -142,40 +143,6 @@ pub enum FrameError {
     LostSync,
     /// A header that is not PostgreSQL's.
     Invalid,
-}
-
-/// The cursor over one segment.
-#[derive(Debug)]
-pub struct Input<'a> {
-    data: &'a [u8],
-    pos: usize,
-    unknown: u64,
-    skipped: u64,
-}
-
-impl<'a> Input<'a> {
-    pub fn new(seg: &Segment<'a>) -> Self {
-        Input {
-            data: seg.data,
-            pos: 0,
-            unknown: seg.unknown,
-            skipped: 0,
-        }
-    }
-
-    fn rest(&self) -> &'a [u8] {
-        self.data.get(self.pos..).unwrap_or_default()
-    }
-
-    fn total(&self) -> u64 {
-        u64::try_from(self.data.len()).unwrap_or(u64::MAX) + self.unknown
-    }
-
-    fn skip_rest(&mut self) {
-        self.skipped += u64::try_from(self.rest().len()).unwrap_or(u64::MAX) + self.unknown;
-        self.pos = self.data.len();
-        self.unknown = 0;
-    }
 }
 
 /// Incremental framer of one direction.
@@ -774,25 +741,14 @@ fn finish(
         return;
     };
     stats.count(completion);
-    let summary = query.as_deref().map(sql::summarize);
-    let (operation, collection, query_text) = match summary {
-        Some(s) => (
-            s.operation,
-            s.collection,
-            Some(s.text).filter(|t| !t.is_empty()),
-        ),
-        None => (None, None, None),
-    };
-    out.push(Finished {
-        origin: p.origin,
-        end_mono_ns: end.max(p.origin.mono_ns),
-        operation,
-        collection,
-        query_text,
-        error: p.error,
+    out.push(Finished::sql(
+        p.origin,
+        end,
+        query.as_deref(),
+        p.error,
         completion,
-        namespace: None,
-    });
+        None,
+    ));
 }
 
 /// Cuts `s` to at most `max` bytes, at a char boundary.

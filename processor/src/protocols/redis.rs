@@ -22,6 +22,8 @@
 use std::collections::VecDeque;
 
 use crate::model::{Completion, DbError};
+/// The cursor the framer reads (shared by the database protocols).
+pub use crate::protocols::db::Input;
 use crate::protocols::db::{
     text, DbStats, Finished, Origin, Segment, MAX_ERROR_MESSAGE, MAX_PENDING,
 };
@@ -75,36 +77,6 @@ pub struct Value {
 pub enum RespError {
     LostSync,
     Invalid,
-}
-
-/// Cursor over one segment.
-#[derive(Debug)]
-pub struct Input<'a> {
-    data: &'a [u8],
-    pos: usize,
-    unknown: u64,
-    skipped: u64,
-}
-
-impl<'a> Input<'a> {
-    pub fn new(seg: &Segment<'a>) -> Self {
-        Input {
-            data: seg.data,
-            pos: 0,
-            unknown: seg.unknown,
-            skipped: 0,
-        }
-    }
-
-    fn rest(&self) -> &'a [u8] {
-        self.data.get(self.pos..).unwrap_or_default()
-    }
-
-    fn skip_rest(&mut self) {
-        self.skipped += u64::try_from(self.rest().len()).unwrap_or(u64::MAX) + self.unknown;
-        self.pos = self.data.len();
-        self.unknown = 0;
-    }
 }
 
 /// Incremental RESP reader of one direction.
