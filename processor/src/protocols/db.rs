@@ -132,6 +132,28 @@ impl Finished {
     }
 }
 
+/// A database protocol session of one connection, fed one segment at a time.
+pub trait DbSession {
+    /// A segment the client sent.
+    fn request(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>);
+    /// A segment the server sent.
+    fn response(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>);
+    /// A segment of the client (`request`) or of the server.
+    fn feed(
+        &mut self,
+        request: bool,
+        seg: &Segment<'_>,
+        stats: &mut DbStats,
+        out: &mut Vec<Finished>,
+    ) {
+        if request {
+            self.request(seg, stats, out);
+        } else {
+            self.response(seg, stats, out);
+        }
+    }
+}
+
 /// Counters of the database sessions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DbStats {

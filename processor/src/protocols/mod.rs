@@ -3,6 +3,8 @@
 //! them and pairs what they find into transactions.
 
 pub mod db;
+#[cfg(test)]
+mod db_tests;
 pub mod hpack;
 pub mod http1;
 pub mod http2;

@@ -25,7 +25,8 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::model::{Completion, DbError};
 use crate::protocols::db::{
-    text, DbStats, Finished, Input, Origin, Segment, MAX_ERROR_MESSAGE, MAX_KEEP, MAX_PENDING,
+    text, DbSession, DbStats, Finished, Input, Origin, Segment, MAX_ERROR_MESSAGE, MAX_KEEP,
+    MAX_PENDING,
 };
 
 #[cfg(test)]
@@ -291,6 +292,15 @@ pub struct MySqlSession {
     encrypted: bool,
     /// The database named by the handshake response or the last `COM_INIT_DB`.
     database: Option<String>,
+}
+
+impl DbSession for MySqlSession {
+    fn request(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
+        MySqlSession::request(self, seg, stats, out);
+    }
+    fn response(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
+        MySqlSession::response(self, seg, stats, out);
+    }
 }
 
 impl MySqlSession {

@@ -37,7 +37,7 @@ use crate::model::{Completion, DbError};
 /// The cursor the framer reads (shared by the database protocols).
 pub use crate::protocols::db::Input;
 use crate::protocols::db::{
-    text, DbStats, Finished, Origin, Segment, MAX_ERROR_MESSAGE, MAX_KEEP, MAX_PENDING,
+    text, DbSession, DbStats, Finished, Origin, Segment, MAX_ERROR_MESSAGE, MAX_KEEP, MAX_PENDING,
 };
 
 #[cfg(test)]
@@ -427,6 +427,15 @@ pub struct PgSession {
     last_answer_ns: u64,
     /// The startup packet's `database` (else `user`, PostgreSQL's default).
     database: Option<String>,
+}
+
+impl DbSession for PgSession {
+    fn request(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
+        PgSession::request(self, seg, stats, out);
+    }
+    fn response(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
+        PgSession::response(self, seg, stats, out);
+    }
 }
 
 impl PgSession {

@@ -25,7 +25,7 @@ use crate::model::{Completion, DbError};
 /// The cursor the framer reads (shared by the database protocols).
 pub use crate::protocols::db::Input;
 use crate::protocols::db::{
-    text, DbStats, Finished, Origin, Segment, MAX_ERROR_MESSAGE, MAX_PENDING,
+    text, DbSession, DbStats, Finished, Origin, Segment, MAX_ERROR_MESSAGE, MAX_PENDING,
 };
 
 #[cfg(test)]
@@ -386,6 +386,15 @@ pub struct RedisSession {
     /// Uncaptured bytes hid commands: the next replies' event may answer them too.
     hidden_commands: bool,
     last_reply_ns: u64,
+}
+
+impl DbSession for RedisSession {
+    fn request(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
+        RedisSession::request(self, seg, stats, out);
+    }
+    fn response(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
+        RedisSession::response(self, seg, stats, out);
+    }
 }
 
 impl RedisSession {

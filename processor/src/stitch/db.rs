@@ -31,7 +31,7 @@ use tandem_proto::v1::{self, Direction, Role};
 use tandem_proto::{Event, EventKind};
 
 use crate::model::{DbSystem, DbTransaction, Side};
-use crate::protocols::db::{DbStats, Finished, Origin, Segment};
+use crate::protocols::db::{DbSession, DbStats, Finished, Origin, Segment};
 use crate::protocols::mysql::{self, MySqlSession};
 use crate::protocols::postgres::{self, PgSession};
 use crate::protocols::redis::{self, RedisSession};
@@ -248,28 +248,14 @@ impl DbStitcher {
         let scratch = &mut self.scratch;
         match &mut conn.proto {
             Proto::Postgres(s) => {
-                if request {
-                    s.request(&seg, stats, scratch);
-                } else {
-                    s.response(&seg, stats, scratch);
-                }
+                s.feed(request, &seg, stats, scratch);
                 if s.encrypted() {
                     conn.proto = Proto::Other;
                 }
             }
-            Proto::Redis(s) => {
-                if request {
-                    s.request(&seg, stats, scratch);
-                } else {
-                    s.response(&seg, stats, scratch);
-                }
-            }
+            Proto::Redis(s) => s.feed(request, &seg, stats, scratch),
             Proto::MySql(s) => {
-                if request {
-                    s.request(&seg, stats, scratch);
-                } else {
-                    s.response(&seg, stats, scratch);
-                }
+                s.feed(request, &seg, stats, scratch);
                 if s.encrypted() {
                     conn.proto = Proto::Other;
                 }

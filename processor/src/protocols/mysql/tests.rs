@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocols::db_tests::{assert_split_anywhere_same, error_code, run, s, summary};
 use proptest::prelude::*;
 
 fn pkt(seq: u8, body: &[u8]) -> Vec<u8> {
@@ -49,55 +50,6 @@ fn err(seq: u8, code: u16, state: &str, m: &str) -> Vec<u8> {
     b.extend_from_slice(state.as_bytes());
     b.extend_from_slice(m.as_bytes());
     pkt(seq, &b)
-}
-
-fn run(session: &mut MySqlSession, steps: &[(bool, Vec<u8>)]) -> (Vec<Finished>, DbStats) {
-    let mut stats = DbStats::default();
-    let mut out = vec![];
-    for (i, (req, bytes)) in steps.iter().enumerate() {
-        let seg = Segment::new(
-            bytes,
-            bytes.len() as u64,
-            Origin {
-                mono_ns: i as u64 + 1,
-                tid: 2,
-            },
-        );
-        if *req {
-            session.request(&seg, &mut stats, &mut out);
-        } else {
-            session.response(&seg, &mut stats, &mut out);
-        }
-    }
-    (out, stats)
-}
-
-type Row = (
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    u64,
-    u64,
-);
-
-fn summary(f: &[Finished]) -> Vec<Row> {
-    f.iter()
-        .map(|f| {
-            (
-                f.operation.clone(),
-                f.collection.clone(),
-                f.query_text.clone(),
-                f.error.as_ref().and_then(|e| e.code.clone()),
-                f.origin.mono_ns,
-                f.end_mono_ns,
-            )
-        })
-        .collect()
-}
-
-fn s(v: &str) -> Option<String> {
-    Some(v.to_string())
 }
 
 fn conversation() -> Vec<(bool, Vec<u8>)> {
@@ -196,26 +148,18 @@ fn queries_errors_prepared() {
 
 #[test]
 fn split_at_every_byte() {
-    let steps = conversation();
-    let (want, _) = run(&mut MySqlSession::new(true), &steps);
-    let want: Vec<_> = summary(&want)
-        .into_iter()
-        .map(|t| (t.0, t.1, t.2, t.3))
-        .collect();
-    for (i, (_, bytes)) in steps.iter().enumerate() {
-        for cut in 1..bytes.len() {
-            let mut split = steps.clone();
-            let (req, b) = split.remove(i);
-            split.insert(i, (req, b[cut..].to_vec()));
-            split.insert(i, (req, b[..cut].to_vec()));
-            let (got, _) = run(&mut MySqlSession::new(true), &split);
-            let got: Vec<_> = summary(&got)
-                .into_iter()
-                .map(|t| (t.0, t.1, t.2, t.3))
-                .collect();
-            assert_eq!(got, want, "step {i} cut at {cut}");
-        }
-    }
+    assert_split_anywhere_same(
+        &conversation(),
+        || MySqlSession::new(true),
+        |f| {
+            (
+                f.operation.clone(),
+                f.collection.clone(),
+                f.query_text.clone(),
+                error_code(f),
+            )
+        },
+    );
 }
 
 #[test]
@@ -295,11 +239,7 @@ proptest! {
         let mut out = vec![];
         for (i, (req, bytes, extra)) in chunks.iter().enumerate() {
             let seg = Segment::new(bytes, bytes.len() as u64 + extra, Origin { mono_ns: i as u64, tid: 1 });
-            if *req {
-                session.request(&seg, &mut stats, &mut out);
-            } else {
-                session.response(&seg, &mut stats, &mut out);
-            }
+            session.feed(*req, &seg, &mut stats, &mut out);
             let (pending, names, buffered) = session.footprint();
             prop_assert!(pending <= MAX_PENDING);
             prop_assert!(names <= MAX_STATEMENTS);

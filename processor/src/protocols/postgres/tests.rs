@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocols::db_tests::{assert_split_anywhere_same, error_code, run, s, summary};
 use proptest::prelude::*;
 
 fn msg(t: u8, body: &[u8]) -> Vec<u8> {
@@ -66,28 +67,6 @@ fn extended(stmt: &str, q: &str) -> Vec<u8> {
         msg(b'S', b""),
     ]
     .concat()
-}
-
-/// (is_request, bytes) in order, each fed as one segment at time index+1.
-fn run(session: &mut PgSession, steps: &[(bool, Vec<u8>)]) -> (Vec<Finished>, DbStats) {
-    let mut stats = DbStats::default();
-    let mut out = vec![];
-    for (i, (req, bytes)) in steps.iter().enumerate() {
-        let seg = Segment::new(
-            bytes,
-            bytes.len() as u64,
-            Origin {
-                mono_ns: i as u64 + 1,
-                tid: 9,
-            },
-        );
-        if *req {
-            session.request(&seg, &mut stats, &mut out);
-        } else {
-            session.response(&seg, &mut stats, &mut out);
-        }
-    }
-    (out, stats)
 }
 
 fn conversation() -> Vec<(bool, Vec<u8>)> {
@@ -161,34 +140,6 @@ fn conversation() -> Vec<(bool, Vec<u8>)> {
             [msg(b'2', b""), complete("INSERT 0 1"), ready()].concat(),
         ),
     ]
-}
-
-type Row = (
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    u64,
-    u64,
-);
-
-fn summary(f: &[Finished]) -> Vec<Row> {
-    f.iter()
-        .map(|f| {
-            (
-                f.operation.clone(),
-                f.collection.clone(),
-                f.query_text.clone(),
-                f.error.as_ref().and_then(|e| e.code.clone()),
-                f.origin.mono_ns,
-                f.end_mono_ns,
-            )
-        })
-        .collect()
-}
-
-fn s(v: &str) -> Option<String> {
-    Some(v.to_string())
 }
 
 #[test]
@@ -266,28 +217,18 @@ fn simple_extended_prepared_and_errors() {
 /// Every byte split of both directions gives the same operations.
 #[test]
 fn split_at_every_byte() {
-    let steps = conversation();
-    let mut whole = PgSession::new(true);
-    let (want, _) = run(&mut whole, &steps);
-    let want: Vec<_> = summary(&want)
-        .into_iter()
-        .map(|t| (t.0, t.1, t.2, t.3))
-        .collect();
-    for (i, (_, bytes)) in steps.iter().enumerate() {
-        for cut in 1..bytes.len() {
-            let mut split = steps.clone();
-            let (req, b) = split.remove(i);
-            split.insert(i, (req, b[cut..].to_vec()));
-            split.insert(i, (req, b[..cut].to_vec()));
-            let mut session = PgSession::new(true);
-            let (got, _) = run(&mut session, &split);
-            let got: Vec<_> = summary(&got)
-                .into_iter()
-                .map(|t| (t.0, t.1, t.2, t.3))
-                .collect();
-            assert_eq!(got, want, "step {i} cut at {cut}");
-        }
-    }
+    assert_split_anywhere_same(
+        &conversation(),
+        || PgSession::new(true),
+        |f| {
+            (
+                f.operation.clone(),
+                f.collection.clone(),
+                f.query_text.clone(),
+                error_code(f),
+            )
+        },
+    );
 }
 
 #[test]
@@ -444,11 +385,7 @@ proptest! {
         let mut out = vec![];
         for (i, (req, bytes, extra)) in chunks.iter().enumerate() {
             let seg = Segment::new(bytes, bytes.len() as u64 + extra, Origin { mono_ns: i as u64, tid: 1 });
-            if *req {
-                session.request(&seg, &mut stats, &mut out);
-            } else {
-                session.response(&seg, &mut stats, &mut out);
-            }
+            session.feed(*req, &seg, &mut stats, &mut out);
             let (pending, names, buffered) = session.footprint();
             prop_assert!(pending <= MAX_PENDING);
             prop_assert!(names <= 2 * MAX_STATEMENTS);

@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocols::db_tests::{assert_split_anywhere_same, error_code, run, s};
 use proptest::prelude::*;
 
 fn cmd(args: &[&str]) -> Vec<u8> {
@@ -9,27 +10,6 @@ fn cmd(args: &[&str]) -> Vec<u8> {
     b
 }
 
-fn run(session: &mut RedisSession, steps: &[(bool, Vec<u8>)]) -> (Vec<Finished>, DbStats) {
-    let mut stats = DbStats::default();
-    let mut out = vec![];
-    for (i, (req, bytes)) in steps.iter().enumerate() {
-        let seg = Segment::new(
-            bytes,
-            bytes.len() as u64,
-            Origin {
-                mono_ns: i as u64 + 1,
-                tid: 3,
-            },
-        );
-        if *req {
-            session.request(&seg, &mut stats, &mut out);
-        } else {
-            session.response(&seg, &mut stats, &mut out);
-        }
-    }
-    (out, stats)
-}
-
 type Row = (Option<String>, Option<String>, Option<String>, u64, u64);
 
 fn summary(f: &[Finished]) -> Vec<Row> {
@@ -38,16 +18,12 @@ fn summary(f: &[Finished]) -> Vec<Row> {
             (
                 f.operation.clone(),
                 f.query_text.clone(),
-                f.error.as_ref().and_then(|e| e.code.clone()),
+                error_code(f),
                 f.origin.mono_ns,
                 f.end_mono_ns,
             )
         })
         .collect()
-}
-
-fn s(v: &str) -> Option<String> {
-    Some(v.to_string())
 }
 
 fn conversation() -> Vec<(bool, Vec<u8>)> {
@@ -99,23 +75,11 @@ fn commands_replies_errors_and_pipelining() {
 
 #[test]
 fn split_at_every_byte() {
-    let steps = conversation();
-    let (want, _) = run(&mut RedisSession::new(true), &steps);
-    let want: Vec<_> = summary(&want)
-        .into_iter()
-        .map(|t| (t.0, t.1, t.2))
-        .collect();
-    for (i, (_, bytes)) in steps.iter().enumerate() {
-        for cut in 1..bytes.len() {
-            let mut split = steps.clone();
-            let (req, b) = split.remove(i);
-            split.insert(i, (req, b[cut..].to_vec()));
-            split.insert(i, (req, b[..cut].to_vec()));
-            let (got, _) = run(&mut RedisSession::new(true), &split);
-            let got: Vec<_> = summary(&got).into_iter().map(|t| (t.0, t.1, t.2)).collect();
-            assert_eq!(got, want, "step {i} cut at {cut}");
-        }
-    }
+    assert_split_anywhere_same(
+        &conversation(),
+        || RedisSession::new(true),
+        |f| (f.operation.clone(), f.query_text.clone(), error_code(f)),
+    );
 }
 
 #[test]
@@ -205,11 +169,7 @@ proptest! {
         let mut out = vec![];
         for (i, (req, bytes, extra)) in chunks.iter().enumerate() {
             let seg = Segment::new(bytes, bytes.len() as u64 + extra, Origin { mono_ns: i as u64, tid: 1 });
-            if *req {
-                session.request(&seg, &mut stats, &mut out);
-            } else {
-                session.response(&seg, &mut stats, &mut out);
-            }
+            session.feed(*req, &seg, &mut stats, &mut out);
             let (pending, buffered) = session.footprint();
             prop_assert!(pending <= MAX_PENDING);
             prop_assert!(buffered <= 4 * MAX_LINE_KEEP + 8 * 64);

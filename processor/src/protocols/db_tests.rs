@@ -1,0 +1,78 @@
+//! Test support shared by the database protocol tests (`mysql`, `postgres`, `redis`).
+
+use std::fmt::Debug;
+
+use crate::protocols::db::{DbSession, DbStats, Finished, Origin, Segment};
+
+/// One segment to feed: whether the client sent it, and its bytes.
+pub type Step = (bool, Vec<u8>);
+
+/// Feeds `steps` in order, each whole as one segment at time index+1.
+pub fn run(session: &mut impl DbSession, steps: &[Step]) -> (Vec<Finished>, DbStats) {
+    let mut stats = DbStats::default();
+    let mut out = vec![];
+    for (i, (req, bytes)) in steps.iter().enumerate() {
+        let origin = Origin {
+            mono_ns: i as u64 + 1,
+            tid: 1,
+        };
+        let seg = Segment::new(bytes, bytes.len() as u64, origin);
+        session.feed(*req, &seg, &mut stats, &mut out);
+    }
+    (out, stats)
+}
+
+/// Asserts that cutting any one step in two, at every byte, finds what the whole
+/// steps find (compared by `key`, which leaves out the times).
+pub fn assert_split_anywhere_same<S: DbSession, K: PartialEq + Debug>(
+    steps: &[Step],
+    new: impl Fn() -> S,
+    key: impl Fn(&Finished) -> K,
+) {
+    let keys = |found: Vec<Finished>| found.iter().map(&key).collect::<Vec<_>>();
+    let want = keys(run(&mut new(), steps).0);
+    for (i, (_, bytes)) in steps.iter().enumerate() {
+        for cut in 1..bytes.len() {
+            let mut split = steps.to_vec();
+            let (req, b) = split.remove(i);
+            split.insert(i, (req, b[cut..].to_vec()));
+            split.insert(i, (req, b[..cut].to_vec()));
+            let got = keys(run(&mut new(), &split).0);
+            assert_eq!(got, want, "step {i} cut at {cut}");
+        }
+    }
+}
+
+/// What the SQL tests compare of a report: operation, collection, text, error code,
+/// start and end.
+pub type Row = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    u64,
+    u64,
+);
+
+pub fn summary(f: &[Finished]) -> Vec<Row> {
+    f.iter()
+        .map(|f| {
+            (
+                f.operation.clone(),
+                f.collection.clone(),
+                f.query_text.clone(),
+                error_code(f),
+                f.origin.mono_ns,
+                f.end_mono_ns,
+            )
+        })
+        .collect()
+}
+
+pub fn error_code(f: &Finished) -> Option<String> {
+    f.error.as_ref().and_then(|e| e.code.clone())
+}
+
+pub fn s(v: &str) -> Option<String> {
+    Some(v.to_string())
+}
