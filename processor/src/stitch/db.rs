@@ -27,7 +27,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use tandem_proto::v1::{self, Direction, Role};
+use tandem_proto::v1::{self, Direction};
 use tandem_proto::{Event, EventKind};
 
 use crate::model::{DbSystem, DbTransaction, Side};
@@ -36,7 +36,7 @@ use crate::protocols::mysql::{self, MySqlSession};
 use crate::protocols::postgres::{self, PgSession};
 use crate::protocols::redis::{self, RedisSession};
 
-use super::socket_addr;
+use super::{keys_of_pid, opened_ends};
 
 /// Default bound of tracked connections.
 pub const MAX_DB_CONNECTIONS: usize = 65_536;
@@ -115,13 +115,7 @@ impl DbStitcher {
                 let key = (opened.pid, opened.conn_id);
                 self.close(key, mono_ns, realtime_offset_ns, out);
                 let conn = self.insert(key);
-                conn.side = match opened.role() {
-                    Role::Server => Some(Side::Server),
-                    Role::Client => Some(Side::Client),
-                    Role::Unspecified => None,
-                };
-                conn.local = opened.local.as_ref().and_then(socket_addr);
-                conn.peer = opened.peer.as_ref().and_then(socket_addr);
+                (conn.side, conn.local, conn.peer) = opened_ends(opened);
             }
             EventKind::ConnectionClosed(closed) => {
                 self.close(
@@ -132,12 +126,7 @@ impl DbStitcher {
                 );
             }
             EventKind::ProcessExited(exited) => {
-                let keys: Vec<ConnKey> = self
-                    .conns
-                    .range((exited.pid, 0)..=(exited.pid, u64::MAX))
-                    .map(|(k, _)| *k)
-                    .collect();
-                for key in keys {
+                for key in keys_of_pid(&self.conns, exited.pid) {
                     self.close(key, mono_ns, realtime_offset_ns, out);
                 }
             }
@@ -387,7 +376,7 @@ fn emit_into(
 mod tests {
     use super::*;
     use crate::model::Completion;
-    use tandem_proto::v1::{ConnectionClosed, ConnectionOpened, Data, SocketAddress};
+    use tandem_proto::v1::{ConnectionClosed, ConnectionOpened, Data, Role, SocketAddress};
 
     fn event(mono_ns: u64, kind: EventKind) -> Event {
         Event {

@@ -261,13 +261,7 @@ impl Stitcher {
                 // A known key opening again: the old connection is over.
                 self.close(key, mono_ns, realtime_offset_ns, out);
                 let conn = self.insert(key);
-                conn.side = match opened.role() {
-                    Role::Server => Some(Side::Server),
-                    Role::Client => Some(Side::Client),
-                    Role::Unspecified => None,
-                };
-                conn.local = opened.local.as_ref().and_then(socket_addr);
-                conn.peer = opened.peer.as_ref().and_then(socket_addr);
+                (conn.side, conn.local, conn.peer) = opened_ends(opened);
                 if opened.preexisting {
                     conn.preexisting = true;
                     conn.requests.resync();
@@ -283,12 +277,7 @@ impl Stitcher {
                 );
             }
             EventKind::ProcessExited(exited) => {
-                let keys: Vec<ConnKey> = self
-                    .conns
-                    .range((exited.pid, 0)..=(exited.pid, u64::MAX))
-                    .map(|(k, _)| *k)
-                    .collect();
-                for key in keys {
+                for key in keys_of_pid(&self.conns, exited.pid) {
                     self.close(key, mono_ns, realtime_offset_ns, out);
                 }
             }
@@ -393,6 +382,29 @@ struct Sink<'a> {
     out: &'a mut Vec<HttpTransaction>,
     stats: &'a mut StitchStats,
     realtime_offset_ns: i64,
+}
+
+/// What a `ConnectionOpened` tells of its connection: the traced process's end
+/// (none when the loader did not know it), the local and the peer address.
+fn opened_ends(
+    opened: &v1::ConnectionOpened,
+) -> (Option<Side>, Option<SocketAddr>, Option<SocketAddr>) {
+    let side = match opened.role() {
+        Role::Server => Some(Side::Server),
+        Role::Client => Some(Side::Client),
+        Role::Unspecified => None,
+    };
+    let local = opened.local.as_ref().and_then(socket_addr);
+    let peer = opened.peer.as_ref().and_then(socket_addr);
+    (side, local, peer)
+}
+
+/// The keys of process `pid`'s connections in `conns`.
+fn keys_of_pid<V>(conns: &BTreeMap<ConnKey, V>, pid: u32) -> Vec<ConnKey> {
+    conns
+        .range((pid, 0)..=(pid, u64::MAX))
+        .map(|(k, _)| *k)
+        .collect()
 }
 
 fn socket_addr(address: &v1::SocketAddress) -> Option<SocketAddr> {
