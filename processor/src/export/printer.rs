@@ -17,9 +17,11 @@
 //! Every span built is printed, sampled or not (sampling only decides the export).
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::SpanKind;
+use opentelemetry_sdk::trace::SpanData;
 use serde_json::{json, Map, Value};
 
 use crate::model::{DbSystem, DbTransaction, HttpTransaction, Side};
@@ -61,32 +63,33 @@ impl Printer {
     }
 
     pub fn print(&mut self, rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource) {
-        self.count += 1;
-        let text = match self.kind {
-            TracePrinter::Disabled | TracePrinter::Counter => return,
-            TracePrinter::Text => text_line(rec, tx, process),
-            TracePrinter::Json => json_value(rec, tx, process).to_string(),
-            TracePrinter::JsonIndent => {
-                serde_json::to_string_pretty(&json_value(rec, tx, process)).unwrap_or_default()
-            }
-        };
-        self.write_line(&text);
+        self.span(
+            || text_line(rec, tx, process),
+            || json_value(rec, tx, process),
+        );
     }
 
     /// Prints a database span: the text line has TYPE `SQLClient`/`SQLServer`,
     /// `RedisClient`/`RedisServer`, the error code (or 0) as STATUS, the span name
     /// for METHOD PATH; the JSON forms carry the span's attributes.
     pub fn print_db(&mut self, rec: &DbSpanRecord, tx: &DbTransaction, process: &ProcessResource) {
+        self.span(
+            || db_text_line(rec, tx, process),
+            || db_json_value(rec, tx, process),
+        );
+    }
+
+    /// Counts one span and prints it in the configured format: `text` its text line,
+    /// `json` its JSON object.
+    fn span(&mut self, text: impl FnOnce() -> String, json: impl FnOnce() -> Value) {
         self.count += 1;
-        let text = match self.kind {
+        let line = match self.kind {
             TracePrinter::Disabled | TracePrinter::Counter => return,
-            TracePrinter::Text => db_text_line(rec, tx, process),
-            TracePrinter::Json => db_json_value(rec, tx, process).to_string(),
-            TracePrinter::JsonIndent => {
-                serde_json::to_string_pretty(&db_json_value(rec, tx, process)).unwrap_or_default()
-            }
+            TracePrinter::Text => text(),
+            TracePrinter::Json => json().to_string(),
+            TracePrinter::JsonIndent => serde_json::to_string_pretty(&json()).unwrap_or_default(),
         };
-        self.write_line(&text);
+        self.write_line(&line);
     }
 
     /// Ends printing (the counter prints its total).
@@ -108,51 +111,34 @@ impl Printer {
     }
 }
 
-fn endpoints(tx: &HttpTransaction) -> (String, String) {
-    let fmt =
-        |a: Option<std::net::SocketAddr>| a.map_or_else(|| "-:0".to_string(), |a| a.to_string());
-    match tx.side {
-        Side::Server => (fmt(tx.peer), fmt(tx.local)),
-        Side::Client => (fmt(tx.local), fmt(tx.peer)),
+/// (FROM, TO): client then server, `-:0` where unknown.
+fn endpoints(side: Side, local: Option<SocketAddr>, peer: Option<SocketAddr>) -> (String, String) {
+    let fmt = |a: Option<SocketAddr>| a.map_or_else(|| "-:0".to_string(), |a| a.to_string());
+    match side {
+        Side::Server => (fmt(peer), fmt(local)),
+        Side::Client => (fmt(local), fmt(peer)),
     }
 }
 
-fn traceparent(rec: &SpanRecord) -> String {
-    let c = &rec.data.span_context;
+fn traceparent(d: &SpanData) -> String {
+    let c = &d.span_context;
     format!(
         "00-{}-{}[{}]-{:02x}",
         c.trace_id(),
         c.span_id(),
-        rec.data.parent_span_id,
+        d.parent_span_id,
         c.trace_flags().to_u8()
     )
 }
 
-fn text_line(rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource) -> String {
-    let d = &rec.data;
-    let dur = d.end_time.duration_since(d.start_time).unwrap_or_default();
-    let (from, to) = endpoints(tx);
-    format!(
-        "{} ({dur:?}[{dur:?}]) {} {} {} {} [{from}]->[{to}] contentLen:{}B responseLen:{}B svc=[{}] traceparent=[{}]",
-        utc(d.start_time),
-        if d.span_kind == SpanKind::Server { "HTTP" } else { "HTTPClient" },
-        rec.status_code.unwrap_or(0),
-        rec.method,
-        rec.path,
-        tx.request.body_size,
-        tx.response.as_ref().map_or(0, |r| r.body_size),
-        process.service_name,
-        traceparent(rec),
-    )
+fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
-fn json_value(rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource) -> Value {
-    let d = &rec.data;
-    let ns = |t: SystemTime| {
-        t.duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-    };
+/// The span's attributes as a JSON object.
+fn attributes_json(d: &SpanData) -> Map<String, Value> {
     let mut attrs = Map::new();
     for kv in &d.attributes {
         let v = match &kv.value {
@@ -163,7 +149,30 @@ fn json_value(rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource)
         };
         attrs.insert(kv.key.to_string(), v);
     }
-    let (from, to) = endpoints(tx);
+    attrs
+}
+
+fn text_line(rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource) -> String {
+    let d = &rec.data;
+    let dur = d.end_time.duration_since(d.start_time).unwrap_or_default();
+    let (from, to) = endpoints(tx.side, tx.local, tx.peer);
+    format!(
+        "{} ({dur:?}[{dur:?}]) {} {} {} {} [{from}]->[{to}] contentLen:{}B responseLen:{}B svc=[{}] traceparent=[{}]",
+        utc(d.start_time),
+        if d.span_kind == SpanKind::Server { "HTTP" } else { "HTTPClient" },
+        rec.status_code.unwrap_or(0),
+        rec.method,
+        rec.path,
+        tx.request.body_size,
+        tx.response.as_ref().map_or(0, |r| r.body_size),
+        process.service_name,
+        traceparent(&rec.data),
+    )
+}
+
+fn json_value(rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource) -> Value {
+    let d = &rec.data;
+    let (from, to) = endpoints(tx.side, tx.local, tx.peer);
     json!({
         "type": if d.span_kind == SpanKind::Server { "HTTP" } else { "HTTPClient" },
         "name": d.name,
@@ -175,15 +184,15 @@ fn json_value(rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource)
         "contentLen": tx.request.body_size,
         "responseLen": tx.response.as_ref().map_or(0, |r| r.body_size),
         "start": utc(d.start_time),
-        "startUnixNano": ns(d.start_time),
-        "endUnixNano": ns(d.end_time),
+        "startUnixNano": unix_ns(d.start_time),
+        "endUnixNano": unix_ns(d.end_time),
         "traceID": d.span_context.trace_id().to_string(),
         "spanID": d.span_context.span_id().to_string(),
         "parentSpanID": d.parent_span_id.to_string(),
         "sampled": rec.sampled,
         "serviceName": process.service_name,
         "pid": process.pid,
-        "attributes": attrs,
+        "attributes": attributes_json(d),
     })
 }
 
@@ -196,22 +205,12 @@ fn db_type(tx: &DbTransaction) -> &'static str {
     }
 }
 
-fn db_endpoints(tx: &DbTransaction) -> (String, String) {
-    let fmt =
-        |a: Option<std::net::SocketAddr>| a.map_or_else(|| "-:0".to_string(), |a| a.to_string());
-    match tx.side {
-        Side::Server => (fmt(tx.peer), fmt(tx.local)),
-        Side::Client => (fmt(tx.local), fmt(tx.peer)),
-    }
-}
-
 fn db_text_line(rec: &DbSpanRecord, tx: &DbTransaction, process: &ProcessResource) -> String {
     let d = &rec.data;
     let dur = d.end_time.duration_since(d.start_time).unwrap_or_default();
-    let (from, to) = db_endpoints(tx);
-    let c = &d.span_context;
+    let (from, to) = endpoints(tx.side, tx.local, tx.peer);
     format!(
-        "{} ({dur:?}[{dur:?}]) {} {} {} [{from}]->[{to}] svc=[{}] traceparent=[00-{}-{}[{}]-{:02x}]",
+        "{} ({dur:?}[{dur:?}]) {} {} {} [{from}]->[{to}] svc=[{}] traceparent=[{}]",
         utc(d.start_time),
         db_type(tx),
         tx.error
@@ -220,45 +219,27 @@ fn db_text_line(rec: &DbSpanRecord, tx: &DbTransaction, process: &ProcessResourc
             .unwrap_or_else(|| "0".to_string()),
         d.name,
         process.service_name,
-        c.trace_id(),
-        c.span_id(),
-        d.parent_span_id,
-        c.trace_flags().to_u8()
+        traceparent(d),
     )
 }
 
 fn db_json_value(rec: &DbSpanRecord, tx: &DbTransaction, process: &ProcessResource) -> Value {
     let d = &rec.data;
-    let ns = |t: SystemTime| {
-        t.duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-    };
-    let mut attrs = Map::new();
-    for kv in &d.attributes {
-        let v = match &kv.value {
-            opentelemetry::Value::I64(i) => json!(i),
-            opentelemetry::Value::F64(f) => json!(f),
-            opentelemetry::Value::Bool(b) => json!(b),
-            other => json!(other.as_str()),
-        };
-        attrs.insert(kv.key.to_string(), v);
-    }
-    let (from, to) = db_endpoints(tx);
+    let (from, to) = endpoints(tx.side, tx.local, tx.peer);
     json!({
         "type": db_type(tx),
         "name": d.name,
         "from": from,
         "to": to,
         "start": utc(d.start_time),
-        "startUnixNano": ns(d.start_time),
-        "endUnixNano": ns(d.end_time),
+        "startUnixNano": unix_ns(d.start_time),
+        "endUnixNano": unix_ns(d.end_time),
         "traceID": d.span_context.trace_id().to_string(),
         "spanID": d.span_context.span_id().to_string(),
         "sampled": rec.sampled,
         "serviceName": process.service_name,
         "pid": process.pid,
-        "attributes": attrs,
+        "attributes": attributes_json(d),
     })
 }
 
