@@ -17,15 +17,13 @@
 //!   or when the connection closed before the answer; unset otherwise.
 //! * **Ids**: a new trace per operation (the wire protocols carry no trace context).
 
-use std::borrow::Cow;
-
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState};
+use opentelemetry::trace::{SpanContext, Status, TraceFlags, TraceState};
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::trace::{IdGenerator, SpanData, SpanEvents, SpanLinks};
+use opentelemetry_sdk::trace::{IdGenerator, SpanData};
 
 use crate::model::{Completion, DbTransaction, Side};
 use crate::pipeline::sample::{should_sample, Parent};
-use crate::pipeline::span::{scope, wall_time};
+use crate::pipeline::span::{span_data, span_times};
 use crate::settings::Sampler;
 
 /// A database span ready to export when `sampled`.
@@ -71,16 +69,7 @@ pub fn build_db_span(tx: &DbTransaction, sampler: Sampler, ids: &dyn IdGenerator
     let is_server = tx.side == Side::Server;
     let server_end = if is_server { tx.local } else { tx.peer };
 
-    let mut attrs = vec![KeyValue::new("db.system.name", tx.system.name())];
-    if let Some(ns) = &tx.namespace {
-        attrs.push(KeyValue::new("db.namespace", ns.clone()));
-    }
-    if let Some(op) = &tx.operation {
-        attrs.push(KeyValue::new("db.operation.name", op.clone()));
-    }
-    if let Some(c) = &tx.collection {
-        attrs.push(KeyValue::new("db.collection.name", c.clone()));
-    }
+    let mut attrs = operation_attributes(tx);
     if let Some(q) = &tx.query_text {
         attrs.push(KeyValue::new("db.query.text", q.clone()));
     }
@@ -104,32 +93,14 @@ pub fn build_db_span(tx: &DbTransaction, sampler: Sampler, ids: &dyn IdGenerator
     if let Some(e) = error_type {
         attrs.push(KeyValue::new("error.type", e));
     }
-    let start_time = wall_time(tx.start_mono_ns, tx.realtime_offset_ns);
-    let end_time = wall_time(tx.end_mono_ns, tx.realtime_offset_ns).max(start_time);
-    let data = SpanData {
-        span_context,
-        parent_span_id: SpanId::INVALID,
-        parent_span_is_remote: false,
-        span_kind: if is_server {
-            SpanKind::Server
-        } else {
-            SpanKind::Client
-        },
-        name: Cow::Owned(span_name(tx)),
-        start_time,
-        end_time,
-        attributes: attrs,
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status,
-        instrumentation_scope: scope(),
-    };
+    let times = span_times(tx.start_mono_ns, tx.end_mono_ns, tx.realtime_offset_ns);
+    let data = span_data(span_context, tx.side, span_name(tx), times, attrs, status);
     DbSpanRecord { data, sampled }
 }
 
-/// The bounded attributes of `db.client.operation.duration`.
-pub fn db_metric_attributes(tx: &DbTransaction) -> Vec<KeyValue> {
+/// What the span and the metric say of the operation: system, namespace, operation
+/// and collection, those known.
+fn operation_attributes(tx: &DbTransaction) -> Vec<KeyValue> {
     let mut attrs = vec![KeyValue::new("db.system.name", tx.system.name())];
     if let Some(ns) = &tx.namespace {
         attrs.push(KeyValue::new("db.namespace", ns.clone()));
@@ -140,6 +111,12 @@ pub fn db_metric_attributes(tx: &DbTransaction) -> Vec<KeyValue> {
     if let Some(c) = &tx.collection {
         attrs.push(KeyValue::new("db.collection.name", c.clone()));
     }
+    attrs
+}
+
+/// The bounded attributes of `db.client.operation.duration`.
+pub fn db_metric_attributes(tx: &DbTransaction) -> Vec<KeyValue> {
+    let mut attrs = operation_attributes(tx);
     if let Some(code) = tx.error.as_ref().and_then(|e| e.code.clone()) {
         attrs.push(KeyValue::new("db.response.status_code", code));
     }
@@ -154,6 +131,7 @@ mod tests {
     use super::*;
     use crate::model::{DbError, DbSystem};
     use crate::pipeline::span::tests::SeqIds;
+    use opentelemetry::trace::SpanKind;
     use opentelemetry::Value;
 
     fn tx(op: Option<&str>, coll: Option<&str>, error: Option<DbError>) -> DbTransaction {

@@ -126,6 +126,47 @@ pub(crate) fn wall_time(mono_ns: u64, offset_ns: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns)
 }
 
+/// The wall-clock (start, end) of a transaction from its monotonic times and the
+/// batch's offset; the end is never before the start.
+pub(crate) fn span_times(
+    start_mono_ns: u64,
+    end_mono_ns: u64,
+    realtime_offset_ns: i64,
+) -> (SystemTime, SystemTime) {
+    let start = wall_time(start_mono_ns, realtime_offset_ns);
+    (start, wall_time(end_mono_ns, realtime_offset_ns).max(start))
+}
+
+/// The span of one transaction seen from `side`, with no parent (callers with one
+/// set it), events or links.
+pub(crate) fn span_data(
+    span_context: SpanContext,
+    side: Side,
+    name: String,
+    (start_time, end_time): (SystemTime, SystemTime),
+    attributes: Vec<KeyValue>,
+    status: Status,
+) -> SpanData {
+    SpanData {
+        span_context,
+        parent_span_id: SpanId::INVALID,
+        parent_span_is_remote: false,
+        span_kind: match side {
+            Side::Server => SpanKind::Server,
+            Side::Client => SpanKind::Client,
+        },
+        name: Cow::Owned(name),
+        start_time,
+        end_time,
+        attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status,
+        instrumentation_scope: scope(),
+    }
+}
+
 /// The host part of a `Host` header value (`name:port`, `[v6]:port`, `name`).
 pub fn host_of(host_header: &str) -> &str {
     let h = host_header.trim();
@@ -258,27 +299,10 @@ pub fn build_span(
         None => (attrs, status),
     };
 
-    let start_time = wall_time(tx.start_mono_ns, tx.realtime_offset_ns);
-    let end_time = wall_time(tx.end_mono_ns, tx.realtime_offset_ns).max(start_time);
-    let data = SpanData {
-        span_context,
-        parent_span_id,
-        parent_span_is_remote: parent.is_some(),
-        span_kind: if is_server {
-            SpanKind::Server
-        } else {
-            SpanKind::Client
-        },
-        name: Cow::Owned(name),
-        start_time,
-        end_time,
-        attributes: attrs,
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status,
-        instrumentation_scope: scope(),
-    };
+    let times = span_times(tx.start_mono_ns, tx.end_mono_ns, tx.realtime_offset_ns);
+    let mut data = span_data(span_context, tx.side, name, times, attrs, status);
+    data.parent_span_id = parent_span_id;
+    data.parent_span_is_remote = parent.is_some();
     SpanRecord {
         data,
         sampled,
