@@ -365,21 +365,27 @@ mod instrumentation_tests {
         t
     }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn instrumentations_gate_spans_and_metrics_per_kind() {
+    /// A pipeline with a Prometheus registry that traces the `traces` instrumentations
+    /// and measures the `metrics` ones.
+    fn gated_pipeline(traces: &str, metrics: &str) -> Pipeline {
         let export = ExportSettings {
             prometheus_port: Some(0),
-            traces_instrumentations: Instrumentations::parse_list("http").expect("list"),
-            metrics_instrumentations: Instrumentations::parse_list("grpc").expect("list"),
+            traces_instrumentations: Instrumentations::parse_list(traces).expect("list"),
+            metrics_instrumentations: Instrumentations::parse_list(metrics).expect("list"),
             ..Default::default()
         };
-        let mut p = Pipeline::with_printer(
+        Pipeline::with_printer(
             &RoutesSettings::default(),
             &export,
             "box".into(),
             Printer::stdout(TracePrinter::Disabled),
         )
-        .expect("pipeline");
+        .expect("pipeline")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn instrumentations_gate_spans_and_metrics_per_kind() {
+        let mut p = gated_pipeline("http", "grpc");
         assert_eq!(instrumentation_of(&grpc_tx()), Instrumentation::Grpc);
         let http = tx(Side::Server, "GET", "/x", Some(200));
         assert_eq!(instrumentation_of(&http), Instrumentation::Http);
@@ -440,19 +446,7 @@ mod instrumentation_tests {
             db_instrumentation_of(&db_tx(DbSystem::Mysql)),
             Instrumentation::Sql
         );
-        let export = ExportSettings {
-            prometheus_port: Some(0),
-            traces_instrumentations: Instrumentations::parse_list("sql").expect("list"),
-            metrics_instrumentations: Instrumentations::parse_list("redis").expect("list"),
-            ..Default::default()
-        };
-        let mut p = Pipeline::with_printer(
-            &RoutesSettings::default(),
-            &export,
-            "box".into(),
-            Printer::stdout(TracePrinter::Disabled),
-        )
-        .expect("pipeline");
+        let mut p = gated_pipeline("sql", "redis");
         p.on_db_transaction(&db_tx(DbSystem::Redis));
         p.on_db_transaction(&db_tx(DbSystem::Postgresql));
         let s = p.stats();
