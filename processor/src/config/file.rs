@@ -427,23 +427,8 @@ impl InstrumentSelector {
         self.has_loader_criteria()
             || self.languages.is_some()
             || self.containers_only
-            || [
-                &self.k8s_namespace,
-                &self.k8s_pod_name,
-                &self.k8s_deployment_name,
-                &self.k8s_replicaset_name,
-                &self.k8s_daemonset_name,
-                &self.k8s_statefulset_name,
-                &self.k8s_job_name,
-                &self.k8s_cronjob_name,
-                &self.k8s_owner_name,
-                &self.k8s_container_name,
-                &self.container_name,
-            ]
-            .iter()
-            .any(|c| c.is_some())
-            || !self.k8s_pod_labels.is_empty()
-            || !self.k8s_pod_annotations.is_empty()
+            || self.container_name.is_some()
+            || self.has_kubernetes_criteria()
     }
 }
 
