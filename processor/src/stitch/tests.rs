@@ -5,11 +5,11 @@ use tandem_proto::v1::{
     ConnectionClosed, ConnectionOpened, Data, Loss, ProcessExited, SocketAddress,
 };
 
-const IN: Direction = Direction::Ingress;
-const OUT: Direction = Direction::Egress;
-const OFFSET: i64 = 1_700_000_000_000_000_000;
+pub(super) const IN: Direction = Direction::Ingress;
+pub(super) const OUT: Direction = Direction::Egress;
+pub(super) const OFFSET: i64 = 1_700_000_000_000_000_000;
 
-fn event(mono_ns: u64, kind: EventKind) -> Event {
+pub(super) fn event(mono_ns: u64, kind: EventKind) -> Event {
     Event {
         seq: mono_ns,
         mono_ns,
@@ -17,7 +17,7 @@ fn event(mono_ns: u64, kind: EventKind) -> Event {
     }
 }
 
-fn v4(a: [u8; 4], port: u32) -> Option<SocketAddress> {
+pub(super) fn v4(a: [u8; 4], port: u32) -> Option<SocketAddress> {
     Some(SocketAddress {
         ip: a.to_vec(),
         port,
@@ -39,7 +39,7 @@ fn opened(mono_ns: u64, pid: u32, conn_id: u64, role: Role) -> Event {
     )
 }
 
-fn closed(mono_ns: u64, pid: u32, conn_id: u64) -> Event {
+pub(super) fn closed(mono_ns: u64, pid: u32, conn_id: u64) -> Event {
     event(
         mono_ns,
         EventKind::ConnectionClosed(ConnectionClosed {
@@ -51,7 +51,7 @@ fn closed(mono_ns: u64, pid: u32, conn_id: u64) -> Event {
 }
 
 /// A syscall of `total` bytes of which `bytes` were captured.
-fn data_cut(
+pub(super) fn data_cut(
     mono_ns: u64,
     pid: u32,
     conn_id: u64,
@@ -73,11 +73,11 @@ fn data_cut(
     )
 }
 
-fn data(mono_ns: u64, pid: u32, conn_id: u64, dir: Direction, bytes: &[u8]) -> Event {
+pub(super) fn data(mono_ns: u64, pid: u32, conn_id: u64, dir: Direction, bytes: &[u8]) -> Event {
     data_cut(mono_ns, pid, conn_id, dir, bytes, bytes.len() as u64)
 }
 
-fn run_with(stitcher: &mut Stitcher, events: &[Event]) -> Vec<HttpTransaction> {
+pub(super) fn run_with(stitcher: &mut Stitcher, events: &[Event]) -> Vec<HttpTransaction> {
     let mut out = Vec::new();
     for e in events {
         stitcher.push(e, OFFSET, &mut out);

@@ -5,33 +5,19 @@ use super::*;
 use crate::protocols::http2::testutil::{block, data as h2data, frame, headers, settings};
 use crate::protocols::http2::PREFACE;
 use proptest::prelude::*;
-use tandem_proto::v1::{ConnectionClosed, ConnectionOpened, Data, Loss, SocketAddress};
+use tandem_proto::v1::{ConnectionOpened, Loss};
 
-const IN: Direction = Direction::Ingress;
-const OUT: Direction = Direction::Egress;
-const OFFSET: i64 = 1_700_000_000_000_000_000;
+use super::tests::{event, run_with, v4 as addr, IN, OFFSET, OUT};
 
-fn event(mono_ns: u64, kind: EventKind) -> Event {
-    Event {
-        seq: mono_ns,
-        mono_ns,
-        kind: Some(kind),
-    }
-}
-
-fn addr(a: [u8; 4], port: u32) -> Option<SocketAddress> {
-    Some(SocketAddress {
-        ip: a.to_vec(),
-        port,
-    })
-}
+/// The process of every connection here.
+const PID: u32 = 7;
 
 fn opened(mono_ns: u64, conn_id: u64, role: Role, preexisting: bool) -> Event {
     event(
         mono_ns,
         EventKind::ConnectionOpened(ConnectionOpened {
-            pid: 7,
-            tid: 7,
+            pid: PID,
+            tid: PID,
             conn_id,
             local: addr([127, 0, 0, 1], 50051),
             peer: addr([127, 0, 0, 1], 40000),
@@ -42,41 +28,15 @@ fn opened(mono_ns: u64, conn_id: u64, role: Role, preexisting: bool) -> Event {
 }
 
 fn closed(mono_ns: u64, conn_id: u64) -> Event {
-    event(
-        mono_ns,
-        EventKind::ConnectionClosed(ConnectionClosed {
-            pid: 7,
-            tid: 7,
-            conn_id,
-        }),
-    )
+    super::tests::closed(mono_ns, PID, conn_id)
 }
 
 fn data_cut(mono_ns: u64, conn_id: u64, dir: Direction, bytes: &[u8], total: u64) -> Event {
-    event(
-        mono_ns,
-        EventKind::Data(Data {
-            pid: 7,
-            tid: 8,
-            conn_id,
-            direction: dir as i32,
-            total_len: total,
-            payload: bytes.to_vec(),
-            truncated: (bytes.len() as u64) < total,
-        }),
-    )
+    super::tests::data_cut(mono_ns, PID, conn_id, dir, bytes, total)
 }
 
 fn data(mono_ns: u64, conn_id: u64, dir: Direction, bytes: &[u8]) -> Event {
-    data_cut(mono_ns, conn_id, dir, bytes, bytes.len() as u64)
-}
-
-fn run_with(stitcher: &mut Stitcher, events: &[Event]) -> Vec<HttpTransaction> {
-    let mut out = Vec::new();
-    for e in events {
-        stitcher.push(e, OFFSET, &mut out);
-    }
-    out
+    super::tests::data(mono_ns, PID, conn_id, dir, bytes)
 }
 
 fn grpc_request(stream: u32, path: &str) -> Vec<(&'static str, String)> {
