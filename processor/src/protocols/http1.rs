@@ -38,6 +38,7 @@
 //! bytes (framing headers are honoured even past `MAX_HEADERS`).
 
 use crate::model::{HttpRequest, HttpResponse, MAX_HEADERS, MAX_HEADER_VALUE};
+use crate::protocols::truncate_utf8;
 
 #[cfg(test)]
 mod tests;
@@ -826,16 +827,6 @@ fn parse_headers<'a>(
         }
     }
     Ok(())
-}
-
-fn truncate_utf8(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
 }
 
 /// Parses a complete header block (ending with its empty line).

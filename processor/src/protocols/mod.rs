@@ -12,3 +12,14 @@ pub mod mysql;
 pub mod postgres;
 pub mod redis;
 pub mod sql;
+
+/// Cuts `s` to at most `max` bytes, at a char boundary.
+pub(crate) fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}

@@ -28,6 +28,7 @@ use crate::protocols::db::{
     text, DbSession, DbStats, Finished, Input, Origin, Segment, MAX_ERROR_MESSAGE, MAX_KEEP,
     MAX_PENDING,
 };
+use crate::protocols::truncate_utf8;
 
 #[cfg(test)]
 mod tests;
@@ -294,15 +295,6 @@ pub struct MySqlSession {
     database: Option<String>,
 }
 
-impl DbSession for MySqlSession {
-    fn request(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
-        MySqlSession::request(self, seg, stats, out);
-    }
-    fn response(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
-        MySqlSession::response(self, seg, stats, out);
-    }
-}
-
 impl MySqlSession {
     /// `fresh`: seen from the connection's start (the handshake).
     pub fn new(fresh: bool) -> Self {
@@ -328,23 +320,6 @@ impl MySqlSession {
             self.statements.len(),
             self.commands.buffered().max(self.answers.buffered()),
         )
-    }
-
-    pub fn request(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
-        if self.encrypted {
-            return;
-        }
-        let mut input = Input::new(seg);
-        while let Some(read) = self.commands.next(&mut input) {
-            match read {
-                Read::Packet(p) => self.on_command(p, seg.origin, stats, out),
-                Read::LostSync => stats.lost_sync += 1,
-            }
-            if self.encrypted {
-                break;
-            }
-        }
-        stats.skipped_bytes += input.skipped;
     }
 
     fn on_command(
@@ -418,27 +393,6 @@ impl MySqlSession {
         });
     }
 
-    pub fn response(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
-        if self.encrypted {
-            return;
-        }
-        let now = seg.origin.mono_ns;
-        let mut input = Input::new(seg);
-        while let Some(read) = self.answers.next(&mut input) {
-            match read {
-                Read::Packet(p) => self.on_answer(p, now, stats, out),
-                Read::LostSync => {
-                    stats.lost_sync += 1;
-                    if let Some(f) = self.pending.front_mut() {
-                        f.lost = true;
-                        f.last_ns = Some(now);
-                    }
-                }
-            }
-        }
-        stats.skipped_bytes += input.skipped;
-    }
-
     fn on_answer(&mut self, p: Packet, now: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {
         let Some(front) = self.pending.front_mut() else {
             if p.seq == 1 && self.untracked > 0 {
@@ -461,7 +415,7 @@ impl MySqlSession {
                 if let Kind::Prepare(Some(q)) = &front.kind {
                     if let Some(id) = le32(&p.body, 1) {
                         let mut q = q.clone();
-                        cut(&mut q, MAX_STORED_QUERY);
+                        truncate_utf8(&mut q, MAX_STORED_QUERY);
                         if self.statements.len() >= MAX_STATEMENTS
                             && !self.statements.contains_key(&id)
                         {
@@ -561,6 +515,46 @@ impl MySqlSession {
     }
 }
 
+impl DbSession for MySqlSession {
+    fn request(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
+        if self.encrypted {
+            return;
+        }
+        let mut input = Input::new(seg);
+        while let Some(read) = self.commands.next(&mut input) {
+            match read {
+                Read::Packet(p) => self.on_command(p, seg.origin, stats, out),
+                Read::LostSync => stats.lost_sync += 1,
+            }
+            if self.encrypted {
+                break;
+            }
+        }
+        stats.skipped_bytes += input.skipped;
+    }
+
+    fn response(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
+        if self.encrypted {
+            return;
+        }
+        let now = seg.origin.mono_ns;
+        let mut input = Input::new(seg);
+        while let Some(read) = self.answers.next(&mut input) {
+            match read {
+                Read::Packet(p) => self.on_answer(p, now, stats, out),
+                Read::LostSync => {
+                    stats.lost_sync += 1;
+                    if let Some(f) = self.pending.front_mut() {
+                        f.lost = true;
+                        f.last_ns = Some(now);
+                    }
+                }
+            }
+        }
+        stats.skipped_bytes += input.skipped;
+    }
+}
+
 /// The text of a COM_QUERY, skipping MySQL 8's empty query-attributes prefix.
 fn query_text(body: &[u8]) -> String {
     let rest = body.get(1..).unwrap_or_default();
@@ -628,15 +622,5 @@ fn error(body: &[u8]) -> DbError {
     DbError {
         code,
         message: text(message, MAX_ERROR_MESSAGE),
-    }
-}
-
-fn cut(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut at = max;
-        while !s.is_char_boundary(at) {
-            at -= 1;
-        }
-        s.truncate(at);
     }
 }

@@ -39,6 +39,7 @@ pub use crate::protocols::db::Input;
 use crate::protocols::db::{
     text, DbSession, DbStats, Finished, Origin, Segment, MAX_ERROR_MESSAGE, MAX_KEEP, MAX_PENDING,
 };
+use crate::protocols::truncate_utf8;
 
 #[cfg(test)]
 mod tests;
@@ -379,9 +380,9 @@ struct Names {
 
 impl Names {
     fn insert(&mut self, mut name: String, mut query: Option<String>, stats: &mut DbStats) {
-        cut(&mut name, MAX_NAME);
+        truncate_utf8(&mut name, MAX_NAME);
         if let Some(q) = query.as_mut() {
-            cut(q, MAX_STORED_QUERY);
+            truncate_utf8(q, MAX_STORED_QUERY);
         }
         if self.map.insert(name.clone(), query).is_none() {
             self.order.push_back(name);
@@ -429,15 +430,6 @@ pub struct PgSession {
     database: Option<String>,
 }
 
-impl DbSession for PgSession {
-    fn request(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
-        PgSession::request(self, seg, stats, out);
-    }
-    fn response(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
-        PgSession::response(self, seg, stats, out);
-    }
-}
-
 impl PgSession {
     /// `fresh`: seen from the connection's start.
     pub fn new(fresh: bool) -> Self {
@@ -469,13 +461,6 @@ impl PgSession {
         )
     }
 
-    /// Client-to-server bytes.
-    pub fn request(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
-        let from = out.len();
-        self.request_inner(seg, stats, out);
-        self.name(out, from);
-    }
-
     /// Sets `db.namespace` on what was finished from `from` on.
     fn name(&self, out: &mut [Finished], from: usize) {
         if let Some(db) = &self.database {
@@ -501,13 +486,6 @@ impl PgSession {
             }
         }
         stats.skipped_bytes += input.skipped;
-    }
-
-    /// Server-to-client bytes.
-    pub fn response(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
-        let from = out.len();
-        self.response_inner(seg, stats, out);
-        self.name(out, from);
     }
 
     fn response_inner(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
@@ -713,6 +691,22 @@ impl PgSession {
     }
 }
 
+impl DbSession for PgSession {
+    /// Client-to-server bytes.
+    fn request(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
+        let from = out.len();
+        self.request_inner(seg, stats, out);
+        self.name(out, from);
+    }
+
+    /// Server-to-client bytes.
+    fn response(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
+        let from = out.len();
+        self.response_inner(seg, stats, out);
+        self.name(out, from);
+    }
+}
+
 /// The database a startup packet names: its `database` parameter, else its `user`.
 fn startup_database(body: &[u8]) -> Option<String> {
     let mut at = 4;
@@ -760,17 +754,6 @@ fn finish(
     ));
 }
 
-/// Cuts `s` to at most `max` bytes, at a char boundary.
-fn cut(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut at = max;
-        while !s.is_char_boundary(at) {
-            at -= 1;
-        }
-        s.truncate(at);
-    }
-}
-
 /// A NUL-terminated string at `at` (or the rest, when the capture cut it) and the
 /// index after its NUL.
 fn cstr(body: &[u8], at: usize) -> Option<(String, usize)> {
@@ -794,7 +777,7 @@ fn error_fields(body: &[u8]) -> DbError {
             b'C' => error.code = Some(value),
             b'M' => {
                 let mut m = value;
-                cut(&mut m, MAX_ERROR_MESSAGE);
+                truncate_utf8(&mut m, MAX_ERROR_MESSAGE);
                 error.message = m;
             }
             _ => {}

@@ -388,15 +388,6 @@ pub struct RedisSession {
     last_reply_ns: u64,
 }
 
-impl DbSession for RedisSession {
-    fn request(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
-        RedisSession::request(self, seg, stats, out);
-    }
-    fn response(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
-        RedisSession::response(self, seg, stats, out);
-    }
-}
-
 impl RedisSession {
     pub fn new(fresh: bool) -> Self {
         RedisSession {
@@ -417,7 +408,26 @@ impl RedisSession {
         )
     }
 
-    pub fn request(&mut self, seg: &Segment<'_>, stats: &mut DbStats, _out: &mut Vec<Finished>) {
+    pub fn close(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {
+        while let Some(p) = self.pending.pop_front() {
+            finish(p, None, mono_ns, Completion::ConnectionClosed, stats, out);
+        }
+        self.untracked = 0;
+    }
+
+    pub fn lose(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {
+        let end = self.last_reply_ns.max(mono_ns);
+        while let Some(p) = self.pending.pop_front() {
+            finish(p, None, end, Completion::Truncated, stats, out);
+        }
+        self.untracked = 0;
+        self.commands.resync();
+        self.replies.resync();
+    }
+}
+
+impl DbSession for RedisSession {
+    fn request(&mut self, seg: &Segment<'_>, stats: &mut DbStats, _out: &mut Vec<Finished>) {
         let mut input = Input::new(seg);
         while let Some(v) = self.commands.next(&mut input) {
             match v {
@@ -446,7 +456,7 @@ impl RedisSession {
         stats.skipped_bytes += input.skipped;
     }
 
-    pub fn response(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
+    fn response(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
         let end = seg.origin.mono_ns;
         self.last_reply_ns = end;
         let mut input = Input::new(seg);
@@ -480,23 +490,6 @@ impl RedisSession {
         }
         self.hidden_commands = false;
         stats.skipped_bytes += input.skipped;
-    }
-
-    pub fn close(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {
-        while let Some(p) = self.pending.pop_front() {
-            finish(p, None, mono_ns, Completion::ConnectionClosed, stats, out);
-        }
-        self.untracked = 0;
-    }
-
-    pub fn lose(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {
-        let end = self.last_reply_ns.max(mono_ns);
-        while let Some(p) = self.pending.pop_front() {
-            finish(p, None, end, Completion::Truncated, stats, out);
-        }
-        self.untracked = 0;
-        self.commands.resync();
-        self.replies.resync();
     }
 }
 
