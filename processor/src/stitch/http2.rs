@@ -400,12 +400,7 @@ impl H2Conn {
             Completion::Complete if s.truncated || s.response.is_none() => Completion::Truncated,
             other => other,
         };
-        sink.stats.transactions += 1;
-        match completion {
-            Completion::Complete => {}
-            Completion::Truncated => sink.stats.truncated += 1,
-            Completion::ConnectionClosed => sink.stats.connection_closed += 1,
-        }
+        sink.stats.count(completion);
         let side = meta.side.or(self.side()).unwrap_or(Side::Server);
         sink.out.push(HttpTransaction {
             pid: meta.pid,

@@ -157,6 +157,18 @@ pub struct StitchStats {
     pub evicted_streams: u64,
 }
 
+impl StitchStats {
+    /// Counts one transaction reported with `completion`.
+    fn count(&mut self, completion: Completion) {
+        self.transactions += 1;
+        match completion {
+            Completion::Complete => {}
+            Completion::Truncated => self.truncated += 1,
+            Completion::ConnectionClosed => self.connection_closed += 1,
+        }
+    }
+}
+
 type ConnKey = (u32, u64);
 
 /// Per-connection HTTP/1.x reassembly; see the module documentation.
@@ -711,12 +723,7 @@ impl Conn {
             Completion::Complete if pending.truncated => Completion::Truncated,
             other => other,
         };
-        sink.stats.transactions += 1;
-        match completion {
-            Completion::Complete => {}
-            Completion::Truncated => sink.stats.truncated += 1,
-            Completion::ConnectionClosed => sink.stats.connection_closed += 1,
-        }
+        sink.stats.count(completion);
         sink.out.push(HttpTransaction {
             pid: self.pid,
             tid: pending.origin.tid,
