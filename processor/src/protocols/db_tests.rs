@@ -54,14 +54,33 @@ pub type Row = (
     u64,
 );
 
+/// What the SQL tests compare of a report when times differ: operation, collection,
+/// text and error code.
+pub fn sql_key(
+    f: &Finished,
+) -> (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+) {
+    (
+        f.operation.clone(),
+        f.collection.clone(),
+        f.query_text.clone(),
+        error_code(f),
+    )
+}
+
 pub fn summary(f: &[Finished]) -> Vec<Row> {
     f.iter()
         .map(|f| {
+            let (operation, collection, text, code) = sql_key(f);
             (
-                f.operation.clone(),
-                f.collection.clone(),
-                f.query_text.clone(),
-                error_code(f),
+                operation,
+                collection,
+                text,
+                code,
                 f.origin.mono_ns,
                 f.end_mono_ns,
             )

@@ -1,5 +1,5 @@
 use super::*;
-use crate::protocols::db_tests::{assert_split_anywhere_same, error_code, run, s, summary};
+use crate::protocols::db_tests::{assert_split_anywhere_same, run, s, sql_key, summary};
 use proptest::prelude::*;
 
 fn pkt(seq: u8, body: &[u8]) -> Vec<u8> {
@@ -148,18 +148,7 @@ fn queries_errors_prepared() {
 
 #[test]
 fn split_at_every_byte() {
-    assert_split_anywhere_same(
-        &conversation(),
-        || MySqlSession::new(true),
-        |f| {
-            (
-                f.operation.clone(),
-                f.collection.clone(),
-                f.query_text.clone(),
-                error_code(f),
-            )
-        },
-    );
+    assert_split_anywhere_same(&conversation(), || MySqlSession::new(true), sql_key);
 }
 
 #[test]

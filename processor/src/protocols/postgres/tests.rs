@@ -1,5 +1,5 @@
 use super::*;
-use crate::protocols::db_tests::{assert_split_anywhere_same, error_code, run, s, summary};
+use crate::protocols::db_tests::{assert_split_anywhere_same, run, s, sql_key, summary};
 use proptest::prelude::*;
 
 fn msg(t: u8, body: &[u8]) -> Vec<u8> {
@@ -217,18 +217,7 @@ fn simple_extended_prepared_and_errors() {
 /// Every byte split of both directions gives the same operations.
 #[test]
 fn split_at_every_byte() {
-    assert_split_anywhere_same(
-        &conversation(),
-        || PgSession::new(true),
-        |f| {
-            (
-                f.operation.clone(),
-                f.collection.clone(),
-                f.query_text.clone(),
-                error_code(f),
-            )
-        },
-    );
+    assert_split_anywhere_same(&conversation(), || PgSession::new(true), sql_key);
 }
 
 #[test]
