@@ -36,7 +36,7 @@ use crate::protocols::mysql::{self, MySqlSession};
 use crate::protocols::postgres::{self, PgSession};
 use crate::protocols::redis::{self, RedisSession};
 
-use super::{keys_of_pid, opened_ends};
+use super::{keys_of_pid, opened_ends, ConnLru};
 
 /// Default bound of tracked connections.
 pub const MAX_DB_CONNECTIONS: usize = 65_536;
@@ -69,8 +69,7 @@ struct Conn {
 pub struct DbStitcher {
     max_connections: usize,
     conns: BTreeMap<ConnKey, Conn>,
-    lru: BTreeMap<u64, ConnKey>,
-    clock: u64,
+    lru: ConnLru,
     stats: DbStats,
     scratch: Vec<Finished>,
 }
@@ -90,8 +89,7 @@ impl DbStitcher {
         DbStitcher {
             max_connections: max_connections.max(1),
             conns: BTreeMap::new(),
-            lru: BTreeMap::new(),
-            clock: 0,
+            lru: ConnLru::default(),
             stats: DbStats::default(),
             scratch: Vec::new(),
         }
@@ -275,7 +273,7 @@ impl DbStitcher {
         let Some(mut conn) = self.conns.remove(&key) else {
             return;
         };
-        self.lru.remove(&conn.gen);
+        self.lru.forget(conn.gen);
         let system = match &mut conn.proto {
             Proto::Postgres(s) => {
                 s.close(mono_ns, &mut self.stats, &mut self.scratch);
@@ -295,31 +293,20 @@ impl DbStitcher {
     }
 
     fn touch(&mut self, key: ConnKey) {
-        self.clock += 1;
         if let Some(conn) = self.conns.get_mut(&key) {
-            self.lru.remove(&conn.gen);
-            conn.gen = self.clock;
-            self.lru.insert(self.clock, key);
+            self.lru.touch(&mut conn.gen, key);
         }
     }
 
     fn insert(&mut self, key: ConnKey) -> &mut Conn {
-        while self.conns.len() >= self.max_connections {
-            let Some((_, oldest)) = self.lru.pop_first() else {
-                break;
-            };
-            if self.conns.remove(&oldest).is_some() {
-                self.stats.evicted_connections += 1;
-            }
-        }
-        self.clock += 1;
-        self.lru.insert(self.clock, key);
+        self.stats.evicted_connections += self.lru.evict(&mut self.conns, self.max_connections);
+        let gen = self.lru.stamp(key);
         let conn = Conn {
             side: None,
             local: None,
             peer: None,
             proto: Proto::Unknown { seen: 0 },
-            gen: self.clock,
+            gen,
         };
         self.conns.entry(key).or_insert(conn)
     }

@@ -171,14 +171,55 @@ impl StitchStats {
 
 type ConnKey = (u32, u64);
 
+/// Connections by last activity, for evicting the least recently active first.
+#[derive(Debug, Default)]
+struct ConnLru {
+    /// Connection keys by generation (oldest first).
+    by_gen: BTreeMap<u64, ConnKey>,
+    clock: u64,
+}
+
+impl ConnLru {
+    /// Records `key` as active now; returns its generation.
+    fn stamp(&mut self, key: ConnKey) -> u64 {
+        self.clock += 1;
+        self.by_gen.insert(self.clock, key);
+        self.clock
+    }
+
+    /// Records the tracked connection `key` (of generation `gen`) as active now.
+    fn touch(&mut self, gen: &mut u64, key: ConnKey) {
+        self.by_gen.remove(gen);
+        *gen = self.stamp(key);
+    }
+
+    /// Forgets a connection no longer tracked.
+    fn forget(&mut self, gen: u64) {
+        self.by_gen.remove(&gen);
+    }
+
+    /// Drops the least recently active of `conns` until one more fits under `max`;
+    /// returns how many it dropped.
+    fn evict<C>(&mut self, conns: &mut BTreeMap<ConnKey, C>, max: usize) -> u64 {
+        let mut evicted = 0;
+        while conns.len() >= max {
+            let Some((_, oldest)) = self.by_gen.pop_first() else {
+                break;
+            };
+            if conns.remove(&oldest).is_some() {
+                evicted += 1;
+            }
+        }
+        evicted
+    }
+}
+
 /// Per-connection HTTP/1.x reassembly; see the module documentation.
 #[derive(Debug)]
 pub struct Stitcher {
     limits: Limits,
     conns: BTreeMap<ConnKey, Conn>,
-    /// Connections by last activity (oldest first).
-    lru: BTreeMap<u64, ConnKey>,
-    clock: u64,
+    lru: ConnLru,
     stats: StitchStats,
 }
 
@@ -246,8 +287,7 @@ impl Stitcher {
                 max_head_bytes: limits.max_head_bytes,
             },
             conns: BTreeMap::new(),
-            lru: BTreeMap::new(),
-            clock: 0,
+            lru: ConnLru::default(),
             stats: StitchStats::default(),
         }
     }
@@ -335,7 +375,7 @@ impl Stitcher {
         let Some(conn) = self.conns.remove(&key) else {
             return;
         };
-        self.lru.remove(&conn.gen);
+        self.lru.forget(conn.gen);
         let mut sink = Sink {
             out,
             stats: &mut self.stats,
@@ -345,27 +385,17 @@ impl Stitcher {
     }
 
     fn touch(&mut self, key: ConnKey) {
-        self.clock += 1;
         if let Some(conn) = self.conns.get_mut(&key) {
-            self.lru.remove(&conn.gen);
-            conn.gen = self.clock;
-            self.lru.insert(self.clock, key);
+            self.lru.touch(&mut conn.gen, key);
         }
     }
 
     /// Inserts a fresh connection, evicting the least recently active if full.
     fn insert(&mut self, key: ConnKey) -> &mut Conn {
-        while self.conns.len() >= self.limits.max_connections {
-            let Some((_, oldest)) = self.lru.pop_first() else {
-                break;
-            };
-            if self.conns.remove(&oldest).is_some() {
-                self.stats.evicted_connections += 1;
-            }
-        }
-        self.clock += 1;
-        self.lru.insert(self.clock, key);
-        let conn = Conn::new(key, self.clock, self.limits.max_head_bytes);
+        self.stats.evicted_connections +=
+            self.lru.evict(&mut self.conns, self.limits.max_connections);
+        let gen = self.lru.stamp(key);
+        let conn = Conn::new(key, gen, self.limits.max_head_bytes);
         match self.conns.entry(key) {
             Entry::Vacant(entry) => entry.insert(conn),
             Entry::Occupied(entry) => {

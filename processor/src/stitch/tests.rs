@@ -1121,7 +1121,7 @@ proptest! {
         for (i, op) in ops.iter().enumerate() {
             stitcher.push(&op_event(i as u64, op), 0, &mut out);
             prop_assert!(stitcher.connections() <= 3);
-            prop_assert_eq!(stitcher.lru.len(), stitcher.conns.len());
+            prop_assert_eq!(stitcher.lru.by_gen.len(), stitcher.conns.len());
             let (head, pending) = stitcher.footprint();
             prop_assert!(head <= 64, "head buffer {}", head);
             prop_assert!(pending <= 2, "pending {}", pending);
