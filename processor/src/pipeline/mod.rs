@@ -14,7 +14,7 @@ pub mod span;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData};
 use tandem_proto::v1::ProcessStarted;
 use tracing::info;
 
@@ -27,7 +27,7 @@ use crate::model::{DbSystem, DbTransaction, HttpTransaction};
 use crate::settings::{ExportSettings, Instrumentation, Instrumentations, RoutesSettings, Sampler};
 
 use self::metrics::MetricsRegistry;
-use self::resource::{ProcessMap, ResourceSettings};
+use self::resource::{ProcessMap, ProcessResource, ResourceSettings};
 use self::route::{RouteError, Router};
 use self::span::build_span;
 
@@ -271,14 +271,7 @@ impl Pipeline {
             }
         }
         self.printer.print(&rec, tx, &process);
-        if !rec.sampled {
-            self.stats.spans_not_sampled += 1;
-            return;
-        }
-        self.stats.spans_sampled += 1;
-        if let Some(t) = &self.traces {
-            t.offer(process, rec.data);
-        }
+        self.offer_span(process, rec.sampled, rec.data);
     }
 
     /// One database operation: metrics (client side), span (exported when sampled).
@@ -299,13 +292,18 @@ impl Pipeline {
         }
         let rec = db::build_db_span(tx, self.sampler, self.ids.as_ref());
         self.printer.print_db(&rec, tx, &process);
-        if !rec.sampled {
+        self.offer_span(process, rec.sampled, rec.data);
+    }
+
+    /// Counts a built span as sampled or not, and offers a sampled one for export.
+    fn offer_span(&mut self, process: Arc<ProcessResource>, sampled: bool, data: SpanData) {
+        if !sampled {
             self.stats.spans_not_sampled += 1;
             return;
         }
         self.stats.spans_sampled += 1;
         if let Some(t) = &self.traces {
-            t.offer(process, rec.data);
+            t.offer(process, data);
         }
     }
 
