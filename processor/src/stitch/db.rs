@@ -363,29 +363,23 @@ fn emit_into(
 mod tests {
     use super::*;
     use crate::model::Completion;
-    use tandem_proto::v1::{ConnectionClosed, ConnectionOpened, Data, Role, SocketAddress};
+    use tandem_proto::v1::{ConnectionOpened, Role, SocketAddress};
 
-    fn event(mono_ns: u64, kind: EventKind) -> Event {
-        Event {
-            seq: mono_ns,
-            mono_ns,
-            kind: Some(kind),
-        }
-    }
+    use crate::stitch::tests::{event, v4};
+
+    /// The process of every connection here.
+    const PID: u32 = 5;
 
     fn addr(port: u32) -> Option<SocketAddress> {
-        Some(SocketAddress {
-            ip: vec![127, 0, 0, 1],
-            port,
-        })
+        v4([127, 0, 0, 1], port)
     }
 
     fn opened(mono_ns: u64, conn_id: u64, role: Role) -> Event {
         event(
             mono_ns,
             EventKind::ConnectionOpened(ConnectionOpened {
-                pid: 5,
-                tid: 5,
+                pid: PID,
+                tid: PID,
                 conn_id,
                 local: addr(40000),
                 peer: addr(5432),
@@ -396,29 +390,11 @@ mod tests {
     }
 
     fn data(mono_ns: u64, conn_id: u64, dir: Direction, bytes: &[u8]) -> Event {
-        event(
-            mono_ns,
-            EventKind::Data(Data {
-                pid: 5,
-                tid: 6,
-                conn_id,
-                direction: dir as i32,
-                total_len: bytes.len() as u64,
-                payload: bytes.to_vec(),
-                truncated: false,
-            }),
-        )
+        crate::stitch::tests::data(mono_ns, PID, conn_id, dir, bytes)
     }
 
     fn closed(mono_ns: u64, conn_id: u64) -> Event {
-        event(
-            mono_ns,
-            EventKind::ConnectionClosed(ConnectionClosed {
-                pid: 5,
-                tid: 5,
-                conn_id,
-            }),
-        )
+        crate::stitch::tests::closed(mono_ns, PID, conn_id)
     }
 
     fn pg_msg(t: u8, body: &[u8]) -> Vec<u8> {
@@ -538,18 +514,7 @@ mod tests {
     }
 
     fn cut_data(mono_ns: u64, conn_id: u64, dir: Direction, bytes: &[u8], total: u64) -> Event {
-        event(
-            mono_ns,
-            EventKind::Data(Data {
-                pid: 5,
-                tid: 6,
-                conn_id,
-                direction: dir as i32,
-                total_len: total,
-                payload: bytes.to_vec(),
-                truncated: (bytes.len() as u64) < total,
-            }),
-        )
+        crate::stitch::tests::data_cut(mono_ns, PID, conn_id, dir, bytes, total)
     }
 
     proptest::proptest! {
