@@ -95,3 +95,37 @@ pub fn error_code(f: &Finished) -> Option<String> {
 pub fn s(v: &str) -> Option<String> {
     Some(v.to_string())
 }
+
+/// A session fed by hand, with its counters and what it reported.
+pub struct Feed<S> {
+    pub session: S,
+    pub stats: DbStats,
+    pub out: Vec<Finished>,
+}
+
+impl<S: DbSession> Feed<S> {
+    pub fn new(session: S) -> Self {
+        Feed {
+            session,
+            stats: DbStats::default(),
+            out: vec![],
+        }
+    }
+
+    /// The client wrote `total` bytes at `mono_ns`, of which `captured` were captured.
+    pub fn request(&mut self, captured: &[u8], total: u64, mono_ns: u64) {
+        self.send(true, captured, total, mono_ns);
+    }
+
+    /// The server wrote `total` bytes at `mono_ns`, of which `captured` were captured.
+    pub fn response(&mut self, captured: &[u8], total: u64, mono_ns: u64) {
+        self.send(false, captured, total, mono_ns);
+    }
+
+    /// `captured` of `total` bytes the client (`request`) or the server wrote at `mono_ns`.
+    pub fn send(&mut self, request: bool, captured: &[u8], total: u64, mono_ns: u64) {
+        let seg = Segment::new(captured, total, Origin { mono_ns, tid: 1 });
+        self.session
+            .feed(request, &seg, &mut self.stats, &mut self.out);
+    }
+}

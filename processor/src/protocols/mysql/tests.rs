@@ -1,5 +1,5 @@
 use super::*;
-use crate::protocols::db_tests::{assert_split_anywhere_same, run, s, sql_key, summary};
+use crate::protocols::db_tests::{assert_split_anywhere_same, run, s, sql_key, summary, Feed};
 use proptest::prelude::*;
 
 fn pkt(seq: u8, body: &[u8]) -> Vec<u8> {
@@ -153,38 +153,23 @@ fn split_at_every_byte() {
 
 #[test]
 fn uncaptured_rows_end_at_next_command() {
-    let mut session = MySqlSession::new(false);
-    let mut stats = DbStats::default();
-    let mut out = vec![];
-    let o = |n| Origin { mono_ns: n, tid: 1 };
+    let mut f = Feed::new(MySqlSession::new(false));
     let q = query("SELECT a FROM big");
-    session.request(
-        &Segment::new(&q, q.len() as u64, o(1)),
-        &mut stats,
-        &mut out,
-    );
+    f.request(&q, q.len() as u64, 1);
     let r = rows(200);
-    session.response(
-        &Segment::new(&r[..300], r.len() as u64, o(2)),
-        &mut stats,
-        &mut out,
-    );
-    assert!(out.is_empty());
+    f.response(&r[..300], r.len() as u64, 2);
+    assert!(f.out.is_empty());
     let q2 = query("SELECT 1");
-    session.request(
-        &Segment::new(&q2, q2.len() as u64, o(3)),
-        &mut stats,
-        &mut out,
-    );
-    assert_eq!(out.len(), 1);
+    f.request(&q2, q2.len() as u64, 3);
+    assert_eq!(f.out.len(), 1);
     assert_eq!(
-        (out[0].end_mono_ns, out[0].completion),
+        (f.out[0].end_mono_ns, f.out[0].completion),
         (2, Completion::Truncated)
     );
-    session.response(&Segment::new(&ok(1), 11, o(4)), &mut stats, &mut out);
-    assert_eq!(out.len(), 2);
+    f.response(&ok(1), 11, 4);
+    assert_eq!(f.out.len(), 2);
     assert_eq!(
-        (out[1].end_mono_ns, out[1].completion),
+        (f.out[1].end_mono_ns, f.out[1].completion),
         (4, Completion::Complete)
     );
 }
@@ -223,19 +208,16 @@ proptest! {
         chunks in proptest::collection::vec((any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300), 0u64..5000), 0..40),
         fresh in any::<bool>(),
     ) {
-        let mut session = MySqlSession::new(fresh);
-        let mut stats = DbStats::default();
-        let mut out = vec![];
+        let mut f = Feed::new(MySqlSession::new(fresh));
         for (i, (req, bytes, extra)) in chunks.iter().enumerate() {
-            let seg = Segment::new(bytes, bytes.len() as u64 + extra, Origin { mono_ns: i as u64, tid: 1 });
-            session.feed(*req, &seg, &mut stats, &mut out);
-            let (pending, names, buffered) = session.footprint();
+            f.send(*req, bytes, bytes.len() as u64 + extra, i as u64);
+            let (pending, names, buffered) = f.session.footprint();
             prop_assert!(pending <= MAX_PENDING);
             prop_assert!(names <= MAX_STATEMENTS);
             prop_assert!(buffered <= 2 * MAX_KEEP);
         }
-        session.close(1_000, &mut stats, &mut out);
-        prop_assert_eq!(stats.transactions, out.len() as u64);
+        f.session.close(1_000, &mut f.stats, &mut f.out);
+        prop_assert_eq!(f.stats.transactions, f.out.len() as u64);
     }
 }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::protocols::db_tests::{assert_split_anywhere_same, run, s, sql_key, summary};
+use crate::protocols::db_tests::{assert_split_anywhere_same, run, s, sql_key, summary, Feed};
 use proptest::prelude::*;
 
 fn msg(t: u8, body: &[u8]) -> Vec<u8> {
@@ -258,16 +258,9 @@ fn ssl_accepted_stops_reading() {
 
 #[test]
 fn uncaptured_rows_finish_at_next_request() {
-    let mut session = PgSession::new(false);
-    let mut stats = DbStats::default();
-    let mut out = vec![];
-    let o = |n| Origin { mono_ns: n, tid: 1 };
+    let mut f = Feed::new(PgSession::new(false));
     let q = query("SELECT * FROM big");
-    session.request(
-        &Segment::new(&q, q.len() as u64, o(1)),
-        &mut stats,
-        &mut out,
-    );
+    f.request(&q, q.len() as u64, 1);
     // 64 KiB of rows, C and Z in one write: only the first 1 KiB captured.
     let mut resp = msg(b'T', &[0; 10]);
     for _ in 0..200 {
@@ -275,66 +268,43 @@ fn uncaptured_rows_finish_at_next_request() {
     }
     resp.extend(complete("SELECT 200"));
     resp.extend(ready());
-    session.response(
-        &Segment::new(&resp[..1024], resp.len() as u64, o(2)),
-        &mut stats,
-        &mut out,
-    );
-    assert!(out.is_empty());
+    f.response(&resp[..1024], resp.len() as u64, 2);
+    assert!(f.out.is_empty());
     let q2 = query("SELECT 2");
-    session.request(
-        &Segment::new(&q2, q2.len() as u64, o(3)),
-        &mut stats,
-        &mut out,
-    );
-    assert_eq!(out.len(), 1);
+    f.request(&q2, q2.len() as u64, 3);
+    assert_eq!(f.out.len(), 1);
     assert_eq!(
-        (out[0].end_mono_ns, out[0].completion),
+        (f.out[0].end_mono_ns, f.out[0].completion),
         (2, Completion::Truncated)
     );
-    assert_eq!(stats.lost_sync, 1);
+    assert_eq!(f.stats.lost_sync, 1);
     // The next 8 KiB write of the same answer starts inside a row ("1234...").
     let mut tail = b"1234".to_vec();
     tail.extend(msg(b'D', &[b'9'; 300]));
-    session.response(&Segment::new(&tail, 8192, o(3)), &mut stats, &mut out);
-    assert_eq!(out.len(), 1);
+    f.response(&tail, 8192, 3);
+    assert_eq!(f.out.len(), 1);
     // The second query's answer still pairs.
     let r = [complete("SELECT 1"), ready()].concat();
-    session.response(
-        &Segment::new(&r, r.len() as u64, o(4)),
-        &mut stats,
-        &mut out,
-    );
-    assert_eq!(out.len(), 2);
-    assert_eq!(out[1].operation.as_deref(), Some("SELECT"));
-    assert_eq!(out[1].completion, Completion::Complete);
+    f.response(&r, r.len() as u64, 4);
+    assert_eq!(f.out.len(), 2);
+    assert_eq!(f.out[1].operation.as_deref(), Some("SELECT"));
+    assert_eq!(f.out[1].completion, Completion::Complete);
 }
 
 #[test]
 fn long_query_truncated_by_capture_is_skipped_by_length() {
-    let mut session = PgSession::new(false);
-    let mut stats = DbStats::default();
-    let mut out = vec![];
+    let mut f = Feed::new(PgSession::new(false));
     let long = format!(
         "SELECT * FROM wide WHERE x IN ({})",
         "1,".repeat(2000) + "1"
     );
     let q = query(&long);
-    let o = |n| Origin { mono_ns: n, tid: 1 };
-    session.request(
-        &Segment::new(&q[..1024], q.len() as u64, o(1)),
-        &mut stats,
-        &mut out,
-    );
+    f.request(&q[..1024], q.len() as u64, 1);
     let r = [complete("SELECT 0"), ready()].concat();
-    session.response(
-        &Segment::new(&r, r.len() as u64, o(2)),
-        &mut stats,
-        &mut out,
-    );
-    assert_eq!(out.len(), 1);
-    assert_eq!(out[0].collection.as_deref(), Some("wide"));
-    assert_eq!(stats.lost_sync, 0);
+    f.response(&r, r.len() as u64, 2);
+    assert_eq!(f.out.len(), 1);
+    assert_eq!(f.out[0].collection.as_deref(), Some("wide"));
+    assert_eq!(f.stats.lost_sync, 0);
 }
 
 #[test]
@@ -369,19 +339,16 @@ proptest! {
         chunks in proptest::collection::vec((any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300), 0u64..5000), 0..40),
         fresh in any::<bool>(),
     ) {
-        let mut session = PgSession::new(fresh);
-        let mut stats = DbStats::default();
-        let mut out = vec![];
+        let mut f = Feed::new(PgSession::new(fresh));
         for (i, (req, bytes, extra)) in chunks.iter().enumerate() {
-            let seg = Segment::new(bytes, bytes.len() as u64 + extra, Origin { mono_ns: i as u64, tid: 1 });
-            session.feed(*req, &seg, &mut stats, &mut out);
-            let (pending, names, buffered) = session.footprint();
+            f.send(*req, bytes, bytes.len() as u64 + extra, i as u64);
+            let (pending, names, buffered) = f.session.footprint();
             prop_assert!(pending <= MAX_PENDING);
             prop_assert!(names <= 2 * MAX_STATEMENTS);
             prop_assert!(buffered <= 2 * MAX_KEEP);
         }
-        session.close(1_000, &mut stats, &mut out);
-        prop_assert_eq!(stats.transactions, out.len() as u64);
+        f.session.close(1_000, &mut f.stats, &mut f.out);
+        prop_assert_eq!(f.stats.transactions, f.out.len() as u64);
     }
 }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::protocols::db_tests::{assert_split_anywhere_same, error_code, run, s};
+use crate::protocols::db_tests::{assert_split_anywhere_same, error_code, run, s, Feed};
 use proptest::prelude::*;
 
 fn cmd(args: &[&str]) -> Vec<u8> {
@@ -84,79 +84,49 @@ fn split_at_every_byte() {
 
 #[test]
 fn big_values_are_skipped_by_length() {
-    let mut session = RedisSession::new(true);
-    let mut stats = DbStats::default();
-    let mut out = vec![];
-    let o = |n| Origin { mono_ns: n, tid: 1 };
+    let mut f = Feed::new(RedisSession::new(true));
     let value = "v".repeat(100_000);
     let set = cmd(&["SET", "big", &value]);
-    session.request(
-        &Segment::new(&set[..1024], set.len() as u64, o(1)),
-        &mut stats,
-        &mut out,
-    );
+    f.request(&set[..1024], set.len() as u64, 1);
     let get = cmd(&["GET", "big"]);
-    session.request(
-        &Segment::new(&get, get.len() as u64, o(2)),
-        &mut stats,
-        &mut out,
-    );
-    session.response(&Segment::new(b"+OK\r\n", 5, o(3)), &mut stats, &mut out);
+    f.request(&get, get.len() as u64, 2);
+    f.response(b"+OK\r\n", 5, 3);
     let reply = format!("$100000\r\n{value}\r\n").into_bytes();
-    session.response(
-        &Segment::new(&reply[..1024], reply.len() as u64, o(4)),
-        &mut stats,
-        &mut out,
-    );
+    f.response(&reply[..1024], reply.len() as u64, 4);
     assert_eq!(
-        summary(&out),
+        summary(&f.out),
         vec![
             (s("SET"), s("SET big ?"), None, 1, 3),
             (s("GET"), s("GET big"), None, 2, 4)
         ]
     );
-    assert_eq!(stats.lost_sync, 0);
+    assert_eq!(f.stats.lost_sync, 0);
 }
 
 #[test]
 fn hidden_pipelined_commands_do_not_shift_pairing() {
-    let mut session = RedisSession::new(true);
-    let mut stats = DbStats::default();
-    let mut out = vec![];
-    let o = |n| Origin { mono_ns: n, tid: 1 };
+    let mut f = Feed::new(RedisSession::new(true));
     // 100 pipelined SETs in one write, only the first 1 KiB captured.
     let mut many = vec![];
     for i in 0..100 {
         many.extend(cmd(&["SET", &format!("k{i}"), "0123456789"]));
     }
-    session.request(
-        &Segment::new(&many[..1024], many.len() as u64, o(1)),
-        &mut stats,
-        &mut out,
-    );
-    let seen = out.len() + session.footprint().0;
+    f.request(&many[..1024], many.len() as u64, 1);
+    let seen = f.out.len() + f.session.footprint().0;
     assert!(seen > 10 && seen < 100, "{seen}");
     let replies = b"+OK\r\n".repeat(100);
-    session.response(
-        &Segment::new(&replies, replies.len() as u64, o(2)),
-        &mut stats,
-        &mut out,
-    );
-    assert_eq!(out.len(), seen);
+    f.response(&replies, replies.len() as u64, 2);
+    assert_eq!(f.out.len(), seen);
     // The next command pairs with its own reply.
     let get = cmd(&["GET", "k1"]);
-    session.request(
-        &Segment::new(&get, get.len() as u64, o(3)),
-        &mut stats,
-        &mut out,
-    );
-    session.response(&Segment::new(b"$1\r\nx\r\n", 7, o(4)), &mut stats, &mut out);
-    let last = out.last().expect("last");
+    f.request(&get, get.len() as u64, 3);
+    f.response(b"$1\r\nx\r\n", 7, 4);
+    let last = f.out.last().expect("last");
     assert_eq!(
         (last.query_text.as_deref(), last.end_mono_ns),
         (Some("GET k1"), 4)
     );
-    assert_eq!(stats.unpaired_responses, 0);
+    assert_eq!(f.stats.unpaired_responses, 0);
 }
 
 proptest! {
@@ -164,18 +134,15 @@ proptest! {
     fn arbitrary_bytes_never_panic_and_stay_bounded(
         chunks in proptest::collection::vec((any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300), 0u64..5000), 0..40),
     ) {
-        let mut session = RedisSession::new(false);
-        let mut stats = DbStats::default();
-        let mut out = vec![];
+        let mut f = Feed::new(RedisSession::new(false));
         for (i, (req, bytes, extra)) in chunks.iter().enumerate() {
-            let seg = Segment::new(bytes, bytes.len() as u64 + extra, Origin { mono_ns: i as u64, tid: 1 });
-            session.feed(*req, &seg, &mut stats, &mut out);
-            let (pending, buffered) = session.footprint();
+            f.send(*req, bytes, bytes.len() as u64 + extra, i as u64);
+            let (pending, buffered) = f.session.footprint();
             prop_assert!(pending <= MAX_PENDING);
             prop_assert!(buffered <= 4 * MAX_LINE_KEEP + 8 * 64);
         }
-        session.close(1_000, &mut stats, &mut out);
-        prop_assert_eq!(stats.transactions, out.len() as u64);
+        f.session.close(1_000, &mut f.stats, &mut f.out);
+        prop_assert_eq!(f.stats.transactions, f.out.len() as u64);
     }
 
     #[test]
