@@ -77,6 +77,21 @@ impl<'a> Input<'a> {
         u64::try_from(self.data.len()).unwrap_or(u64::MAX) + self.unknown
     }
 
+    /// Reads `n` captured bytes of a message body of which `remaining` bytes were
+    /// left; where the captured bytes end, passes over the uncaptured ones of the
+    /// body too. Returns whether it did (the body is cut).
+    pub(crate) fn take_body(&mut self, n: usize, remaining: &mut u64) -> bool {
+        self.pos += n;
+        *remaining -= n as u64;
+        if *remaining > 0 && self.rest().is_empty() && self.unknown > 0 {
+            let u = (*remaining).min(self.unknown);
+            *remaining -= u;
+            self.unknown -= u;
+            return true;
+        }
+        false
+    }
+
     /// Passes over all that is left, counting it as skipped.
     pub(crate) fn skip_rest(&mut self) {
         self.skipped += u64::try_from(self.rest().len()).unwrap_or(u64::MAX) + self.unknown;

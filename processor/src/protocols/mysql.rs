@@ -229,13 +229,7 @@ impl Framer {
                     let room = MAX_KEEP.saturating_sub(self.body.len());
                     self.body
                         .extend_from_slice(rest.get(..room.min(n)).unwrap_or_default());
-                    input.pos += n;
-                    self.remaining -= n as u64;
-                    if self.remaining > 0 && input.rest().is_empty() && input.unknown > 0 {
-                        let u = self.remaining.min(input.unknown);
-                        self.remaining -= u;
-                        input.unknown -= u;
-                    }
+                    input.take_body(n, &mut self.remaining);
                     if self.remaining > 0 {
                         return None;
                     }

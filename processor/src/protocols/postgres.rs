@@ -312,12 +312,7 @@ impl Framer {
                             self.cut = true;
                         }
                     }
-                    input.pos += n;
-                    self.remaining -= n as u64;
-                    if self.remaining > 0 && input.rest().is_empty() && input.unknown > 0 {
-                        let u = self.remaining.min(input.unknown);
-                        self.remaining -= u;
-                        input.unknown -= u;
+                    if input.take_body(n, &mut self.remaining) {
                         self.cut = true;
                     }
                     if self.remaining > 0 {

@@ -179,13 +179,8 @@ impl Reader {
                         let m = usize::try_from(data_left).unwrap_or(usize::MAX).min(n);
                         self.keep(rest.get(..m).unwrap_or_default());
                     }
-                    input.pos += n;
-                    let mut remaining = remaining - n as u64;
-                    if remaining > 0 && input.rest().is_empty() && input.unknown > 0 {
-                        let u = remaining.min(input.unknown);
-                        remaining -= u;
-                        input.unknown -= u;
-                    }
+                    let mut remaining = remaining;
+                    input.take_body(n, &mut remaining);
                     if remaining > 0 {
                         self.state = RState::Bulk { remaining };
                         return None;
