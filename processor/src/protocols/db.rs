@@ -211,6 +211,17 @@ impl DbStats {
     }
 }
 
+/// Whether a new request goes untracked: it comes behind untracked ones, or
+/// `pending` requests already wait (at [`MAX_PENDING`]). Counts it when so.
+pub fn untracked(untracked: &mut u64, pending: usize, stats: &mut DbStats) -> bool {
+    if *untracked > 0 || pending >= MAX_PENDING {
+        *untracked += 1;
+        stats.untracked_requests += 1;
+        return true;
+    }
+    false
+}
+
 /// `bytes` as text, invalid UTF-8 replaced, cut to at most `max` bytes.
 pub fn text(bytes: &[u8], max: usize) -> String {
     let bytes = bytes.get(..max.min(bytes.len())).unwrap_or_default();

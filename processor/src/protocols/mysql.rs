@@ -25,8 +25,8 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::model::{Completion, DbError};
 use crate::protocols::db::{
-    text, DbSession, DbStats, Finished, Input, Origin, Segment, MAX_ERROR_MESSAGE, MAX_KEEP,
-    MAX_PENDING,
+    text, untracked, DbSession, DbStats, Finished, Input, Origin, Segment, MAX_ERROR_MESSAGE,
+    MAX_KEEP,
 };
 use crate::protocols::truncate_utf8;
 
@@ -372,9 +372,7 @@ impl MySqlSession {
             }
             _ => Kind::Silent,
         };
-        if self.untracked > 0 || self.pending.len() >= MAX_PENDING {
-            self.untracked += 1;
-            stats.untracked_requests += 1;
+        if untracked(&mut self.untracked, self.pending.len(), stats) {
             return;
         }
         self.pending.push_back(Pending {

@@ -37,7 +37,7 @@ use crate::model::{Completion, DbError};
 /// The cursor the framer reads (shared by the database protocols).
 pub use crate::protocols::db::Input;
 use crate::protocols::db::{
-    text, DbSession, DbStats, Finished, Origin, Segment, MAX_ERROR_MESSAGE, MAX_KEEP, MAX_PENDING,
+    text, untracked, DbSession, DbStats, Finished, Origin, Segment, MAX_ERROR_MESSAGE, MAX_KEEP,
 };
 use crate::protocols::truncate_utf8;
 
@@ -618,9 +618,7 @@ impl PgSession {
                 finish(p, end, Completion::Truncated, stats, out);
             }
         }
-        if self.untracked > 0 || self.pending.len() >= MAX_PENDING {
-            self.untracked += 1;
-            stats.untracked_requests += 1;
+        if untracked(&mut self.untracked, self.pending.len(), stats) {
             return;
         }
         self.pending.push_back(Pending {

@@ -25,7 +25,7 @@ use crate::model::{Completion, DbError};
 /// The cursor the framer reads (shared by the database protocols).
 pub use crate::protocols::db::Input;
 use crate::protocols::db::{
-    text, DbSession, DbStats, Finished, Origin, Segment, MAX_ERROR_MESSAGE, MAX_PENDING,
+    text, untracked, DbSession, DbStats, Finished, Origin, Segment, MAX_ERROR_MESSAGE,
 };
 
 #[cfg(test)]
@@ -430,9 +430,7 @@ impl DbSession for RedisSession {
                     if v.nargs == 0 {
                         continue;
                     }
-                    if self.untracked > 0 || self.pending.len() >= MAX_PENDING {
-                        self.untracked += 1;
-                        stats.untracked_requests += 1;
+                    if untracked(&mut self.untracked, self.pending.len(), stats) {
                         continue;
                     }
                     let (operation, query_text) = describe(&v);

@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocols::db::MAX_PENDING;
 use crate::protocols::db_tests::{assert_split_anywhere_same, run, s, sql_key, summary, Feed};
 use proptest::prelude::*;
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocols::db::MAX_PENDING;
 use crate::protocols::db_tests::{assert_split_anywhere_same, error_code, run, s, Feed};
 use proptest::prelude::*;
 
