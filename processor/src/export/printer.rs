@@ -170,30 +170,60 @@ fn text_line(rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource) 
     )
 }
 
-fn json_value(rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource) -> Value {
-    let d = &rec.data;
-    let (from, to) = endpoints(tx.side, tx.local, tx.peer);
-    json!({
-        "type": if d.span_kind == SpanKind::Server { "HTTP" } else { "HTTPClient" },
+/// The JSON fields of every span (keys are printed sorted): `kind` is its TYPE,
+/// `from` and `to` its endpoints.
+fn span_json(
+    kind: &str,
+    d: &SpanData,
+    sampled: bool,
+    process: &ProcessResource,
+    (from, to): (String, String),
+) -> Map<String, Value> {
+    let fields = json!({
+        "type": kind,
         "name": d.name,
-        "method": rec.method,
-        "path": rec.path,
-        "status": rec.status_code.unwrap_or(0),
         "from": from,
         "to": to,
-        "contentLen": tx.request.body_size,
-        "responseLen": tx.response.as_ref().map_or(0, |r| r.body_size),
         "start": utc(d.start_time),
         "startUnixNano": unix_ns(d.start_time),
         "endUnixNano": unix_ns(d.end_time),
         "traceID": d.span_context.trace_id().to_string(),
         "spanID": d.span_context.span_id().to_string(),
-        "parentSpanID": d.parent_span_id.to_string(),
-        "sampled": rec.sampled,
+        "sampled": sampled,
         "serviceName": process.service_name,
         "pid": process.pid,
         "attributes": attributes_json(d),
-    })
+    });
+    match fields {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+fn json_value(rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource) -> Value {
+    let d = &rec.data;
+    let kind = if d.span_kind == SpanKind::Server {
+        "HTTP"
+    } else {
+        "HTTPClient"
+    };
+    let ends = endpoints(tx.side, tx.local, tx.peer);
+    let mut fields = span_json(kind, d, rec.sampled, process, ends);
+    let http = [
+        ("method", json!(rec.method)),
+        ("path", json!(rec.path)),
+        ("status", json!(rec.status_code.unwrap_or(0))),
+        ("contentLen", json!(tx.request.body_size)),
+        (
+            "responseLen",
+            json!(tx.response.as_ref().map_or(0, |r| r.body_size)),
+        ),
+        ("parentSpanID", json!(d.parent_span_id.to_string())),
+    ];
+    for (k, v) in http {
+        fields.insert(k.to_string(), v);
+    }
+    Value::Object(fields)
 }
 
 fn db_type(tx: &DbTransaction) -> &'static str {
@@ -224,23 +254,14 @@ fn db_text_line(rec: &DbSpanRecord, tx: &DbTransaction, process: &ProcessResourc
 }
 
 fn db_json_value(rec: &DbSpanRecord, tx: &DbTransaction, process: &ProcessResource) -> Value {
-    let d = &rec.data;
-    let (from, to) = endpoints(tx.side, tx.local, tx.peer);
-    json!({
-        "type": db_type(tx),
-        "name": d.name,
-        "from": from,
-        "to": to,
-        "start": utc(d.start_time),
-        "startUnixNano": unix_ns(d.start_time),
-        "endUnixNano": unix_ns(d.end_time),
-        "traceID": d.span_context.trace_id().to_string(),
-        "spanID": d.span_context.span_id().to_string(),
-        "sampled": rec.sampled,
-        "serviceName": process.service_name,
-        "pid": process.pid,
-        "attributes": attributes_json(d),
-    })
+    let ends = endpoints(tx.side, tx.local, tx.peer);
+    Value::Object(span_json(
+        db_type(tx),
+        &rec.data,
+        rec.sampled,
+        process,
+        ends,
+    ))
 }
 
 /// `YYYY-MM-DD HH:MM:SS.sssss` in UTC (five decimals, as OBI prints).
