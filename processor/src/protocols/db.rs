@@ -92,6 +92,19 @@ impl<'a> Input<'a> {
         false
     }
 
+    /// Reads header bytes into `hdr[*have..need]`; returns whether all `need` are in.
+    pub(crate) fn fill(&mut self, hdr: &mut [u8], have: &mut usize, need: usize) -> bool {
+        while *have < need {
+            let (Some(&b), Some(slot)) = (self.rest().first(), hdr.get_mut(*have)) else {
+                break;
+            };
+            *slot = b;
+            *have += 1;
+            self.pos += 1;
+        }
+        *have >= need
+    }
+
     /// Passes over all that is left, counting it as skipped.
     pub(crate) fn skip_rest(&mut self) {
         self.skipped += u64::try_from(self.rest().len()).unwrap_or(u64::MAX) + self.unknown;

@@ -199,15 +199,7 @@ impl Framer {
                     return None;
                 }
                 FState::Header => {
-                    while self.hdr_len < 4 {
-                        let Some(&b) = input.rest().first() else {
-                            break;
-                        };
-                        self.hdr[self.hdr_len] = b;
-                        self.hdr_len += 1;
-                        input.pos += 1;
-                    }
-                    if self.hdr_len < 4 {
+                    if !input.fill(&mut self.hdr, &mut self.hdr_len, 4) {
                         if input.unknown > 0 {
                             input.skip_rest();
                             self.resync();

@@ -264,15 +264,7 @@ impl Framer {
                 }
                 FState::Header => {
                     let need = if self.untyped_next { 4 } else { 5 };
-                    while self.hdr_len < need {
-                        let Some(&b) = input.rest().first() else {
-                            break;
-                        };
-                        self.hdr[self.hdr_len] = b;
-                        self.hdr_len += 1;
-                        input.pos += 1;
-                    }
-                    if self.hdr_len < need {
+                    if !input.fill(&mut self.hdr, &mut self.hdr_len, need) {
                         if input.unknown > 0 {
                             input.skip_rest();
                             self.resync();
