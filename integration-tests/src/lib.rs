@@ -717,3 +717,45 @@ impl Drop for Nginx {
         );
     }
 }
+
+/// The capabilities the loader is deployed with, from the capability model
+/// (`tandem_security::loader_capabilities`), spelled as setpriv takes them (`NET_RAW`).
+pub fn loader_caps() -> Vec<&'static str> {
+    tandem_security::loader_capabilities()
+        .into_iter()
+        .map(tandem_security::Capability::name)
+        .collect()
+}
+
+/// The bit of capability `name` (setpriv or `CAP_` spelling) in /proc/<pid>/status's
+/// `Cap*` masks.
+pub fn cap_bit(name: &str) -> u64 {
+    let cap = tandem_security::capability(name)
+        .map(tandem_security::Capability::to_caps)
+        .or_else(|| format!("CAP_{}", name.to_ascii_uppercase()).parse().ok())
+        .unwrap_or_else(|| panic!("unknown capability {name}"));
+    1u64 << cap.index()
+}
+
+/// A setpriv command running `program` as uid/gid 65534 with exactly `caps`
+/// (effective, permitted, inheritable, ambient and bounding; none when empty).
+pub fn as_nobody(caps: &[&str], program: &Path) -> Command {
+    let plus: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
+    let plus = plus.join(",");
+    let (inh, bounding) = if caps.is_empty() {
+        ("-all".to_owned(), "-all".to_owned())
+    } else {
+        (plus.clone(), format!("-all,{plus}"))
+    };
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &format!("--inh-caps={inh}"),
+        &format!("--ambient-caps={inh}"),
+        &format!("--bounding-set={bounding}"),
+    ])
+    .arg(program);
+    cmd
+}

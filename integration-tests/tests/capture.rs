@@ -279,31 +279,8 @@ fn socket_in(dir: &Path) -> PathBuf {
 /// How a test starts its loader.
 enum LoaderAs {
     Root,
-    /// uid/gid 65534 with exactly these capabilities (setpriv names, e.g. `net_raw`).
+    /// uid/gid 65534 with exactly these capabilities (setpriv names, e.g. `NET_RAW`).
     Unprivileged(Vec<&'static str>),
-}
-
-/// The six capabilities the loader is deployed with.
-const SIX_CAPS: &[&str] = &[
-    "bpf",
-    "perfmon",
-    "dac_read_search",
-    "sys_ptrace",
-    "net_raw",
-    "checkpoint_restore",
-];
-
-/// Capability numbers (linux/capability.h) of the setpriv names used here.
-fn cap_bit(name: &str) -> u32 {
-    match name {
-        "dac_read_search" => 2,
-        "net_raw" => 13,
-        "sys_ptrace" => 19,
-        "perfmon" => 38,
-        "bpf" => 39,
-        "checkpoint_restore" => 40,
-        other => panic!("unknown capability {other}"),
-    }
 }
 
 /// Starts an eBPF loader on `socket` as `who`, and waits until its probes are
@@ -315,24 +292,13 @@ fn loader_as(who: &LoaderAs, dir: &Path, socket: &Path, args: &[&str]) -> Runnin
         LoaderAs::Unprivileged(caps) => {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
                 .expect("chmod 0777 the socket's parent directory");
-            let plus: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
-            let plus = plus.join(",");
-            let mut cmd = Command::new("setpriv");
-            cmd.args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                &format!("--inh-caps={plus}"),
-                &format!("--ambient-caps={plus}"),
-                &format!("--bounding-set=-all,{plus}"),
-            ])
-            .arg(loader_bin())
-            .arg("--socket")
-            .arg(socket)
-            // The processor runs as root in these tests; the default allowlist of a
-            // loader running as 65534 is 0 and 65534 already, this makes it explicit.
-            .args(["--allow-uid", "0"])
-            .args(args);
+            let mut cmd = as_nobody(caps, &loader_bin());
+            cmd.arg("--socket")
+                .arg(socket)
+                // The processor runs as root in these tests; the default allowlist of a
+                // loader running as 65534 is 0 and 65534 already, this makes it explicit.
+                .args(["--allow-uid", "0"])
+                .args(args);
             let loader = Running::spawn(cmd, "tandem-loader (uid 65534)");
             loader.stderr.wait_for("serving tandem.loader.v1", PATIENCE);
             wait_ebpf_ready(&loader);
@@ -354,8 +320,8 @@ fn loader_as(who: &LoaderAs, dir: &Path, socket: &Path, args: &[&str]) -> Runnin
             // CHECKPOINT_RESTORE for TLS libraries) and sets no_new_privs.
             let want: u64 = caps
                 .iter()
-                .filter(|c| matches!(**c, "sys_ptrace" | "dac_read_search" | "checkpoint_restore"))
-                .map(|c| 1u64 << cap_bit(c))
+                .filter(|c| matches!(**c, "SYS_PTRACE" | "DAC_READ_SEARCH" | "CHECKPOINT_RESTORE"))
+                .map(|c| cap_bit(c))
                 .sum();
             let eff = u64::from_str_radix(line("CapEff:")[0], 16).expect("CapEff hex");
             assert_eq!(eff, want, "effective capabilities {eff:#x}, want {want:#x}");
@@ -510,7 +476,7 @@ fn unprivileged_loader_with_exactly_six_capabilities_captures_python_server() {
     let Some(loader) = python_request_response(
         "unprivileged_loader_with_exactly_six_capabilities_captures_python_server",
         "127.0.0.1",
-        LoaderAs::Unprivileged(SIX_CAPS.to_vec()),
+        LoaderAs::Unprivileged(loader_caps()),
     ) else {
         return;
     };
@@ -529,7 +495,10 @@ fn loader_without(test: &str, without: &str) -> Option<String> {
         return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let caps = SIX_CAPS.iter().copied().filter(|c| *c != without).collect();
+    let caps = loader_caps()
+        .into_iter()
+        .filter(|c| *c != without)
+        .collect();
     let socket = socket_in(dir.path());
     let loader = loader_as(&LoaderAs::Unprivileged(caps), dir.path(), &socket, &[]);
     let port = free_port();
@@ -558,7 +527,7 @@ fn loader_without(test: &str, without: &str) -> Option<String> {
 
 #[test]
 fn a_loader_without_sys_ptrace_names_it() {
-    let Some(log) = loader_without("a_loader_without_sys_ptrace_names_it", "sys_ptrace") else {
+    let Some(log) = loader_without("a_loader_without_sys_ptrace_names_it", "SYS_PTRACE") else {
         return;
     };
     let line = log
@@ -570,7 +539,7 @@ fn a_loader_without_sys_ptrace_names_it() {
 
 #[test]
 fn a_loader_without_net_raw_names_it() {
-    let Some(log) = loader_without("a_loader_without_net_raw_names_it", "net_raw") else {
+    let Some(log) = loader_without("a_loader_without_net_raw_names_it", "NET_RAW") else {
         return;
     };
     let line = log

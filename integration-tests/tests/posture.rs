@@ -13,16 +13,6 @@ use tandem_integration_tests::*;
 use tandem_proto::v1::loader_client::LoaderClient;
 use tandem_proto::v1::{CapabilityReportRequest, CapabilityReportResponse};
 
-/// The six capabilities the loader is deployed with (setpriv spelling).
-const SIX: &[&str] = &[
-    "bpf",
-    "perfmon",
-    "dac_read_search",
-    "sys_ptrace",
-    "net_raw",
-    "checkpoint_restore",
-];
-
 /// What the serving loader keeps after attaching with every feature it uses on
 /// (syscall capture, sock tracepoints, process discovery, TLS), per
 /// `tandem_security::FEATURES`' run-time needs: SYS_PTRACE, DAC_READ_SEARCH and
@@ -34,29 +24,6 @@ const REDUCED_NAMES: [&str; 3] = [
     "CAP_SYS_PTRACE",
     "CAP_CHECKPOINT_RESTORE",
 ];
-
-/// A setpriv command running `program` as uid/gid 65534 with exactly `caps`
-/// (effective, permitted, inheritable, ambient and bounding).
-fn as_nobody(caps: &[&str], program: &Path) -> Command {
-    let plus: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
-    let plus = plus.join(",");
-    let (inh, bounding) = if caps.is_empty() {
-        ("-all".to_owned(), "-all".to_owned())
-    } else {
-        (plus.clone(), format!("-all,{plus}"))
-    };
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        &format!("--inh-caps={inh}"),
-        &format!("--ambient-caps={inh}"),
-        &format!("--bounding-set={bounding}"),
-    ])
-    .arg(program);
-    cmd
-}
 
 /// Runs `tandem-loader capabilities --json --strict` with `caps`; returns the exit
 /// code and the report.
@@ -116,7 +83,7 @@ fn the_report_names_missing_and_excess_capabilities_and_strict_fails_on_them() {
         return;
     }
     // Exactly the six: every feature available, nothing excess, strict passes.
-    let (code, r) = report_with(SIX);
+    let (code, r) = report_with(&loader_caps());
     assert_eq!(code, 0, "strict with the six capabilities: {r:#}");
     assert_eq!(r["process"]["uid"][1], 65534);
     let mut eff = strings(&r["process"]["capabilities"]["effective"]);
@@ -153,7 +120,10 @@ fn the_report_names_missing_and_excess_capabilities_and_strict_fails_on_them() {
     assert!(r["process"]["seccomp"].is_string());
 
     // Without NET_RAW: the socket filter is unavailable and names CAP_NET_RAW.
-    let without: Vec<&str> = SIX.iter().copied().filter(|c| *c != "net_raw").collect();
+    let without: Vec<&str> = loader_caps()
+        .into_iter()
+        .filter(|c| *c != "NET_RAW")
+        .collect();
     let (code, r) = report_with(&without);
     assert_ne!(code, 0, "strict must fail when a feature is unavailable");
     let sf = feature(&r, "socket_filter");
@@ -165,8 +135,8 @@ fn the_report_names_missing_and_excess_capabilities_and_strict_fails_on_them() {
     assert_eq!(r["excess"].as_array().map(Vec::len), Some(0));
 
     // With SYS_ADMIN added: excess, with a risk note, and privileged-equivalent.
-    let mut with: Vec<&str> = SIX.to_vec();
-    with.push("sys_admin");
+    let mut with: Vec<&str> = loader_caps();
+    with.push("SYS_ADMIN");
     let (code, r) = report_with(&with);
     assert_ne!(code, 0, "strict must fail on an excess capability");
     let excess = r["excess"].as_array().expect("excess");
@@ -222,7 +192,7 @@ fn the_serving_loader_drops_what_it_no_longer_needs_after_attaching() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
         .expect("chmod 0777 the socket's parent directory");
     let socket = dir.path().join("run").join("loader.sock");
-    let mut cmd = as_nobody(SIX, &loader_bin());
+    let mut cmd = as_nobody(&loader_caps(), &loader_bin());
     cmd.arg("--socket").arg(&socket).args(["--allow-uid", "0"]);
     let loader = Running::spawn(cmd, "tandem-loader (uid 65534)");
     loader.stderr.wait_for("serving tandem.loader.v1", PATIENCE);
@@ -497,7 +467,7 @@ fn after_the_drop_the_loader_still_finds_and_captures_new_processes() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
         .expect("chmod 0777 the socket's parent directory");
     let socket = dir.path().join("run").join("loader.sock");
-    let mut cmd = as_nobody(SIX, &loader_bin());
+    let mut cmd = as_nobody(&loader_caps(), &loader_bin());
     cmd.arg("--socket").arg(&socket).args(["--allow-uid", "0"]);
     let loader = Running::spawn(cmd, "tandem-loader (uid 65534)");
     wait_ebpf_ready(&loader);

@@ -33,16 +33,6 @@ httpd.serve_forever()
 
 const BODY: &str = "hello over TLS from tandem's test\n";
 
-/// The capabilities the loader is deployed with (see tests/capture.rs).
-const SIX_CAPS: &[&str] = &[
-    "bpf",
-    "perfmon",
-    "dac_read_search",
-    "sys_ptrace",
-    "net_raw",
-    "checkpoint_restore",
-];
-
 fn kind(e: &Value) -> &str {
     e["kind"].as_str().unwrap_or_default()
 }
@@ -116,21 +106,8 @@ fn start_loader_as(caps: Option<&[&str]>, dir: &Path, socket: &Path) -> Running 
     };
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
         .expect("chmod 0777 the socket's parent directory");
-    let plus: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
-    let plus = plus.join(",");
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        &format!("--inh-caps={plus}"),
-        &format!("--ambient-caps={plus}"),
-        &format!("--bounding-set=-all,{plus}"),
-    ])
-    .arg(loader_bin())
-    .arg("--socket")
-    .arg(socket)
-    .args(["--allow-uid", "0"]);
+    let mut cmd = as_nobody(caps, &loader_bin());
+    cmd.arg("--socket").arg(socket).args(["--allow-uid", "0"]);
     let loader = Running::spawn(cmd, "tandem-loader (uid 65534)");
     loader.stderr.wait_for("serving tandem.loader.v1", PATIENCE);
     // Attached and dropped to the run-time set: whatever is probed from now on (a
@@ -459,7 +436,7 @@ fn https_plaintext_of_curl_and_a_python_server_becomes_spans() {
 fn https_plaintext_with_exactly_six_capabilities_and_no_sys_admin() {
     https_exchange(
         "https_plaintext_with_exactly_six_capabilities_and_no_sys_admin",
-        Some(SIX_CAPS),
+        Some(&loader_caps()),
         false,
         true,
     );
