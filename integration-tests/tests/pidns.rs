@@ -10,8 +10,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -160,6 +160,43 @@ fn global_pid(root: i32, ns_pid: i64) -> Option<i64> {
     None
 }
 
+/// An HTTPS server (python `ssl`, OpenSSL's libssl): port, cert, key, directory.
+const HTTPS_SERVER: &str = r#"
+import http.server, ssl, sys
+port, cert, key, root = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, directory=root, **kw)
+httpd = http.server.HTTPServer(("127.0.0.1", port), Handler)
+httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+httpd.serve_forever()
+"#;
+
+/// A self-signed certificate and key for 127.0.0.1 (`openssl req`).
+fn make_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl (installed by scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "openssl req failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
 /// A server that listens on `argv[1]`, waits for a line on the fifo `argv[2]`,
 /// then forks a child that serves one HTTP request on the inherited socket; the
 /// parent prints `server_b_child <pid>` (the child's pid in its namespace).
@@ -200,23 +237,30 @@ fn a_loader_in_a_pid_namespace_traces_that_namespace_with_its_pids() {
     let www = dir.path().join("www");
     std::fs::create_dir(&www).expect("create www");
     std::fs::write(www.join("a.txt"), "served inside the namespace, by port\n").expect("write");
+    std::fs::write(www.join("d.txt"), "served over TLS inside the namespace\n").expect("write");
+    let https = dir.path().join("https_server.py");
+    std::fs::write(&https, HTTPS_SERVER).expect("write the https server");
+    let (cert, key) = make_certificate(dir.path());
     let forking = dir.path().join("forking_server.py");
     std::fs::write(&forking, FORKING_SERVER).expect("write the forking server");
     std::fs::write(www.join("c.txt"), "served outside the namespace\n").expect("write");
     let fifo = dir.path().join("go");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
     let socket = dir.path().join("run").join("loader.sock");
-    let (port_a, port_b, port_c) = (free_port(), free_port(), free_port());
+    let (port_a, port_b, port_c, port_d) = (free_port(), free_port(), free_port(), free_port());
 
     // Inside the namespace: server A (selected by its pid there), server B
     // (selected by its port) that forks a child to serve once told to (the child is
     // traced only by fork inheritance: it never calls listen), and the loader. pid 1
-    // is the script's shell; --kill-child ends it all with the test.
+    // is the script's shell; --kill-child ends it all with the test. Server D
+    // (HTTPS, selected by its port) is captured by the TLS uprobes.
     let script = r#"
 python3 -u -m http.server "$PORT_A" --bind 127.0.0.1 --directory "$WWW" >/dev/null 2>&1 &
 echo "server_a $!"
 python3 -u "$FORKING" "$PORT_B" "$FIFO" &
 echo "server_b $!"
+python3 -u "$HTTPS" "$PORT_D" "$CERT" "$KEY" "$WWW" >/dev/null 2>&1 &
+echo "server_d $!"
 "$LOADER" --socket "$SOCKET" &
 echo "loader $!"
 wait
@@ -236,11 +280,16 @@ wait
     .env("WWW", &www)
     .env("FIFO", &fifo)
     .env("FORKING", &forking)
+    .env("HTTPS", &https)
+    .env("PORT_D", port_d.to_string())
+    .env("CERT", &cert)
+    .env("KEY", &key)
     .env("LOADER", loader_bin())
     .env("SOCKET", &socket);
     let ns = Running::spawn(cmd, "unshare --pid (servers and loader)");
     let server_a = printed_pid(&ns, "server_a");
     let server_b = printed_pid(&ns, "server_b");
+    let server_d = printed_pid(&ns, "server_d");
     let loader_pid = printed_pid(&ns, "loader");
     ns.stderr.wait_for("serving tandem.loader.v1", PATIENCE);
     ns.stderr.wait_for("ebpf source ready", PATIENCE);
@@ -254,6 +303,7 @@ wait
     assert!(loader_pid > 1 && loader_pid < 100, "{loader_pid}");
     wait_port(port_a);
     wait_port(port_b);
+    wait_port(port_d);
     // The namespace's pids really differ from the kernel's global ones.
     let global_a = global_pid(ns.pid(), server_a).expect("server A in the host's /proc");
     assert_ne!(global_a, server_a);
@@ -261,7 +311,7 @@ wait
     // Outside the namespace: server C on a selected port; never traced.
     let server_c = start_python_http_server(&www, "127.0.0.1", port_c);
 
-    let ports = format!("{port_b},{port_c}");
+    let ports = format!("{port_b},{port_c},{port_d}");
     let p = start_subscribed_processor(
         &socket,
         test,
@@ -283,13 +333,17 @@ wait
     assert!(fetch(port_b, "b.txt").contains("forked child"));
     assert!(child_b > 1 && child_b < 1000, "{child_b}");
     assert!(fetch(port_c, "c.txt").contains("outside"));
+    let (_, out) = curl(&["-k", &format!("https://127.0.0.1:{port_d}/d.txt")]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("over TLS"));
 
     let mut log = EventLog::new(&p);
     log.until(
         "closed connections of servers A and B",
         PATIENCE,
         |events| {
-            closed_connections(events, server_a) == 1 && closed_connections(events, child_b) == 1
+            closed_connections(events, server_a) == 1
+                && closed_connections(events, child_b) == 1
+                && closed_connections(events, server_d) == 1
         },
     );
     log.settle(Duration::from_millis(500));
@@ -334,10 +388,18 @@ wait
         "/b.txt",
         "served by a forked child",
     );
+    let conns_d = connections(events, server_d);
+    assert_eq!(conns_d.len(), 1, "{}", dump(events));
+    assert_served(
+        conns_d.values().next().expect("D's connection"),
+        port_d,
+        "/d.txt",
+        "served over TLS inside the namespace",
+    );
     for e in events {
         if matches!(kind(e), "connection_opened" | "data" | "connection_closed") {
             assert!(
-                pid_of(e) == server_a || pid_of(e) == child_b,
+                [server_a, child_b, server_d].contains(&pid_of(e)),
                 "only the namespace's selected servers are traced (not curl outside it, \
                  not server C): {e}\n{}",
                 dump(events)
