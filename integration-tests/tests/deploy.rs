@@ -240,7 +240,7 @@ fn pod_violations(spec: &PodSpec, mode: PodMode, objs: &Objects, ext: &External)
     match mode {
         PodMode::Node => {
             v.check(spec.host_pid == Some(true), || {
-                "pod: hostPID must be true (the loader matches the kernel's pids with /proc)".into()
+                "pod: hostPID must be true (the loader traces only its own PID namespace's processes)".into()
             });
         }
         PodMode::Sidecar => {

@@ -274,6 +274,12 @@ pub struct Config {
     /// The loader's own pid: never selected by port nor inherited by fork.
     pub loader_pid: u32,
     pub _pad: u32,
+    /// 0 when the loader runs in the initial pid namespace. Otherwise the device
+    /// (kernel `dev_t` encoding) and inode of the loader's pid namespace: the
+    /// programs then identify tasks by their ids in that namespace
+    /// (`bpf_get_ns_current_pid_tgid`) and ignore tasks outside it.
+    pub pidns_dev: u64,
+    pub pidns_ino: u64,
 }
 
 /// Value of the `CONNS` map (key: the kernel `struct sock *`, never exported).

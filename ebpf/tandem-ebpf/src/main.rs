@@ -5,16 +5,25 @@
 //! Every program that runs in a process's context looks the current tgid up in
 //! `PIDS` first and returns when it is absent, so unselected processes pay one
 //! hash lookup per traced syscall.
+//!
+//! Process ids: every pid the programs compare with `PIDS` or send to user space is
+//! a pid as the loader sees it. In the initial pid namespace that is the kernel's
+//! global id (`bpf_get_current_pid_tgid`); when the loader runs in another pid
+//! namespace (a Kubernetes sidecar sharing its pod's namespace), `CONFIG` names that
+//! namespace and [`current_id`] asks the kernel for the task's ids in it
+//! (`bpf_get_ns_current_pid_tgid`); tasks outside it are not traced. Maps private to
+//! the kernel side that are keyed by thread (`ACTIVE`, `SSL_ACTIVE`, `EXIT_CODES`,
+//! `FORKING`) use the global ids, which need no translation.
 #![no_std]
 #![no_main]
 
 use core::ptr;
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    bindings::{bpf_pidns_info, BPF_ANY, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        generated::{bpf_get_attach_cookie, bpf_probe_read_user},
+        generated::{bpf_get_attach_cookie, bpf_get_ns_current_pid_tgid, bpf_probe_read_user},
     },
     macros::{map, tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -66,9 +75,17 @@ static ACTIVE: HashMap<u64, Pending> = HashMap::with_max_entries(16_384, 0);
 #[map]
 static CONNS: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(65_536, 0);
 
-/// Codes passed to exit_group by traced processes, read at their exit.
+/// Codes passed to exit_group by traced processes (key: global tgid), read at
+/// their exit.
 #[map]
 static EXIT_CODES: LruHashMap<u32, i32> = LruHashMap::with_max_entries(4_096, 0);
+
+/// Pid-namespace mode only: children of traced processes between
+/// sched_process_fork (parent side, where only the child's global id is known) and
+/// the child's own return from clone/fork (where its id in the loader's namespace
+/// is known): global child tid -> parent (tgid << 32 | tid) in the namespace.
+#[map]
+static FORKING: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4_096, 0);
 
 /// Per-CPU scratch space for data records (too big for the 512-byte stack).
 #[map]
@@ -127,6 +144,38 @@ fn config() -> Option<Config> {
     CONFIG.get(0).copied()
 }
 
+/// The current task's `tgid << 32 | tid` as the loader sees them, from its global
+/// ids `global` (`bpf_get_current_pid_tgid`): the same in the initial pid
+/// namespace (one branch on a config value), else the ids in the loader's
+/// namespace; `None` for a task outside that namespace (not traced).
+#[inline(always)]
+fn current_id(global: u64) -> Option<u64> {
+    let (dev, ino) = match CONFIG.get(0) {
+        Some(c) if c.pidns_ino != 0 => (c.pidns_dev, c.pidns_ino),
+        _ => return Some(global),
+    };
+    let mut info = bpf_pidns_info { pid: 0, tgid: 0 };
+    // SAFETY: `info` is a live stack value of the size passed.
+    let r = unsafe {
+        bpf_get_ns_current_pid_tgid(
+            dev,
+            ino,
+            ptr::addr_of_mut!(info),
+            core::mem::size_of::<bpf_pidns_info>() as u32,
+        )
+    };
+    if r != 0 || info.tgid == 0 {
+        return None;
+    }
+    Some((u64::from(info.tgid) << 32) | u64::from(info.pid))
+}
+
+/// Whether the loader runs outside the initial pid namespace.
+#[inline(always)]
+fn pidns_mode() -> bool {
+    CONFIG.get(0).is_some_and(|c| c.pidns_ino != 0)
+}
+
 #[inline(always)]
 fn bump(index: u32) {
     if let Some(p) = COUNTERS.get_ptr_mut(index) {
@@ -179,7 +228,10 @@ fn next_conn_id() -> u64 {
 /// sched/sched_process_exec: `pid` (offset 12) is the tgid after exec.
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
+    let global = bpf_get_current_pid_tgid();
+    let Some(id) = current_id(global) else {
+        return 0;
+    };
     let tgid = (id >> 32) as u32;
     if !is_traced(tgid) {
         let exec_all = config().is_some_and(|c| c.flags & config_flags::EXEC_ALL != 0);
@@ -187,9 +239,15 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             return 0;
         }
     }
-    let pid: i32 = field(&ctx, 12);
+    // The tgid after exec: the field (a global id) when the loader sees global ids;
+    // else the current tgid in its namespace, the same process after exec.
+    let pid = if id == global {
+        field::<i32>(&ctx, 12) as u32
+    } else {
+        tgid
+    };
     emit(&ProcessEvent {
-        header: header(kind::EXEC, pid as u32, id as u32),
+        header: header(kind::EXEC, pid, id as u32),
         child_pid: 0,
         exit_code: 0,
     });
@@ -199,7 +257,10 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 /// sched/sched_process_fork: runs in the parent; `child_pid` at offset 20.
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
+    let global = bpf_get_current_pid_tgid();
+    let Some(id) = current_id(global) else {
+        return 0;
+    };
     let tgid = (id >> 32) as u32;
     if !is_traced(tgid) {
         let all = config()
@@ -210,6 +271,12 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     }
     let child: i32 = field(&ctx, 20);
     let child = child as u32;
+    if pidns_mode() {
+        // `child_pid` is a global id: the child registers itself when it returns
+        // from clone/fork (`sys_exit_fork_child`), before it runs any user code.
+        let _ = FORKING.insert(&child, &id, BPF_ANY as u64);
+        return 0;
+    }
     if PIDS
         .insert(&child, &reason::FORKED, BPF_NOEXIST as u64)
         .is_err()
@@ -225,22 +292,66 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Pid-namespace mode only: sys_exit_{clone,clone3,fork,vfork} (`ret` at 16). In
+/// the child (ret 0) of a traced parent: adds the child's id in the loader's
+/// namespace to `PIDS` and reports the fork, as sched_process_fork does in the
+/// initial namespace. A child in another pid namespace (CLONE_NEWPID) is not
+/// traced.
+#[tracepoint]
+pub fn sys_exit_fork_child(ctx: TracePointContext) -> u32 {
+    let ret: i64 = field(&ctx, 16);
+    if ret != 0 {
+        return 0;
+    }
+    let global = bpf_get_current_pid_tgid();
+    let gtid = global as u32;
+    // SAFETY: the value is copied out at once.
+    let Some(parent) = (unsafe { FORKING.get(&gtid) }).copied() else {
+        return 0;
+    };
+    let _ = FORKING.remove(&gtid);
+    let Some(id) = current_id(global) else {
+        return 0;
+    };
+    let child = id as u32;
+    if PIDS
+        .insert(&child, &reason::FORKED, BPF_NOEXIST as u64)
+        .is_err()
+        && !is_traced(child)
+    {
+        bump(counter::PIDS_FULL);
+    }
+    emit(&ProcessEvent {
+        header: header(kind::FORK, (parent >> 32) as u32, parent as u32),
+        child_pid: child,
+        exit_code: 0,
+    });
+    0
+}
+
 /// syscalls/sys_enter_exit_group: `error_code` at offset 16.
 #[tracepoint]
 pub fn sys_enter_exit_group(ctx: TracePointContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !is_traced(tgid) {
+    let global = bpf_get_current_pid_tgid();
+    let Some(id) = current_id(global) else {
+        return 0;
+    };
+    if !is_traced((id >> 32) as u32) {
         return 0;
     }
     let code: u64 = field(&ctx, 16);
-    let _ = EXIT_CODES.insert(&tgid, &((code & 0xff) as i32), BPF_ANY as u64);
+    let gtgid = (global >> 32) as u32;
+    let _ = EXIT_CODES.insert(&gtgid, &((code & 0xff) as i32), BPF_ANY as u64);
     0
 }
 
 /// sched/sched_process_exit: `pid` (the thread id) at 24, `group_dead` at 32.
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
+    let global = bpf_get_current_pid_tgid();
+    let Some(id) = current_id(global) else {
+        return 0;
+    };
     let tgid = (id >> 32) as u32;
     let tid = id as u32;
     if tid != tgid && is_traced(tid) {
@@ -250,24 +361,25 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let traced = is_traced(tgid);
     if traced {
         // A thread that dies inside a read/write never reaches its sys_exit.
-        let _ = ACTIVE.remove(&id);
+        let _ = ACTIVE.remove(&global);
         // A thread that dies inside an SSL_* call never returns from it: do not let
         // a later thread with the same id look like it is inside one.
-        let _ = SSL_ACTIVE.remove(&id);
+        let _ = SSL_ACTIVE.remove(&global);
     }
     let group_dead: u8 = field(&ctx, 32);
     if group_dead == 0 || !traced {
         return 0;
     }
+    let gtgid = (global >> 32) as u32;
     // SAFETY: the value is copied out at once.
-    let code = unsafe { EXIT_CODES.get(&tgid) }.copied().unwrap_or(-1);
+    let code = unsafe { EXIT_CODES.get(&gtgid) }.copied().unwrap_or(-1);
     emit(&ProcessEvent {
         header: header(kind::EXIT, tgid, tid),
         child_pid: 0,
         exit_code: code,
     });
     let _ = PIDS.remove(&tgid);
-    let _ = EXIT_CODES.remove(&tgid);
+    let _ = EXIT_CODES.remove(&gtgid);
     0
 }
 
@@ -288,7 +400,9 @@ fn select_by_port(port: u16, how: u16) {
     if port == 0 || !port_selected(port) {
         return;
     }
-    let id = bpf_get_current_pid_tgid();
+    let Some(id) = current_id(bpf_get_current_pid_tgid()) else {
+        return;
+    };
     let tgid = (id >> 32) as u32;
     if tgid == 0 || is_traced(tgid) || config().is_none_or(|c| c.loader_pid == tgid) {
         return;
@@ -380,7 +494,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// offset of the recv flags argument (0: none), to skip MSG_PEEK.
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext, syscall: u8, direction: u8, flags_offset: usize) -> u32 {
-    let id = bpf_get_current_pid_tgid();
+    // `ACTIVE` is keyed by the global ids; `PIDS` by the loader's.
+    let global = bpf_get_current_pid_tgid();
+    let Some(id) = current_id(global) else {
+        return 0;
+    };
     if !is_traced((id >> 32) as u32) {
         return 0;
     }
@@ -399,7 +517,7 @@ fn on_enter(ctx: &TracePointContext, syscall: u8, direction: u8, flags_offset: u
         direction,
         _pad: 0,
     };
-    if ACTIVE.insert(&id, &pending, BPF_ANY as u64).is_err() {
+    if ACTIVE.insert(&global, &pending, BPF_ANY as u64).is_err() {
         bump(counter::ACTIVE_FULL);
     }
     0
@@ -435,8 +553,8 @@ enter_program!(sys_enter_sendmsg, syscall::SENDMSG, direction::EGRESS, 0);
 /// socket operation.
 #[inline(always)]
 fn on_sock_length(ctx: &TracePointContext, direction: u8) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    let Some(p) = ACTIVE.get_ptr_mut(&id) else {
+    let global = bpf_get_current_pid_tgid();
+    let Some(p) = ACTIVE.get_ptr_mut(&global) else {
         return 0;
     };
     let protocol: u16 = field(ctx, 18);
@@ -464,8 +582,9 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
 }
 
 /// The connection id of `sk` for process `tgid` and its `conn_flags`, announcing
-/// the connection to user space the first time this process uses it. `tls`: the
-/// socket is used inside an OpenSSL call, mark it.
+/// the connection to user space the first time this process uses it (`id`: the
+/// current ids as the loader sees them). `tls`: the socket is used inside an
+/// OpenSSL call, mark it.
 #[inline(always)]
 fn connection(sk: u64, id: u64, fd: i32, tls: bool) -> (u64, u8) {
     let tgid = (id >> 32) as u32;
@@ -550,20 +669,23 @@ fn source_buffer(p: &Pending, ret: u64) -> (u64, u64) {
 /// sys_exit_* of the syscalls above (`ret` at 16): emits the data record.
 #[tracepoint]
 pub fn sys_exit_io(ctx: TracePointContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
+    let global = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out at once.
-    let Some(p) = (unsafe { ACTIVE.get(&id) }).copied() else {
+    let Some(p) = (unsafe { ACTIVE.get(&global) }).copied() else {
         return 0;
     };
-    let _ = ACTIVE.remove(&id);
+    let _ = ACTIVE.remove(&global);
     let ret: i64 = field(&ctx, 16);
     if p.sk == 0 || ret <= 0 {
         return 0;
     }
     let ret = ret as u64;
+    let Some(id) = current_id(global) else {
+        return 0;
+    };
     // Inside an OpenSSL call of this thread: these are TLS records; remember the
     // socket for the call's plaintext record, emitted when the call returns.
-    if let Some(call) = SSL_ACTIVE.get_ptr_mut(&id) {
+    if let Some(call) = SSL_ACTIVE.get_ptr_mut(&global) {
         // SAFETY: pointer to a live map value of this thread's key.
         unsafe {
             (*call).sk = p.sk;
@@ -655,11 +777,14 @@ fn emit_data(
 /// Entry of an `SSL_*` function: remember the call (outermost one per thread).
 #[uprobe]
 pub fn ssl_enter(ctx: ProbeContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
+    let global = bpf_get_current_pid_tgid();
+    let Some(id) = current_id(global) else {
+        return 0;
+    };
     if !is_traced((id >> 32) as u32) {
         return 0;
     }
-    if let Some(call) = SSL_ACTIVE.get_ptr_mut(&id) {
+    if let Some(call) = SSL_ACTIVE.get_ptr_mut(&global) {
         // SAFETY: pointer to a live map value of this thread's key.
         unsafe { (*call).depth = (*call).depth.saturating_add(1) };
         return 0;
@@ -683,7 +808,7 @@ pub fn ssl_enter(ctx: ProbeContext) -> u32 {
         depth: 0,
         _pad: 0,
     };
-    let _ = SSL_ACTIVE.insert(&id, &call, BPF_ANY as u64);
+    let _ = SSL_ACTIVE.insert(&global, &call, BPF_ANY as u64);
     0
 }
 
@@ -691,8 +816,8 @@ pub fn ssl_enter(ctx: ProbeContext) -> u32 {
 /// the connection its socket belongs to.
 #[uretprobe]
 pub fn ssl_return(ctx: RetProbeContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    let Some(p) = SSL_ACTIVE.get_ptr_mut(&id) else {
+    let global = bpf_get_current_pid_tgid();
+    let Some(p) = SSL_ACTIVE.get_ptr_mut(&global) else {
         return 0;
     };
     // SAFETY: pointer to a live map value of this thread's key.
@@ -703,7 +828,10 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         }
         *p
     };
-    let _ = SSL_ACTIVE.remove(&id);
+    let _ = SSL_ACTIVE.remove(&global);
+    let Some(id) = current_id(global) else {
+        return 0;
+    };
     let key = SslKey {
         tgid: (id >> 32) as u32,
         _pad: 0,

@@ -9,6 +9,7 @@
 //! without wake-ups), follows selection changes and reports kernel-side losses.
 
 pub mod convert;
+pub mod pidns;
 pub mod proc;
 pub mod programs;
 pub mod tls;
@@ -274,12 +275,32 @@ pub fn start(
     args: &EbpfArgs,
     flags: Option<Selection>,
 ) -> anyhow::Result<(Tracker, Vec<AttachedProbe>)> {
+    let (pidns_dev, pidns_ino) = match pidns::current() {
+        Ok(ns) if ns.is_initial() => {
+            info!("pid namespace: initial");
+            (0, 0)
+        }
+        Ok(ns) => {
+            info!(
+                pidns_ino = ns.ino,
+                "pid namespace {}: pids as seen in it (processes outside it are not traced)",
+                ns.ino
+            );
+            (ns.dev, ns.ino)
+        }
+        Err(e) => {
+            warn!("cannot read /proc/self/ns/pid ({e}): assuming the initial pid namespace");
+            (0, 0)
+        }
+    };
     let config = Config {
         capture_bytes: args.capture_bytes,
         flags: 0,
         conn_id_base: monotonic_ns(),
         loader_pid: std::process::id(),
         _pad: 0,
+        pidns_dev,
+        pidns_ino,
     };
     let mut kernel = Kernel::load(LoadOptions {
         ring_buffer_bytes: args.ring_buffer_kib * 1024,

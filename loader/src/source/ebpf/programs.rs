@@ -169,6 +169,27 @@ pub fn probe_specs() -> Vec<ProbeSpec> {
     v
 }
 
+/// Pid-namespace mode only: the child side of every fork-like syscall, where a
+/// child of a traced process learns its id in the loader's namespace (see
+/// `sys_exit_fork_child` in the eBPF crate). `fork`/`vfork` exist on x86_64 only.
+pub fn fork_child_specs() -> Vec<ProbeSpec> {
+    [
+        "sys_exit_clone",
+        "sys_exit_clone3",
+        "sys_exit_fork",
+        "sys_exit_vfork",
+    ]
+    .into_iter()
+    .map(|tracepoint| ProbeSpec {
+        program: "sys_exit_fork_child",
+        category: "syscalls",
+        tracepoint,
+        feature: "process_discovery",
+        fields: SYS_EXIT,
+    })
+    .collect()
+}
+
 /// Parses a tracefs `format` file into (name, offset, size) per field.
 pub fn parse_format(text: &str) -> Vec<(String, usize, usize)> {
     text.lines()
@@ -347,7 +368,11 @@ impl Kernel {
         let mut failed_load: std::collections::HashMap<&'static str, String> =
             std::collections::HashMap::new();
         let mut statuses = Vec::new();
-        for spec in probe_specs() {
+        let mut specs = probe_specs();
+        if self.config_written.pidns_ino != 0 {
+            specs.extend(fork_child_specs());
+        }
+        for spec in specs {
             let name = format!("{}/{}", spec.category, spec.tracepoint);
             let result = self.attach_one(&spec, tracefs, &mut loaded, &mut failed_load);
             if let Err(e) = &result {
@@ -580,7 +605,10 @@ print fmt: \"family=%s\"
             );
             return;
         }
-        for spec in probe_specs() {
+        for spec in probe_specs().into_iter().chain(fork_child_specs()) {
+            if !cfg!(target_arch = "x86_64") && spec.tracepoint.ends_with("fork") {
+                continue;
+            }
             let path = events
                 .join(spec.category)
                 .join(spec.tracepoint)
