@@ -759,3 +759,27 @@ pub fn as_nobody(caps: &[&str], program: &Path) -> Command {
     .arg(program);
     cmd
 }
+
+/// A self-signed certificate and key for 127.0.0.1 in `dir` (`openssl req`):
+/// `(cert.pem, key.pem)`.
+pub fn make_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl (installed by scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "openssl req failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}

@@ -53,29 +53,6 @@ fn dump(events: &[Value]) -> String {
         .join("\n")
 }
 
-/// A self-signed certificate and key for 127.0.0.1, made by `openssl req`.
-fn make_certificate(dir: &Path) -> (PathBuf, PathBuf) {
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    let out = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run openssl (installed by scripts/setup.sh)");
-    assert!(
-        out.status.success(),
-        "openssl req failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
 /// The HTTPS server, listening on `port`, serving `/hello.txt`.
 fn start_https_server(dir: &Path, port: u16, lib_dir: Option<&Path>) -> Running {
     let (cert, key) = make_certificate(dir);
