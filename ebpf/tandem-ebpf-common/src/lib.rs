@@ -383,7 +383,7 @@ mod tests {
         assert_eq!(size_of::<CloseEvent>(), 32);
         assert_eq!(DATA_OFFSET, 24 + 8 + 8 + 4 + 1 + 1 + 2);
         assert_eq!(size_of::<DataEvent>(), DATA_OFFSET + MAX_CAPTURE_BYTES);
-        assert_eq!(size_of::<Config>(), 24);
+        assert_eq!(size_of::<Config>(), 4 + 4 + 8 + 4 + 4 + 8 + 8);
         assert_eq!(size_of::<ConnInfo>(), 8 + 4 + 2 + 1 + 1 + 2 + 2 + 4 + 32);
         assert_eq!(size_of::<Pending>(), 24);
         assert_eq!(size_of::<SslCall>(), 40);
