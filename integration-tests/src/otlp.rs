@@ -280,14 +280,18 @@ pub struct CurlRun {
 
 /// `curl -sS URL` with extra `headers`; panics when curl fails.
 pub fn curl_get(url: &str, headers: &[&str]) -> CurlRun {
+    let args: Vec<&str> = headers.iter().flat_map(|h| ["-H", h]).collect();
+    curl_with(url, &args)
+}
+
+/// `curl -sS ARGS URL` (e.g. `-k`, `-H ...`); panics when curl fails.
+pub fn curl_with(url: &str, args: &[&str]) -> CurlRun {
     let body_file = tempfile::NamedTempFile::new().expect("temp file");
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "--max-time", "20", "-o"])
         .arg(body_file.path())
-        .args(["-w", "%{local_port} %{http_code}"]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
+        .args(["-w", "%{local_port} %{http_code}"])
+        .args(args);
     let child = cmd
         .arg(url)
         .stdin(Stdio::null())

@@ -209,35 +209,12 @@ fn assert_side(events: &[Value], pid: i64, role: &str, port: u16) {
 
 /// `curl -k` (the certificate is self-signed) of `url`: (pid, local port, body).
 fn curl_https(url: &str) -> (i64, u16, String) {
-    let child = Command::new("curl")
-        .args([
-            "-sS",
-            "-k",
-            "--max-time",
-            "20",
-            "-H",
-            "User-Agent: tandem-tls-test/1",
-        ])
-        .args(["-w", "\n%{local_port} %{http_code}"])
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start curl");
-    let pid = i64::from(child.id());
-    let out = child.wait_with_output().expect("wait for curl");
-    assert!(
-        out.status.success(),
-        "curl {url} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    let run = tandem_integration_tests::otlp::curl_with(
+        url,
+        &["-k", "-H", "User-Agent: tandem-tls-test/1"],
     );
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, tail) = text.rsplit_once('\n').expect("curl -w output");
-    let (port, status) = tail.split_once(' ').expect("local_port and http_code");
-    assert_eq!(status, "200", "{text}");
-    (pid, port.parse().expect("local port"), body.to_string())
+    assert_eq!(run.status, 200, "{}", run.body);
+    (run.pid, run.local_port, run.body)
 }
 
 /// Runs curl against the HTTPS server and checks the raw events of both sides, and
