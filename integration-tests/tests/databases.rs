@@ -376,41 +376,8 @@ fn postgres_psql_and_pgbench_spans() {
         "\\set id random(1, 2)\nSELECT name FROM users WHERE id = :id;\n",
     )
     .expect("write pgbench script");
-    let mut cmd = Command::new(pg_bin("pgbench"));
-    cmd.args([
-        "-n",
-        "-M",
-        "extended",
-        "-c",
-        "1",
-        "-t",
-        "5",
-        "-h",
-        "127.0.0.1",
-    ])
-    .args(["-U", "postgres", "-p", &port.to_string(), "-f"])
-    .arg(&script)
-    .arg("postgres");
-    let (bench_pid, out) = run(cmd);
-    assert!(out.status.success(), "pgbench: {out:?}");
-    cap.until("pgbench's five CLIENT spans", |s| {
-        by(s, CLIENT, bench_pid).len() >= 5
-    });
-    cap.receiver.settle(Duration::from_millis(1500));
-    let all = cap.receiver.spans();
-    let bench = by(&all, CLIENT, bench_pid);
-    assert_eq!(bench.len(), 5, "{}", cap.receiver.dump());
+    let (bench_pid, bench) = pgbench_select_users(&mut cap, port, &script, "extended", 5, 5);
     for s in &bench {
-        assert_eq!(s["name"], "SELECT users", "{s}");
-        assert_eq!(
-            s["attributes"],
-            pg_attributes(
-                "SELECT",
-                "users",
-                "SELECT name FROM users WHERE id = $1;",
-                port
-            )
-        );
         assert_eq!(s["status"], 0, "{s}");
     }
 
@@ -433,31 +400,43 @@ fn postgres_psql_and_pgbench_spans() {
     // pgbench -M prepared: one Parse (named statement) per connection, then
     // Bind/Execute/Sync by name only: the executions are still named from the
     // remembered statement. The prepare itself (Parse, Sync) is an operation too.
+    pgbench_select_users(&mut cap, port, &script, "prepared", 3, 4);
+}
+
+/// Runs `pgbench -M mode -t transactions` of `script` (a `SELECT name FROM users
+/// WHERE id = :id;`) and waits for exactly `spans` CLIENT spans of it, each named
+/// `SELECT users` with the PostgreSQL attributes: (pgbench's pid, its spans).
+fn pgbench_select_users(
+    cap: &mut Capture,
+    port: u16,
+    script: &Path,
+    mode: &str,
+    transactions: u32,
+    spans: usize,
+) -> (i64, Vec<Value>) {
     let mut cmd = Command::new(pg_bin("pgbench"));
-    cmd.args([
-        "-n",
-        "-M",
-        "prepared",
-        "-c",
-        "1",
-        "-t",
-        "3",
-        "-h",
-        "127.0.0.1",
-    ])
-    .args(["-U", "postgres", "-p", &port.to_string(), "-f"])
-    .arg(&script)
-    .arg("postgres");
-    let (prepared_pid, out) = run(cmd);
-    assert!(out.status.success(), "pgbench: {out:?}");
-    cap.until("pgbench -M prepared's four CLIENT spans", |s| {
-        by(s, CLIENT, prepared_pid).len() >= 4
+    cmd.args(["-n", "-M", mode, "-c", "1", "-t", &transactions.to_string()])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            &port.to_string(),
+            "-f",
+        ])
+        .arg(script)
+        .arg("postgres");
+    let (pid, out) = run(cmd);
+    assert!(out.status.success(), "pgbench -M {mode}: {out:?}");
+    cap.until(&format!("pgbench -M {mode}'s {spans} CLIENT spans"), |s| {
+        by(s, CLIENT, pid).len() >= spans
     });
     cap.receiver.settle(Duration::from_millis(1500));
     let all = cap.receiver.spans();
-    let prepared = by(&all, CLIENT, prepared_pid);
-    assert_eq!(prepared.len(), 4, "{}", cap.receiver.dump());
-    for s in &prepared {
+    let mine: Vec<Value> = by(&all, CLIENT, pid).into_iter().cloned().collect();
+    assert_eq!(mine.len(), spans, "{}", cap.receiver.dump());
+    for s in &mine {
         assert_eq!(s["name"], "SELECT users", "{s}");
         assert_eq!(
             s["attributes"],
@@ -469,6 +448,7 @@ fn postgres_psql_and_pgbench_spans() {
             )
         );
     }
+    (pid, mine)
 }
 
 /// A redis-server of its own on a spare loopback port, no persistence.
