@@ -765,6 +765,79 @@ fn an_nginx_started_after_the_loader_is_selected_by_exe_with_its_workers() {
     );
 }
 
+/// nginx with `sendfile on` (the stock configuration): headers go through
+/// writev (captured), bodies through sendfile, which moves file pages to the
+/// socket without a user buffer. Those bytes are reported (data records with
+/// `total_len` and nothing captured), so the response's length is exact.
+#[test]
+fn nginx_sendfile_bodies_are_counted_but_not_captured() {
+    let test = "nginx_sendfile_bodies_are_counted_but_not_captured";
+    if !require_root_bpf(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let (_exe, www) = Nginx::prepare(dir.path(), port);
+    let conf_path = dir.path().join("nginx.conf");
+    let conf = std::fs::read_to_string(&conf_path).expect("read nginx.conf");
+    assert!(conf.contains("sendfile off;"), "{conf}");
+    std::fs::write(&conf_path, conf.replace("sendfile off;", "sendfile on;"))
+        .expect("write nginx.conf");
+    const BODY: usize = 300_000;
+    std::fs::write(www.join("big.bin"), vec![b'z'; BODY]).expect("write a file");
+    let nginx = Nginx::start(dir.path(), port);
+    let nginx_pids = nginx.wait_workers(2);
+    let owns = |pid: i64| nginx_pids.contains(&pid);
+
+    let socket = socket_in(dir.path());
+    let loader = start_ebpf_loader(&socket, &[]);
+    let p = start_subscribed_processor(&socket, test, &["--open-port", &port.to_string()]);
+    wait_instrumenting(&loader, &format!("ports {port}"));
+
+    let url = format!("http://127.0.0.1:{port}/big.bin");
+    let (_, out) = curl(&[
+        "-w",
+        "%{num_connects} %{size_download}\n",
+        "-o",
+        "/dev/null",
+        &url,
+        "-o",
+        "/dev/null",
+        &url,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.split_whitespace().collect::<Vec<_>>(),
+        ["1", &BODY.to_string(), "0", &BODY.to_string()],
+        "curl fetched the file twice on one connection: {stdout}"
+    );
+
+    let mut log = EventLog::new(&p);
+    log.until("nginx's connection, closed", PATIENCE, |events| {
+        connections(events, owns).values().any(|c| closed(c))
+    });
+    log.settle(Duration::from_millis(500));
+    let conns = connections(&log.events, owns);
+    assert_eq!(conns.len(), 1, "one connection:\n{}", dump(&log.events));
+    let conn = conns.values().next().expect("a connection");
+    assert_lifecycle(conn);
+    let responses = assert_server_exchanges(conn, &["/big.bin", "/big.bin"]);
+    for (response, total) in &responses {
+        assert_nginx_response(response, *total, BODY);
+    }
+    let uncaptured = conn
+        .iter()
+        .filter(|e| kind(e) == "data" && num(e, "captured") == 0)
+        .map(|e| num(e, "total_len"))
+        .sum::<u64>();
+    assert_eq!(
+        uncaptured,
+        2 * BODY as u64,
+        "the bodies arrive as sendfile records without payload:\n{}",
+        dump(conn)
+    );
+}
+
 #[test]
 fn a_process_that_is_not_selected_produces_no_events() {
     let test = "a_process_that_is_not_selected_produces_no_events";

@@ -178,22 +178,24 @@ use Capability::*;
 pub const FEATURES: &[Feature] = &[
     Feature {
         id: "syscall_capture",
-        description: "syscall tracepoints: bytes read and written on TCP sockets, accept/connect/close",
-        capabilities: &[Bpf, Perfmon, DacReadSearch],
+        description: "BTF tracepoints sock_recv_length/sock_send_length: bytes read and written on TCP sockets (read, write, readv, writev, recv*, send*; sendfile/splice counted)",
+        capabilities: &[Bpf, Perfmon],
         runtime_capabilities: &[],
-        why: "BPF loads the programs and maps; PERFMON attaches tracepoints; DAC_READ_SEARCH \
-              opens tracefs (mode 0700) as a non-root user. Once attached, the pid map and \
-              port bitmap are updated through map fds the loader already holds.",
-        facilities: &[Facility::Tracefs, Facility::RingBuffer],
+        why: "BPF loads the programs and maps and lets them read the syscall's saved \
+              registers and buffers; PERFMON attaches the BTF tracepoints (through the \
+              kernel's BTF, world-readable: no tracefs). Once attached, the pid map is \
+              updated through map fds the loader already holds.",
+        facilities: &[Facility::Btf, Facility::RingBuffer],
     },
     Feature {
         id: "sock_tracepoints",
-        description: "sock/inet_sock_set_state and raw/BTF tracepoints: TCP connection lifecycle",
-        capabilities: &[Bpf, Perfmon],
+        description: "sock/inet_sock_set_state: TCP connection lifecycle (addresses, ports, role, close) and selection by port",
+        capabilities: &[Bpf, Perfmon, DacReadSearch],
         runtime_capabilities: &[],
-        why: "BPF loads the programs; PERFMON attaches the tracepoints and lets the verifier \
-              accept CO-RE reads of struct sock.",
-        facilities: &[Facility::Tracefs, Facility::Btf, Facility::RingBuffer],
+        why: "BPF loads the program; PERFMON attaches the tracepoint; DAC_READ_SEARCH opens \
+              tracefs (mode 0700) as a non-root user to check the tracepoint's format and \
+              find its id. The port bitmap is updated through a map fd the loader holds.",
+        facilities: &[Facility::Tracefs, Facility::RingBuffer],
     },
     Feature {
         id: "process_discovery",

@@ -101,10 +101,13 @@ pub mod counter {
     /// Plaintext of an `SSL_*` call not emitted because the call's connection was
     /// unknown (no socket syscall seen for that `SSL *` in this process yet).
     pub const TLS_UNKNOWN_CONNECTION: u32 = 4;
-    /// Read/write syscalls of traced threads not captured because the in-flight
-    /// map (`ACTIVE`) was full.
-    pub const ACTIVE_FULL: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Retired (the in-flight syscall map of the syscall-tracepoint data path).
+    pub const RETIRED_5: u32 = 5;
+    /// Socket reads/writes of traced processes on TCP sockets made through a
+    /// syscall whose buffers are not decoded (io_uring, sendmmsg/recvmmsg): no
+    /// data record.
+    pub const UNCAPTURED_SYSCALL: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Which OpenSSL function a TLS uprobe fired for: the uprobe_multi cookie of each
@@ -157,8 +160,8 @@ pub struct ProcessEvent {
     pub header: Header,
     /// FORK: the new task's id (a thread id when the parent created a thread).
     pub child_pid: u32,
-    /// EXIT: the code passed to exit_group, or -1 when the process did not call it
-    /// (killed by a signal).
+    /// EXIT: the code passed to exit/exit_group, or -1 when the process was killed
+    /// by a signal.
     pub exit_code: i32,
 }
 
@@ -227,7 +230,7 @@ pub struct DataEvent {
 /// Byte offset of [`DataEvent::data`].
 pub const DATA_OFFSET: usize = core::mem::offset_of!(DataEvent, data);
 
-/// Which syscall a data record came from ([`DataEvent::syscall`], `Pending::kind`).
+/// Which syscall a data record came from ([`DataEvent::syscall`]).
 pub mod syscall {
     pub const READ: u8 = 1;
     pub const WRITE: u8 = 2;
@@ -241,6 +244,11 @@ pub mod syscall {
     pub const SSL_READ: u8 = 9;
     /// Plaintext passed to `SSL_write`/`SSL_write_ex` (TLS uprobes).
     pub const SSL_WRITE: u8 = 10;
+    /// sendfile(2) to a socket: the bytes come from a file, none are captured
+    /// (`captured_len` 0, `total_len` counts them).
+    pub const SENDFILE: u8 = 11;
+    /// splice(2) from a pipe to a socket: as [`SENDFILE`].
+    pub const SPLICE: u8 = 12;
 
     /// The syscall's name.
     pub fn name(nr: u8) -> &'static str {
@@ -255,6 +263,8 @@ pub mod syscall {
             SENDMSG => "sendmsg",
             SSL_READ => "SSL_read",
             SSL_WRITE => "SSL_write",
+            SENDFILE => "sendfile",
+            SPLICE => "splice",
             _ => "?",
         }
     }
@@ -280,6 +290,13 @@ pub struct Config {
     /// (`bpf_get_ns_current_pid_tgid`) and ignore tasks outside it.
     pub pidns_dev: u64,
     pub pidns_ino: u64,
+    /// Offset of `sk_protocol` (u16) in this kernel's `struct sock`, from its BTF;
+    /// 0 when unknown (then only sockets whose handshake the programs saw are
+    /// recognised as TCP).
+    pub sk_protocol_offset: u32,
+    /// Offset of `exit_code` (int) in this kernel's `struct task_struct`, from its
+    /// BTF; 0 when unknown (exit codes are then reported as -1).
+    pub task_exit_code_offset: u32,
 }
 
 /// Value of the `CONNS` map (key: the kernel `struct sock *`, never exported).
@@ -297,24 +314,6 @@ pub struct ConnInfo {
     pub _pad: u32,
     pub local_addr: [u8; 16],
     pub peer_addr: [u8; 16],
-}
-
-/// Value of the `ACTIVE` map (key: pid_tgid): a read/write syscall in flight.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Pending {
-    /// Buffer (read/write/recvfrom/sendto), iovec array (readv/writev) or
-    /// user_msghdr (recvmsg/sendmsg).
-    pub buf: u64,
-    /// The `struct sock *` seen by sock_{recv,send}_length, 0 until then (the fd is
-    /// not a TCP socket when it stays 0).
-    pub sk: u64,
-    pub fd: i32,
-    /// One of [`syscall`].
-    pub syscall: u8,
-    /// One of [`direction`].
-    pub direction: u8,
-    pub _pad: u16,
 }
 
 /// Value of the `SSL_ACTIVE` map (key: pid_tgid): an OpenSSL call in flight.
@@ -363,7 +362,6 @@ mod pod {
     // explicit padding fields, so every bit pattern is valid.
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for ConnInfo {}
-    unsafe impl aya::Pod for Pending {}
 }
 
 #[cfg(test)]
@@ -383,9 +381,8 @@ mod tests {
         assert_eq!(size_of::<CloseEvent>(), 32);
         assert_eq!(DATA_OFFSET, 24 + 8 + 8 + 4 + 1 + 1 + 2);
         assert_eq!(size_of::<DataEvent>(), DATA_OFFSET + MAX_CAPTURE_BYTES);
-        assert_eq!(size_of::<Config>(), 4 + 4 + 8 + 4 + 4 + 8 + 8);
+        assert_eq!(size_of::<Config>(), 4 + 4 + 8 + 4 + 4 + 8 + 8 + 4 + 4);
         assert_eq!(size_of::<ConnInfo>(), 8 + 4 + 2 + 1 + 1 + 2 + 2 + 4 + 32);
-        assert_eq!(size_of::<Pending>(), 24);
         assert_eq!(size_of::<SslCall>(), 40);
         assert_eq!(size_of::<SslKey>(), 16);
         assert_eq!(size_of::<SslConn>(), 16);

@@ -12,8 +12,7 @@
 //! namespace (a Kubernetes sidecar sharing its pod's namespace), `CONFIG` names that
 //! namespace and [`current_id`] asks the kernel for the task's ids in it
 //! (`bpf_get_ns_current_pid_tgid`); tasks outside it are not traced. Maps private to
-//! the kernel side that are keyed by thread (`ACTIVE`, `SSL_ACTIVE`, `EXIT_CODES`,
-//! `FORKING`) use the global ids, which need no translation.
+//! the kernel side that are keyed by thread (`SSL_ACTIVE`, `FORKING`) use the global ids, which need no translation.
 #![no_std]
 #![no_main]
 
@@ -23,23 +22,27 @@ use aya_ebpf::{
     bindings::{bpf_pidns_info, BPF_ANY, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        generated::{bpf_get_attach_cookie, bpf_get_ns_current_pid_tgid, bpf_probe_read_user},
+        generated::{
+            bpf_get_attach_cookie, bpf_get_current_task, bpf_get_current_task_btf,
+            bpf_get_ns_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
+            bpf_task_pt_regs,
+        },
     },
-    macros::{map, tracepoint, uprobe, uretprobe},
+    macros::{btf_tracepoint, map, tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RetProbeContext, TracePointContext},
+    programs::{BtfTracePointContext, ProbeContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
 use tandem_ebpf_common::{
     config_flags, conn_flags, counter, direction, kind, port_how, reason, role, ssl_fn, syscall,
-    CloseEvent, Config, ConnEvent, ConnInfo, DataEvent, Header, Pending, PortSelectEvent,
-    ProcessEvent, SslCall, SslConn, SslKey, DATA_OFFSET, MAX_CAPTURE_BYTES,
+    CloseEvent, Config, ConnEvent, ConnInfo, Header, PortSelectEvent, ProcessEvent, SslCall,
+    SslConn, SslKey, DATA_OFFSET, MAX_CAPTURE_BYTES,
 };
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
-const MSG_PEEK: u64 = 2;
+const MSG_PEEK: u32 = 2;
 
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
@@ -61,24 +64,11 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 static PORTS: Array<u64> = Array::with_max_entries(1024, 0);
 
-/// Read/write syscalls of traced threads in flight: pid_tgid -> Pending. A plain
-/// (preallocated) hash: an insert costs a third of an LRU insert, and it is paid on
-/// every read/write of a traced thread. Entries go at syscall exit, or at thread
-/// exit for a thread that dies inside the syscall; when full, a syscall is not
-/// captured and counted (`ACTIVE_FULL`).
-#[map]
-static ACTIVE: HashMap<u64, Pending> = HashMap::with_max_entries(16_384, 0);
-
 /// TCP sockets: `struct sock *` -> tuple, role and connection id. Filled at
 /// TCP_ESTABLISHED for every socket, or at first use for sockets established before
 /// the programs were attached (tuple unknown: user space resolves it via /proc).
 #[map]
 static CONNS: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(65_536, 0);
-
-/// Codes passed to exit_group by traced processes (key: global tgid), read at
-/// their exit.
-#[map]
-static EXIT_CODES: LruHashMap<u32, i32> = LruHashMap::with_max_entries(4_096, 0);
 
 /// Pid-namespace mode only: children of traced processes between
 /// sched_process_fork (parent side, where only the child's global id is known) and
@@ -86,10 +76,6 @@ static EXIT_CODES: LruHashMap<u32, i32> = LruHashMap::with_max_entries(4_096, 0)
 /// is known): global child tid -> parent (tgid << 32 | tid) in the namespace.
 #[map]
 static FORKING: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4_096, 0);
-
-/// Per-CPU scratch space for data records (too big for the 512-byte stack).
-#[map]
-static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU counters, indexed by `counter::*`.
 #[map]
@@ -102,11 +88,6 @@ static SSL_ACTIVE: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16_38
 /// The socket each `SSL *` of a traced process was last seen using.
 #[map]
 static SSL_CONNS: LruHashMap<SslKey, SslConn> = LruHashMap::with_max_entries(65_536, 0);
-
-/// Per-CPU scratch space for TLS plaintext records (separate from `SCRATCH`: uprobe
-/// programs run in a different context than the syscall tracepoints).
-#[map]
-static TLS_SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Records for user space. Resized by the loader (`--ring-buffer-kib`). Records are
 /// written with BPF_RB_NO_WAKEUP; user space polls every few milliseconds.
@@ -138,6 +119,12 @@ fn field16(ctx: &TracePointContext, offset: usize) -> [u8; 16] {
 fn is_traced(tgid: u32) -> bool {
     PIDS.get_ptr(&tgid).is_some()
 }
+
+/// Set in a `PIDS` value by `ssl_enter` (every OpenSSL call of the process sets it
+/// again, so a value rewritten by user space regains it before the call's first
+/// socket syscall): only then do the data programs look for an OpenSSL call in
+/// flight (`SSL_ACTIVE`).
+const PIDS_USES_SSL: u32 = 1 << 31;
 
 #[inline(always)]
 fn config() -> Option<Config> {
@@ -329,22 +316,6 @@ pub fn sys_exit_fork_child(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// syscalls/sys_enter_exit_group: `error_code` at offset 16.
-#[tracepoint]
-pub fn sys_enter_exit_group(ctx: TracePointContext) -> u32 {
-    let global = bpf_get_current_pid_tgid();
-    let Some(id) = current_id(global) else {
-        return 0;
-    };
-    if !is_traced((id >> 32) as u32) {
-        return 0;
-    }
-    let code: u64 = field(&ctx, 16);
-    let gtgid = (global >> 32) as u32;
-    let _ = EXIT_CODES.insert(&gtgid, &((code & 0xff) as i32), BPF_ANY as u64);
-    0
-}
-
 /// sched/sched_process_exit: `pid` (the thread id) at 24, `group_dead` at 32.
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
@@ -360,8 +331,6 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     }
     let traced = is_traced(tgid);
     if traced {
-        // A thread that dies inside a read/write never reaches its sys_exit.
-        let _ = ACTIVE.remove(&global);
         // A thread that dies inside an SSL_* call never returns from it: do not let
         // a later thread with the same id look like it is inside one.
         let _ = SSL_ACTIVE.remove(&global);
@@ -370,17 +339,40 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if group_dead == 0 || !traced {
         return 0;
     }
-    let gtgid = (global >> 32) as u32;
-    // SAFETY: the value is copied out at once.
-    let code = unsafe { EXIT_CODES.get(&gtgid) }.copied().unwrap_or(-1);
     emit(&ProcessEvent {
         header: header(kind::EXIT, tgid, tid),
         child_pid: 0,
-        exit_code: code,
+        exit_code: exit_code(),
     });
     let _ = PIDS.remove(&tgid);
-    let _ = EXIT_CODES.remove(&gtgid);
     0
+}
+
+/// The exit status of the current (exiting) task: `task_struct.exit_code`, set by
+/// do_exit before sched_process_exit fires (for the last thread of a process that
+/// called exit_group, the group's code), at the offset user space found in the
+/// kernel's BTF. The code passed to exit/exit_group, or -1 when killed by a signal
+/// (or when the offset is unknown).
+#[inline(always)]
+fn exit_code() -> i32 {
+    let off = match CONFIG.get(0) {
+        Some(c) if c.task_exit_code_offset != 0 => u64::from(c.task_exit_code_offset),
+        _ => return -1,
+    };
+    let mut status: i32 = 0;
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    let r = unsafe {
+        let task = bpf_get_current_task();
+        bpf_probe_read_kernel(
+            ptr::addr_of_mut!(status).cast(),
+            4,
+            (task + off) as *const _,
+        )
+    };
+    if r != 0 || status & 0x7f != 0 {
+        return -1;
+    }
+    (status >> 8) & 0xff
 }
 
 // ---------------------------------------------------------------------------
@@ -487,98 +479,223 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 }
 
 // ---------------------------------------------------------------------------
-// Data: sys_enter_* -> sock_{recv,send}_length -> sys_exit_*
+// Data: sock/sock_{recv,send}_length as BTF tracepoints
 // ---------------------------------------------------------------------------
 
-/// Remembers a read/write-like syscall of a traced process. `flags_offset` is the
-/// offset of the recv flags argument (0: none), to skip MSG_PEEK.
+/// Syscall numbers and the saved user registers holding the syscall number and
+/// its first two arguments, per architecture (`bpf_target_arch` is set by
+/// aya-build to the loader's target). Offsets are those of the kernel's
+/// `struct pt_regs`, a fixed ABI (ptrace's `user_regs_struct` has the same layout).
+#[cfg(bpf_target_arch = "x86_64")]
+mod arch {
+    use tandem_ebpf_common::syscall;
+    /// `orig_ax`, `di`, `si`, `dx`.
+    pub const NR: usize = 120;
+    pub const ARG0: usize = 112;
+    pub const ARG1: usize = 104;
+    pub const ARG2: usize = 96;
+    #[inline(always)]
+    pub fn syscall(nr: u64) -> u8 {
+        match nr {
+            0 => syscall::READ,
+            1 => syscall::WRITE,
+            19 => syscall::READV,
+            20 => syscall::WRITEV,
+            40 => syscall::SENDFILE,
+            275 => syscall::SPLICE,
+            44 => syscall::SENDTO,
+            45 => syscall::RECVFROM,
+            46 => syscall::SENDMSG,
+            47 => syscall::RECVMSG,
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(bpf_target_arch = "aarch64")]
+mod arch {
+    use tandem_ebpf_common::syscall;
+    /// `syscallno` (s32; the next 4 bytes are `pmr`, masked off), `orig_x0`,
+    /// `regs[1]`, `regs[2]`.
+    pub const NR: usize = 280;
+    pub const ARG0: usize = 272;
+    pub const ARG1: usize = 8;
+    pub const ARG2: usize = 16;
+    #[inline(always)]
+    pub fn syscall(nr: u64) -> u8 {
+        match nr & 0xffff_ffff {
+            63 => syscall::READ,
+            64 => syscall::WRITE,
+            65 => syscall::READV,
+            66 => syscall::WRITEV,
+            71 => syscall::SENDFILE,
+            76 => syscall::SPLICE,
+            206 => syscall::SENDTO,
+            207 => syscall::RECVFROM,
+            211 => syscall::SENDMSG,
+            212 => syscall::RECVMSG,
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
+mod arch {
+    pub const NR: usize = 0;
+    pub const ARG0: usize = 0;
+    pub const ARG1: usize = 0;
+    pub const ARG2: usize = 0;
+    /// Syscall arguments are not decoded on this architecture: no data records.
+    #[inline(always)]
+    pub fn syscall(_nr: u64) -> u8 {
+        0
+    }
+}
+
+/// The current syscall (one of [`syscall`], 0 for another one), the socket's fd
+/// (the first argument; splice's third) and the second argument (the buffer,
+/// iovec array or msghdr; 0 for sendfile and splice, whose bytes come from a file
+/// or a pipe and are not captured), from the registers the task saved on
+/// entering the kernel.
 #[inline(always)]
-fn on_enter(ctx: &TracePointContext, syscall: u8, direction: u8, flags_offset: usize) -> u32 {
-    // `ACTIVE` is keyed by the global ids; `PIDS` by the loader's.
+fn syscall_args() -> (u8, i32, u64) {
+    // SAFETY: helpers of tracing programs; the returned pt_regs pointer is a
+    // BTF-typed kernel pointer the verifier lets us load fixed offsets from.
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const u8;
+        let nr = ptr::read_volatile(regs.add(arch::NR).cast::<u64>());
+        let kind = arch::syscall(nr);
+        if kind == 0 {
+            return (0, 0, 0);
+        }
+        match kind {
+            syscall::SENDFILE => {
+                let fd = ptr::read_volatile(regs.add(arch::ARG0).cast::<u64>());
+                (kind, fd as i32, 0)
+            }
+            syscall::SPLICE => {
+                let fd = ptr::read_volatile(regs.add(arch::ARG2).cast::<u64>());
+                (kind, fd as i32, 0)
+            }
+            _ => {
+                let fd = ptr::read_volatile(regs.add(arch::ARG0).cast::<u64>());
+                let buf = ptr::read_volatile(regs.add(arch::ARG1).cast::<u64>());
+                (kind, fd as i32, buf)
+            }
+        }
+    }
+}
+
+/// Whether `sk` (not in `CONNS`) is an AF_INET/AF_INET6 TCP socket: `skc_family`
+/// at offset 16 of `struct sock_common` (unchanged since Linux 2.6), `sk_protocol`
+/// at the offset user space found in the kernel's BTF (`Config::sk_protocol_offset`).
+#[inline(always)]
+fn is_tcp(sk: u64) -> bool {
+    let off = match CONFIG.get(0) {
+        Some(c) if c.sk_protocol_offset != 0 => u64::from(c.sk_protocol_offset),
+        _ => return false,
+    };
+    let mut family: u16 = 0;
+    let mut protocol: u16 = 0;
+    // SAFETY: bpf_probe_read_kernel checks the addresses.
+    unsafe {
+        if bpf_probe_read_kernel(ptr::addr_of_mut!(family).cast(), 2, (sk + 16) as *const _) != 0
+            || bpf_probe_read_kernel(
+                ptr::addr_of_mut!(protocol).cast(),
+                2,
+                (sk + off) as *const _,
+            ) != 0
+        {
+            return false;
+        }
+    }
+    protocol == IPPROTO_TCP && (family == AF_INET || family == AF_INET6)
+}
+
+/// sock_recv_length / sock_send_length (`TP_PROTO(struct sock *sk, int ret, int
+/// flags)`) fire in `sock_recvmsg`/`sock_sendmsg`, in the caller's context, for
+/// read/write/readv/writev on sockets as well as recv*/send*: the bytes have just
+/// been copied to (recv) or from (send) the user buffer named by the syscall's
+/// arguments. One `PIDS` lookup for every process; for traced ones, the data record.
+/// No syscall tracepoint is needed, so untraced tasks keep the fast syscall path.
+#[inline(always)]
+fn on_sock_io(ctx: &BtfTracePointContext, dir: u8) -> u32 {
     let global = bpf_get_current_pid_tgid();
     let Some(id) = current_id(global) else {
         return 0;
     };
-    if !is_traced((id >> 32) as u32) {
+    let Some(traced) = PIDS.get_ptr(&((id >> 32) as u32)) else {
+        return 0;
+    };
+    let ret: i64 = ctx.arg::<i32>(1).into();
+    if ret <= 0 {
         return 0;
     }
-    if flags_offset != 0 {
-        let flags: u64 = field(ctx, flags_offset);
-        if flags & MSG_PEEK != 0 {
-            return 0;
-        }
+    if dir == direction::INGRESS && ctx.arg::<u32>(2) & MSG_PEEK != 0 {
+        return 0;
     }
-    let fd: u64 = field(ctx, 16);
-    let pending = Pending {
-        buf: field(ctx, 24),
-        sk: 0,
-        fd: fd as i32,
-        syscall,
-        direction,
-        _pad: 0,
+    let sk: u64 = ctx.arg(0);
+    let known = CONNS.get_ptr_mut(&sk);
+    if known.is_none() && !is_tcp(sk) {
+        return 0;
+    }
+    let (kind, fd, buf) = syscall_args();
+    let expected = match kind {
+        syscall::READ | syscall::READV | syscall::RECVFROM | syscall::RECVMSG => direction::INGRESS,
+        syscall::WRITE
+        | syscall::WRITEV
+        | syscall::SENDTO
+        | syscall::SENDMSG
+        | syscall::SENDFILE
+        | syscall::SPLICE => direction::EGRESS,
+        _ => 0,
     };
-    if ACTIVE.insert(&global, &pending, BPF_ANY as u64).is_err() {
-        bump(counter::ACTIVE_FULL);
+    if expected != dir {
+        // io_uring, sendmmsg/recvmmsg: bytes tandem does not see.
+        bump(counter::UNCAPTURED_SYSCALL);
+        return 0;
     }
+    let ret = ret as u64;
+    // SAFETY: pointer to a live map value (a plain integer).
+    let uses_ssl = unsafe { *traced } & PIDS_USES_SSL != 0;
+    // Inside an OpenSSL call of this thread: these are TLS records; remember the
+    // socket for the call's plaintext record, emitted when the call returns.
+    if let Some(call) = uses_ssl.then(|| SSL_ACTIVE.get_ptr_mut(&global)).flatten() {
+        // SAFETY: pointer to a live map value of this thread's key.
+        unsafe {
+            (*call).sk = sk;
+            (*call).fd = fd;
+        }
+        // Announced (and marked) only if the call yields plaintext: a close_notify
+        // written after the socket reached TCP_CLOSE must not open a connection.
+        if let Some(c) = known {
+            // SAFETY: pointer to a live map value; fields are plain integers.
+            unsafe { (*c).flags |= conn_flags::TLS };
+        }
+        bump(counter::TLS_CIPHERTEXT_SKIPPED);
+        return 0;
+    }
+    let (conn_id, flags) = connection_of(known, sk, id, fd, false);
+    if flags & conn_flags::TLS != 0 {
+        // TLS records outside the probed calls (e.g. a handshake step of a function
+        // that is not probed): never delivered as data.
+        bump(counter::TLS_CIPHERTEXT_SKIPPED);
+        return 0;
+    }
+    let (src, avail) = source_buffer(kind, buf, ret);
+    emit_data(id, conn_id, ret, src, ret.min(avail), dir, kind);
     0
 }
 
-/// sys_enter_{read,write,readv,writev,recvfrom,sendto,recvmsg,sendmsg}: fd at 16,
-/// buffer / iovec / msghdr pointer at 24; recvfrom flags at 40, recvmsg flags at 32.
-macro_rules! enter_program {
-    ($name:ident, $syscall:expr, $direction:expr, $flags_offset:expr) => {
-        #[tracepoint]
-        pub fn $name(ctx: TracePointContext) -> u32 {
-            on_enter(&ctx, $syscall, $direction, $flags_offset)
-        }
-    };
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
+    on_sock_io(&ctx, direction::INGRESS)
 }
 
-enter_program!(sys_enter_read, syscall::READ, direction::INGRESS, 0);
-enter_program!(sys_enter_write, syscall::WRITE, direction::EGRESS, 0);
-enter_program!(sys_enter_readv, syscall::READV, direction::INGRESS, 0);
-enter_program!(sys_enter_writev, syscall::WRITEV, direction::EGRESS, 0);
-enter_program!(
-    sys_enter_recvfrom,
-    syscall::RECVFROM,
-    direction::INGRESS,
-    40
-);
-enter_program!(sys_enter_sendto, syscall::SENDTO, direction::EGRESS, 0);
-enter_program!(sys_enter_recvmsg, syscall::RECVMSG, direction::INGRESS, 32);
-enter_program!(sys_enter_sendmsg, syscall::SENDMSG, direction::EGRESS, 0);
-
-/// sock/sock_{recv,send}_length fire inside the syscall, in the caller's context:
-/// sk at 8, family 16, protocol 18, ret 20. Marks the pending syscall as a TCP
-/// socket operation.
-#[inline(always)]
-fn on_sock_length(ctx: &TracePointContext, direction: u8) -> u32 {
-    let global = bpf_get_current_pid_tgid();
-    let Some(p) = ACTIVE.get_ptr_mut(&global) else {
-        return 0;
-    };
-    let protocol: u16 = field(ctx, 18);
-    let family: u16 = field(ctx, 16);
-    if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
-        return 0;
-    }
-    // SAFETY: pointer to a live map value of this thread's key.
-    unsafe {
-        if (*p).direction == direction {
-            (*p).sk = field(ctx, 8);
-        }
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
-    on_sock_length(&ctx, direction::INGRESS)
-}
-
-#[tracepoint]
-pub fn sock_send_length(ctx: TracePointContext) -> u32 {
-    on_sock_length(&ctx, direction::EGRESS)
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
+    on_sock_io(&ctx, direction::EGRESS)
 }
 
 /// The connection id of `sk` for process `tgid` and its `conn_flags`, announcing
@@ -587,8 +704,14 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
 /// OpenSSL call, mark it.
 #[inline(always)]
 fn connection(sk: u64, id: u64, fd: i32, tls: bool) -> (u64, u8) {
+    connection_of(CONNS.get_ptr_mut(&sk), sk, id, fd, tls)
+}
+
+/// [`connection`] with the socket's `CONNS` entry already looked up.
+#[inline(always)]
+fn connection_of(known: Option<*mut ConnInfo>, sk: u64, id: u64, fd: i32, tls: bool) -> (u64, u8) {
     let tgid = (id >> 32) as u32;
-    if let Some(c) = CONNS.get_ptr_mut(&sk) {
+    if let Some(c) = known {
         // SAFETY: pointer to a live map value; fields are plain integers.
         let c = unsafe { &mut *c };
         if tls {
@@ -635,26 +758,22 @@ fn connection(sk: u64, id: u64, fd: i32, tls: bool) -> (u64, u8) {
 
 /// The user memory holding the first bytes moved and how many it can hold.
 #[inline(always)]
-fn source_buffer(p: &Pending, ret: u64) -> (u64, u64) {
-    let iov = match p.syscall {
-        syscall::READV | syscall::WRITEV => p.buf,
+fn source_buffer(kind: u8, buf: u64, ret: u64) -> (u64, u64) {
+    let iov = match kind {
+        syscall::READV | syscall::WRITEV => buf,
         syscall::RECVMSG | syscall::SENDMSG => {
             // struct user_msghdr: msg_name 0, msg_namelen 8, msg_iov 16.
             let mut msg_iov: u64 = 0;
             // SAFETY: bpf_probe_read_user checks the address.
             let r = unsafe {
-                bpf_probe_read_user(
-                    ptr::addr_of_mut!(msg_iov).cast(),
-                    8,
-                    (p.buf + 16) as *const _,
-                )
+                bpf_probe_read_user(ptr::addr_of_mut!(msg_iov).cast(), 8, (buf + 16) as *const _)
             };
             if r != 0 {
                 return (0, 0);
             }
             msg_iov
         }
-        _ => return (p.buf, ret),
+        _ => return (buf, ret),
     };
     // struct iovec { void *iov_base; size_t iov_len; }: the first one only.
     let mut first = [0u64; 2];
@@ -666,107 +785,78 @@ fn source_buffer(p: &Pending, ret: u64) -> (u64, u64) {
     (first[0], first[1].min(ret))
 }
 
-/// sys_exit_* of the syscalls above (`ret` at 16): emits the data record.
-#[tracepoint]
-pub fn sys_exit_io(ctx: TracePointContext) -> u32 {
-    let global = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out at once.
-    let Some(p) = (unsafe { ACTIVE.get(&global) }).copied() else {
-        return 0;
-    };
-    let _ = ACTIVE.remove(&global);
-    let ret: i64 = field(&ctx, 16);
-    if p.sk == 0 || ret <= 0 {
-        return 0;
-    }
-    let ret = ret as u64;
-    let Some(id) = current_id(global) else {
-        return 0;
-    };
-    // Inside an OpenSSL call of this thread: these are TLS records; remember the
-    // socket for the call's plaintext record, emitted when the call returns.
-    if let Some(call) = SSL_ACTIVE.get_ptr_mut(&global) {
-        // SAFETY: pointer to a live map value of this thread's key.
-        unsafe {
-            (*call).sk = p.sk;
-            (*call).fd = p.fd;
-        }
-        // Announced (and marked) only if the call yields plaintext: a close_notify
-        // written after the socket reached TCP_CLOSE must not open a connection.
-        if let Some(c) = CONNS.get_ptr_mut(&p.sk) {
-            // SAFETY: pointer to a live map value; fields are plain integers.
-            unsafe { (*c).flags |= conn_flags::TLS };
-        }
-        bump(counter::TLS_CIPHERTEXT_SKIPPED);
-        return 0;
-    }
-    let (conn_id, flags) = connection(p.sk, id, p.fd, false);
-    if flags & conn_flags::TLS != 0 {
-        // TLS records outside the probed calls (e.g. a handshake step of a function
-        // that is not probed): never delivered as data.
-        bump(counter::TLS_CIPHERTEXT_SKIPPED);
-        return 0;
-    }
-    let (src, avail) = source_buffer(&p, ret);
-    emit_data(
-        &SCRATCH,
-        id,
-        conn_id,
-        ret,
-        src,
-        ret.min(avail),
-        p.direction,
-        p.syscall,
-    );
-    0
+/// A data record reserved in the ring buffer with room for `N` payload bytes: the
+/// layout of [`DataEvent`] with a smaller array (user space reads `captured_len`).
+#[repr(C)]
+struct DataRecord<const N: usize> {
+    header: Header,
+    conn_id: u64,
+    total_len: u64,
+    captured_len: u32,
+    direction: u8,
+    syscall: u8,
+    _pad: u16,
+    data: [u8; N],
 }
 
+const _: () = assert!(core::mem::offset_of!(DataRecord<256>, data) == DATA_OFFSET);
+
 /// Emits a data record: `total` bytes moved, the first `min(avail, capture_bytes)`
-/// copied from the user memory at `src`, through this CPU's value of `scratch`.
+/// copied from the user memory at `src` straight into a ring buffer reservation
+/// of the smallest size class that holds them (256 B, 1 KiB, 4 KiB, 16 KiB: a
+/// reservation's size must be a constant).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn emit_data(
-    scratch: &PerCpuArray<DataEvent>,
-    id: u64,
+fn emit_data(id: u64, conn_id: u64, total: u64, src: u64, avail: u64, direction: u8, syscall: u8) {
+    let capture = config().map_or(0, |c| u64::from(c.capture_bytes));
+    let n = if src == 0 { 0 } else { avail.min(capture) };
+    let h = header(kind::DATA, (id >> 32) as u32, id as u32);
+    if n <= 256 {
+        emit_sized::<256>(h, conn_id, total, src, n, direction, syscall);
+    } else if n <= 1024 {
+        emit_sized::<1024>(h, conn_id, total, src, n, direction, syscall);
+    } else if n <= 4096 {
+        emit_sized::<4096>(h, conn_id, total, src, n, direction, syscall);
+    } else {
+        emit_sized::<MAX_CAPTURE_BYTES>(h, conn_id, total, src, n, direction, syscall);
+    }
+}
+
+/// [`emit_data`] for one size class; `n <= N`, `N` a power of two.
+#[inline(always)]
+fn emit_sized<const N: usize>(
+    header: Header,
     conn_id: u64,
     total: u64,
     src: u64,
-    avail: u64,
+    n: u64,
     direction: u8,
     syscall: u8,
 ) {
-    let capture = config().map_or(0, |c| u64::from(c.capture_bytes));
-    let Some(ev) = scratch.get_ptr_mut(0) else {
+    let Some(mut entry) = EVENTS.reserve::<DataRecord<N>>(0) else {
+        bump(counter::RINGBUF_LOST);
         return;
     };
-    let n = avail.min(capture);
-    // SAFETY: `ev` points at this CPU's scratch value, large enough for a DataEvent.
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` points at the reserved record, large enough for a
+    // DataRecord<N>; every field before `data` is written.
     unsafe {
-        (*ev).header = header(kind::DATA, (id >> 32) as u32, id as u32);
-        (*ev).conn_id = conn_id;
-        (*ev).total_len = total;
-        (*ev).direction = direction;
-        (*ev).syscall = syscall;
-        (*ev)._pad = 0;
-        (*ev).captured_len = 0;
-        let mut len = DATA_OFFSET;
-        if n > 0 && src != 0 {
-            // In [1, MAX_CAPTURE_BYTES] by construction, which the verifier can see.
-            let m = ((n - 1) & (MAX_CAPTURE_BYTES as u64 - 1)) + 1;
-            let dst = ptr::addr_of_mut!((*ev).data).cast::<u8>();
+        (*rec).header = header;
+        (*rec).conn_id = conn_id;
+        (*rec).total_len = total;
+        (*rec).direction = direction;
+        (*rec).syscall = syscall;
+        (*rec)._pad = 0;
+        (*rec).captured_len = 0;
+        if n > 0 {
+            // In [1, N] by construction, which the verifier can see.
+            let m = ((n - 1) & (N as u64 - 1)) + 1;
+            let dst = ptr::addr_of_mut!((*rec).data).cast::<u8>();
             if bpf_probe_read_user(dst.cast(), m as u32, src as *const _) == 0 {
-                (*ev).captured_len = m as u32;
-                len = DATA_OFFSET + m as usize;
+                (*rec).captured_len = m as u32;
             }
         }
-        let bytes = core::slice::from_raw_parts(ev.cast::<u8>(), len);
-        if EVENTS
-            .output::<[u8]>(bytes, BPF_RB_NO_WAKEUP as u64)
-            .is_err()
-        {
-            bump(counter::RINGBUF_LOST);
-        }
     }
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
 }
 
 // ---------------------------------------------------------------------------
@@ -781,8 +871,14 @@ pub fn ssl_enter(ctx: ProbeContext) -> u32 {
     let Some(id) = current_id(global) else {
         return 0;
     };
-    if !is_traced((id >> 32) as u32) {
+    let Some(traced) = PIDS.get_ptr_mut(&((id >> 32) as u32)) else {
         return 0;
+    };
+    // SAFETY: pointer to a live map value (a plain integer).
+    unsafe {
+        if *traced & PIDS_USES_SSL == 0 {
+            *traced |= PIDS_USES_SSL;
+        }
     }
     if let Some(call) = SSL_ACTIVE.get_ptr_mut(&global) {
         // SAFETY: pointer to a live map value of this thread's key.
@@ -889,16 +985,7 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         }
     };
     let (conn_id, _) = connection(sk, id, fd, true);
-    emit_data(
-        &TLS_SCRATCH,
-        id,
-        conn_id,
-        moved,
-        call.buf,
-        moved,
-        direction,
-        syscall,
-    );
+    emit_data(id, conn_id, moved, call.buf, moved, direction, syscall);
     0
 }
 

@@ -8,6 +8,7 @@
 //! loop below polls the ring buffer every `--poll-interval-ms` (records are written
 //! without wake-ups), follows selection changes and reports kernel-side losses.
 
+pub mod btf;
 pub mod convert;
 pub mod pidns;
 pub mod proc;
@@ -27,7 +28,7 @@ use futures::FutureExt;
 use tandem_ebpf_common::{counter, Config, DEFAULT_CAPTURE_BYTES, MAX_CAPTURE_BYTES};
 use tandem_proto::v1::{AttachedProbe, LossLocation};
 use tandem_proto::Selection;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{EventSource, SourceContext};
 use crate::hub::monotonic_ns;
@@ -201,7 +202,7 @@ impl EbpfSource {
         let poll = Duration::from_millis(self.args.poll_interval_ms);
         let mut lost_reported = tracker.kernel().ring_lost();
         let mut pids_full_reported = tracker.kernel().counter(counter::PIDS_FULL);
-        let mut active_full_reported = tracker.kernel().counter(counter::ACTIVE_FULL);
+        let mut uncaptured_reported = tracker.kernel().counter(counter::UNCAPTURED_SYSCALL);
         let mut last_check = Instant::now();
         let mut events = Vec::new();
         loop {
@@ -243,17 +244,16 @@ impl EbpfSource {
                     );
                     pids_full_reported = full;
                 }
-                let full = tracker.kernel().counter(counter::ACTIVE_FULL);
-                if full > active_full_reported {
-                    hub.report_source_loss(
-                        monotonic_ns(),
-                        full - active_full_reported,
-                        LossLocation::Source,
-                        "the kernel's in-flight syscall map was full: reads/writes of traced \
-                         threads were not captured (more than 16384 threads inside a read or \
-                         write at once)",
+                let uncaptured = tracker.kernel().counter(counter::UNCAPTURED_SYSCALL);
+                if uncaptured > uncaptured_reported {
+                    info!(
+                        operations = uncaptured - uncaptured_reported,
+                        total = uncaptured,
+                        "TCP socket reads/writes of traced processes went through syscalls \
+                         whose bytes tandem does not capture (io_uring, \
+                         sendmmsg/recvmmsg)"
                     );
-                    active_full_reported = full;
+                    uncaptured_reported = uncaptured;
                 }
             }
             if n < MAX_RECORDS_PER_BATCH {
@@ -293,6 +293,7 @@ pub fn start(
             (0, 0)
         }
     };
+    let (sk_protocol_offset, task_exit_code_offset) = kernel_offsets();
     let config = Config {
         capture_bytes: args.capture_bytes,
         flags: 0,
@@ -301,6 +302,8 @@ pub fn start(
         _pad: 0,
         pidns_dev,
         pidns_ino,
+        sk_protocol_offset,
+        task_exit_code_offset,
     };
     let mut kernel = Kernel::load(LoadOptions {
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
@@ -329,6 +332,52 @@ pub fn start(
     }
     probes.extend(tracker.tls().take_probes());
     Ok((tracker, probes))
+}
+
+/// Offsets of `struct sock`'s `sk_protocol` and `struct task_struct`'s
+/// `exit_code` in this kernel, from its BTF (0 for one that cannot be found, with
+/// a warning saying what that costs).
+fn kernel_offsets() -> (u32, u32) {
+    let structs = match btf::Structs::vmlinux() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(
+                "{e}: sockets established before the loader started are not recognised as \
+                 TCP, and exit codes are reported as -1"
+            );
+            return (0, 0);
+        }
+    };
+    let protocol = structs
+        .int_member("sock_common", "skc_family", 2)
+        .and_then(|family| {
+            if family == 16 {
+                structs.int_member("sock", "sk_protocol", 2)
+            } else {
+                Err(format!(
+                    "sock_common.skc_family is at offset {family}, the programs read 16"
+                ))
+            }
+        })
+        .unwrap_or_else(|e| {
+            warn!(
+                "kernel BTF: {e}: sockets established before the loader started are not \
+                 recognised as TCP"
+            );
+            0
+        });
+    let exit = structs
+        .int_member("task_struct", "exit_code", 4)
+        .unwrap_or_else(|e| {
+            warn!("kernel BTF: {e}: exit codes are reported as -1");
+            0
+        });
+    debug!(
+        sk_protocol = protocol,
+        task_exit_code = exit,
+        "struct offsets from the kernel's BTF"
+    );
+    (protocol, exit)
 }
 
 /// Features of the capability model this source uses (`tls_uprobes` only with

@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::TracePoint;
+use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use tandem_ebpf_common::{counter, Config};
 use tandem_proto::v1::AttachedProbe;
@@ -33,43 +33,28 @@ pub struct ProbeSpec {
     pub tracepoint: &'static str,
     /// `tandem_security` feature the probe belongs to.
     pub feature: &'static str,
+    /// Fields of the tracefs record a classic tracepoint program reads.
     pub fields: &'static [Field],
+    /// A BTF tracepoint (`tp_btf`): typed arguments (the `TP_PROTO`) instead of
+    /// the tracefs record; attached through the kernel's BTF, no tracefs needed.
+    pub btf: bool,
 }
 
 const SYS_EXIT: &[Field] = &[("ret", 16, 8)];
-const SOCK_LENGTH: &[Field] = &[("sk", 8, 8), ("family", 16, 2), ("protocol", 18, 2)];
-
-macro_rules! syscall_pair {
-    ($enter:literal, $exit:literal, $fields:expr) => {
-        [
-            ProbeSpec {
-                program: $enter,
-                category: "syscalls",
-                tracepoint: $enter,
-                feature: "syscall_capture",
-                fields: $fields,
-            },
-            ProbeSpec {
-                program: "sys_exit_io",
-                category: "syscalls",
-                tracepoint: $exit,
-                feature: "syscall_capture",
-                fields: SYS_EXIT,
-            },
-        ]
-    };
-}
 
 /// Every probe, in attach order: process lifecycle and TCP state first, so that
-/// by the time data flows the kernel already tracks connections.
+/// by the time data flows the kernel already tracks connections. No syscall
+/// tracepoint: one attached anywhere puts every task of the host on the slow
+/// syscall path (see `ebpf/README.md`).
 pub fn probe_specs() -> Vec<ProbeSpec> {
-    let mut v = vec![
+    vec![
         ProbeSpec {
             program: "sched_process_exec",
             category: "sched",
             tracepoint: "sched_process_exec",
             feature: "process_discovery",
             fields: &[("pid", 12, 4)],
+            btf: false,
         },
         ProbeSpec {
             program: "sched_process_fork",
@@ -77,6 +62,7 @@ pub fn probe_specs() -> Vec<ProbeSpec> {
             tracepoint: "sched_process_fork",
             feature: "process_discovery",
             fields: &[("child_pid", 20, 4)],
+            btf: false,
         },
         ProbeSpec {
             program: "sched_process_exit",
@@ -84,13 +70,7 @@ pub fn probe_specs() -> Vec<ProbeSpec> {
             tracepoint: "sched_process_exit",
             feature: "process_discovery",
             fields: &[("pid", 24, 4), ("group_dead", 32, 1)],
-        },
-        ProbeSpec {
-            program: "sys_enter_exit_group",
-            category: "syscalls",
-            tracepoint: "sys_enter_exit_group",
-            feature: "process_discovery",
-            fields: &[("error_code", 16, 8)],
+            btf: false,
         },
         ProbeSpec {
             program: "inet_sock_set_state",
@@ -110,63 +90,25 @@ pub fn probe_specs() -> Vec<ProbeSpec> {
                 ("saddr_v6", 40, 16),
                 ("daddr_v6", 56, 16),
             ],
+            btf: false,
         },
         ProbeSpec {
             program: "sock_recv_length",
             category: "sock",
             tracepoint: "sock_recv_length",
-            feature: "sock_tracepoints",
-            fields: SOCK_LENGTH,
+            feature: "syscall_capture",
+            fields: &[],
+            btf: true,
         },
         ProbeSpec {
             program: "sock_send_length",
             category: "sock",
             tracepoint: "sock_send_length",
-            feature: "sock_tracepoints",
-            fields: SOCK_LENGTH,
+            feature: "syscall_capture",
+            fields: &[],
+            btf: true,
         },
-    ];
-    v.extend(syscall_pair!(
-        "sys_enter_read",
-        "sys_exit_read",
-        &[("fd", 16, 8), ("buf", 24, 8)]
-    ));
-    v.extend(syscall_pair!(
-        "sys_enter_write",
-        "sys_exit_write",
-        &[("fd", 16, 8), ("buf", 24, 8)]
-    ));
-    v.extend(syscall_pair!(
-        "sys_enter_readv",
-        "sys_exit_readv",
-        &[("fd", 16, 8), ("vec", 24, 8)]
-    ));
-    v.extend(syscall_pair!(
-        "sys_enter_writev",
-        "sys_exit_writev",
-        &[("fd", 16, 8), ("vec", 24, 8)]
-    ));
-    v.extend(syscall_pair!(
-        "sys_enter_recvfrom",
-        "sys_exit_recvfrom",
-        &[("fd", 16, 8), ("ubuf", 24, 8), ("flags", 40, 8)]
-    ));
-    v.extend(syscall_pair!(
-        "sys_enter_sendto",
-        "sys_exit_sendto",
-        &[("fd", 16, 8), ("buff", 24, 8)]
-    ));
-    v.extend(syscall_pair!(
-        "sys_enter_recvmsg",
-        "sys_exit_recvmsg",
-        &[("fd", 16, 8), ("msg", 24, 8), ("flags", 32, 8)]
-    ));
-    v.extend(syscall_pair!(
-        "sys_enter_sendmsg",
-        "sys_exit_sendmsg",
-        &[("fd", 16, 8), ("msg", 24, 8)]
-    ));
-    v
+    ]
 }
 
 /// Pid-namespace mode only: the child side of every fork-like syscall, where a
@@ -186,6 +128,7 @@ pub fn fork_child_specs() -> Vec<ProbeSpec> {
         tracepoint,
         feature: "process_discovery",
         fields: SYS_EXIT,
+        btf: false,
     })
     .collect()
 }
@@ -240,6 +183,8 @@ pub struct Kernel {
     /// The TLS uprobe programs (`ssl_enter`, `ssl_return`), loaded for uprobe_multi
     /// links, or why not; taken by [`Self::take_tls_programs`].
     tls_programs: Option<Result<(OwnedFd, OwnedFd), String>>,
+    /// The kernel's BTF, read when the first BTF tracepoint is loaded.
+    btf: Option<Result<aya::Btf, String>>,
 }
 
 /// The file descriptor of a map aya created.
@@ -345,6 +290,7 @@ impl Kernel {
             ports_written: vec![0; 1024],
             config_written: opts.config,
             tls_programs,
+            btf: None,
         })
     }
 
@@ -380,7 +326,12 @@ impl Kernel {
             } else {
                 debug!(probe = %name, program = spec.program, "probe attached");
             }
-            statuses.push(probe(&name, "tracepoint", result));
+            let kind = if spec.btf {
+                "btf_tracepoint"
+            } else {
+                "tracepoint"
+            };
+            statuses.push(probe(&name, kind, result));
         }
         statuses
     }
@@ -394,6 +345,9 @@ impl Kernel {
     ) -> Result<(), String> {
         if let Some(e) = failed_load.get(spec.program) {
             return Err(e.clone());
+        }
+        if spec.btf {
+            return self.attach_btf(spec, failed_load);
         }
         let format_path = tracefs
             .join("events")
@@ -430,15 +384,48 @@ impl Kernel {
         program
             .attach(spec.category, spec.tracepoint)
             .map(|_| ())
-            .map_err(|e| {
-                let s = chain(&e);
-                let hint = if s.contains("Permission denied") || s.contains("EPERM") {
-                    " (attaching tracepoints needs CAP_PERFMON and CAP_BPF, or root)"
-                } else {
-                    ""
-                };
-                format!("cannot attach {}: {s}{hint}", spec.program)
+            .map_err(|e| attach_error(spec, &e))
+    }
+
+    /// Loads a BTF tracepoint program against the kernel's BTF and attaches it.
+    fn attach_btf(
+        &mut self,
+        spec: &ProbeSpec,
+        failed_load: &mut std::collections::HashMap<&'static str, String>,
+    ) -> Result<(), String> {
+        let btf = self
+            .btf
+            .get_or_insert_with(|| {
+                aya::Btf::from_sys_fs().map_err(|e| {
+                    format!(
+                        "cannot read the kernel's BTF ({}): {}",
+                        super::btf::VMLINUX,
+                        chain(&e)
+                    )
+                })
             })
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let program: &mut BtfTracePoint = self
+            .ebpf
+            .program_mut(spec.program)
+            .ok_or_else(|| format!("the eBPF object has no program {}", spec.program))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| chain(&e))?;
+        if let Err(e) = program.load(spec.tracepoint, btf) {
+            let msg = format!(
+                "cannot load program {} for BTF tracepoint {}: {}",
+                spec.program,
+                spec.tracepoint,
+                chain(&e)
+            );
+            failed_load.insert(spec.program, msg.clone());
+            return Err(msg);
+        }
+        program
+            .attach()
+            .map(|_| ())
+            .map_err(|e| attach_error(spec, &e))
     }
 
     /// Writes the run-time config if it changed.
@@ -491,6 +478,16 @@ impl Kernel {
     pub fn ring_lost(&self) -> u64 {
         self.counter(counter::RINGBUF_LOST)
     }
+}
+
+fn attach_error(spec: &ProbeSpec, e: &dyn std::error::Error) -> String {
+    let s = chain(e);
+    let hint = if s.contains("Permission denied") || s.contains("EPERM") {
+        " (attaching tracepoints needs CAP_PERFMON and CAP_BPF, or root)"
+    } else {
+        ""
+    };
+    format!("cannot attach {}: {s}{hint}", spec.program)
 }
 
 fn is_eperm(e: &dyn std::error::Error) -> bool {
@@ -606,6 +603,9 @@ print fmt: \"family=%s\"
             return;
         }
         for spec in probe_specs().into_iter().chain(fork_child_specs()) {
+            if spec.btf {
+                continue;
+            }
             if !cfg!(target_arch = "x86_64") && spec.tracepoint.ends_with("fork") {
                 continue;
             }
