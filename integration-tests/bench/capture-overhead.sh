@@ -38,9 +38,11 @@
 # Environment (defaults): ROUNDS (2), DURATION (10s), THREADS (1 pinned, 2 otherwise),
 # CONNECTIONS (50), WORKERS (nginx worker_processes: SERVER_CPUS pinned, 2 otherwise),
 # BODY_BYTES (size of the static file, 612),
-# SENDFILE (off: bodies go through writev, which tandem captures; on: sendfile, which
-# it does not see), CAPTURE_BYTES (loader --capture-bytes, 1024), STRICT (1: exit 1
-# when the ratio is below 95%).
+# SENDFILE (off: bodies go through writev, which tandem captures; on: sendfile, whose
+# bytes tandem counts without capturing them), ACCESS_LOG (off; on: nginx's default,
+# one log line written per request), CAPTURE_BYTES (loader --capture-bytes, 1024),
+# LOADER_ARGS (more loader options, e.g. "--ring-buffer-kib 1024"), STRICT (1: exit
+# 1 when the ratio is below 95%).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -70,6 +72,8 @@ CAPTURE_BYTES=${CAPTURE_BYTES:-1024}
 STRICT=${STRICT:-0}
 SERVER_CPU_LIMIT=${SERVER_CPU_LIMIT:-0.5}
 STATS=${STATS:-1}
+ACCESS_LOG=${ACCESS_LOG:-off}
+LOADER_ARGS=${LOADER_ARGS:-}
 STATS_DURATION=${STATS_DURATION:-5s}
 
 say() { echo "bench: $*" >&2; }
@@ -107,6 +111,12 @@ if [ -z "$PORT" ]; then
   done
 fi
 
+case "$ACCESS_LOG" in
+  off) ACCESS_LOG_DIRECTIVE=off ;;
+  on) ACCESS_LOG_DIRECTIVE="$WORK/logs/access.log" ;;
+  *) die "ACCESS_LOG=$ACCESS_LOG: use on or off" ;;
+esac
+
 # nginx of its own: a copy of the binary (so the executable selection matches this
 # instance only), config, pid, logs and temp paths in $WORK.
 mkdir -p "$WORK"/{bin,www,logs,temp,run}
@@ -119,7 +129,7 @@ pid $WORK/nginx.pid;
 error_log $WORK/logs/error.log warn;
 events { worker_connections 4096; }
 http {
-    access_log off;
+    access_log $ACCESS_LOG_DIRECTIVE;
     default_type text/html;
     sendfile $SENDFILE;
     keepalive_requests 1000000;
@@ -230,7 +240,7 @@ for round in $(seq "$ROUNDS"); do
   say "round $round: without tandem: $base requests/s, nginx CPU $base_us us/request"
 
   rm -f "$WORK/run/loader.sock"
-  "${ON_OTHER[@]}" "$BIN/tandem-loader" --socket "$WORK/run/loader.sock" --capture-bytes "$CAPTURE_BYTES" \
+  "${ON_OTHER[@]}" "$BIN/tandem-loader" --socket "$WORK/run/loader.sock" --capture-bytes "$CAPTURE_BYTES" $LOADER_ARGS \
     2>"$WORK/loader-$round.log" &
   LOADER_PID=$!
   wait_log "$WORK/loader-$round.log" "ebpf source ready"

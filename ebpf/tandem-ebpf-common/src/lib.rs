@@ -107,7 +107,10 @@ pub mod counter {
     /// syscall whose buffers are not decoded (io_uring, sendmmsg/recvmmsg): no
     /// data record.
     pub const UNCAPTURED_SYSCALL: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Data records emitted on this CPU (every 32nd checks whether to wake the
+    /// loader up, see `Config::wakeup_bytes`).
+    pub const WAKEUP_TICK: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Which OpenSSL function a TLS uprobe fired for: the uprobe_multi cookie of each
@@ -297,6 +300,11 @@ pub struct Config {
     /// Offset of `exit_code` (int) in this kernel's `struct task_struct`, from its
     /// BTF; 0 when unknown (exit codes are then reported as -1).
     pub task_exit_code_offset: u32,
+    /// Data records wake the loader up (`BPF_RB_FORCE_WAKEUP`) once the ring
+    /// buffer holds at least this many bytes; below, they are written without
+    /// wake-up and the loader finds them at its next poll. 0: never.
+    pub wakeup_bytes: u32,
+    pub _pad2: u32,
 }
 
 /// Value of the `CONNS` map (key: the kernel `struct sock *`, never exported).
@@ -381,7 +389,10 @@ mod tests {
         assert_eq!(size_of::<CloseEvent>(), 32);
         assert_eq!(DATA_OFFSET, 24 + 8 + 8 + 4 + 1 + 1 + 2);
         assert_eq!(size_of::<DataEvent>(), DATA_OFFSET + MAX_CAPTURE_BYTES);
-        assert_eq!(size_of::<Config>(), 4 + 4 + 8 + 4 + 4 + 8 + 8 + 4 + 4);
+        assert_eq!(
+            size_of::<Config>(),
+            4 + 4 + 8 + 4 + 4 + 8 + 8 + 4 + 4 + 4 + 4
+        );
         assert_eq!(size_of::<ConnInfo>(), 8 + 4 + 2 + 1 + 1 + 2 + 2 + 4 + 32);
         assert_eq!(size_of::<SslCall>(), 40);
         assert_eq!(size_of::<SslKey>(), 16);

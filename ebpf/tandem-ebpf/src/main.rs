@@ -19,7 +19,10 @@
 use core::ptr;
 
 use aya_ebpf::{
-    bindings::{bpf_pidns_info, BPF_ANY, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    bindings::{
+        bpf_pidns_info, BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
+        BPF_RB_NO_WAKEUP,
+    },
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         generated::{
@@ -807,30 +810,48 @@ const _: () = assert!(core::mem::offset_of!(DataRecord<256>, data) == DATA_OFFSE
 /// reservation's size must be a constant).
 #[inline(always)]
 fn emit_data(id: u64, conn_id: u64, total: u64, src: u64, avail: u64, direction: u8, syscall: u8) {
-    let capture = config().map_or(0, |c| u64::from(c.capture_bytes));
+    let (capture, wakeup) = config().map_or((0, 0), |c| {
+        (u64::from(c.capture_bytes), u64::from(c.wakeup_bytes))
+    });
     let n = if src == 0 { 0 } else { avail.min(capture) };
     let h = header(kind::DATA, (id >> 32) as u32, id as u32);
+    // Wake the loader only when enough is waiting, so the ring buffer can stay
+    // small (and cache-resident) without a wake-up per record. Asking the ring
+    // how full it is reads a cache line the loader writes, so every 32nd record
+    // of a CPU asks.
+    let mut flags = BPF_RB_NO_WAKEUP as u64;
+    if wakeup != 0 {
+        if let Some(tick) = COUNTERS.get_ptr_mut(counter::WAKEUP_TICK) {
+            // SAFETY: per-CPU value; these programs do not nest on one CPU.
+            let t = unsafe {
+                *tick += 1;
+                *tick
+            };
+            if t & 31 == 0 && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup {
+                flags = BPF_RB_FORCE_WAKEUP as u64;
+            }
+        }
+    }
+    let r = (h, conn_id, total, src, n, direction, syscall, flags);
     if n <= 256 {
-        emit_sized::<256>(h, conn_id, total, src, n, direction, syscall);
+        emit_sized::<256>(r);
     } else if n <= 1024 {
-        emit_sized::<1024>(h, conn_id, total, src, n, direction, syscall);
+        emit_sized::<1024>(r);
     } else if n <= 4096 {
-        emit_sized::<4096>(h, conn_id, total, src, n, direction, syscall);
+        emit_sized::<4096>(r);
     } else {
-        emit_sized::<MAX_CAPTURE_BYTES>(h, conn_id, total, src, n, direction, syscall);
+        emit_sized::<MAX_CAPTURE_BYTES>(r);
     }
 }
+
+/// What [`emit_sized`] writes: header, connection id, total bytes, source, bytes
+/// to copy, direction, syscall, ring buffer submit flags.
+type Emit = (Header, u64, u64, u64, u64, u8, u8, u64);
 
 /// [`emit_data`] for one size class; `n <= N`, `N` a power of two.
 #[inline(always)]
 fn emit_sized<const N: usize>(
-    header: Header,
-    conn_id: u64,
-    total: u64,
-    src: u64,
-    n: u64,
-    direction: u8,
-    syscall: u8,
+    (header, conn_id, total, src, n, direction, syscall, flags): Emit,
 ) {
     let Some(mut entry) = EVENTS.reserve::<DataRecord<N>>(0) else {
         bump(counter::RINGBUF_LOST);
@@ -856,7 +877,7 @@ fn emit_sized<const N: usize>(
             }
         }
     }
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    entry.submit(flags);
 }
 
 // ---------------------------------------------------------------------------

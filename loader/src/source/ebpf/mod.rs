@@ -69,11 +69,17 @@ pub struct EbpfArgs {
     #[arg(long = "container-id", value_delimiter = ',', value_name = "ID")]
     pub container_ids: Vec<String>,
 
-    /// Size of the kernel ring buffer in KiB (a power of two, at least 4).
-    #[arg(long, env = "TANDEM_RING_BUFFER_KIB", default_value_t = 8192)]
+    /// Size of the kernel ring buffer in KiB (a power of two, at least 4). Small
+    /// on purpose: the kernel writes each record into the server's CPU cache, and
+    /// a ring that fits there costs the server far less than a large one (see
+    /// docs/benchmarks.md). The kernel wakes the loader up once it is a quarter
+    /// full; raise it if a loader that cannot run for a few milliseconds reports
+    /// kernel ring buffer losses.
+    #[arg(long, env = "TANDEM_RING_BUFFER_KIB", default_value_t = 512)]
     pub ring_buffer_kib: u32,
 
-    /// How often the ring buffer is drained, in milliseconds.
+    /// How often the ring buffer is drained, in milliseconds, when the kernel did
+    /// not ask earlier (it does once the ring buffer is a quarter full).
     #[arg(long, env = "TANDEM_POLL_INTERVAL_MS", default_value_t = 10)]
     pub poll_interval_ms: u64,
 
@@ -166,6 +172,10 @@ impl EventSource for EbpfSource {
     }
 }
 
+/// The kernel wakes the loader up early once the ring buffer is this fraction
+/// full (`Config::wakeup_bytes`); otherwise it is drained every poll interval.
+const WAKEUP_FRACTION: u32 = 4;
+
 /// Most records handled between two publishes.
 const MAX_RECORDS_PER_BATCH: usize = 8192;
 
@@ -257,7 +267,7 @@ impl EbpfSource {
                 }
             }
             if n < MAX_RECORDS_PER_BATCH {
-                std::thread::sleep(poll);
+                tracker.kernel().wait_ring(poll);
             }
         }
         info!(
@@ -304,6 +314,8 @@ pub fn start(
         pidns_ino,
         sk_protocol_offset,
         task_exit_code_offset,
+        wakeup_bytes: args.ring_buffer_kib * 1024 / WAKEUP_FRACTION,
+        _pad2: 0,
     };
     let mut kernel = Kernel::load(LoadOptions {
         ring_buffer_bytes: args.ring_buffer_kib * 1024,

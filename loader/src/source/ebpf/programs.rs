@@ -7,10 +7,12 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use tandem_ebpf_common::{counter, Config};
 use tandem_proto::v1::AttachedProbe;
 use tracing::{debug, warn};
@@ -185,6 +187,9 @@ pub struct Kernel {
     tls_programs: Option<Result<(OwnedFd, OwnedFd), String>>,
     /// The kernel's BTF, read when the first BTF tracepoint is loaded.
     btf: Option<Result<aya::Btf, String>>,
+    /// Edge-triggered epoll on the ring buffer: ready when a record was submitted
+    /// with a wake-up (the ring holds `Config::wakeup_bytes`). `None`: plain sleeps.
+    ring_epoll: Option<Epoll>,
 }
 
 /// The file descriptor of a map aya created.
@@ -280,6 +285,14 @@ impl Kernel {
         config
             .set(0, opts.config, 0)
             .map_err(|e| anyhow::anyhow!("cannot write the config map: {}", chain(&e)))?;
+        let ring_epoll = ring_epoll(&ring)
+            .map_err(|e| {
+                warn!(
+                    "cannot poll the ring buffer ({e}): it is drained every \
+                     --poll-interval-ms only"
+                )
+            })
+            .ok();
         Ok(Kernel {
             ebpf,
             pids,
@@ -291,6 +304,7 @@ impl Kernel {
             config_written: opts.config,
             tls_programs,
             btf: None,
+            ring_epoll,
         })
     }
 
@@ -474,10 +488,38 @@ impl Kernel {
             .unwrap_or(0)
     }
 
+    /// Waits up to `timeout` for the kernel to ask for a drain (a record submitted
+    /// while the ring buffer held `Config::wakeup_bytes` or more); returns at once
+    /// when it asked since the previous wait.
+    pub fn wait_ring(&self, timeout: Duration) {
+        match &self.ring_epoll {
+            Some(epoll) => {
+                let mut events = [EpollEvent::empty()];
+                let timeout = EpollTimeout::try_from(timeout).unwrap_or(EpollTimeout::MAX);
+                if let Err(e) = epoll.wait(&mut events, timeout) {
+                    if e != nix::errno::Errno::EINTR {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+            None => std::thread::sleep(timeout),
+        }
+    }
+
     /// Records the kernel dropped because the ring buffer was full.
     pub fn ring_lost(&self) -> u64 {
         self.counter(counter::RINGBUF_LOST)
     }
+}
+
+/// An edge-triggered epoll instance watching the ring buffer.
+fn ring_epoll(ring: &RingBuf<MapData>) -> nix::Result<Epoll> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    epoll.add(
+        ring.as_fd(),
+        EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, 0),
+    )?;
+    Ok(epoll)
 }
 
 fn attach_error(spec: &ProbeSpec, e: &dyn std::error::Error) -> String {
