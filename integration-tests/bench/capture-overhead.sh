@@ -305,6 +305,6 @@ printf '%s\n' "${results[@]}" | awk -v secs="$secs" -v strict="$STRICT" '
     printf "%-6s %14.0f %14.0f %7.1f%% %10.0f %8s %6d %7d%% %8d%% %10.2f %10.2f\n", "mean", b / n, w / n, ratio, ev / n, "", lost, lc / n, pc / n, bu / n, wu / n
     verdict = ratio >= 95 ? "meets" : "MISSES"
     printf "\nthroughput with tandem: %.1f%% of without; %s the >= 95%% target\n", ratio, verdict
-    printf "nginx CPU per request: %.2f us without, %.2f us with tandem (+%.1f%%)\n", bu / n, wu / n, 100 * (wu - bu) / bu
+    printf "nginx CPU per request: %.2f us without, %.2f us with tandem (%+.1f%%)\n", bu / n, wu / n, 100 * (wu - bu) / bu
     if (strict == 1 && ratio < 95) exit 1
   }'
