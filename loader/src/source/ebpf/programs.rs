@@ -381,12 +381,7 @@ impl Kernel {
                 spec.category, spec.tracepoint
             )
         })?;
-        let program: &mut TracePoint = self
-            .ebpf
-            .program_mut(spec.program)
-            .ok_or_else(|| format!("the eBPF object has no program {}", spec.program))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| chain(&e))?;
+        let program: &mut TracePoint = program_of(&mut self.ebpf, spec.program)?;
         if !loaded.contains(spec.program) {
             if let Err(e) = program.load() {
                 let msg = format!("cannot load program {}: {}", spec.program, chain(&e));
@@ -420,12 +415,7 @@ impl Kernel {
             })
             .as_ref()
             .map_err(Clone::clone)?;
-        let program: &mut BtfTracePoint = self
-            .ebpf
-            .program_mut(spec.program)
-            .ok_or_else(|| format!("the eBPF object has no program {}", spec.program))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| chain(&e))?;
+        let program: &mut BtfTracePoint = program_of(&mut self.ebpf, spec.program)?;
         if let Err(e) = program.load(spec.tracepoint, btf) {
             let msg = format!(
                 "cannot load program {} for BTF tracepoint {}: {}",
@@ -510,6 +500,18 @@ impl Kernel {
     pub fn ring_lost(&self) -> u64 {
         self.counter(counter::RINGBUF_LOST)
     }
+}
+
+/// The object's program `name` as the program type `T` (tracepoint, BTF
+/// tracepoint).
+fn program_of<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("the eBPF object has no program {name}"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| chain(&e))
 }
 
 /// An edge-triggered epoll instance watching the ring buffer.
