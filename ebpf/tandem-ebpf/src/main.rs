@@ -1,10 +1,11 @@
 //! tandem's kernel programs. See `ebpf/README.md` for the design and for the
-//! tracepoint formats each program relies on (user space checks those formats
-//! against tracefs before attaching).
+//! tracepoint formats each classic tracepoint program relies on (user space
+//! checks those formats against tracefs before attaching).
 //!
 //! Every program that runs in a process's context looks the current tgid up in
 //! `PIDS` first and returns when it is absent, so unselected processes pay one
-//! hash lookup per traced syscall.
+//! hash lookup per socket read or write (and nothing on other syscalls: no
+//! syscall tracepoint is attached outside the pid-namespace mode).
 //!
 //! Process ids: every pid the programs compare with `PIDS` or send to user space is
 //! a pid as the loader sees it. In the initial pid namespace that is the kernel's
@@ -130,8 +131,8 @@ fn is_traced(tgid: u32) -> bool {
 const PIDS_USES_SSL: u32 = 1 << 31;
 
 #[inline(always)]
-fn config() -> Option<Config> {
-    CONFIG.get(0).copied()
+fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
 }
 
 /// The current task's `tgid << 32 | tid` as the loader sees them, from its global
