@@ -110,7 +110,10 @@ pub mod counter {
     /// Data records emitted on this CPU (every 32nd checks whether to wake the
     /// loader up, see `Config::wakeup_bytes`).
     pub const WAKEUP_TICK: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Not a counter: `bpf_ktime_get_ns()` of this CPU's last forced wake-up of
+    /// the loader.
+    pub const WAKEUP_LAST_NS: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// Which OpenSSL function a TLS uprobe fired for: the uprobe_multi cookie of each

@@ -819,17 +819,25 @@ fn emit_data(id: u64, conn_id: u64, total: u64, src: u64, avail: u64, direction:
     // Wake the loader only when enough is waiting, so the ring buffer can stay
     // small (and cache-resident) without a wake-up per record. Asking the ring
     // how full it is reads a cache line the loader writes, so every 32nd record
-    // of a CPU asks.
+    // of a CPU asks; a wake-up costs this CPU an interrupt (irq_work), so a CPU
+    // forces one at most every WAKEUP_GAP_NS (a loader that is awake already
+    // needs none).
     let mut flags = BPF_RB_NO_WAKEUP as u64;
     if wakeup != 0 {
-        if let Some(tick) = COUNTERS.get_ptr_mut(counter::WAKEUP_TICK) {
-            // SAFETY: per-CPU value; these programs do not nest on one CPU.
-            let t = unsafe {
+        if let (Some(tick), Some(last)) = (
+            COUNTERS.get_ptr_mut(counter::WAKEUP_TICK),
+            COUNTERS.get_ptr_mut(counter::WAKEUP_LAST_NS),
+        ) {
+            // SAFETY: per-CPU values; these programs do not nest on one CPU.
+            unsafe {
                 *tick += 1;
-                *tick
-            };
-            if t & 31 == 0 && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup {
-                flags = BPF_RB_FORCE_WAKEUP as u64;
+                if *tick & 31 == 0
+                    && h.ts_ns.wrapping_sub(*last) >= WAKEUP_GAP_NS
+                    && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup
+                {
+                    *last = h.ts_ns;
+                    flags = BPF_RB_FORCE_WAKEUP as u64;
+                }
             }
         }
     }
@@ -844,6 +852,9 @@ fn emit_data(id: u64, conn_id: u64, total: u64, src: u64, avail: u64, direction:
         emit_sized::<MAX_CAPTURE_BYTES>(r);
     }
 }
+
+/// Least time between two wake-ups of the loader forced by one CPU.
+const WAKEUP_GAP_NS: u64 = 1_000_000;
 
 /// What [`emit_sized`] writes: header, connection id, total bytes, source, bytes
 /// to copy, direction, syscall, ring buffer submit flags.

@@ -173,8 +173,14 @@ impl EventSource for EbpfSource {
 }
 
 /// The kernel wakes the loader up early once the ring buffer is this fraction
-/// full (`Config::wakeup_bytes`); otherwise it is drained every poll interval.
+/// full, or holds [`WAKEUP_MAX_BYTES`] (`Config::wakeup_bytes`); otherwise it is
+/// drained every poll interval.
 const WAKEUP_FRACTION: u32 = 4;
+
+/// Drained by then, records are still in the traced CPU's cache when the kernel
+/// writes the next ones (see docs/benchmarks.md); the rest of a larger ring is
+/// slack for a loader that cannot run at once.
+const WAKEUP_MAX_BYTES: u32 = 128 * 1024;
 
 /// Most records handled between two publishes.
 const MAX_RECORDS_PER_BATCH: usize = 8192;
@@ -314,7 +320,7 @@ pub fn start(
         pidns_ino,
         sk_protocol_offset,
         task_exit_code_offset,
-        wakeup_bytes: args.ring_buffer_kib * 1024 / WAKEUP_FRACTION,
+        wakeup_bytes: (args.ring_buffer_kib * 1024 / WAKEUP_FRACTION).min(WAKEUP_MAX_BYTES),
         _pad2: 0,
     };
     let mut kernel = Kernel::load(LoadOptions {
