@@ -29,13 +29,13 @@
 # ~85% of the other CPU, which it shares with the loader and the processor, and the
 # ratio measures that competition instead (see docs/benchmarks.md).
 #
-# The kernel side is measured too (STATS=1, default): after each run with tandem, a
+# The kernel side is measured too (STATS=1, default): after the first run with tandem, a
 # shorter run (STATS_DURATION, 5s) with kernel.bpf_stats_enabled on prints each eBPF
 # program's runs and nanoseconds per run (bpftool, installed by scripts/setup.sh),
 # and their sum per request. bpf_stats adds two clock reads per program run, so
 # that run is not used for the throughput figures.
 #
-# Environment (defaults): ROUNDS (2), DURATION (10s), THREADS (1 pinned, 2 otherwise),
+# Environment (defaults): ROUNDS (6), DURATION (10s), THREADS (1 pinned, 2 otherwise),
 # CONNECTIONS (50), WORKERS (nginx worker_processes: SERVER_CPUS pinned, 2 otherwise),
 # BODY_BYTES (size of the static file, 612),
 # SENDFILE (off: bodies go through writev, which tandem captures; on: sendfile, whose
@@ -46,7 +46,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-6}
 DURATION=${DURATION:-10s}
 PIN=${PIN:-1}
 NCPU=$(nproc)
@@ -257,7 +257,8 @@ for round in $(seq "$ROUNDS"); do
   # CPU used during the run, in % of one core.
   loader_cpu=$(( (l1 - l0) * 100 / HZ / secs ))
   processor_cpu=$(( (p1 - p0) * 100 / HZ / secs ))
-  if [ "$STATS" = 1 ]; then
+  stats_rps=0
+  if [ "$STATS" = 1 ] && [ "$round" = 1 ]; then
     sysctl -qw kernel.bpf_stats_enabled=1
     prog_stats >"$WORK/progs0-$round.txt"
     read -r stats_rps _ <<<"$(DURATION=$STATS_DURATION run_wrk "stats-$round")"
