@@ -89,7 +89,7 @@ pub mod port_how {
 
 /// Indices of the per-CPU `COUNTERS` array.
 pub mod counter {
-    /// Ring buffer records dropped because `bpf_ringbuf_output` failed (ring full).
+    /// Ring buffer records dropped because a reservation or output failed (ring full).
     pub const RINGBUF_LOST: u32 = 0;
     /// Connection ids handed out on this CPU (see `conn_id` in the eBPF crate).
     pub const CONN_IDS: u32 = 1;
@@ -101,19 +101,17 @@ pub mod counter {
     /// Plaintext of an `SSL_*` call not emitted because the call's connection was
     /// unknown (no socket syscall seen for that `SSL *` in this process yet).
     pub const TLS_UNKNOWN_CONNECTION: u32 = 4;
-    /// Retired (the in-flight syscall map of the syscall-tracepoint data path).
-    pub const RETIRED_5: u32 = 5;
     /// Socket reads/writes of traced processes on TCP sockets made through a
     /// syscall whose buffers are not decoded (io_uring, sendmmsg/recvmmsg): no
     /// data record.
-    pub const UNCAPTURED_SYSCALL: u32 = 6;
+    pub const UNCAPTURED_SYSCALL: u32 = 5;
     /// Data records emitted on this CPU (every 32nd checks whether to wake the
     /// loader up, see `Config::wakeup_bytes`).
-    pub const WAKEUP_TICK: u32 = 7;
+    pub const WAKEUP_TICK: u32 = 6;
     /// Not a counter: `bpf_ktime_get_ns()` of this CPU's last forced wake-up of
     /// the loader.
-    pub const WAKEUP_LAST_NS: u32 = 8;
-    pub const COUNT: u32 = 9;
+    pub const WAKEUP_LAST_NS: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Which OpenSSL function a TLS uprobe fired for: the uprobe_multi cookie of each
@@ -214,8 +212,9 @@ pub struct CloseEvent {
     pub conn_id: u64,
 }
 
-/// [`kind::DATA`]. Only the first `DATA_OFFSET + captured_len` bytes are written
-/// to the ring buffer.
+/// [`kind::DATA`]. The kernel writes the first `DATA_OFFSET + captured_len`
+/// bytes of it, in a ring buffer record of a size class that may be larger (user
+/// space reads `captured_len`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct DataEvent {

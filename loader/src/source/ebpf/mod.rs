@@ -189,7 +189,10 @@ impl EbpfSource {
     fn run_blocking(self, mut ctx: SourceContext) -> anyhow::Result<()> {
         report_capabilities();
         if let Err(e) = programs::ensure_tracefs() {
-            warn!("{e}; tracepoints cannot be attached");
+            warn!(
+                "{e}; the classic tracepoints (process lifecycle, TCP state) cannot be \
+                 attached, the data path's BTF tracepoints can"
+            );
         }
         let hub = ctx.sink.clone();
         let (mut tracker, mut probes) = start(&self.args, self.flags.clone())?;
