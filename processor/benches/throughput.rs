@@ -40,7 +40,7 @@ use tandem_proto::{Event, EventKind};
 
 use tandem_processor::export::encode::encode_spans;
 use tandem_processor::export::traces::MAX_BATCH;
-use tandem_processor::model::HttpTransaction;
+use tandem_processor::model::Transaction;
 use tandem_processor::pipeline::metrics::MetricsRegistry;
 use tandem_processor::pipeline::resource::{ProcessMap, ProcessResource, ResourceSettings};
 use tandem_processor::pipeline::route::Router;
@@ -180,7 +180,7 @@ fn iteration(events: &[Event], offset: i64) -> Result<Run, String> {
     let mut metrics = MetricsRegistry::default();
     let ids = RandomIdGenerator::default();
     let sampler = Sampler::default();
-    let mut transactions: Vec<HttpTransaction> = Vec::new();
+    let mut transactions: Vec<Transaction> = Vec::new();
     let mut batch: Vec<(Arc<ProcessResource>, SpanData)> = Vec::with_capacity(MAX_BATCH);
 
     let started = Instant::now();
@@ -195,7 +195,8 @@ fn iteration(events: &[Event], offset: i64) -> Result<Run, String> {
         for tx in transactions.drain(..) {
             run.transactions += 1;
             let t = Instant::now();
-            let routed = router.route(&tx.request.path);
+            let path = tx.http().map_or("", |h| h.request.path.as_str());
+            let routed = router.route(path);
             let process = processes.get(tx.pid);
             let t_metrics = Instant::now();
             if !routed.ignore_metrics {

@@ -14,7 +14,6 @@ use tandem_processor::kube::discovery::KubeDiscovery;
 use tandem_processor::pipeline::{self, Pipeline};
 use tandem_processor::printer::{PrintFormat, Printer};
 use tandem_processor::stats::{SeqCheck, Stats};
-use tandem_processor::stitch::db::DbStitcher;
 use tandem_processor::stitch::Stitcher;
 use tandem_proto::process::{shutdown_on_signals, LogFormat};
 
@@ -214,8 +213,6 @@ async fn run(cli: Cli, config: Config, privileged: Option<String>) -> anyhow::Re
     let mut stats = Stats::default();
     let mut transactions = Vec::new();
     let (posture_tx, mut posture_rx) = tokio::sync::watch::channel(None);
-    let mut db_stitcher = DbStitcher::new();
-    let mut db_transactions = Vec::new();
     let client_config = ClientConfig {
         socket: cli.socket.clone(),
         name: cli.name.clone(),
@@ -274,13 +271,9 @@ async fn run(cli: Cli, config: Config, privileged: Option<String>) -> anyhow::Re
                 pipeline.on_process(p);
             }
             stitcher.push(event, offset, &mut transactions);
-            db_stitcher.push(event, offset, &mut db_transactions);
         }
         for tx in transactions.drain(..) {
             pipeline.on_transaction(&tx);
-        }
-        for tx in db_transactions.drain(..) {
-            pipeline.on_db_transaction(&tx);
         }
         if let Some(marker) = &gap {
             print_or_warn(&printer, std::slice::from_ref(marker), offset);
@@ -312,7 +305,6 @@ async fn run(cli: Cli, config: Config, privileged: Option<String>) -> anyhow::Re
     }
     info!(
         stitch = ?stitcher.stats(),
-        db = ?db_stitcher.stats(),
         pipeline = ?pipeline_stats,
         "processor stopped: {stats}"
     );

@@ -1,11 +1,17 @@
-//! What the processor makes of raw events: transactions (one request and its
-//! response on one connection). Produced by `stitch`, consumed by the pipeline
-//! (routes, sampling, spans, metrics, export).
+//! What the processor makes of raw events: one [`Transaction`] type for every
+//! protocol — a request and its answer on one connection of one process. The
+//! connection, process and timing metadata are shared; the protocol part
+//! ([`Exchange`]) says what was asked and answered. `stitch` produces them; the
+//! pipeline stages (route, metrics, span, sampling, decoration) and the sinks
+//! consume them.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
+use crate::settings::Instrumentation;
+
 /// Which side of the connection the instrumented process is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
     /// It accepted the connection: SERVER spans.
     Server,
@@ -13,28 +19,157 @@ pub enum Side {
     Client,
 }
 
-/// An HTTP/1.x request as seen on the wire.
+/// How a transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// The answer was seen to its last byte.
+    Complete,
+    /// The connection closed before the answer ended (or before any answer).
+    ConnectionClosed,
+    /// The capture was cut short in the headers (or in a chunked body's framing),
+    /// bytes did not parse, or events were lost; what is known is reported.
+    Truncated,
+}
+
+/// One request and its answer on one connection of one process, any protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transaction {
+    pub pid: u32,
+    /// The thread that carried the request's first byte.
+    pub tid: u32,
+    pub conn_id: u64,
+    pub side: Side,
+    /// The instrumented process's address, and its peer's.
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    /// CLOCK_MONOTONIC ns of the request's first byte (the data event's timestamp).
+    pub start_mono_ns: u64,
+    /// CLOCK_MONOTONIC ns of the answer's last byte (or of the close, the loss).
+    pub end_mono_ns: u64,
+    /// CLOCK_REALTIME - CLOCK_MONOTONIC for converting the two above.
+    pub realtime_offset_ns: i64,
+    pub completion: Completion,
+    /// What was asked and answered.
+    pub exchange: Exchange,
+}
+
+/// The protocol part of a [`Transaction`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Exchange {
+    /// An HTTP/1.x or HTTP/2 request (gRPC calls included) and its response.
+    Http(HttpExchange),
+    /// A database operation (PostgreSQL, MySQL, Redis) and its answer.
+    Db(DbOperation),
+}
+
+impl Transaction {
+    /// The HTTP part, for HTTP transactions.
+    pub fn http(&self) -> Option<&HttpExchange> {
+        match &self.exchange {
+            Exchange::Http(h) => Some(h),
+            Exchange::Db(_) => None,
+        }
+    }
+
+    /// The database part, for database operations.
+    pub fn db(&self) -> Option<&DbOperation> {
+        match &self.exchange {
+            Exchange::Db(d) => Some(d),
+            Exchange::Http(_) => None,
+        }
+    }
+
+    /// The OBI instrumentation the transaction belongs to (`http`, `grpc`, `sql`,
+    /// `redis`), which `*.instrumentations` switch on and off.
+    pub fn instrumentation(&self) -> Instrumentation {
+        match &self.exchange {
+            Exchange::Http(h) if h.is_grpc() => Instrumentation::Grpc,
+            Exchange::Http(_) => Instrumentation::Http,
+            Exchange::Db(d) => match d.system {
+                DbSystem::Redis => Instrumentation::Redis,
+                DbSystem::Postgresql | DbSystem::Mysql => Instrumentation::Sql,
+            },
+        }
+    }
+
+    /// The protocol's short name, for counters: `http1`, `http2`, `grpc`,
+    /// `postgresql`, `mysql`, `redis`.
+    pub fn protocol_name(&self) -> &'static str {
+        match &self.exchange {
+            Exchange::Http(h) if h.is_grpc() => "grpc",
+            Exchange::Http(h) if h.request.version == HTTP_2 => "http2",
+            Exchange::Http(_) => "http1",
+            Exchange::Db(d) => d.system.name(),
+        }
+    }
+
+    /// Duration in seconds (never negative).
+    pub fn duration_secs(&self) -> f64 {
+        self.end_mono_ns.saturating_sub(self.start_mono_ns) as f64 / 1e9
+    }
+}
+
+/// `network.protocol.version` values.
+pub const HTTP_1_0: &str = "1.0";
+pub const HTTP_1_1: &str = "1.1";
+pub const HTTP_2: &str = "2";
+
+/// An HTTP request and, when one was seen, its response.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HttpExchange {
+    pub request: HttpRequest,
+    /// `None` when the connection closed before a response started (or, with
+    /// `Completion::Truncated`, when events were lost before it was seen).
+    pub response: Option<HttpResponse>,
+}
+
+impl HttpExchange {
+    /// A gRPC call: HTTP/2 with a `content-type` of `application/grpc` (or
+    /// `application/grpc+proto`, `application/grpc;...`) on the request or response.
+    pub fn is_grpc(&self) -> bool {
+        let grpc_type = |v: &str| {
+            let v = v.trim();
+            let lower = |p: &str| {
+                v.as_bytes()
+                    .get(..p.len())
+                    .is_some_and(|b| b.eq_ignore_ascii_case(p.as_bytes()))
+            };
+            v.eq_ignore_ascii_case("application/grpc")
+                || lower("application/grpc+")
+                || lower("application/grpc;")
+        };
+        self.request.version == HTTP_2
+            && (self.request.header("content-type").is_some_and(grpc_type)
+                || self
+                    .response
+                    .as_ref()
+                    .and_then(|r| r.header("content-type"))
+                    .is_some_and(grpc_type))
+    }
+}
+
+/// An HTTP request as seen on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HttpRequest {
-    /// e.g. `GET`; as sent (case preserved).
-    pub method: String,
+    /// e.g. `GET`; as sent (case preserved). Borrowed for the common methods.
+    pub method: Cow<'static, str>,
     /// The request target without the query string, e.g. `/users/42`.
     pub path: String,
     /// The query string without `?`, if any.
     pub query: Option<String>,
-    /// `1.0` or `1.1`.
-    pub version: String,
+    /// `1.0`, `1.1` or `2` ([`HTTP_1_0`], [`HTTP_1_1`], [`HTTP_2`]).
+    pub version: &'static str,
     /// Header names lower-cased, in order; at most `MAX_HEADERS`, values bounded.
     pub headers: Vec<(String, String)>,
     /// Body bytes (after de-chunking accounting), as far as known.
     pub body_size: u64,
 }
 
-/// An HTTP/1.x response as seen on the wire.
+/// An HTTP response as seen on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HttpResponse {
     pub status: u16,
-    pub version: String,
+    pub version: &'static str,
     pub headers: Vec<(String, String)>,
     pub body_size: u64,
 }
@@ -50,8 +185,8 @@ impl HttpRequest {
     }
 }
 
-#[cfg(test)]
 impl HttpResponse {
+    /// First value of header `name` (lower-case).
     pub fn header(&self, name: &str) -> Option<&str> {
         header(&self.headers, name)
     }
@@ -64,42 +199,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// How a transaction ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Completion {
-    /// The response was seen to its last byte.
-    Complete,
-    /// The connection closed before the response ended (or before any response).
-    ConnectionClosed,
-    /// The capture was cut short in the headers (or in a chunked body's framing),
-    /// bytes did not parse, or events were lost; what is known is reported.
-    Truncated,
-}
-
-/// One HTTP request and its response on one connection of one process.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpTransaction {
-    pub pid: u32,
-    pub tid: u32,
-    pub conn_id: u64,
-    pub side: Side,
-    /// The instrumented process's address, and its peer's.
-    pub local: Option<SocketAddr>,
-    pub peer: Option<SocketAddr>,
-    pub request: HttpRequest,
-    /// `None` when the connection closed before a response started (or, with
-    /// `Completion::Truncated`, when events were lost before it was seen).
-    pub response: Option<HttpResponse>,
-    /// CLOCK_MONOTONIC ns of the request's first byte (the data event's timestamp).
-    pub start_mono_ns: u64,
-    /// CLOCK_MONOTONIC ns of the response's last byte (or of the close).
-    pub end_mono_ns: u64,
-    /// CLOCK_REALTIME - CLOCK_MONOTONIC for converting the two above.
-    pub realtime_offset_ns: i64,
-    pub completion: Completion,
-}
-
-/// Which database protocol a [`DbTransaction`] was read from (`db.system.name`).
+/// Which database protocol a [`DbOperation`] was read from (`db.system.name`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DbSystem {
     /// PostgreSQL frontend/backend protocol 3.0 (an SQL database).
@@ -131,15 +231,9 @@ pub struct DbError {
     pub message: String,
 }
 
-/// One database operation (a query, a command) and its answer on one connection.
+/// One database operation (a query, a command) and its answer.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DbTransaction {
-    pub pid: u32,
-    pub tid: u32,
-    pub conn_id: u64,
-    pub side: Side,
-    pub local: Option<SocketAddr>,
-    pub peer: Option<SocketAddr>,
+pub struct DbOperation {
     pub system: DbSystem,
     /// `db.operation.name`: `SELECT`, `GET`, ...
     pub operation: Option<String>,
@@ -151,8 +245,18 @@ pub struct DbTransaction {
     /// `db.namespace`: the database the connection uses (PostgreSQL's startup
     /// `database`, MySQL's handshake or `COM_INIT_DB`), when seen.
     pub namespace: Option<String>,
-    pub start_mono_ns: u64,
-    pub end_mono_ns: u64,
-    pub realtime_offset_ns: i64,
-    pub completion: Completion,
+}
+
+/// The methods the HTTP semantic conventions know (others are `_OTHER`).
+pub const KNOWN_METHODS: [&str; 9] = [
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+];
+
+/// A method as sent: the known ones as static strings (no allocation per request),
+/// others as text (invalid UTF-8 replaced).
+pub fn method_from_bytes(method: &[u8]) -> Cow<'static, str> {
+    match KNOWN_METHODS.iter().find(|m| m.as_bytes() == method) {
+        Some(m) => Cow::Borrowed(m),
+        None => Cow::Owned(String::from_utf8_lossy(method).into_owned()),
+    }
 }

@@ -8,7 +8,7 @@
 //!   queueing start and its processing start; tandem knows one start, printed twice.
 //! * `json` / `json_indent`: one JSON object per span (one line / indented), with the
 //!   fields of the text line plus every span attribute.
-//! * Database spans ([`Printer::print_db`]): `START (DURATION[DURATION]) TYPE CODE NAME
+//! * Database spans: `START (DURATION[DURATION]) TYPE CODE NAME
 //!   [FROM]->[TO] svc=[SERVICE] traceparent=[...]`, TYPE `SQLClient`, `SQLServer`,
 //!   `RedisClient` or `RedisServer`, CODE the error code or 0.
 //! * `counter`: nothing per span; `Processed N requests` at shutdown.
@@ -24,8 +24,7 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::trace::SpanData;
 use serde_json::{json, Map, Value};
 
-use crate::model::{DbSystem, DbTransaction, HttpTransaction, Side};
-use crate::pipeline::db::DbSpanRecord;
+use crate::model::{DbOperation, DbSystem, Exchange, HttpExchange, Side, Transaction};
 use crate::pipeline::resource::ProcessResource;
 use crate::pipeline::span::SpanRecord;
 use crate::settings::TracePrinter;
@@ -62,21 +61,21 @@ impl Printer {
         }
     }
 
-    pub fn print(&mut self, rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource) {
-        self.span(
-            || text_line(rec, tx, process),
-            || json_value(rec, tx, process),
-        );
-    }
-
-    /// Prints a database span: the text line has TYPE `SQLClient`/`SQLServer`,
-    /// `RedisClient`/`RedisServer`, the error code (or 0) as STATUS, the span name
-    /// for METHOD PATH; the JSON forms carry the span's attributes.
-    pub fn print_db(&mut self, rec: &DbSpanRecord, tx: &DbTransaction, process: &ProcessResource) {
-        self.span(
-            || db_text_line(rec, tx, process),
-            || db_json_value(rec, tx, process),
-        );
+    /// Prints the span of `tx`. A database span's text line has TYPE
+    /// `SQLClient`/`SQLServer`, `RedisClient`/`RedisServer`, the error code (or 0)
+    /// as STATUS, the span name for METHOD PATH; the JSON forms carry the span's
+    /// attributes.
+    pub fn print(&mut self, rec: &SpanRecord, tx: &Transaction, process: &ProcessResource) {
+        match &tx.exchange {
+            Exchange::Http(h) => self.span(
+                || text_line(rec, tx, h, process),
+                || json_value(rec, tx, h, process),
+            ),
+            Exchange::Db(op) => self.span(
+                || db_text_line(rec, tx, op, process),
+                || db_json_value(rec, tx, op, process),
+            ),
+        }
     }
 
     /// Counts one span and prints it in the configured format: `text` its text line,
@@ -152,7 +151,12 @@ fn attributes_json(d: &SpanData) -> Map<String, Value> {
     attrs
 }
 
-fn text_line(rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource) -> String {
+fn text_line(
+    rec: &SpanRecord,
+    tx: &Transaction,
+    h: &HttpExchange,
+    process: &ProcessResource,
+) -> String {
     let d = &rec.data;
     let dur = d.end_time.duration_since(d.start_time).unwrap_or_default();
     let (from, to) = endpoints(tx.side, tx.local, tx.peer);
@@ -160,11 +164,11 @@ fn text_line(rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource) 
         "{} ({dur:?}[{dur:?}]) {} {} {} {} [{from}]->[{to}] contentLen:{}B responseLen:{}B svc=[{}] traceparent=[{}]",
         utc(d.start_time),
         if d.span_kind == SpanKind::Server { "HTTP" } else { "HTTPClient" },
-        rec.status_code.unwrap_or(0),
-        rec.method,
-        rec.path,
-        tx.request.body_size,
-        tx.response.as_ref().map_or(0, |r| r.body_size),
+        h.response.as_ref().map_or(0, |r| r.status),
+        h.request.method,
+        h.request.path,
+        h.request.body_size,
+        h.response.as_ref().map_or(0, |r| r.body_size),
         process.service_name,
         traceparent(&rec.data),
     )
@@ -200,7 +204,12 @@ fn span_json(
     }
 }
 
-fn json_value(rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource) -> Value {
+fn json_value(
+    rec: &SpanRecord,
+    tx: &Transaction,
+    h: &HttpExchange,
+    process: &ProcessResource,
+) -> Value {
     let d = &rec.data;
     let kind = if d.span_kind == SpanKind::Server {
         "HTTP"
@@ -210,13 +219,13 @@ fn json_value(rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource)
     let ends = endpoints(tx.side, tx.local, tx.peer);
     let mut fields = span_json(kind, d, rec.sampled, process, ends);
     let http = [
-        ("method", json!(rec.method)),
-        ("path", json!(rec.path)),
-        ("status", json!(rec.status_code.unwrap_or(0))),
-        ("contentLen", json!(tx.request.body_size)),
+        ("method", json!(h.request.method)),
+        ("path", json!(h.request.path)),
+        ("status", json!(h.response.as_ref().map_or(0, |r| r.status))),
+        ("contentLen", json!(h.request.body_size)),
         (
             "responseLen",
-            json!(tx.response.as_ref().map_or(0, |r| r.body_size)),
+            json!(h.response.as_ref().map_or(0, |r| r.body_size)),
         ),
         ("parentSpanID", json!(d.parent_span_id.to_string())),
     ];
@@ -226,8 +235,8 @@ fn json_value(rec: &SpanRecord, tx: &HttpTransaction, process: &ProcessResource)
     Value::Object(fields)
 }
 
-fn db_type(tx: &DbTransaction) -> &'static str {
-    match (tx.system, tx.side) {
+fn db_type(tx: &Transaction, op: &DbOperation) -> &'static str {
+    match (op.system, tx.side) {
         (DbSystem::Redis, Side::Client) => "RedisClient",
         (DbSystem::Redis, Side::Server) => "RedisServer",
         (_, Side::Client) => "SQLClient",
@@ -235,15 +244,20 @@ fn db_type(tx: &DbTransaction) -> &'static str {
     }
 }
 
-fn db_text_line(rec: &DbSpanRecord, tx: &DbTransaction, process: &ProcessResource) -> String {
+fn db_text_line(
+    rec: &SpanRecord,
+    tx: &Transaction,
+    op: &DbOperation,
+    process: &ProcessResource,
+) -> String {
     let d = &rec.data;
     let dur = d.end_time.duration_since(d.start_time).unwrap_or_default();
     let (from, to) = endpoints(tx.side, tx.local, tx.peer);
     format!(
         "{} ({dur:?}[{dur:?}]) {} {} {} [{from}]->[{to}] svc=[{}] traceparent=[{}]",
         utc(d.start_time),
-        db_type(tx),
-        tx.error
+        db_type(tx, op),
+        op.error
             .as_ref()
             .and_then(|e| e.code.clone())
             .unwrap_or_else(|| "0".to_string()),
@@ -253,10 +267,15 @@ fn db_text_line(rec: &DbSpanRecord, tx: &DbTransaction, process: &ProcessResourc
     )
 }
 
-fn db_json_value(rec: &DbSpanRecord, tx: &DbTransaction, process: &ProcessResource) -> Value {
+fn db_json_value(
+    rec: &SpanRecord,
+    tx: &Transaction,
+    op: &DbOperation,
+    process: &ProcessResource,
+) -> Value {
     let ends = endpoints(tx.side, tx.local, tx.peer);
     Value::Object(span_json(
-        db_type(tx),
+        db_type(tx, op),
         &rec.data,
         rec.sampled,
         process,
@@ -317,34 +336,35 @@ mod tests {
 
     #[test]
     fn database_spans_print() {
-        use crate::model::{Completion, DbError, DbTransaction};
-        use crate::pipeline::db::build_db_span;
+        use crate::model::{Completion, DbError};
         let buf = Buf::default();
         let mut p = Printer::new(TracePrinter::Text, Box::new(buf.clone()));
         let mut procs = ProcessMap::new(ResourceSettings::default());
-        let t = DbTransaction {
+        let t = Transaction {
             pid: 42,
             tid: 42,
             conn_id: 1,
             side: Side::Client,
             local: Some("127.0.0.1:40000".parse().expect("addr")),
             peer: Some("127.0.0.1:5432".parse().expect("addr")),
-            system: DbSystem::Postgresql,
-            operation: Some("SELECT".into()),
-            collection: Some("nope".into()),
-            query_text: Some("SELECT * FROM nope".into()),
-            error: Some(DbError {
-                code: Some("42P01".into()),
-                message: "relation \"nope\" does not exist".into(),
+            exchange: Exchange::Db(DbOperation {
+                system: DbSystem::Postgresql,
+                operation: Some("SELECT".into()),
+                collection: Some("nope".into()),
+                query_text: Some("SELECT * FROM nope".into()),
+                error: Some(DbError {
+                    code: Some("42P01".into()),
+                    message: "relation \"nope\" does not exist".into(),
+                }),
+                namespace: None,
             }),
-            namespace: None,
             start_mono_ns: 1_000_000,
             end_mono_ns: 3_000_000,
             realtime_offset_ns: 0,
             completion: Completion::Complete,
         };
-        let rec = build_db_span(&t, Sampler::AlwaysOn, &SeqIds::default());
-        p.print_db(&rec, &t, &procs.get(42));
+        let rec = build_span(&t, None, Sampler::AlwaysOn, &SeqIds::default());
+        p.print(&rec, &t, &procs.get(42));
         let out = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8");
         assert!(
             out.contains(" SQLClient 42P01 SELECT nope [127.0.0.1:40000]->[127.0.0.1:5432] "),
@@ -352,7 +372,7 @@ mod tests {
         );
         let mut p = Printer::new(TracePrinter::Json, Box::new(buf.clone()));
         buf.0.lock().expect("lock").clear();
-        p.print_db(&rec, &t, &procs.get(42));
+        p.print(&rec, &t, &procs.get(42));
         let out = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8");
         let v: Value = serde_json::from_str(out.trim()).expect("json");
         assert_eq!(v["type"], "SQLClient");

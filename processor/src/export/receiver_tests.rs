@@ -146,10 +146,13 @@ async fn run_case(traces: OtlpSignal, metrics: OtlpSignal, r: &Receiver, transpo
     });
     let mut server = tx(Side::Server, "GET", "/users/42", Some(200));
     server.pid = 4242;
-    server.request.headers.push((
-        "traceparent".into(),
-        format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01"),
-    ));
+    crate::pipeline::span::tests::http_mut(&mut server)
+        .request
+        .headers
+        .push((
+            "traceparent".into(),
+            format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01"),
+        ));
     let mut client = tx(Side::Client, "POST", "/pay", Some(503));
     client.pid = 4242;
     let mut health = tx(Side::Server, "GET", "/health", Some(200));

@@ -19,39 +19,37 @@
 
 use opentelemetry::trace::{SpanContext, Status, TraceFlags, TraceState};
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::trace::{IdGenerator, SpanData};
+use opentelemetry_sdk::trace::IdGenerator;
 
-use crate::model::{Completion, DbTransaction, Side};
+use crate::model::{Completion, DbOperation, Side, Transaction};
 use crate::pipeline::sample::{should_sample, Parent};
-use crate::pipeline::span::{span_data, span_times};
+use crate::pipeline::span::{span_data, span_times, SpanRecord};
 use crate::settings::Sampler;
 
-/// A database span ready to export when `sampled`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DbSpanRecord {
-    pub data: SpanData,
-    pub sampled: bool,
-}
-
-/// The span name of `tx`.
-pub fn span_name(tx: &DbTransaction) -> String {
-    match (&tx.operation, &tx.collection) {
-        (Some(op), Some(c)) => format!("{op} {c}"),
-        (Some(op), None) => op.clone(),
-        _ => tx.system.name().to_string(),
+/// The span name of `op`.
+pub fn span_name(op: &DbOperation) -> String {
+    match (&op.operation, &op.collection) {
+        (Some(o), Some(c)) => format!("{o} {c}"),
+        (Some(o), None) => o.clone(),
+        _ => op.system.name().to_string(),
     }
 }
 
 /// `error.type` of a failed operation, `None` when it succeeded.
-pub fn db_error_type(tx: &DbTransaction) -> Option<String> {
-    if let Some(e) = &tx.error {
+pub fn db_error_type(tx: &Transaction, op: &DbOperation) -> Option<String> {
+    if let Some(e) = &op.error {
         return Some(e.code.clone().unwrap_or_else(|| "_OTHER".to_string()));
     }
     (tx.completion == Completion::ConnectionClosed).then(|| "connection_closed".to_string())
 }
 
-/// Builds the span of `tx`.
-pub fn build_db_span(tx: &DbTransaction, sampler: Sampler, ids: &dyn IdGenerator) -> DbSpanRecord {
+/// Builds the span of the database operation `tx` (whose part is `op`).
+pub fn build_db_span(
+    tx: &Transaction,
+    op: &DbOperation,
+    sampler: Sampler,
+    ids: &dyn IdGenerator,
+) -> SpanRecord {
     let trace_id = ids.new_trace_id();
     let sampled = should_sample(sampler, trace_id, Parent::None);
     let flags = if sampled {
@@ -69,8 +67,8 @@ pub fn build_db_span(tx: &DbTransaction, sampler: Sampler, ids: &dyn IdGenerator
     let is_server = tx.side == Side::Server;
     let server_end = if is_server { tx.local } else { tx.peer };
 
-    let mut attrs = operation_attributes(tx);
-    if let Some(q) = &tx.query_text {
+    let mut attrs = operation_attributes(op);
+    if let Some(q) = &op.query_text {
         attrs.push(KeyValue::new("db.query.text", q.clone()));
     }
     if let Some(s) = server_end {
@@ -81,11 +79,11 @@ pub fn build_db_span(tx: &DbTransaction, sampler: Sampler, ids: &dyn IdGenerator
         attrs.push(KeyValue::new("network.peer.address", p.ip().to_string()));
         attrs.push(KeyValue::new("network.peer.port", i64::from(p.port())));
     }
-    if let Some(code) = tx.error.as_ref().and_then(|e| e.code.clone()) {
+    if let Some(code) = op.error.as_ref().and_then(|e| e.code.clone()) {
         attrs.push(KeyValue::new("db.response.status_code", code));
     }
-    let error_type = db_error_type(tx);
-    let status = match (&error_type, &tx.error) {
+    let error_type = db_error_type(tx, op);
+    let status = match (&error_type, &op.error) {
         (Some(_), Some(e)) => Status::error(e.message.clone()),
         (Some(_), None) => Status::error(""),
         _ => Status::Unset,
@@ -94,65 +92,87 @@ pub fn build_db_span(tx: &DbTransaction, sampler: Sampler, ids: &dyn IdGenerator
         attrs.push(KeyValue::new("error.type", e));
     }
     let times = span_times(tx.start_mono_ns, tx.end_mono_ns, tx.realtime_offset_ns);
-    let data = span_data(span_context, tx.side, span_name(tx), times, attrs, status);
-    DbSpanRecord { data, sampled }
+    let data = span_data(span_context, tx.side, span_name(op), times, attrs, status);
+    SpanRecord { data, sampled }
 }
 
 /// What the span and the metric say of the operation: system, namespace, operation
 /// and collection, those known.
-fn operation_attributes(tx: &DbTransaction) -> Vec<KeyValue> {
-    let mut attrs = vec![KeyValue::new("db.system.name", tx.system.name())];
-    if let Some(ns) = &tx.namespace {
+fn operation_attributes(op: &DbOperation) -> Vec<KeyValue> {
+    let mut attrs = vec![KeyValue::new("db.system.name", op.system.name())];
+    if let Some(ns) = &op.namespace {
         attrs.push(KeyValue::new("db.namespace", ns.clone()));
     }
-    if let Some(op) = &tx.operation {
-        attrs.push(KeyValue::new("db.operation.name", op.clone()));
+    if let Some(o) = &op.operation {
+        attrs.push(KeyValue::new("db.operation.name", o.clone()));
     }
-    if let Some(c) = &tx.collection {
+    if let Some(c) = &op.collection {
         attrs.push(KeyValue::new("db.collection.name", c.clone()));
     }
     attrs
 }
 
 /// The bounded attributes of `db.client.operation.duration`.
-pub fn db_metric_attributes(tx: &DbTransaction) -> Vec<KeyValue> {
-    let mut attrs = operation_attributes(tx);
-    if let Some(code) = tx.error.as_ref().and_then(|e| e.code.clone()) {
+pub fn db_metric_attributes(tx: &Transaction, op: &DbOperation) -> Vec<KeyValue> {
+    let mut attrs = operation_attributes(op);
+    if let Some(code) = op.error.as_ref().and_then(|e| e.code.clone()) {
         attrs.push(KeyValue::new("db.response.status_code", code));
     }
-    if let Some(e) = db_error_type(tx) {
+    if let Some(e) = db_error_type(tx, op) {
         attrs.push(KeyValue::new("error.type", e));
     }
     attrs
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::model::{DbError, DbSystem};
+    use crate::model::{DbError, DbSystem, Exchange};
+    use crate::pipeline::span::build_span;
     use crate::pipeline::span::tests::SeqIds;
     use opentelemetry::trace::SpanKind;
     use opentelemetry::Value;
+    use opentelemetry_sdk::trace::SpanData;
 
-    fn tx(op: Option<&str>, coll: Option<&str>, error: Option<DbError>) -> DbTransaction {
-        DbTransaction {
+    /// A PostgreSQL operation of a client (pid 7).
+    pub(crate) fn db_tx(
+        system: DbSystem,
+        op: Option<&str>,
+        coll: Option<&str>,
+        error: Option<DbError>,
+    ) -> Transaction {
+        Transaction {
             pid: 7,
             tid: 7,
             conn_id: 1,
             side: Side::Client,
             local: Some("127.0.0.1:40000".parse().expect("addr")),
             peer: Some("127.0.0.1:5432".parse().expect("addr")),
-            system: DbSystem::Postgresql,
-            operation: op.map(String::from),
-            collection: coll.map(String::from),
-            query_text: Some("SELECT * FROM users WHERE id = ?".into()),
-            error,
-            namespace: Some("shop".into()),
+            exchange: Exchange::Db(DbOperation {
+                system,
+                operation: op.map(String::from),
+                collection: coll.map(String::from),
+                query_text: Some("SELECT * FROM users WHERE id = ?".into()),
+                error,
+                namespace: Some("shop".into()),
+            }),
             start_mono_ns: 1_000,
             end_mono_ns: 5_000,
             realtime_offset_ns: 10,
             completion: Completion::Complete,
         }
+    }
+
+    fn tx(op: Option<&str>, coll: Option<&str>, error: Option<DbError>) -> Transaction {
+        db_tx(DbSystem::Postgresql, op, coll, error)
+    }
+
+    fn build_db_span(t: &Transaction, sampler: Sampler, ids: &dyn IdGenerator) -> SpanRecord {
+        build_span(t, None, sampler, ids)
+    }
+
+    fn op(t: &Transaction) -> &DbOperation {
+        t.db().expect("a database operation")
     }
 
     fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
@@ -203,10 +223,13 @@ mod tests {
             Some(&Value::from("42P01"))
         );
 
-        assert_eq!(span_name(&tx(Some("BEGIN"), None, None)), "BEGIN");
-        assert_eq!(span_name(&tx(None, None, None)), "postgresql");
+        assert_eq!(span_name(op(&tx(Some("BEGIN"), None, None))), "BEGIN");
+        assert_eq!(span_name(op(&tx(None, None, None))), "postgresql");
         let mut closed = tx(Some("SELECT"), None, None);
         closed.completion = Completion::ConnectionClosed;
-        assert_eq!(db_error_type(&closed).as_deref(), Some("connection_closed"));
+        assert_eq!(
+            db_error_type(&closed, op(&closed)).as_deref(),
+            Some("connection_closed")
+        );
     }
 }

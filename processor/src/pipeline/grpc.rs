@@ -21,7 +21,7 @@
 use opentelemetry::trace::Status;
 use opentelemetry::KeyValue;
 
-use crate::model::{HttpTransaction, Side};
+use crate::model::{HttpExchange, Side, Transaction};
 use crate::pipeline::span::host_of;
 
 /// Status code names (grpc/status.proto), by code.
@@ -60,32 +60,18 @@ pub struct GrpcCall {
 }
 
 impl GrpcCall {
-    /// `Some` when `tx` is a gRPC call (HTTP/2, `content-type: application/grpc*`).
-    pub fn of(tx: &HttpTransaction) -> Option<GrpcCall> {
-        let grpc_type = |v: &str| {
-            let v = v.trim().to_ascii_lowercase();
-            v == "application/grpc"
-                || v.starts_with("application/grpc+")
-                || v.starts_with("application/grpc;")
-        };
-        let response_type = tx
-            .response
-            .as_ref()
-            .and_then(|r| r.headers.iter().find(|(n, _)| n == "content-type"))
-            .map(|(_, v)| v.as_str());
-        let is_grpc = tx.request.version == "2"
-            && (tx.request.header("content-type").is_some_and(grpc_type)
-                || response_type.is_some_and(grpc_type));
-        if !is_grpc {
+    /// `Some` when `h` is a gRPC call (HTTP/2, `content-type: application/grpc*`).
+    pub fn of(h: &HttpExchange) -> Option<GrpcCall> {
+        if !h.is_grpc() {
             return None;
         }
-        let path = tx.request.path.clone();
+        let path = h.request.path.clone();
         let trimmed = path.strip_prefix('/').unwrap_or(&path);
         let (service, method) = match trimmed.rsplit_once('/') {
             Some((s, m)) => (s.to_string(), m.to_string()),
             None => (String::new(), trimmed.to_string()),
         };
-        let status = tx
+        let status = h
             .response
             .as_ref()
             .and_then(|r| r.headers.iter().find(|(n, _)| n == "grpc-status"))
@@ -121,12 +107,12 @@ pub fn status_name(code: i64) -> String {
         .map_or_else(|| code.to_string(), |s| (*s).to_string())
 }
 
-fn server_address(tx: &HttpTransaction) -> Option<String> {
+fn server_address(tx: &Transaction, h: &HttpExchange) -> Option<String> {
     let server_end = match tx.side {
         Side::Server => tx.local,
         Side::Client => tx.peer,
     };
-    tx.request
+    h.request
         .header("host")
         .map(host_of)
         .filter(|h| !h.is_empty())
@@ -147,11 +133,15 @@ fn rpc_attributes(call: &GrpcCall) -> Vec<KeyValue> {
 }
 
 /// A gRPC span's attributes and status.
-pub fn span_attributes(tx: &HttpTransaction, call: &GrpcCall) -> (Vec<KeyValue>, Status) {
+pub fn span_attributes(
+    tx: &Transaction,
+    h: &HttpExchange,
+    call: &GrpcCall,
+) -> (Vec<KeyValue>, Status) {
     let mut attrs = rpc_attributes(call);
     let is_server = tx.side == Side::Server;
     let server_end = if is_server { tx.local } else { tx.peer };
-    if let Some(a) = server_address(tx) {
+    if let Some(a) = server_address(tx, h) {
         attrs.push(KeyValue::new("server.address", a));
     }
     if let Some(s) = server_end {
@@ -177,7 +167,7 @@ pub fn span_attributes(tx: &HttpTransaction, call: &GrpcCall) -> (Vec<KeyValue>,
 
 /// A gRPC call's metric attributes (bounded: no peer address, no path beyond the
 /// service and method).
-pub fn metric_attributes(tx: &HttpTransaction, call: &GrpcCall) -> Vec<KeyValue> {
+pub fn metric_attributes(tx: &Transaction, h: &HttpExchange, call: &GrpcCall) -> Vec<KeyValue> {
     let mut attrs = rpc_attributes(call);
     if let Some(e) = call.error_type(tx.side) {
         attrs.push(KeyValue::new("error.type", e));
@@ -189,7 +179,7 @@ pub fn metric_attributes(tx: &HttpTransaction, call: &GrpcCall) -> Vec<KeyValue>
             }
         }
         Side::Client => {
-            if let Some(a) = server_address(tx) {
+            if let Some(a) = server_address(tx, h) {
                 attrs.push(KeyValue::new("server.address", a));
             }
             if let Some(p) = tx.peer {
@@ -204,18 +194,19 @@ pub fn metric_attributes(tx: &HttpTransaction, call: &GrpcCall) -> Vec<KeyValue>
 mod tests {
     use super::*;
     use crate::model::HttpResponse;
-    use crate::pipeline::span::tests::tx;
+    use crate::pipeline::span::tests::{http_mut, tx};
 
-    fn grpc_tx(side: Side, status: Option<&str>) -> HttpTransaction {
+    fn grpc_tx(side: Side, status: Option<&str>) -> Transaction {
         let mut t = tx(side, "POST", "/helloworld.Greeter/SayHello", Some(200));
-        t.request.version = "2".into();
-        t.request.headers = vec![
+        let h = http_mut(&mut t);
+        h.request.version = "2";
+        h.request.headers = vec![
             ("host".into(), "localhost:50051".into()),
             ("content-type".into(), "application/grpc".into()),
         ];
-        t.response = Some(HttpResponse {
+        h.response = Some(HttpResponse {
             status: 200,
-            version: "2".into(),
+            version: "2",
             headers: status
                 .map(|s| vec![("grpc-status".to_string(), s.to_string())])
                 .unwrap_or_default(),
@@ -226,25 +217,31 @@ mod tests {
 
     #[test]
     fn call_from_a_transaction() {
-        let call = GrpcCall::of(&grpc_tx(Side::Server, Some("5"))).expect("grpc");
+        let of = |t: &Transaction| t.http().and_then(GrpcCall::of);
+        let call = of(&grpc_tx(Side::Server, Some("5"))).expect("grpc");
         assert_eq!(call.service, "helloworld.Greeter");
         assert_eq!(call.method, "SayHello");
         assert_eq!(call.status, Some(5));
         // Not HTTP/2, or not gRPC content: no call.
         let mut h1 = grpc_tx(Side::Server, Some("0"));
-        h1.request.version = "1.1".into();
-        assert_eq!(GrpcCall::of(&h1), None);
+        http_mut(&mut h1).request.version = "1.1";
+        assert_eq!(of(&h1), None);
         let mut json = grpc_tx(Side::Server, Some("0"));
-        json.request.headers[1].1 = "application/json".into();
-        assert_eq!(GrpcCall::of(&json), None);
+        http_mut(&mut json).request.headers[1].1 = "application/json".into();
+        assert_eq!(of(&json), None);
         let mut proto = grpc_tx(Side::Server, Some("0"));
-        proto.request.headers[1].1 = "application/grpc+proto".into();
-        assert!(GrpcCall::of(&proto).is_some());
+        http_mut(&mut proto).request.headers[1].1 = "application/grpc+proto".into();
+        assert!(of(&proto).is_some());
     }
 
     #[test]
     fn errors_per_side() {
-        let call = |s| GrpcCall::of(&grpc_tx(Side::Server, s)).expect("grpc");
+        let call = |s| {
+            grpc_tx(Side::Server, s)
+                .http()
+                .and_then(GrpcCall::of)
+                .expect("grpc")
+        };
         assert_eq!(call(Some("0")).error_type(Side::Server), None);
         assert_eq!(call(Some("5")).error_type(Side::Server), None);
         assert_eq!(

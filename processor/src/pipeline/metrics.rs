@@ -31,7 +31,7 @@ use opentelemetry_sdk::metrics::{
 };
 use opentelemetry_sdk::Resource;
 
-use crate::model::{DbTransaction, HttpTransaction, Side};
+use crate::model::{DbOperation, Exchange, HttpExchange, Side, Transaction, KNOWN_METHODS};
 use crate::pipeline::db::db_metric_attributes;
 use crate::pipeline::grpc::{self, GrpcCall};
 use crate::pipeline::resource::ProcessResource;
@@ -54,10 +54,6 @@ pub const BODY_SIZE_BUCKETS: [f64; 12] = [
 
 /// Most processes metered at once.
 pub const MAX_METERED_PROCESSES: usize = 1024;
-
-const KNOWN_METHODS: [&str; 9] = [
-    "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE",
-];
 
 /// A manual reader shared between its provider and the registry.
 #[derive(Debug, Clone)]
@@ -179,21 +175,21 @@ impl ProcessMeters {
 }
 
 /// The bounded attributes of a transaction's metrics.
-pub fn metric_attributes(tx: &HttpTransaction, route: Option<&str>) -> Vec<KeyValue> {
-    let req = &tx.request;
-    let method = if KNOWN_METHODS.contains(&req.method.as_str()) {
-        req.method.clone()
+pub fn metric_attributes(tx: &Transaction, h: &HttpExchange, route: Option<&str>) -> Vec<KeyValue> {
+    let req = &h.request;
+    let method = if KNOWN_METHODS.contains(&&*req.method) {
+        req.method.to_string()
     } else {
         "_OTHER".to_string()
     };
     let mut attrs = vec![KeyValue::new("http.request.method", method)];
-    if let Some(r) = &tx.response {
+    if let Some(r) = &h.response {
         attrs.push(KeyValue::new(
             "http.response.status_code",
             i64::from(r.status),
         ));
     }
-    if let Some(e) = error_type(tx) {
+    if let Some(e) = error_type(tx.side, h) {
         attrs.push(KeyValue::new("error.type", e));
     }
     match tx.side {
@@ -307,26 +303,39 @@ impl MetricsRegistry {
         );
     }
 
-    /// Records one transaction of `process`.
+    /// Records one transaction of `process`, any protocol.
     pub fn record(
         &mut self,
         process: &Arc<ProcessResource>,
-        tx: &HttpTransaction,
+        tx: &Transaction,
+        route: Option<&str>,
+    ) {
+        match &tx.exchange {
+            Exchange::Http(h) => self.record_http(process, tx, h, route),
+            Exchange::Db(op) => self.record_db(process, tx, op),
+        }
+    }
+
+    fn record_http(
+        &mut self,
+        process: &Arc<ProcessResource>,
+        tx: &Transaction,
+        h: &HttpExchange,
         route: Option<&str>,
     ) {
         let meters = self.meters(process);
-        let secs = tx.end_mono_ns.saturating_sub(tx.start_mono_ns) as f64 / 1e9;
-        if let Some(call) = GrpcCall::of(tx) {
+        let secs = tx.duration_secs();
+        if let Some(call) = GrpcCall::of(h) {
             // gRPC: rpc.*.call.duration instead of the http.* instruments.
-            let attrs = grpc::metric_attributes(tx, &call);
+            let attrs = grpc::metric_attributes(tx, h, &call);
             match tx.side {
                 Side::Server => meters.rpc_server_duration.record(secs, &attrs),
                 Side::Client => meters.rpc_client_duration.record(secs, &attrs),
             }
             return;
         }
-        let attrs = metric_attributes(tx, route);
-        let response_size = tx.response.as_ref().map(|r| r.body_size);
+        let attrs = metric_attributes(tx, h, route);
+        let response_size = h.response.as_ref().map(|r| r.body_size);
         let (duration, req_body, resp_body) = match tx.side {
             Side::Server => (
                 &meters.server_duration,
@@ -340,7 +349,7 @@ impl MetricsRegistry {
             ),
         };
         duration.record(secs, &attrs);
-        req_body.record(tx.request.body_size, &attrs);
+        req_body.record(h.request.body_size, &attrs);
         if let Some(size) = response_size {
             resp_body.record(size, &attrs);
         }
@@ -348,15 +357,15 @@ impl MetricsRegistry {
 
     /// Records one database operation of `process` in `db.client.operation.duration`
     /// (client side only: the conventions define no server-side database metric).
-    pub fn record_db(&mut self, process: &Arc<ProcessResource>, tx: &DbTransaction) {
+    fn record_db(&mut self, process: &Arc<ProcessResource>, tx: &Transaction, op: &DbOperation) {
         if tx.side != Side::Client {
             return;
         }
         let meters = self.meters(process);
-        let secs = tx.end_mono_ns.saturating_sub(tx.start_mono_ns) as f64 / 1e9;
+        let secs = tx.duration_secs();
         meters
             .db_client_duration
-            .record(secs, &db_metric_attributes(tx));
+            .record(secs, &db_metric_attributes(tx, op));
     }
 
     fn meters(&mut self, process: &Arc<ProcessResource>) -> &ProcessMeters {

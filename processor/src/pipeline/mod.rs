@@ -23,31 +23,13 @@ use crate::export::otlp::{self, OtlpError};
 use crate::export::printer::Printer;
 use crate::export::prometheus::{PrometheusEndpoint, PrometheusError};
 use crate::export::traces::{TraceExport, TraceExportCounts};
-use crate::model::{DbSystem, DbTransaction, HttpTransaction};
-use crate::settings::{ExportSettings, Instrumentation, Instrumentations, RoutesSettings, Sampler};
+use crate::model::{Exchange, Transaction};
+use crate::settings::{ExportSettings, Instrumentations, RoutesSettings, Sampler};
 
 use self::metrics::MetricsRegistry;
 use self::resource::{ProcessMap, ProcessResource, ResourceSettings};
 use self::route::{RouteError, Router};
 use self::span::build_span;
-
-/// The instrumentation a transaction belongs to: `grpc` for gRPC calls, else `http`.
-pub fn instrumentation_of(tx: &HttpTransaction) -> Instrumentation {
-    if grpc::GrpcCall::of(tx).is_some() {
-        Instrumentation::Grpc
-    } else {
-        Instrumentation::Http
-    }
-}
-
-/// The instrumentation a database operation belongs to: `redis` for Redis, `sql` for
-/// the SQL databases (PostgreSQL, MySQL/MariaDB), as OBI groups them.
-pub fn db_instrumentation_of(tx: &DbTransaction) -> Instrumentation {
-    match tx.system {
-        DbSystem::Redis => Instrumentation::Redis,
-        DbSystem::Postgresql | DbSystem::Mysql => Instrumentation::Sql,
-    }
-}
 
 /// A pipeline that cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -241,57 +223,42 @@ impl Pipeline {
         self.processes.on_started(p);
     }
 
-    /// One transaction: route, metrics (always), span (printed; exported when sampled).
-    pub fn on_transaction(&mut self, tx: &HttpTransaction) {
+    /// One transaction, any protocol: route (HTTP), metrics (always, unless its
+    /// instrumentation is off for metrics or its route is ignored), span (printed;
+    /// exported when sampled).
+    pub fn on_transaction(&mut self, tx: &Transaction) {
         self.stats.transactions += 1;
-        let routed = self.router.route(&tx.request.path);
+        let routed = match &tx.exchange {
+            Exchange::Http(h) => Some(self.router.route(&h.request.path)),
+            Exchange::Db(_) => None,
+        };
+        let route = routed.as_ref().and_then(|r| r.route.as_deref());
         let process = self.processes.get(tx.pid);
-        let kind = instrumentation_of(tx);
+        let kind = tx.instrumentation();
         if !self.metrics_instrumentations.is_enabled(kind) {
             self.stats.disabled_metrics += 1;
-        } else if routed.ignore_metrics {
+        } else if routed.as_ref().is_some_and(|r| r.ignore_metrics) {
             self.stats.ignored_metrics += 1;
         } else if let Some(m) = &self.metrics {
             if let Ok(mut m) = m.lock() {
-                m.record(&process, tx, routed.route.as_deref());
+                m.record(&process, tx, route);
             }
         }
         if !self.traces_instrumentations.is_enabled(kind) {
             self.stats.disabled_traces += 1;
             return;
         }
-        if routed.ignore_traces {
+        if routed.as_ref().is_some_and(|r| r.ignore_traces) {
             self.stats.ignored_traces += 1;
             return;
         }
-        let mut rec = build_span(tx, routed.route.as_deref(), self.sampler, self.ids.as_ref());
-        if let (Some(store), Some(peer)) = (&self.kube, tx.peer) {
+        let mut rec = build_span(tx, route, self.sampler, self.ids.as_ref());
+        if let (Some(store), Some(peer), Exchange::Http(_)) = (&self.kube, tx.peer, &tx.exchange) {
             if let Some(p) = store.peer(peer.ip()) {
                 rec.data.attributes.extend(peer_attributes(tx.side, &p));
             }
         }
         self.printer.print(&rec, tx, &process);
-        self.offer_span(process, rec.sampled, rec.data);
-    }
-
-    /// One database operation: metrics (client side), span (exported when sampled).
-    pub fn on_db_transaction(&mut self, tx: &DbTransaction) {
-        self.stats.transactions += 1;
-        let process = self.processes.get(tx.pid);
-        let kind = db_instrumentation_of(tx);
-        if !self.metrics_instrumentations.is_enabled(kind) {
-            self.stats.disabled_metrics += 1;
-        } else if let Some(m) = &self.metrics {
-            if let Ok(mut m) = m.lock() {
-                m.record_db(&process, tx);
-            }
-        }
-        if !self.traces_instrumentations.is_enabled(kind) {
-            self.stats.disabled_traces += 1;
-            return;
-        }
-        let rec = db::build_db_span(tx, self.sampler, self.ids.as_ref());
-        self.printer.print_db(&rec, tx, &process);
         self.offer_span(process, rec.sampled, rec.data);
     }
 
@@ -346,17 +313,19 @@ impl Pipeline {
 #[cfg(test)]
 mod instrumentation_tests {
     use super::*;
-    use crate::model::{HttpResponse, Side};
-    use crate::pipeline::span::tests::tx;
-    use crate::settings::TracePrinter;
+    use crate::model::{DbSystem, HttpResponse, Side};
+    use crate::pipeline::db::tests::db_tx as db_op;
+    use crate::pipeline::span::tests::{http_mut, tx};
+    use crate::settings::{Instrumentation, TracePrinter};
 
-    fn grpc_tx() -> HttpTransaction {
+    fn grpc_tx() -> Transaction {
         let mut t = tx(Side::Server, "POST", "/a.B/C", Some(200));
-        t.request.version = "2".into();
-        t.request.headers = vec![("content-type".into(), "application/grpc".into())];
-        t.response = Some(HttpResponse {
+        let h = http_mut(&mut t);
+        h.request.version = "2";
+        h.request.headers = vec![("content-type".into(), "application/grpc".into())];
+        h.response = Some(HttpResponse {
             status: 200,
-            version: "2".into(),
+            version: "2",
             headers: vec![("grpc-status".into(), "0".into())],
             body_size: 0,
         });
@@ -384,9 +353,9 @@ mod instrumentation_tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn instrumentations_gate_spans_and_metrics_per_kind() {
         let mut p = gated_pipeline("http", "grpc");
-        assert_eq!(instrumentation_of(&grpc_tx()), Instrumentation::Grpc);
+        assert_eq!(grpc_tx().instrumentation(), Instrumentation::Grpc);
         let http = tx(Side::Server, "GET", "/x", Some(200));
-        assert_eq!(instrumentation_of(&http), Instrumentation::Http);
+        assert_eq!(http.instrumentation(), Instrumentation::Http);
         p.on_transaction(&grpc_tx());
         p.on_transaction(&http);
         let s = p.stats();
@@ -409,44 +378,34 @@ mod instrumentation_tests {
         p.shutdown().await;
     }
 
-    fn db_tx(system: DbSystem) -> DbTransaction {
-        DbTransaction {
-            pid: 7,
-            tid: 7,
-            conn_id: 1,
-            side: Side::Client,
-            local: None,
-            peer: None,
-            system,
-            operation: Some("GET".into()),
-            collection: None,
-            query_text: None,
-            error: None,
-            namespace: None,
-            start_mono_ns: 1_000,
-            end_mono_ns: 5_000,
-            realtime_offset_ns: 0,
-            completion: crate::model::Completion::Complete,
+    fn db_tx(system: DbSystem) -> Transaction {
+        let mut t = db_op(system, Some("GET"), None, None);
+        if let Exchange::Db(op) = &mut t.exchange {
+            op.query_text = None;
+            op.namespace = None;
         }
+        t.local = None;
+        t.peer = None;
+        t
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn instrumentations_gate_database_operations() {
         assert_eq!(
-            db_instrumentation_of(&db_tx(DbSystem::Redis)),
+            db_tx(DbSystem::Redis).instrumentation(),
             Instrumentation::Redis
         );
         assert_eq!(
-            db_instrumentation_of(&db_tx(DbSystem::Postgresql)),
+            db_tx(DbSystem::Postgresql).instrumentation(),
             Instrumentation::Sql
         );
         assert_eq!(
-            db_instrumentation_of(&db_tx(DbSystem::Mysql)),
+            db_tx(DbSystem::Mysql).instrumentation(),
             Instrumentation::Sql
         );
         let mut p = gated_pipeline("sql", "redis");
-        p.on_db_transaction(&db_tx(DbSystem::Redis));
-        p.on_db_transaction(&db_tx(DbSystem::Postgresql));
+        p.on_transaction(&db_tx(DbSystem::Redis));
+        p.on_transaction(&db_tx(DbSystem::Postgresql));
         let s = p.stats();
         // Redis: metrics only; PostgreSQL: span only.
         assert_eq!((s.disabled_traces, s.disabled_metrics), (1, 1));

@@ -46,15 +46,10 @@ use opentelemetry::trace::{
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{IdGenerator, SpanData, SpanEvents, SpanLinks};
 
-use crate::model::{HttpTransaction, Side};
+use crate::model::{Exchange, HttpExchange, Side, Transaction, KNOWN_METHODS};
 use crate::pipeline::grpc::{self, GrpcCall};
 use crate::pipeline::sample::{should_sample, Parent};
 use crate::settings::Sampler;
-
-/// Methods the HTTP semantic conventions know (others are `_OTHER`).
-const KNOWN_METHODS: [&str; 9] = [
-    "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE",
-];
 
 /// A parsed W3C `traceparent`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,10 +102,6 @@ pub fn parse_traceparent(value: &str) -> Option<TraceParent> {
 pub struct SpanRecord {
     pub data: SpanData,
     pub sampled: bool,
-    /// `url.path` (kept apart for printers).
-    pub path: String,
-    pub method: String,
-    pub status_code: Option<u16>,
 }
 
 /// The scope every tandem span carries.
@@ -180,25 +171,39 @@ pub fn host_of(host_header: &str) -> &str {
     }
 }
 
-/// Builds the span of `tx`. `route` is the request's `http.route` (server spans only).
+/// Builds the span of `tx`, any protocol. `route` is an HTTP request's `http.route`
+/// (server spans only).
 pub fn build_span(
-    tx: &HttpTransaction,
+    tx: &Transaction,
     route: Option<&str>,
     sampler: Sampler,
     ids: &dyn IdGenerator,
 ) -> SpanRecord {
-    let req = &tx.request;
-    let known = KNOWN_METHODS.contains(&req.method.as_str());
-    let method = if known { req.method.as_str() } else { "_OTHER" };
+    match &tx.exchange {
+        Exchange::Http(h) => http_span(tx, h, route, sampler, ids),
+        Exchange::Db(op) => crate::pipeline::db::build_db_span(tx, op, sampler, ids),
+    }
+}
+
+fn http_span(
+    tx: &Transaction,
+    h: &HttpExchange,
+    route: Option<&str>,
+    sampler: Sampler,
+    ids: &dyn IdGenerator,
+) -> SpanRecord {
+    let req = &h.request;
+    let known = KNOWN_METHODS.contains(&&*req.method);
+    let method = if known { &*req.method } else { "_OTHER" };
     let is_server = tx.side == Side::Server;
     let route = route.filter(|_| is_server);
 
-    let grpc = GrpcCall::of(tx);
+    let grpc = GrpcCall::of(h);
     let name = match (known, route) {
         _ if grpc.is_some() => grpc.as_ref().map(|c| c.path.clone()).unwrap_or_default(),
         (true, Some(r)) => format!("{} {r}", req.method),
         (false, Some(r)) => format!("HTTP {r}"),
-        (true, None) => req.method.clone(),
+        (true, None) => req.method.to_string(),
         (false, None) => "HTTP".to_string(),
     };
 
@@ -234,14 +239,14 @@ pub fn build_span(
     if !known {
         attrs.push(KeyValue::new(
             "http.request.method_original",
-            req.method.clone(),
+            req.method.to_string(),
         ));
     }
     attrs.push(KeyValue::new("url.path", req.path.clone()));
     if let Some(r) = route {
         attrs.push(KeyValue::new("http.route", r.to_string()));
     }
-    let status_code = tx.response.as_ref().map(|r| r.status);
+    let status_code = h.response.as_ref().map(|r| r.status);
     if let Some(code) = status_code {
         attrs.push(KeyValue::new("http.response.status_code", i64::from(code)));
     }
@@ -265,16 +270,13 @@ pub fn build_span(
         attrs.push(KeyValue::new("network.peer.port", i64::from(p.port())));
     }
     if !req.version.is_empty() {
-        attrs.push(KeyValue::new(
-            "network.protocol.version",
-            req.version.clone(),
-        ));
+        attrs.push(KeyValue::new("network.protocol.version", req.version));
     }
     attrs.push(KeyValue::new(
         "http.request.body.size",
         i64::try_from(req.body_size).unwrap_or(i64::MAX),
     ));
-    if let Some(r) = &tx.response {
+    if let Some(r) = &h.response {
         attrs.push(KeyValue::new(
             "http.response.body.size",
             i64::try_from(r.body_size).unwrap_or(i64::MAX),
@@ -285,7 +287,7 @@ pub fn build_span(
             attrs.push(KeyValue::new("user_agent.original", ua.to_string()));
         }
     }
-    let error_type = error_type(tx);
+    let error_type = error_type(tx.side, h);
     let status = match &error_type {
         Some(_) => Status::error(""),
         None => Status::Unset,
@@ -295,7 +297,7 @@ pub fn build_span(
     }
     // gRPC calls: RPC attributes instead of HTTP ones (see `grpc`).
     let (attrs, status) = match &grpc {
-        Some(call) => grpc::span_attributes(tx, call),
+        Some(call) => grpc::span_attributes(tx, h, call),
         None => (attrs, status),
     };
 
@@ -303,22 +305,16 @@ pub fn build_span(
     let mut data = span_data(span_context, tx.side, name, times, attrs, status);
     data.parent_span_id = parent_span_id;
     data.parent_span_is_remote = parent.is_some();
-    SpanRecord {
-        data,
-        sampled,
-        path: req.path.clone(),
-        method: req.method.clone(),
-        status_code,
-    }
+    SpanRecord { data, sampled }
 }
 
 /// `error.type` of a failed transaction: the status code for 5xx (server) and 4xx/5xx
 /// (client), `connection_closed` when no response came; `None` when it succeeded.
-pub fn error_type(tx: &HttpTransaction) -> Option<String> {
-    match &tx.response {
+pub fn error_type(side: Side, h: &HttpExchange) -> Option<String> {
+    match &h.response {
         None => Some("connection_closed".to_string()),
         Some(r) => {
-            let failed = match tx.side {
+            let failed = match side {
                 Side::Server => r.status >= 500,
                 Side::Client => r.status >= 400,
             };
@@ -331,6 +327,14 @@ pub fn error_type(tx: &HttpTransaction) -> Option<String> {
 pub(crate) mod tests {
     use super::*;
     use crate::model::{Completion, HttpRequest, HttpResponse};
+
+    /// The HTTP part of a test transaction, to change it.
+    pub(crate) fn http_mut(t: &mut Transaction) -> &mut HttpExchange {
+        match &mut t.exchange {
+            Exchange::Http(h) => h,
+            Exchange::Db(_) => panic!("not an HTTP transaction"),
+        }
+    }
     use opentelemetry::Value;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -347,30 +351,32 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn tx(side: Side, method: &str, path: &str, status: Option<u16>) -> HttpTransaction {
-        HttpTransaction {
+    pub(crate) fn tx(side: Side, method: &str, path: &str, status: Option<u16>) -> Transaction {
+        Transaction {
             pid: 42,
             tid: 42,
             conn_id: 1,
             side,
             local: Some("10.0.0.1:8080".parse().expect("addr")),
             peer: Some("10.0.0.2:51000".parse().expect("addr")),
-            request: HttpRequest {
-                method: method.into(),
-                path: path.into(),
-                query: Some("secret=1".into()),
-                version: "1.1".into(),
-                headers: vec![
-                    ("host".into(), "shop.example:8080".into()),
-                    ("user-agent".into(), "curl/8".into()),
-                ],
-                body_size: 12,
-            },
-            response: status.map(|s| HttpResponse {
-                status: s,
-                version: "1.1".into(),
-                headers: vec![],
-                body_size: 34,
+            exchange: Exchange::Http(HttpExchange {
+                request: HttpRequest {
+                    method: crate::model::method_from_bytes(method.as_bytes()),
+                    path: path.into(),
+                    query: Some("secret=1".into()),
+                    version: "1.1",
+                    headers: vec![
+                        ("host".into(), "shop.example:8080".into()),
+                        ("user-agent".into(), "curl/8".into()),
+                    ],
+                    body_size: 12,
+                },
+                response: status.map(|s| HttpResponse {
+                    status: s,
+                    version: "1.1",
+                    headers: vec![],
+                    body_size: 34,
+                }),
             }),
             start_mono_ns: 1_000_000_000,
             end_mono_ns: 1_250_000_000,
@@ -525,11 +531,12 @@ pub(crate) mod tests {
     #[test]
     fn traceparent_continues_the_trace_and_drives_parent_based_sampling() {
         let mut t = tx(Side::Server, "GET", "/", Some(200));
-        t.request.headers.push((
+        http_mut(&mut t).request.headers.push((
             "traceparent".into(),
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00".into(),
         ));
-        t.request
+        http_mut(&mut t)
+            .request
             .headers
             .push(("tracestate".into(), "vendor=x".into()));
         let s = build_span(&t, None, Sampler::ParentBasedAlwaysOn, &SeqIds::default());

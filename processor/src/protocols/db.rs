@@ -5,6 +5,8 @@
 
 use crate::model::{Completion, DbError};
 use crate::protocols::sql;
+pub use crate::protocols::{Origin, Segment};
+pub use crate::stitch::StitchStats as DbStats;
 
 /// Most requests awaiting their answer per connection; further ones are counted in
 /// [`DbStats::untracked_requests`] and not reported.
@@ -13,39 +15,6 @@ pub const MAX_PENDING: usize = 256;
 pub const MAX_KEEP: usize = 4096;
 /// Most bytes of an error message kept.
 pub const MAX_ERROR_MESSAGE: usize = 256;
-
-/// The event that carried a request's first byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Origin {
-    pub mono_ns: u64,
-    pub tid: u32,
-}
-
-/// One `Data` event: its captured bytes, then `unknown` bytes moved by the syscall
-/// but not captured.
-#[derive(Debug, Clone, Copy)]
-pub struct Segment<'a> {
-    pub data: &'a [u8],
-    pub unknown: u64,
-    pub origin: Origin,
-}
-
-impl<'a> Segment<'a> {
-    pub fn new(data: &'a [u8], total_len: u64, origin: Origin) -> Self {
-        let captured = u64::try_from(data.len()).unwrap_or(u64::MAX);
-        Segment {
-            data,
-            unknown: total_len.saturating_sub(captured),
-            origin,
-        }
-    }
-
-    pub fn total(&self) -> u64 {
-        u64::try_from(self.data.len())
-            .unwrap_or(u64::MAX)
-            .saturating_add(self.unknown)
-    }
-}
 
 /// The cursor over one segment: captured bytes read up to `pos`, then `unknown`
 /// uncaptured ones; `skipped` counts the bytes passed over while resynchronising.
@@ -160,8 +129,22 @@ impl Finished {
     }
 }
 
-/// A database protocol session of one connection, fed one segment at a time.
-pub trait DbSession {
+/// A database protocol session of one connection, fed one segment at a time;
+/// `stitch::db` turns it into a [`crate::stitch::Session`].
+pub trait DbSession: Send + std::fmt::Debug {
+    /// `db.system.name` of what it reports.
+    fn system(&self) -> crate::model::DbSystem;
+    /// The connection closed at `mono_ns`: operations still waiting are reported.
+    fn close(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>);
+    /// Events were lost at `mono_ns`: operations waiting are reported truncated, the
+    /// directions resynchronise.
+    fn lose(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>);
+    /// (pending operations, remembered statements, buffered bytes), for the bounds.
+    fn footprint(&self) -> (usize, usize, usize);
+    /// The connection switched to encryption: its bytes can no longer be read.
+    fn encrypted(&self) -> bool {
+        false
+    }
     /// A segment the client sent.
     fn request(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>);
     /// A segment the server sent.
@@ -178,48 +161,6 @@ pub trait DbSession {
             self.request(seg, stats, out);
         } else {
             self.response(seg, stats, out);
-        }
-    }
-}
-
-/// Counters of the database sessions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DbStats {
-    /// Operations reported, whatever their completion.
-    pub transactions: u64,
-    pub truncated: u64,
-    pub connection_closed: u64,
-    /// PostgreSQL startup packets seen (StartupMessage), not reported as spans.
-    pub pg_startups: u64,
-    /// PostgreSQL SSLRequest / GSSENCRequest packets seen.
-    pub pg_ssl_requests: u64,
-    /// PostgreSQL CancelRequest packets seen.
-    pub pg_cancel_requests: u64,
-    /// Connections that switched to TLS/GSS encryption (no longer readable).
-    pub encrypted_connections: u64,
-    /// Messages that did not parse; the direction resynchronised.
-    pub parse_errors: u64,
-    /// Times uncaptured bytes hid message framing (the direction resynchronised).
-    pub lost_sync: u64,
-    /// Bytes skipped while resynchronising or on connections of no known protocol.
-    pub skipped_bytes: u64,
-    /// Answers with no request to pair with.
-    pub unpaired_responses: u64,
-    /// Requests over [`MAX_PENDING`] on one connection.
-    pub untracked_requests: u64,
-    /// Connections dropped to stay within the connection bound.
-    pub evicted_connections: u64,
-    /// Prepared statements forgotten to stay within the per-connection bound.
-    pub evicted_statements: u64,
-}
-
-impl DbStats {
-    pub fn count(&mut self, completion: Completion) {
-        self.transactions += 1;
-        match completion {
-            Completion::Complete => {}
-            Completion::Truncated => self.truncated += 1,
-            Completion::ConnectionClosed => self.connection_closed += 1,
         }
     }
 }

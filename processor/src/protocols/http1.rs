@@ -37,7 +37,7 @@
 //! Headers keep at most [`MAX_HEADERS`] entries, values cut to [`MAX_HEADER_VALUE`]
 //! bytes (framing headers are honoured even past `MAX_HEADERS`).
 
-use crate::model::{HttpRequest, HttpResponse, MAX_HEADERS, MAX_HEADER_VALUE};
+use crate::model::{method_from_bytes, HttpRequest, HttpResponse, MAX_HEADERS, MAX_HEADER_VALUE};
 use crate::protocols::truncate_utf8;
 
 #[cfg(test)]
@@ -59,12 +59,7 @@ pub enum MessageKind {
     Response,
 }
 
-/// The event that carried a message's first byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Origin {
-    pub mono_ns: u64,
-    pub tid: u32,
-}
+pub use crate::protocols::Origin;
 
 /// One `Data` event's bytes, consumed by [`Parser::next`].
 #[derive(Debug)]
@@ -254,7 +249,6 @@ impl Parser {
     }
 
     /// Bytes held for an incomplete header block.
-    #[cfg(test)]
     pub fn buffered(&self) -> usize {
         self.head.len()
     }
@@ -726,7 +720,7 @@ fn parse_status_line(line: &[u8]) -> Option<(&'static str, u16)> {
     (status >= 100).then_some((version, status))
 }
 
-fn request(method: &[u8], target: &[u8], version: &str) -> HttpRequest {
+fn request(method: &[u8], target: &[u8], version: &'static str) -> HttpRequest {
     let (path, query) = match target.iter().position(|&b| b == b'?') {
         Some(q) => (
             target.get(..q).unwrap_or_default(),
@@ -735,10 +729,10 @@ fn request(method: &[u8], target: &[u8], version: &str) -> HttpRequest {
         None => (target, None),
     };
     HttpRequest {
-        method: text(method),
+        method: method_from_bytes(method),
         path: text(path),
         query,
-        version: version.to_owned(),
+        version,
         headers: Vec::new(),
         body_size: 0,
     }
@@ -866,7 +860,7 @@ fn parse_head(kind: MessageKind, head: &[u8]) -> Result<(Message, Body), ParseEr
             };
             let response = HttpResponse {
                 status,
-                version: version.to_owned(),
+                version,
                 headers,
                 body_size: 0,
             };
@@ -928,7 +922,7 @@ fn partial_head(kind: MessageKind, head: &[u8], origin: Origin) -> Option<Http1E
             Some(Http1Event::Response {
                 response: HttpResponse {
                     status,
-                    version: version.to_owned(),
+                    version,
                     headers,
                     body_size: 0,
                 },

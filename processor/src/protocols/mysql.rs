@@ -295,19 +295,6 @@ impl MySqlSession {
         }
     }
 
-    pub fn encrypted(&self) -> bool {
-        self.encrypted
-    }
-
-    /// (pending, statements, buffered bytes) for bound checks.
-    pub fn footprint(&self) -> (usize, usize, usize) {
-        (
-            self.pending.len(),
-            self.statements.len(),
-            self.commands.buffered().max(self.answers.buffered()),
-        )
-    }
-
     fn on_command(
         &mut self,
         p: Packet,
@@ -476,8 +463,14 @@ impl MySqlSession {
             self.database.clone(),
         ));
     }
+}
 
-    pub fn close(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {
+impl DbSession for MySqlSession {
+    fn system(&self) -> crate::model::DbSystem {
+        crate::model::DbSystem::Mysql
+    }
+
+    fn close(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {
         while let Some(p) = self.pending.pop_front() {
             match (p.last_ns, p.lost) {
                 (Some(end), true) => self.finish(p, end, Completion::Truncated, stats, out),
@@ -488,7 +481,7 @@ impl MySqlSession {
         self.untracked = 0;
     }
 
-    pub fn lose(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {
+    fn lose(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {
         while let Some(p) = self.pending.pop_front() {
             let end = p.last_ns.unwrap_or(mono_ns);
             self.finish(p, end, Completion::Truncated, stats, out);
@@ -497,9 +490,20 @@ impl MySqlSession {
         self.commands.resync();
         self.answers.resync();
     }
-}
 
-impl DbSession for MySqlSession {
+    /// (pending, statements, buffered bytes) for bound checks.
+    fn footprint(&self) -> (usize, usize, usize) {
+        (
+            self.pending.len(),
+            self.statements.len(),
+            self.commands.buffered().max(self.answers.buffered()),
+        )
+    }
+
+    fn encrypted(&self) -> bool {
+        self.encrypted
+    }
+
     fn request(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
         if self.encrypted {
             return;

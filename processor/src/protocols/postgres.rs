@@ -434,20 +434,6 @@ impl PgSession {
         }
     }
 
-    /// The connection switched to TLS/GSS: its bytes are no longer read.
-    pub fn encrypted(&self) -> bool {
-        self.encrypted
-    }
-
-    /// (pending operations, statements + portals, framer bytes) for bound checks.
-    pub fn footprint(&self) -> (usize, usize, usize) {
-        (
-            self.pending.len(),
-            self.statements.len() + self.portals.len(),
-            self.front.buffered().max(self.back.buffered()),
-        )
-    }
-
     /// Sets `db.namespace` on what was finished from `from` on.
     fn name(&self, out: &mut [Finished], from: usize) {
         if let Some(db) = &self.database {
@@ -644,9 +630,15 @@ impl PgSession {
             _ => {}
         }
     }
+}
+
+impl DbSession for PgSession {
+    fn system(&self) -> crate::model::DbSystem {
+        crate::model::DbSystem::Postgresql
+    }
 
     /// The connection closed at `mono_ns`: unanswered operations are reported.
-    pub fn close(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {
+    fn close(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {
         let from = out.len();
         while let Some(p) = self.pending.pop_front() {
             match p.maybe_done {
@@ -661,7 +653,7 @@ impl PgSession {
 
     /// Events were lost: unanswered operations are reported truncated, both
     /// directions resynchronise.
-    pub fn lose(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {
+    fn lose(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {
         let from = out.len();
         let end = self.last_answer_ns.max(mono_ns);
         while let Some(p) = self.pending.pop_front() {
@@ -674,9 +666,21 @@ impl PgSession {
         self.back.resync();
         self.name(out, from);
     }
-}
 
-impl DbSession for PgSession {
+    /// (pending operations, statements + portals, framer bytes) for bound checks.
+    fn footprint(&self) -> (usize, usize, usize) {
+        (
+            self.pending.len(),
+            self.statements.len() + self.portals.len(),
+            self.front.buffered().max(self.back.buffered()),
+        )
+    }
+
+    /// The connection switched to TLS/GSS: its bytes are no longer read.
+    fn encrypted(&self) -> bool {
+        self.encrypted
+    }
+
     /// Client-to-server bytes.
     fn request(&mut self, seg: &Segment<'_>, stats: &mut DbStats, out: &mut Vec<Finished>) {
         let from = out.len();

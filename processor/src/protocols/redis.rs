@@ -394,23 +394,21 @@ impl RedisSession {
             last_reply_ns: 0,
         }
     }
+}
 
-    /// (pending commands, reader bytes) for bound checks.
-    pub fn footprint(&self) -> (usize, usize) {
-        (
-            self.pending.len(),
-            self.commands.buffered().max(self.replies.buffered()),
-        )
+impl DbSession for RedisSession {
+    fn system(&self) -> crate::model::DbSystem {
+        crate::model::DbSystem::Redis
     }
 
-    pub fn close(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {
+    fn close(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {
         while let Some(p) = self.pending.pop_front() {
             finish(p, None, mono_ns, Completion::ConnectionClosed, stats, out);
         }
         self.untracked = 0;
     }
 
-    pub fn lose(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {
+    fn lose(&mut self, mono_ns: u64, stats: &mut DbStats, out: &mut Vec<Finished>) {
         let end = self.last_reply_ns.max(mono_ns);
         while let Some(p) = self.pending.pop_front() {
             finish(p, None, end, Completion::Truncated, stats, out);
@@ -419,9 +417,16 @@ impl RedisSession {
         self.commands.resync();
         self.replies.resync();
     }
-}
 
-impl DbSession for RedisSession {
+    /// (pending commands, reader bytes) for bound checks.
+    fn footprint(&self) -> (usize, usize, usize) {
+        (
+            self.pending.len(),
+            0,
+            self.commands.buffered().max(self.replies.buffered()),
+        )
+    }
+
     fn request(&mut self, seg: &Segment<'_>, stats: &mut DbStats, _out: &mut Vec<Finished>) {
         let mut input = Input::new(seg);
         while let Some(v) = self.commands.next(&mut input) {

@@ -30,12 +30,13 @@
 
 use std::collections::BTreeMap;
 
-use tandem_proto::v1::{self, Direction};
+use tandem_proto::v1::Direction;
 
-use crate::model::{Completion, HttpRequest, HttpResponse, HttpTransaction, Side};
+use crate::model::{Completion, Exchange, HttpExchange, HttpRequest, HttpResponse, Side, HTTP_2};
 use crate::protocols::http2::{self, FrameReader, H2Event};
+use crate::protocols::Segment;
 
-use super::Sink;
+use super::session::{Ctx, Detected, Footprint, Probe, Protocol, Session, Timing};
 
 /// Most open streams tracked per connection.
 pub const MAX_STREAMS: usize = 128;
@@ -51,13 +52,38 @@ pub const KEPT_HEADERS: [&str; 7] = [
     "grpc-message",
 ];
 
-/// What the stitcher knows of the connection (owned by its `Conn`).
-pub(super) struct Meta {
-    pub pid: u32,
-    pub conn_id: u64,
-    pub side: Option<Side>,
-    pub local: Option<std::net::SocketAddr>,
-    pub peer: Option<std::net::SocketAddr>,
+/// HTTP/2 detection: the client preface (its sender is the client; from 3 bytes on a
+/// connection's first read, since `PRI` is no HTTP/1.x method), or frames on a
+/// connection of unknown role or opened before the loader, where no request of
+/// another protocol was seen.
+#[derive(Debug)]
+pub struct Http2Protocol;
+
+impl Protocol for Http2Protocol {
+    fn name(&self) -> &'static str {
+        "http2"
+    }
+
+    fn detect(&self, probe: &Probe<'_>) -> Option<Detected> {
+        if probe.current.is_some_and(|c| c != "http1") {
+            return None;
+        }
+        let payload = probe.payload;
+        let short_start = probe.fresh && payload.len() >= 3 && http2::PREFACE.starts_with(payload);
+        let preface = short_start || http2::starts_with_preface(payload);
+        let midstream = !preface
+            && (probe.side.is_none() || probe.preexisting)
+            && probe.requests_seen == 0
+            && http2::looks_like_frames(payload, probe.total);
+        if !preface && !midstream {
+            return None;
+        }
+        let session = Http2Session::new(probe.limits.max_head_bytes, probe.side, preface);
+        Some(Detected {
+            session: Box::new(session),
+            side: None,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -71,7 +97,7 @@ struct Stream {
 
 /// One HTTP/2 connection's state.
 #[derive(Debug)]
-pub(super) struct H2Conn {
+pub struct Http2Session {
     ingress: FrameReader,
     egress: FrameReader,
     /// The direction requests travel in, once known.
@@ -79,6 +105,9 @@ pub(super) struct H2Conn {
     streams: BTreeMap<u32, Stream>,
     /// Requests not tracked (over `MAX_STREAMS`): their responses are skipped.
     untracked: BTreeMap<u32, ()>,
+    /// Detected from the preface (else mid-stream); counted at the first feed.
+    from_start: bool,
+    counted: bool,
 }
 
 fn request_dir_of(side: Side) -> Direction {
@@ -106,14 +135,14 @@ fn keep(headers: &mut Vec<(String, String)>, name: &str, value: &str) {
 
 fn request_of(fields: &[(String, String)]) -> Option<HttpRequest> {
     let mut request = HttpRequest {
-        version: "2".to_string(),
+        version: HTTP_2,
         ..HttpRequest::default()
     };
     let mut has_method = false;
     for (name, value) in fields {
         match name.as_str() {
             ":method" => {
-                request.method = value.clone();
+                request.method = crate::model::method_from_bytes(value.as_bytes());
                 has_method = true;
             }
             ":path" => match value.split_once('?') {
@@ -138,16 +167,18 @@ fn status_of(fields: &[(String, String)]) -> Option<u16> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
-impl H2Conn {
+impl Http2Session {
     /// A connection whose first bytes were the preface (`from_start`) or frames seen
     /// mid-stream; `side`: the role, when the loader gave it.
     pub fn new(max_block: usize, side: Option<Side>, from_start: bool) -> Self {
-        H2Conn {
+        Http2Session {
             ingress: FrameReader::new(max_block, from_start),
             egress: FrameReader::new(max_block, from_start),
             request_dir: side.map(request_dir_of),
             streams: BTreeMap::new(),
             untracked: BTreeMap::new(),
+            from_start,
+            counted: false,
         }
     }
 
@@ -156,22 +187,12 @@ impl H2Conn {
         self.request_dir.map(side_of)
     }
 
-    /// Buffered bytes and HPACK table bytes (for checking the bounds).
-    #[cfg(test)]
-    pub fn footprint(&self) -> (usize, usize, usize) {
-        (
-            self.ingress.buffered() + self.egress.buffered(),
-            self.ingress.table_size() + self.egress.table_size(),
-            self.streams.len(),
-        )
-    }
-
-    pub fn data(&mut self, meta: &Meta, mono_ns: u64, data: &v1::Data, sink: &mut Sink<'_>) {
-        let direction = data.direction();
-        let captured = u64::try_from(data.payload.len()).unwrap_or(u64::MAX);
-        let total = data.total_len.max(captured);
-        let preface_start = data.payload.first() == Some(&http2::PREFACE[0])
-            && http2::PREFACE.starts_with(data.payload.get(..24).unwrap_or(&data.payload));
+    fn data(&mut self, seg: &Segment<'_>, direction: Direction, ctx: &mut Ctx<'_>) {
+        let payload = seg.data;
+        let total = seg.total();
+        let mono_ns = seg.origin.mono_ns;
+        let preface_start = payload.first() == Some(&http2::PREFACE[0])
+            && http2::PREFACE.starts_with(payload.get(..24).unwrap_or(payload));
         if self.request_dir.is_none() && preface_start {
             // The client sends the preface.
             self.request_dir = match direction {
@@ -183,25 +204,24 @@ impl H2Conn {
             Direction::Ingress => &mut self.ingress,
             Direction::Egress => &mut self.egress,
             Direction::Unspecified => {
-                sink.stats.non_http_bytes += total;
+                ctx.stats.skipped_bytes += total;
                 return;
             }
         };
         let mut events = Vec::new();
-        sink.stats.non_http_bytes += reader.feed(&data.payload, total, &mut events);
+        ctx.stats.skipped_bytes += reader.feed(payload, total, &mut events);
         for event in events {
-            self.on_event(meta, direction, event, mono_ns, data.tid, sink);
+            self.on_event(direction, event, mono_ns, seg.origin.tid, ctx);
         }
     }
 
     fn on_event(
         &mut self,
-        meta: &Meta,
         direction: Direction,
         event: H2Event,
         mono_ns: u64,
         tid: u32,
-        sink: &mut Sink<'_>,
+        ctx: &mut Ctx<'_>,
     ) {
         match event {
             H2Event::Headers {
@@ -211,9 +231,9 @@ impl H2Conn {
                 hpack,
                 error,
             } => {
-                sink.stats.hpack_unknown_indices += u64::from(hpack.unknown_indices);
+                ctx.stats.hpack_unknown_indices += u64::from(hpack.unknown_indices);
                 if error.is_some() {
-                    sink.stats.hpack_errors += 1;
+                    ctx.stats.hpack_errors += 1;
                 }
                 if self.request_dir.is_none() {
                     if headers.iter().any(|(n, _)| n == ":method") {
@@ -228,9 +248,9 @@ impl H2Conn {
                     }
                 }
                 if Some(direction) == self.request_dir {
-                    self.on_request_headers(meta, stream, &headers, end_stream, mono_ns, tid, sink);
+                    self.on_request_headers(stream, &headers, end_stream, mono_ns, tid, ctx);
                 } else {
-                    self.on_response_headers(meta, stream, &headers, end_stream, mono_ns, sink);
+                    self.on_response_headers(stream, &headers, end_stream, mono_ns, ctx);
                 }
             }
             H2Event::Data {
@@ -252,28 +272,28 @@ impl H2Conn {
                         }
                     }
                     if end_stream {
-                        self.end_stream(meta, stream, Completion::Complete, mono_ns, sink);
+                        self.end_stream(stream, Completion::Complete, mono_ns, ctx);
                     }
                 }
             }
             H2Event::Reset { stream, .. } => {
-                sink.stats.http2_reset_streams += 1;
+                ctx.stats.http2_reset_streams += 1;
                 let completion = match self.streams.get(&stream) {
                     Some(s) if s.response.is_some() => Completion::Truncated,
                     _ => Completion::ConnectionClosed,
                 };
-                self.end_stream(meta, stream, completion, mono_ns, sink);
+                self.end_stream(stream, completion, mono_ns, ctx);
             }
             H2Event::LostSync { stream } => {
-                sink.stats.lost_sync += 1;
+                ctx.stats.lost_sync += 1;
                 if let Some(s) = stream.and_then(|id| self.streams.get_mut(&id)) {
                     s.truncated = true;
                 }
             }
-            H2Event::Invalid => sink.stats.parse_errors += 1,
+            H2Event::Invalid => ctx.stats.parse_errors += 1,
             H2Event::Oversized { stream } => {
-                sink.stats.parse_errors += 1;
-                sink.stats.oversized_heads += 1;
+                ctx.stats.parse_errors += 1;
+                ctx.stats.oversized_heads += 1;
                 if let Some(s) = self.streams.get_mut(&stream) {
                     s.truncated = true;
                 }
@@ -284,13 +304,12 @@ impl H2Conn {
     #[allow(clippy::too_many_arguments)]
     fn on_request_headers(
         &mut self,
-        meta: &Meta,
         stream: u32,
         headers: &[(String, String)],
         end_stream: bool,
         mono_ns: u64,
         tid: u32,
-        sink: &mut Sink<'_>,
+        ctx: &mut Ctx<'_>,
     ) {
         let _ = end_stream;
         if let Some(existing) = self.streams.get_mut(&stream) {
@@ -310,12 +329,12 @@ impl H2Conn {
             // uncaptured bytes): reported as truncated to make room, so a long-lived
             // connection keeps being traced.
             if let Some((old_id, old)) = self.streams.pop_first() {
-                sink.stats.evicted_streams += 1;
+                ctx.stats.evicted_streams += 1;
                 self.untracked.insert(old_id, ());
                 if self.untracked.len() > MAX_STREAMS {
                     self.untracked.pop_first();
                 }
-                self.report(meta, old, Completion::Truncated, mono_ns, sink);
+                self.report(old, Completion::Truncated, mono_ns, ctx);
             }
         }
         self.streams.insert(
@@ -332,16 +351,15 @@ impl H2Conn {
 
     fn on_response_headers(
         &mut self,
-        meta: &Meta,
         stream: u32,
         headers: &[(String, String)],
         end_stream: bool,
         mono_ns: u64,
-        sink: &mut Sink<'_>,
+        ctx: &mut Ctx<'_>,
     ) {
         let Some(s) = self.streams.get_mut(&stream) else {
             if self.untracked.remove(&stream).is_none() && status_of(headers).is_some() {
-                sink.stats.unpaired_responses += 1;
+                ctx.stats.unpaired_responses += 1;
             }
             return;
         };
@@ -350,7 +368,7 @@ impl H2Conn {
             (None, Some(status)) => {
                 let mut response = HttpResponse {
                     status,
-                    version: "2".to_string(),
+                    version: HTTP_2,
                     ..HttpResponse::default()
                 };
                 for (n, v) in headers {
@@ -370,73 +388,78 @@ impl H2Conn {
             }
         }
         if end_stream {
-            self.end_stream(meta, stream, Completion::Complete, mono_ns, sink);
+            self.end_stream(stream, Completion::Complete, mono_ns, ctx);
         }
     }
 
-    fn end_stream(
-        &mut self,
-        meta: &Meta,
-        stream: u32,
-        completion: Completion,
-        end_ns: u64,
-        sink: &mut Sink<'_>,
-    ) {
+    fn end_stream(&mut self, stream: u32, completion: Completion, end_ns: u64, ctx: &mut Ctx<'_>) {
         self.untracked.remove(&stream);
         if let Some(s) = self.streams.remove(&stream) {
-            self.report(meta, s, completion, end_ns, sink);
+            self.report(s, completion, end_ns, ctx);
         }
     }
 
-    fn report(
-        &self,
-        meta: &Meta,
-        s: Stream,
-        completion: Completion,
-        end_ns: u64,
-        sink: &mut Sink<'_>,
-    ) {
+    fn report(&self, s: Stream, completion: Completion, end_ns: u64, ctx: &mut Ctx<'_>) {
         let completion = match completion {
             Completion::Complete if s.truncated || s.response.is_none() => Completion::Truncated,
             other => other,
         };
-        sink.stats.count(completion);
-        let side = meta.side.or(self.side()).unwrap_or(Side::Server);
-        sink.out.push(HttpTransaction {
-            pid: meta.pid,
+        let timing = Timing {
             tid: s.tid,
-            conn_id: meta.conn_id,
-            side,
-            local: meta.local,
-            peer: meta.peer,
+            start_mono_ns: s.start_mono_ns,
+            end_mono_ns: end_ns,
+        };
+        let fallback = self.side().unwrap_or(Side::Server);
+        let exchange = Exchange::Http(HttpExchange {
             request: s.request,
             response: s.response,
-            start_mono_ns: s.start_mono_ns,
-            end_mono_ns: end_ns.max(s.start_mono_ns),
-            realtime_offset_ns: sink.realtime_offset_ns,
-            completion,
         });
+        ctx.emit(timing, completion, fallback, exchange);
     }
 
     /// Reports every open stream with `completion` (close, loss).
-    pub fn flush(
-        &mut self,
-        meta: &Meta,
-        completion: Completion,
-        mono_ns: u64,
-        sink: &mut Sink<'_>,
-    ) {
+    fn flush(&mut self, completion: Completion, mono_ns: u64, ctx: &mut Ctx<'_>) {
         self.untracked.clear();
         let streams = std::mem::take(&mut self.streams);
         for (_, s) in streams {
-            self.report(meta, s, completion, mono_ns, sink);
+            self.report(s, completion, mono_ns, ctx);
         }
+    }
+}
+
+impl Session for Http2Session {
+    fn name(&self) -> &'static str {
+        "http2"
+    }
+
+    fn feed(&mut self, seg: &Segment<'_>, direction: Direction, ctx: &mut Ctx<'_>) {
+        if !self.counted {
+            self.counted = true;
+            ctx.stats.http2_connections += 1;
+            if !self.from_start {
+                ctx.stats.http2_midstream_connections += 1;
+            }
+        }
+        self.data(seg, direction, ctx);
+    }
+
+    fn close(&mut self, mono_ns: u64, ctx: &mut Ctx<'_>) {
+        self.flush(Completion::ConnectionClosed, mono_ns, ctx);
     }
 
     /// Events were lost: open streams are reported, both readers resynchronise.
-    pub fn lose(&mut self, meta: &Meta, mono_ns: u64, sink: &mut Sink<'_>) {
-        self.flush(meta, Completion::Truncated, mono_ns, sink);
+    fn lose(&mut self, mono_ns: u64, ctx: &mut Ctx<'_>) {
+        self.flush(Completion::Truncated, mono_ns, ctx);
         self.ingress.resync();
         self.egress.resync();
+    }
+
+    /// Buffered bytes, open streams, HPACK table bytes.
+    fn footprint(&self) -> Footprint {
+        Footprint {
+            buffered: self.ingress.buffered() + self.egress.buffered(),
+            pending: self.streams.len(),
+            entries: self.ingress.table_size() + self.egress.table_size(),
+        }
     }
 }

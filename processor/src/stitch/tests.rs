@@ -1,5 +1,6 @@
 use super::*;
 
+use crate::model::{Exchange as TxExchange, HttpExchange, HttpRequest, HttpResponse};
 use proptest::prelude::*;
 use tandem_proto::v1::{
     ConnectionClosed, ConnectionOpened, Data, Loss, ProcessExited, SocketAddress,
@@ -77,12 +78,57 @@ pub(super) fn data(mono_ns: u64, pid: u32, conn_id: u64, dir: Direction, bytes: 
     data_cut(mono_ns, pid, conn_id, dir, bytes, bytes.len() as u64)
 }
 
+/// An HTTP transaction with its request and response at the top, as the HTTP tests
+/// look at them.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct HttpTransaction {
+    pub pid: u32,
+    pub tid: u32,
+    pub conn_id: u64,
+    pub side: Side,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    pub request: HttpRequest,
+    pub response: Option<HttpResponse>,
+    pub start_mono_ns: u64,
+    pub end_mono_ns: u64,
+    pub realtime_offset_ns: i64,
+    pub completion: Completion,
+}
+
+/// `t` as an [`HttpTransaction`]; panics for other protocols.
+pub(super) fn http(t: Transaction) -> HttpTransaction {
+    let TxExchange::Http(HttpExchange { request, response }) = t.exchange else {
+        panic!("not an HTTP transaction: {t:?}");
+    };
+    HttpTransaction {
+        pid: t.pid,
+        tid: t.tid,
+        conn_id: t.conn_id,
+        side: t.side,
+        local: t.local,
+        peer: t.peer,
+        request,
+        response,
+        start_mono_ns: t.start_mono_ns,
+        end_mono_ns: t.end_mono_ns,
+        realtime_offset_ns: t.realtime_offset_ns,
+        completion: t.completion,
+    }
+}
+
 pub(super) fn run_with(stitcher: &mut Stitcher, events: &[Event]) -> Vec<HttpTransaction> {
     let mut out = Vec::new();
     for e in events {
         stitcher.push(e, OFFSET, &mut out);
     }
-    out
+    out.into_iter().map(http).collect()
+}
+
+/// (largest header-block buffer, largest pending queue) over all connections.
+pub(super) fn head_and_pending(stitcher: &Stitcher) -> (usize, usize) {
+    let f = stitcher.footprint();
+    (f.buffered, f.pending)
 }
 
 fn run(events: &[Event]) -> (Vec<HttpTransaction>, StitchStats) {
@@ -93,7 +139,7 @@ fn run(events: &[Event]) -> (Vec<HttpTransaction>, StitchStats) {
 
 fn summary(t: &HttpTransaction) -> (String, String, Option<u16>, Completion) {
     (
-        t.request.method.clone(),
+        t.request.method.to_string(),
         t.request.path.clone(),
         t.response.as_ref().map(|r| r.status),
         t.completion,
@@ -149,11 +195,11 @@ fn server_keep_alive_with_addresses_and_timing() {
     assert_eq!((t.start_mono_ns, t.end_mono_ns), (20, 30));
     assert_eq!(t.realtime_offset_ns, OFFSET);
     assert_eq!(t.response.as_ref().map(|r| r.body_size), Some(15));
-    assert_eq!(t.response.as_ref().map(|r| r.version.as_str()), Some("1.0"));
+    assert_eq!(t.response.as_ref().map(|r| r.version), Some("1.0"));
     assert_eq!((ts[1].start_mono_ns, ts[1].end_mono_ns), (40, 50));
     assert_eq!(ts[1].response.as_ref().map(|r| r.body_size), Some(13));
     assert_eq!(stats.transactions, 2);
-    assert_eq!(stats.parse_errors + stats.non_http_bytes, 0);
+    assert_eq!(stats.parse_errors + stats.skipped_bytes, 0);
     assert_eq!(run_with(&mut Stitcher::new(), &[]).len(), 0);
 }
 
@@ -509,8 +555,8 @@ fn garbage_is_counted_and_dropped() {
     assert!(ts.is_empty());
     let stats = stitcher.stats();
     assert!(stats.parse_errors >= 2, "{stats:?}");
-    assert_eq!(stats.non_http_bytes, 11 + 5 + 100_000);
-    assert_eq!(stitcher.footprint(), (0, 0));
+    assert_eq!(stats.skipped_bytes, 11 + 5 + 100_000);
+    assert_eq!(head_and_pending(&stitcher), (0, 0));
     // A later request on the connection is parsed again.
     let ts = run_with(
         &mut stitcher,
@@ -544,7 +590,7 @@ fn unknown_connection_infers_the_role() {
     );
     assert_eq!((ts[0].side, ts[1].side), (Side::Server, Side::Client));
     assert_eq!((ts[0].local, ts[0].peer), (None, None));
-    assert_eq!(stats.non_http_bytes, 9 + 4);
+    assert_eq!(stats.skipped_bytes, 9 + 4);
 }
 
 #[test]
@@ -657,7 +703,7 @@ fn oversized_head_is_counted() {
     let ts = run_with(&mut stitcher, &events);
     assert!(ts.is_empty());
     assert_eq!(stitcher.stats().oversized_heads, 1);
-    assert!(stitcher.footprint().0 <= 512);
+    assert!(head_and_pending(&stitcher).0 <= 512);
 }
 
 #[test]
@@ -1094,7 +1140,7 @@ fn check_expected(ts: &[HttpTransaction], exchanges: &[Exchange]) -> Result<(), 
         .iter()
         .map(|t| {
             (
-                t.request.method.clone(),
+                t.request.method.to_string(),
                 t.request.path.clone(),
                 t.request.body_size,
                 t.response.as_ref().map_or(0, |r| r.status),
@@ -1121,11 +1167,12 @@ proptest! {
         for (i, op) in ops.iter().enumerate() {
             stitcher.push(&op_event(i as u64, op), 0, &mut out);
             prop_assert!(stitcher.connections() <= 3);
-            prop_assert_eq!(stitcher.lru.by_gen.len(), stitcher.conns.len());
-            let (head, pending) = stitcher.footprint();
+            prop_assert!(stitcher.table.consistent());
+            let (head, pending) = head_and_pending(&stitcher);
             prop_assert!(head <= 64, "head buffer {}", head);
             prop_assert!(pending <= 2, "pending {}", pending);
         }
+        let out: Vec<HttpTransaction> = out.into_iter().map(http).collect();
         for t in &out {
             prop_assert!(t.start_mono_ns <= t.end_mono_ns);
             prop_assert!(t.request.headers.len() <= crate::model::MAX_HEADERS);

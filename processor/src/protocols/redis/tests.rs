@@ -138,7 +138,7 @@ proptest! {
         let mut f = Feed::new(RedisSession::new(false));
         for (i, (req, bytes, extra)) in chunks.iter().enumerate() {
             f.send(*req, bytes, bytes.len() as u64 + extra, i as u64);
-            let (pending, buffered) = f.session.footprint();
+            let (pending, _, buffered) = f.session.footprint();
             prop_assert!(pending <= MAX_PENDING);
             prop_assert!(buffered <= 4 * MAX_LINE_KEEP + 8 * 64);
         }
