@@ -7,7 +7,9 @@ ones), built on PyPI's `grpcio` and `opentelemetry-proto`.
 Listens for OTLP/gRPC (TraceService, MetricsService) and OTLP/HTTP protobuf (POST
 /v1/traces, /v1/metrics) on 127.0.0.1, on the given ports or on ephemeral ones;
 prints `READY <grpc port> <http port>` once both listen, then one JSON line per
-received span or metric:
+received span or metric (gzip bodies are accepted: gRPC message compression natively,
+HTTP `Content-Encoding: gzip`); every line also has "headers", the request's `x-*`
+headers (gRPC metadata), and for HTTP "content_encoding":
   {"transport": "grpc"|"http", "signal": "traces", "resource": {...}, "scope": "...",
    "scope_version": "...", "name": ..., "kind": ..., "trace_id": hex, "span_id": hex,
    "parent_span_id": hex, "flags": int, "trace_state": "...", "status": int,
@@ -18,6 +20,7 @@ received span or metric:
                "bucket_counts": [...]}]}
 Runs until killed (SIGTERM, SIGKILL).
 """
+import gzip
 import json
 import sys
 import threading
@@ -31,10 +34,20 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 lock = threading.Lock()
 
 
+local = threading.local()
+
+
 def emit(obj):
+    obj["headers"] = getattr(local, "headers", {})
+    if obj["transport"] == "http":
+        obj["content_encoding"] = getattr(local, "content_encoding", "")
     with lock:
         sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
         sys.stdout.flush()
+
+
+def x_headers(pairs):
+    return {k.lower(): v for k, v in pairs if k.lower().startswith("x-")}
 
 
 def value(v):
@@ -89,12 +102,14 @@ def metrics(req, transport):
 
 class Traces(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(self, request, context):
+        local.headers = x_headers(context.invocation_metadata())
         traces(request, "grpc")
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
 class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
     def Export(self, request, context):
+        local.headers = x_headers(context.invocation_metadata())
         metrics(request, "grpc")
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
@@ -104,6 +119,14 @@ class Http(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
         ctype = self.headers.get("content-type", "")
         if ctype != "application/x-protobuf":
+            self.send_response(415)
+            self.end_headers()
+            return
+        local.headers = x_headers(self.headers.items())
+        local.content_encoding = self.headers.get("content-encoding", "")
+        if local.content_encoding == "gzip":
+            body = gzip.decompress(body)
+        elif local.content_encoding not in ("", "identity"):
             self.send_response(415)
             self.end_headers()
             return

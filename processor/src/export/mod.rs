@@ -9,6 +9,7 @@ pub mod otlp;
 pub mod printer;
 pub mod prometheus;
 pub mod traces;
+pub mod transport;
 
 #[cfg(test)]
 mod receiver_tests;
