@@ -1,72 +1,90 @@
-//! Processor throughput from a capture file: transactions per second on ONE core
-//! through stitching (parse), routing, metrics, span building with sampling, and
-//! OTLP protobuf encoding of the sampled spans (no network).
+//! Processor throughput from capture files, through the processor's own event loop
+//! (`tandem_processor::engine::Engine`, the code the binary runs): events in
+//! batches as the loader sends them, stitching (every protocol), routes, metrics,
+//! spans with sampling, and OTLP protobuf encoding of the sampled spans (the trace
+//! export with an encode-only output: the same queue, batching and encoder, no
+//! network).
 //!
 //! ```bash
 //! cargo run -q --release -p tandem-loader -- record --source synthetic \
-//!     --synthetic-requests 200000 -o /tmp/bench.tcap \
-//!   && cargo bench -p tandem-processor --bench throughput -- /tmp/bench.tcap
+//!     --synthetic-requests 200000 -o /tmp/bench.tcap
+//! sudo bash integration-tests/bench/record-mixed.sh          # /tmp/mixed.tcap
+//! cargo bench -p tandem-processor --bench throughput -- /tmp/bench.tcap /tmp/mixed.tcap
 //! ```
 //!
-//! The capture file is the first argument, or `TANDEM_BENCH_CAPTURE`;
-//! `TANDEM_BENCH_ITERATIONS` (default 5) sets how many times the events are run. All
-//! events are read into memory first, so reading the file is not measured. Each
-//! iteration starts from fresh stages (stitcher, router, process map, metrics
-//! registry) and feeds every event, in order, on the current thread, exactly as the
-//! processor's event loop does:
+//! Capture files are the arguments (or `TANDEM_BENCH_CAPTURE`, comma-separated);
+//! `TANDEM_BENCH_ITERATIONS` (default 5) sets how many times each pass runs. Events
+//! are read into memory first. For each capture four passes run, each from fresh
+//! state, and each pass's median iteration is reported:
 //!
-//! 1. `stitch`: `Stitcher::push` (HTTP/1 parsing and pairing);
-//! 2. `route+span`: `Router::route`, the process's resource, `build_span` with the
-//!    default sampler (`parentbased_always_on`, random ids);
-//! 3. `metrics`: `MetricsRegistry::record` (the OpenTelemetry SDK histograms);
-//! 4. `encode`: sampled spans in batches of `traces::MAX_BATCH`, grouped by process
-//!    and encoded to `ExportTraceServiceRequest` bytes (`export::encode`), what the
-//!    OTLP exporter would send.
+//! 1. `stitch`: the stitcher alone;
+//! 2. `+ route, span`: the engine with a pipeline that builds every span (printer
+//!    disabled) but records no metric and exports nothing;
+//! 3. `+ metrics`: the same, recording every transaction's metrics;
+//! 4. `+ OTLP encode` (the whole processor): and exporting sampled spans through
+//!    the trace export's queue into encoded `ExportTraceServiceRequest` bodies.
 //!
-//! It prints each iteration and a summary of the median iteration: events/s,
-//! transactions/s and spans encoded/s (all single-threaded, so per core), the share
-//! of each stage, bytes per encoded span, and the peak resident memory of the
-//! benchmark process (`VmHWM`, which includes the events held in memory).
+//! `TANDEM_BENCH_PASSES` (e.g. `4`, or `1,4`) runs only some passes.
+//!
+//! The per-core figure is transactions per second of CPU time (every thread of the
+//! process: the event loop and the export task), from `/proc/self/task/*/schedstat`.
 
-use std::hint::black_box;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry_sdk::trace::{RandomIdGenerator, SpanData};
 use tandem_proto::capture::CaptureReader;
-use tandem_proto::{Event, EventKind};
+use tandem_proto::{Event, EventBatch};
 
-use tandem_processor::export::encode::encode_spans;
-use tandem_processor::export::traces::MAX_BATCH;
-use tandem_processor::model::Transaction;
+use tandem_processor::engine::Engine;
+use tandem_processor::export::sink::{OtlpTraces, Sink};
+use tandem_processor::export::traces::{Batching, TraceExport};
 use tandem_processor::pipeline::metrics::MetricsRegistry;
-use tandem_processor::pipeline::resource::{ProcessMap, ProcessResource, ResourceSettings};
-use tandem_processor::pipeline::route::Router;
-use tandem_processor::pipeline::span::build_span;
-use tandem_processor::settings::{RoutesSettings, Sampler};
+use tandem_processor::pipeline::Pipeline;
+use tandem_processor::printer::{PrintFormat, Printer};
+use tandem_processor::settings::{ExportSettings, RoutesSettings};
 use tandem_processor::stitch::Stitcher;
 
 const DEFAULT_ITERATIONS: usize = 5;
+/// Events per batch, as the loader sends them.
+const BATCH: usize = 512;
 
-/// What one iteration did and how long each stage took.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pass {
+    Stitch,
+    Spans,
+    Metrics,
+    Encode,
+}
+
+impl Pass {
+    const ALL: [Pass; 4] = [Pass::Stitch, Pass::Spans, Pass::Metrics, Pass::Encode];
+
+    fn name(self) -> &'static str {
+        match self {
+            Pass::Stitch => "stitch",
+            Pass::Spans => "+ route, span",
+            Pass::Metrics => "+ metrics",
+            Pass::Encode => "+ OTLP encode",
+        }
+    }
+}
+
+/// One iteration of one pass.
 #[derive(Debug, Default, Clone, Copy)]
 struct Run {
     wall: Duration,
-    stitch: Duration,
-    route_span: Duration,
-    metrics: Duration,
-    encode: Duration,
+    cpu: Duration,
     events: u64,
     transactions: u64,
     spans_encoded: u64,
     encoded_bytes: u64,
-    batches: u64,
+    requests: u64,
 }
 
 fn main() -> ExitCode {
-    match run() {
+    match main_() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("throughput: {e}");
@@ -75,168 +93,219 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<(), String> {
-    // `cargo bench` passes `--bench`; the first other argument is the capture file.
-    let path = std::env::args()
+fn main_() -> Result<(), String> {
+    // `cargo bench` passes `--bench`; the other arguments are capture files.
+    let mut paths: Vec<PathBuf> = std::env::args()
         .skip(1)
-        .find(|a| !a.starts_with("--"))
-        .or_else(|| std::env::var("TANDEM_BENCH_CAPTURE").ok())
+        .filter(|a| !a.starts_with("--"))
         .map(PathBuf::from)
-        .ok_or(
-            "no capture file: give it as the first argument or in TANDEM_BENCH_CAPTURE \
-             (make one with `cargo run -q --release -p tandem-loader -- record --source \
-             synthetic --synthetic-requests 200000 -o /tmp/bench.tcap`)",
-        )?;
+        .collect();
+    if paths.is_empty() {
+        if let Ok(v) = std::env::var("TANDEM_BENCH_CAPTURE") {
+            paths = v.split(',').filter(|s| !s.is_empty()).map(PathBuf::from).collect();
+        }
+    }
+    if paths.is_empty() {
+        return Err("no capture file: give them as arguments or in TANDEM_BENCH_CAPTURE \
+                    (make one with `cargo run -q --release -p tandem-loader -- record --source \
+                    synthetic --synthetic-requests 200000 -o /tmp/bench.tcap`)"
+            .into());
+    }
     let iterations = match std::env::var("TANDEM_BENCH_ITERATIONS") {
         Ok(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or(format!(
             "TANDEM_BENCH_ITERATIONS={v:?} is not a positive integer"
         ))?,
         Err(_) => DEFAULT_ITERATIONS,
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    for path in paths {
+        bench_capture(&runtime, &path, iterations)?;
+    }
+    match peak_rss_kib() {
+        Some(kib) => println!(
+            "peak RSS (VmHWM) {:.1} MiB (includes the events held in memory)",
+            kib as f64 / 1024.0
+        ),
+        None => println!("peak RSS: /proc/self/status has no VmHWM"),
+    }
+    Ok(())
+}
 
-    let reader = CaptureReader::open(&path).map_err(|e| e.to_string())?;
+fn bench_capture(
+    runtime: &tokio::runtime::Runtime,
+    path: &std::path::Path,
+    iterations: usize,
+) -> Result<(), String> {
+    let reader = CaptureReader::open(path).map_err(|e| e.to_string())?;
     let offset = reader.header().realtime_offset_ns;
     let source = reader.header().source.clone();
     let events: Vec<Event> = reader
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
+    let batches = into_batches(events, offset);
+    let n_events: usize = batches.iter().map(|b| b.events.len()).sum();
     println!(
-        "capture {}: {} events (source {source:?}); {iterations} iterations, single thread",
+        "capture {}: {n_events} events (source {source:?}) in {} batches of up to {BATCH}; \
+         {iterations} iterations per pass",
         path.display(),
-        events.len()
+        batches.len()
     );
-
-    let mut runs = Vec::with_capacity(iterations);
-    for i in 0..iterations {
-        let r = iteration(&events, offset)?;
+    let mut medians = Vec::new();
+    // TANDEM_BENCH_PASSES=4 runs only the whole processor (1-4: the passes above).
+    let only: Vec<usize> = std::env::var("TANDEM_BENCH_PASSES")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    for (i, pass) in Pass::ALL.into_iter().enumerate() {
+        if !only.is_empty() && !only.contains(&(i + 1)) {
+            continue;
+        }
+        let mut runs = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            runs.push(runtime.block_on(iteration(pass, &batches))?);
+        }
+        runs.sort_by_key(|r| r.cpu);
+        let Some(r) = runs.get(runs.len() / 2).copied() else {
+            return Err("no iteration ran".into());
+        };
+        if r.transactions == 0 {
+            return Err(format!("{}: the capture produced no transactions", path.display()));
+        }
+        medians.push((pass, r));
+    }
+    println!("  pass             transactions/s per core  (wall)      us/transaction (CPU)   this stage");
+    let mut previous = 0.0;
+    for (pass, r) in &medians {
+        let us = r.cpu.as_secs_f64() * 1e6 / r.transactions as f64;
         println!(
-            "  iteration {}: {:>8.3} s  {:>10.0} events/s  {:>9.0} transactions/s  {:>9.0} spans encoded/s",
-            i + 1,
-            r.wall.as_secs_f64(),
-            per_sec(r.events, r.wall),
+            "  {:<16} {:>12.0}            ({:>9.0})   {:>8.3}               {:>+8.3}",
+            pass.name(),
+            per_sec(r.transactions, r.cpu),
             per_sec(r.transactions, r.wall),
-            per_sec(r.spans_encoded, r.wall),
+            us,
+            us - previous
         );
-        runs.push(r);
+        previous = us;
     }
-    runs.sort_by_key(|r| r.wall);
-    let Some(r) = runs.get(runs.len() / 2).copied() else {
-        return Err("no iteration ran".into());
-    };
-    if r.transactions == 0 {
-        return Err("the capture produced no HTTP transactions".into());
-    }
-    let share = |d: Duration| 100.0 * d.as_secs_f64() / r.wall.as_secs_f64();
-    let per_tx_us = |d: Duration| d.as_secs_f64() * 1e6 / r.transactions as f64;
-    println!("median iteration (one core; every stage on the same thread):");
-    println!(
-        "  events/s                      {:>12.0}",
-        per_sec(r.events, r.wall)
-    );
-    println!(
-        "  transactions/s per core       {:>12.0}",
-        per_sec(r.transactions, r.wall)
-    );
-    println!(
-        "  spans encoded/s per core      {:>12.0}",
-        per_sec(r.spans_encoded, r.wall)
-    );
-    println!(
-        "  bytes/span (OTLP protobuf)    {:>12.1}   ({} batches of up to {MAX_BATCH})",
-        r.encoded_bytes as f64 / r.spans_encoded.max(1) as f64,
-        r.batches
-    );
-    for (name, d) in [
-        ("stitch", r.stitch),
-        ("route+span", r.route_span),
-        ("metrics", r.metrics),
-        ("encode", r.encode),
-    ] {
+    if let Some((_, r)) = medians.last() {
         println!(
-            "  {name:<12} {:>6.2} us/transaction  {:>5.1} %",
-            per_tx_us(d),
-            share(d)
+            "  whole processor: {:.0} transactions/s per core, {:.0} events/s; {} spans encoded in {} requests, {:.1} bytes/span",
+            per_sec(r.transactions, r.cpu),
+            per_sec(r.events, r.cpu),
+            r.spans_encoded,
+            r.requests,
+            r.encoded_bytes as f64 / r.spans_encoded.max(1) as f64
         );
-    }
-    match peak_rss_kib() {
-        Some(kib) => println!(
-            "  peak RSS (VmHWM)              {:>9.1} MiB (includes the {} events held in memory)",
-            kib as f64 / 1024.0,
-            r.events
-        ),
-        None => println!("  peak RSS: /proc/self/status has no VmHWM"),
     }
     Ok(())
 }
 
-fn iteration(events: &[Event], offset: i64) -> Result<Run, String> {
-    let mut run = Run::default();
-    let mut stitcher = Stitcher::new();
-    let mut router = Router::new(&RoutesSettings::default()).map_err(|e| e.to_string())?;
-    let mut processes = ProcessMap::new(ResourceSettings {
-        host_name: "bench".into(),
-        ..Default::default()
-    });
-    let mut metrics = MetricsRegistry::default();
-    let ids = RandomIdGenerator::default();
-    let sampler = Sampler::default();
-    let mut transactions: Vec<Transaction> = Vec::new();
-    let mut batch: Vec<(Arc<ProcessResource>, SpanData)> = Vec::with_capacity(MAX_BATCH);
-
-    let started = Instant::now();
-    for event in events {
-        if let Some(EventKind::ProcessStarted(p)) = &event.kind {
-            processes.on_started(p);
-        }
-        let t = Instant::now();
-        stitcher.push(event, offset, &mut transactions);
-        run.stitch += t.elapsed();
-        run.events += 1;
-        for tx in transactions.drain(..) {
-            run.transactions += 1;
-            let t = Instant::now();
-            let path = tx.http().map_or("", |h| h.request.path.as_str());
-            let routed = router.route(path);
-            let process = processes.get(tx.pid);
-            let t_metrics = Instant::now();
-            if !routed.ignore_metrics {
-                metrics.record(&process, &tx, routed.route.as_deref());
-            }
-            let t_span = Instant::now();
-            run.metrics += t_span - t_metrics;
-            if !routed.ignore_traces {
-                let rec = build_span(&tx, routed.route.as_deref(), sampler, &ids);
-                if rec.sampled {
-                    batch.push((process, rec.data));
-                }
-            }
-            run.route_span += (t_metrics - t) + t_span.elapsed();
-            if batch.len() >= MAX_BATCH {
-                encode(&mut batch, &mut run);
-            }
-        }
+/// The events in batches as the loader sends them (contiguous sequence numbers).
+fn into_batches(events: Vec<Event>, offset: i64) -> Vec<EventBatch> {
+    let mut out = Vec::new();
+    let mut seq = 1;
+    let mut it = events.into_iter().peekable();
+    while it.peek().is_some() {
+        let events: Vec<Event> = it.by_ref().take(BATCH).collect();
+        let len = events.len() as u64;
+        out.push(EventBatch {
+            subscription_seq: seq,
+            events,
+            realtime_offset_ns: offset,
+            subscription_epoch: 1,
+        });
+        seq += len;
     }
-    if !batch.is_empty() {
-        encode(&mut batch, &mut run);
-    }
-    run.wall = started.elapsed();
-    black_box(metrics.collect());
-    Ok(run)
+    out
 }
 
-fn encode(batch: &mut Vec<(Arc<ProcessResource>, SpanData)>, run: &mut Run) {
-    let spans = std::mem::replace(batch, Vec::with_capacity(MAX_BATCH));
-    let n = spans.len() as u64;
-    let t = Instant::now();
-    let bytes = black_box(encode_spans(spans));
-    run.encode += t.elapsed();
-    run.spans_encoded += n;
-    run.encoded_bytes += bytes.len() as u64;
-    run.batches += 1;
+async fn iteration(pass: Pass, batches: &[EventBatch]) -> Result<Run, String> {
+    let mut run = Run::default();
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    if pass == Pass::Stitch {
+        let mut stitcher = Stitcher::new();
+        let mut out = Vec::new();
+        for b in batches {
+            for e in &b.events {
+                stitcher.push(e, b.realtime_offset_ns, &mut out);
+                run.transactions += out.len() as u64;
+                out.clear();
+            }
+            run.events += b.events.len() as u64;
+        }
+        std::hint::black_box(&stitcher);
+    } else {
+        let export = ExportSettings::default();
+        let registry =
+            (pass != Pass::Spans).then(|| Arc::new(Mutex::new(MetricsRegistry::default())));
+        let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+        if pass == Pass::Encode {
+            // The queue holds every span: the bench measures the work, not how the
+            // two threads are scheduled (the export's own bound is tested elsewhere).
+            sinks.push(Box::new(OtlpTraces(TraceExport::encode_only(Batching {
+                max_queue_size: usize::MAX / 2,
+                max_export_batch_size: export.max_export_batch_size,
+                batch_timeout: export.batch_timeout,
+            }))));
+        }
+        let pipeline = Pipeline::with_sinks(
+            &RoutesSettings::default(),
+            &export,
+            "bench".into(),
+            registry.clone(),
+            sinks,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut engine = Engine::new(pipeline, Printer::new(PrintFormat::None));
+        for b in batches {
+            engine.on_batch(b);
+            // Let the export task run, as the loader's batches come with pauses.
+            tokio::task::yield_now().await;
+        }
+        let summary = engine.finish().await;
+        if let Some(r) = registry {
+            let collected = r.lock().map(|mut r| r.collect()).unwrap_or_default();
+            std::hint::black_box(collected);
+        }
+        run.events = summary.input.events;
+        run.transactions = summary.transactions_total();
+        let e = summary.pipeline.span_export;
+        run.spans_encoded = e.exported;
+        run.encoded_bytes = e.bytes;
+        run.requests = e.requests;
+        if pass == Pass::Encode && e.lost() > 0 {
+            return Err(format!("the encode-only export lost spans: {e:?}"));
+        }
+    }
+    run.wall = t0.elapsed();
+    run.cpu = cpu_time().saturating_sub(cpu0);
+    Ok(run)
 }
 
 fn per_sec(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+/// CPU time of every thread of this process (`/proc/self/task/*/schedstat`, ns).
+fn cpu_time() -> Duration {
+    let mut ns = 0u64;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(ns)
 }
 
 /// Peak resident set size in KiB.

@@ -73,6 +73,35 @@ pub enum OtlpProtocol {
     HttpProtobuf,
 }
 
+/// Request body compression (`OTEL_EXPORTER_OTLP_COMPRESSION`, `compression`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+}
+
+/// How failed exports are retried (OBI's `backoff_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Wait before the first retry (`backoff_initial_interval`).
+    pub initial_interval: Duration,
+    /// Longest wait between two attempts (`backoff_max_interval`).
+    pub max_interval: Duration,
+    /// No attempt starts later than this after the first (`backoff_max_elapsed_time`).
+    pub max_elapsed: Duration,
+}
+
+impl Default for Backoff {
+    /// 100 ms, 1.6 s, 5 s: a failed export is given up within seconds (the
+    /// collector's outage costs those spans, not ingestion; metrics are cumulative).
+    fn default() -> Self {
+        Backoff {
+            initial_interval: Duration::from_millis(100),
+            max_interval: Duration::from_millis(1600),
+            max_elapsed: Duration::from_secs(5),
+        }
+    }
+}
+
 /// One OTLP signal's destination (traces or metrics). `None` endpoint: not exported.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct OtlpSignal {
@@ -83,6 +112,8 @@ pub struct OtlpSignal {
     pub protocol: Option<OtlpProtocol>,
     pub headers: BTreeMap<String, String>,
     pub timeout: Option<Duration>,
+    pub compression: Option<Compression>,
+    pub backoff: Backoff,
 }
 
 /// `trace_printer` / `OTEL_EBPF_TRACE_PRINTER`.
@@ -97,7 +128,7 @@ pub enum TracePrinter {
 }
 
 /// Everything export needs.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ExportSettings {
     pub traces: OtlpSignal,
     pub metrics: OtlpSignal,
@@ -120,10 +151,70 @@ pub struct ExportSettings {
     pub metrics_interval: Duration,
     /// Most spans waiting for export before new ones are dropped (counted).
     pub max_queue_size: usize,
+    /// Most spans in one export request (`max_export_batch_size`).
+    pub max_export_batch_size: usize,
+    /// Longest a span waits for its request to fill (`batch_timeout`).
+    pub batch_timeout: Duration,
+    /// tandem's own metrics (`internal_metrics`).
+    pub internal_metrics: InternalMetricsSettings,
     /// `otel_traces_export.instrumentations` / `OTEL_EBPF_TRACES_INSTRUMENTATIONS`.
     pub traces_instrumentations: Instrumentations,
     /// `metrics.instrumentations` / `OTEL_EBPF_METRICS_INSTRUMENTATIONS`.
     pub metrics_instrumentations: Instrumentations,
+}
+
+impl Default for ExportSettings {
+    /// Nothing exported, sampler `parentbased_always_on`, metrics every 60 s, a
+    /// queue of 4096 spans sent in requests of up to 4096 within 1 s.
+    fn default() -> Self {
+        ExportSettings {
+            traces: OtlpSignal::default(),
+            metrics: OtlpSignal::default(),
+            sampler: Sampler::default(),
+            trace_printer: TracePrinter::default(),
+            prometheus_port: None,
+            prometheus_path: String::new(),
+            service_name: None,
+            service_namespace: None,
+            resource_attributes: BTreeMap::new(),
+            metrics_interval: Duration::from_secs(60),
+            max_queue_size: 4096,
+            max_export_batch_size: 4096,
+            batch_timeout: Duration::from_secs(1),
+            internal_metrics: InternalMetricsSettings::default(),
+            traces_instrumentations: Instrumentations::default(),
+            metrics_instrumentations: Instrumentations::default(),
+        }
+    }
+}
+
+/// `internal_metrics.exporter`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InternalExporter {
+    #[default]
+    Disabled,
+    Prometheus,
+    Otel,
+}
+
+/// `internal_metrics` (OBI's names and defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalMetricsSettings {
+    pub exporter: InternalExporter,
+    /// `internal_metrics.prometheus.port`; `None`: the application metrics' port.
+    pub prometheus_port: Option<u16>,
+    /// `internal_metrics.prometheus.path` (default `/internal/metrics`).
+    pub prometheus_path: String,
+}
+
+impl Default for InternalMetricsSettings {
+    fn default() -> Self {
+        InternalMetricsSettings {
+            exporter: InternalExporter::Disabled,
+            prometheus_port: None,
+            prometheus_path: "/internal/metrics".to_string(),
+        }
+    }
 }
 
 /// One of OBI's instrumentation kinds (`otel_traces_export.instrumentations`,

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use serde::de::{self, Deserializer, IgnoredAny};
 use serde::Deserialize;
 
-use super::values::{Endpoint, GoDuration, KubeEnable, LogLevel, Ports, Ratio, SamplerName, V};
+use super::values::{
+    CompressionName, Endpoint, GoDuration, KubeEnable, LogLevel, Ports, Ratio, SamplerName, V,
+};
 use crate::settings::{IgnoreMode, Instrumentations, OtlpProtocol, TracePrinter, Unmatched};
 
 /// Keys OBI documents that tandem accepts and ignores, as dotted paths (`[]` is any
@@ -22,8 +24,7 @@ pub const IGNORED_KEYS: &[&str] = &[
     "network",
     "filter",
     "name_resolver",
-    "internal_metrics",
-    "shutdown_timeout",
+        "shutdown_timeout",
     "enforce_sys_caps",
     "channel_buffer_len",
     "profile_port",
@@ -34,15 +35,8 @@ pub const IGNORED_KEYS: &[&str] = &[
     "stats",
     // otel_traces_export
     "otel_traces_export.insecure_skip_verify",
-    "otel_traces_export.max_export_batch_size",
-    "otel_traces_export.batch_max_size",
-    "otel_traces_export.batch_timeout",
-    "otel_traces_export.backoff_initial_interval",
-    "otel_traces_export.backoff_max_interval",
-    "otel_traces_export.backoff_max_elapsed_time",
     "otel_traces_export.reporters_cache_len",
     "otel_traces_export.otel_sdk_log_level",
-    "otel_traces_export.compression",
     // otel_metrics_export
     "otel_metrics_export.insecure_skip_verify",
     "otel_metrics_export.buckets",
@@ -52,7 +46,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "otel_metrics_export.ttl",
     "otel_metrics_export.allow_service_graph_self_references",
     "otel_metrics_export.extra_span_resource_attributes",
-    "otel_metrics_export.compression",
     // prometheus_export
     "prometheus_export.disable_build_info",
     "prometheus_export.features",
@@ -121,8 +114,7 @@ pub(crate) struct FileConfig {
     _filter: Ignored,
     #[serde(rename = "name_resolver")]
     _name_resolver: Ignored,
-    #[serde(rename = "internal_metrics")]
-    _internal_metrics: Ignored,
+    pub internal_metrics: InternalMetricsSection,
     #[serde(rename = "shutdown_timeout")]
     _shutdown_timeout: Ignored,
     #[serde(rename = "enforce_sys_caps")]
@@ -159,24 +151,18 @@ pub(crate) struct TracesSection {
     pub instrumentations: Option<V<Instrumentations>>,
     #[serde(rename = "insecure_skip_verify")]
     _insecure_skip_verify: Ignored,
-    #[serde(rename = "max_export_batch_size")]
-    _max_export_batch_size: Ignored,
-    #[serde(rename = "batch_max_size")]
-    _batch_max_size: Ignored,
-    #[serde(rename = "batch_timeout")]
-    _batch_timeout: Ignored,
-    #[serde(rename = "backoff_initial_interval")]
-    _backoff_initial_interval: Ignored,
-    #[serde(rename = "backoff_max_interval")]
-    _backoff_max_interval: Ignored,
-    #[serde(rename = "backoff_max_elapsed_time")]
-    _backoff_max_elapsed_time: Ignored,
+    pub max_export_batch_size: Option<V<usize>>,
+    /// Newer OBI's name for `max_export_batch_size`.
+    pub batch_max_size: Option<V<usize>>,
+    pub batch_timeout: Option<V<GoDuration>>,
+    pub backoff_initial_interval: Option<V<GoDuration>>,
+    pub backoff_max_interval: Option<V<GoDuration>>,
+    pub backoff_max_elapsed_time: Option<V<GoDuration>>,
     #[serde(rename = "reporters_cache_len")]
     _reporters_cache_len: Ignored,
     #[serde(rename = "otel_sdk_log_level")]
     _otel_sdk_log_level: Ignored,
-    #[serde(rename = "compression")]
-    _compression: Ignored,
+    pub compression: Option<V<CompressionName>>,
 }
 
 /// `otel_traces_export.sampler`.
@@ -217,8 +203,23 @@ pub(crate) struct MetricsSection {
     _allow_service_graph_self_references: Ignored,
     #[serde(rename = "extra_span_resource_attributes")]
     _extra_span_resource_attributes: Ignored,
-    #[serde(rename = "compression")]
-    _compression: Ignored,
+    pub compression: Option<V<CompressionName>>,
+}
+
+/// `internal_metrics` (tandem's own metrics).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct InternalMetricsSection {
+    pub exporter: Option<V<crate::settings::InternalExporter>>,
+    pub prometheus: InternalPrometheusSection,
+}
+
+/// `internal_metrics.prometheus`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct InternalPrometheusSection {
+    pub port: Option<V<u16>>,
+    pub path: Option<String>,
 }
 
 /// `metrics` (OBI's section common to OTLP and Prometheus metrics).

@@ -44,6 +44,7 @@
 mod env;
 mod error;
 mod file;
+mod otlp;
 mod substitute;
 mod values;
 
@@ -63,11 +64,12 @@ pub use file::{InstrumentSelector, IGNORED_KEYS};
 pub use values::{KubeEnable, LogLevel};
 
 use crate::settings::{
-    ExportSettings, OtlpProtocol, OtlpSignal, RoutesSettings, Sampler, TracePrinter,
+    ExportSettings, InternalMetricsSettings, RoutesSettings, Sampler, TracePrinter,
 };
 use env::setting;
+use otlp::{resolve_signal, Millis, SignalFile, SIGNAL_METRICS, SIGNAL_TRACES};
 use file::FileConfig;
-use values::{parse_key_values, Endpoint, GoDuration, ParseValue, Ports, Ratio, SamplerName};
+use values::{parse_key_values, GoDuration, ParseValue, Ports, Ratio, SamplerName};
 
 /// Default metrics export interval (OBI's, and OpenTelemetry's).
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
@@ -242,7 +244,7 @@ impl Config {
 
     fn from_parts(
         file: Option<PathBuf>,
-        f: FileConfig,
+        mut f: FileConfig,
         ignored_keys: Vec<String>,
         env: &dyn Env,
     ) -> Result<Config, ConfigError> {
@@ -276,11 +278,11 @@ impl Config {
         };
 
         let sampler_name = from_env::<SamplerName>(env, vars::TRACES_SAMPLER)?
-            .or(f.otel_traces_export.sampler.name.map(|v| v.0))
+            .or(f.otel_traces_export.sampler.name.take().map(|v| v.0))
             .unwrap_or(SamplerName::ParentBasedAlwaysOn);
         // OpenTelemetry: a ratio sampler without an argument samples everything.
         let ratio = from_env::<Ratio>(env, vars::TRACES_SAMPLER_ARG)?
-            .or(f.otel_traces_export.sampler.arg.map(|v| v.0))
+            .or(f.otel_traces_export.sampler.arg.take().map(|v| v.0))
             .map_or(1.0, |r| r.0);
         let sampler = match sampler_name {
             SamplerName::AlwaysOn => Sampler::AlwaysOn,
@@ -291,21 +293,31 @@ impl Config {
             SamplerName::ParentBasedTraceIdRatio => Sampler::ParentBasedTraceIdRatio(ratio),
         };
 
+        let t = &mut f.otel_traces_export;
         let traces = resolve_signal(
             &SIGNAL_TRACES,
             SignalFile {
-                endpoint: f.otel_traces_export.endpoint.map(|v| v.0),
-                protocol: f.otel_traces_export.protocol.map(|v| v.0),
-                headers: f.otel_traces_export.headers,
+                endpoint: t.endpoint.take().map(|v| v.0),
+                protocol: t.protocol.take().map(|v| v.0),
+                headers: std::mem::take(&mut t.headers),
+                compression: t.compression.take().map(|v| v.0),
+                backoff: [
+                    t.backoff_initial_interval.take().map(|v| v.0),
+                    t.backoff_max_interval.take().map(|v| v.0),
+                    t.backoff_max_elapsed_time.take().map(|v| v.0),
+                ],
             },
             env,
         )?;
+        let m = &mut f.otel_metrics_export;
         let metrics = resolve_signal(
             &SIGNAL_METRICS,
             SignalFile {
-                endpoint: f.otel_metrics_export.endpoint.map(|v| v.0),
-                protocol: f.otel_metrics_export.protocol.map(|v| v.0),
-                headers: f.otel_metrics_export.headers,
+                endpoint: m.endpoint.take().map(|v| v.0),
+                protocol: m.protocol.take().map(|v| v.0),
+                headers: std::mem::take(&mut m.headers),
+                compression: m.compression.take().map(|v| v.0),
+                backoff: [None, None, None],
             },
             env,
         )?;
@@ -360,6 +372,24 @@ impl Config {
                 .or(f.otel_traces_export.max_queue_size.map(|v| v.0))
                 .or(f.otel_traces_export.queue_size.map(|v| v.0))
                 .unwrap_or(d.export.max_queue_size),
+            max_export_batch_size: from_env::<usize>(env, vars::TRACES_MAX_EXPORT_BATCH_SIZE)?
+                .or(f.otel_traces_export.max_export_batch_size.map(|v| v.0))
+                .or(f.otel_traces_export.batch_max_size.map(|v| v.0))
+                .unwrap_or(d.export.max_export_batch_size),
+            batch_timeout: from_env::<GoDuration>(env, vars::TRACES_BATCH_TIMEOUT)?
+                .or(f.otel_traces_export.batch_timeout.map(|v| v.0))
+                .map_or(d.export.batch_timeout, |g| g.0),
+            internal_metrics: InternalMetricsSettings {
+                exporter: from_env(env, vars::INTERNAL_METRICS_EXPORTER)?
+                    .or(f.internal_metrics.exporter.map(|v| v.0))
+                    .unwrap_or_default(),
+                prometheus_port: from_env::<u16>(env, vars::INTERNAL_METRICS_PROMETHEUS_PORT)?
+                    .or(f.internal_metrics.prometheus.port.map(|v| v.0))
+                    .filter(|p| *p != 0),
+                prometheus_path: setting(env, vars::INTERNAL_METRICS_PROMETHEUS_PATH)
+                    .or(f.internal_metrics.prometheus.path)
+                    .unwrap_or(d.export.internal_metrics.prometheus_path),
+            },
             traces_instrumentations: from_env(env, vars::TRACES_INSTRUMENTATIONS)?
                 .or(f.otel_traces_export.instrumentations.map(|v| v.0))
                 .unwrap_or_default(),
@@ -513,113 +543,13 @@ impl Config {
 }
 
 /// The environment variable `name` parsed, or `None` when unset or empty.
-fn from_env<T: ParseValue>(env: &dyn Env, name: &str) -> Result<Option<T>, ConfigError> {
+pub(crate) fn from_env<T: ParseValue>(
+    env: &dyn Env,
+    name: &str,
+) -> Result<Option<T>, ConfigError> {
     setting(env, name)
         .map(|v| T::parse_value(&v).map_err(|m| ConfigError::env(name, m)))
         .transpose()
-}
-
-/// Milliseconds, as OpenTelemetry's interval and timeout variables are written.
-struct Millis(Duration);
-
-impl ParseValue for Millis {
-    const EXPECTING: &'static str = "milliseconds";
-    fn parse_value(text: &str) -> Result<Self, String> {
-        text.trim()
-            .parse::<u64>()
-            .map(|ms| Millis(Duration::from_millis(ms)))
-            .map_err(|_| format!("`{}` is not a whole number of milliseconds", text.trim()))
-    }
-}
-
-/// The names one OTLP signal is configured with.
-struct SignalVars {
-    endpoint: &'static str,
-    protocol: &'static str,
-    headers: &'static str,
-    timeout: &'static str,
-    /// Appended to the generic endpoint for HTTP.
-    http_path: &'static str,
-}
-
-const SIGNAL_TRACES: SignalVars = SignalVars {
-    endpoint: vars::OTLP_TRACES_ENDPOINT,
-    protocol: vars::OTLP_TRACES_PROTOCOL,
-    headers: vars::OTLP_TRACES_HEADERS,
-    timeout: vars::OTLP_TRACES_TIMEOUT,
-    http_path: "/v1/traces",
-};
-
-const SIGNAL_METRICS: SignalVars = SignalVars {
-    endpoint: vars::OTLP_METRICS_ENDPOINT,
-    protocol: vars::OTLP_METRICS_PROTOCOL,
-    headers: vars::OTLP_METRICS_HEADERS,
-    timeout: vars::OTLP_METRICS_TIMEOUT,
-    http_path: "/v1/metrics",
-};
-
-/// What the file says about one signal.
-struct SignalFile {
-    endpoint: Option<Endpoint>,
-    protocol: Option<OtlpProtocol>,
-    headers: BTreeMap<String, String>,
-}
-
-/// Endpoint, protocol, headers and timeout of one signal (precedence in the module doc).
-fn resolve_signal(
-    v: &SignalVars,
-    file: SignalFile,
-    env: &dyn Env,
-) -> Result<OtlpSignal, ConfigError> {
-    let (endpoint, generic) = match from_env::<Endpoint>(env, v.endpoint)? {
-        Some(e) => (Some(e), false),
-        None => match file.endpoint {
-            Some(e) => (Some(e), false),
-            None => (from_env::<Endpoint>(env, vars::OTLP_ENDPOINT)?, true),
-        },
-    };
-    let explicit = match from_env::<OtlpProtocol>(env, v.protocol)? {
-        Some(p) => Some(p),
-        None => from_env::<OtlpProtocol>(env, vars::OTLP_PROTOCOL)?.or(file.protocol),
-    };
-    let protocol = match &endpoint {
-        Some(e) => Some(explicit.unwrap_or_else(|| infer_protocol(e))),
-        None => explicit,
-    };
-    let endpoint = endpoint.map(|e| {
-        if generic && protocol == Some(OtlpProtocol::HttpProtobuf) {
-            format!("{}{}", e.0.trim_end_matches('/'), v.http_path)
-        } else {
-            e.0
-        }
-    });
-
-    let mut headers = file.headers;
-    for var in [vars::OTLP_HEADERS, v.headers] {
-        if let Some(text) = setting(env, var) {
-            headers.extend(parse_key_values(&text).map_err(|m| ConfigError::env(var, m))?);
-        }
-    }
-    let timeout = match from_env::<Millis>(env, v.timeout)? {
-        Some(t) => Some(t.0),
-        None => from_env::<Millis>(env, vars::OTLP_TIMEOUT)?.map(|t| t.0),
-    };
-    Ok(OtlpSignal {
-        endpoint,
-        protocol,
-        headers,
-        timeout,
-    })
-}
-
-/// OBI's inference when no protocol is given: a port ending in 4317 (4317, 14317, …)
-/// is gRPC, one ending in 4318 is HTTP; anything else, or no port, is http/protobuf
-/// (the OpenTelemetry default).
-fn infer_protocol(endpoint: &Endpoint) -> OtlpProtocol {
-    match endpoint.port() {
-        Some(p) if p.ends_with("4317") => OtlpProtocol::Grpc,
-        _ => OtlpProtocol::HttpProtobuf,
-    }
 }
 
 /// Dotted paths of `pattern` (`a.b`, `a.list[].c`) present in `tree`.

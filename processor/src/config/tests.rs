@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
-use crate::settings::{IgnoreMode, Unmatched};
+use crate::settings::{IgnoreMode, OtlpProtocol, OtlpSignal, Unmatched};
 
 const FILE: &str = "/config/obi-config.yml";
 const NO_ENV: [(&str, &str); 0] = [];
@@ -528,7 +528,7 @@ filter:
       not_match: /health
 otel_traces_export:
   endpoint: http://localhost:4318
-  batch_timeout: 5s
+  reporters_cache_len: 10
 ";
     let c = ok(yaml, &NO_ENV);
     assert_eq!(
@@ -537,9 +537,80 @@ otel_traces_export:
             "ebpf",
             "network",
             "filter",
-            "otel_traces_export.batch_timeout"
+            "otel_traces_export.reporters_cache_len"
         ]
     );
+}
+
+#[test]
+fn batching_backoff_compression_and_internal_metrics_are_acted_on() {
+    let yaml = "
+otel_traces_export:
+  endpoint: http://localhost:4318
+  max_export_batch_size: 100
+  batch_timeout: 5s
+  backoff_initial_interval: 1s
+  backoff_max_interval: 2s
+  backoff_max_elapsed_time: 30s
+  compression: gzip
+otel_metrics_export:
+  endpoint: http://localhost:4318
+  compression: none
+internal_metrics:
+  exporter: prometheus
+  prometheus:
+    port: 9090
+    path: /tandem
+";
+    let c = ok(yaml, &NO_ENV);
+    assert!(c.ignored_keys.is_empty(), "{:?}", c.ignored_keys);
+    let e = &c.export;
+    assert_eq!(e.max_export_batch_size, 100);
+    assert_eq!(e.batch_timeout, Duration::from_secs(5));
+    assert_eq!(
+        e.traces.backoff,
+        crate::settings::Backoff {
+            initial_interval: Duration::from_secs(1),
+            max_interval: Duration::from_secs(2),
+            max_elapsed: Duration::from_secs(30),
+        }
+    );
+    assert_eq!(e.traces.compression, Some(crate::settings::Compression::Gzip));
+    assert_eq!(e.metrics.compression, None);
+    assert_eq!(e.metrics.backoff, crate::settings::Backoff::default());
+    assert_eq!(
+        e.internal_metrics,
+        crate::settings::InternalMetricsSettings {
+            exporter: crate::settings::InternalExporter::Prometheus,
+            prometheus_port: Some(9090),
+            prometheus_path: "/tandem".into(),
+        }
+    );
+    // The variables win, OBI's names and OpenTelemetry's.
+    let env = [
+        (vars::TRACES_MAX_EXPORT_BATCH_SIZE, "7"),
+        (vars::TRACES_BATCH_TIMEOUT, "250ms"),
+        (vars::BACKOFF_MAX_ELAPSED_TIME, "1m"),
+        (vars::OTLP_COMPRESSION, "gzip"),
+        (vars::OTLP_TRACES_COMPRESSION, "none"),
+        (vars::INTERNAL_METRICS_EXPORTER, "otel"),
+        (vars::INTERNAL_METRICS_PROMETHEUS_PORT, "0"),
+    ];
+    let c = ok(yaml, &env);
+    let e = &c.export;
+    assert_eq!(e.max_export_batch_size, 7);
+    assert_eq!(e.batch_timeout, Duration::from_millis(250));
+    assert_eq!(e.traces.backoff.max_elapsed, Duration::from_secs(60));
+    assert_eq!(e.traces.compression, None, "the signal's variable wins");
+    assert_eq!(e.metrics.compression, Some(crate::settings::Compression::Gzip));
+    assert_eq!(e.internal_metrics.exporter, crate::settings::InternalExporter::Otel);
+    assert_eq!(e.internal_metrics.prometheus_port, None, "0 means off");
+    // Bad values name the key and what is allowed.
+    let err = file_error("otel_traces_export:\n  compression: zstd\n", &NO_ENV).to_string();
+    assert!(err.contains("otel_traces_export.compression"), "{err}");
+    assert!(err.contains("gzip, none"), "{err}");
+    let err = file_error("internal_metrics:\n  exporter: statsd\n", &NO_ENV).to_string();
+    assert!(err.contains("disabled, prometheus, otel"), "{err}");
 }
 
 // --- environment over file -----------------------------------------------------

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 use tandem_proto::v1::PortRange;
 
-use crate::settings::{IgnoreMode, OtlpProtocol, TracePrinter, Unmatched};
+use crate::settings::{IgnoreMode, InternalExporter, OtlpProtocol, TracePrinter, Unmatched};
 
 /// A value spelled as text (YAML scalars of any type are read as their text).
 pub(crate) trait ParseValue: Sized {
@@ -102,6 +102,37 @@ impl ParseValue for TracePrinter {
                 ("text", TracePrinter::Text),
                 ("json", TracePrinter::Json),
                 ("json_indent", TracePrinter::JsonIndent),
+            ],
+        )
+    }
+}
+
+/// `compression` / `OTEL_EXPORTER_OTLP_COMPRESSION`: `gzip` or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CompressionName(pub Option<crate::settings::Compression>);
+
+impl ParseValue for CompressionName {
+    const EXPECTING: &'static str = "a compression (gzip, none)";
+    fn parse_value(text: &str) -> Result<Self, String> {
+        one_of(
+            text,
+            &[
+                ("gzip", CompressionName(Some(crate::settings::Compression::Gzip))),
+                ("none", CompressionName(None)),
+            ],
+        )
+    }
+}
+
+impl ParseValue for InternalExporter {
+    const EXPECTING: &'static str = "an internal metrics exporter (disabled, prometheus, otel)";
+    fn parse_value(text: &str) -> Result<Self, String> {
+        one_of(
+            text,
+            &[
+                ("disabled", InternalExporter::Disabled),
+                ("prometheus", InternalExporter::Prometheus),
+                ("otel", InternalExporter::Otel),
             ],
         )
     }

@@ -1,28 +1,35 @@
-//! Pushing metrics: every `metrics_interval` (and once at shutdown) one task collects
-//! the per-process meters of [`MetricsRegistry`] and exports each process's metrics
-//! with its resource through an OTLP metric exporter (which retries with backoff).
-//! Metrics are cumulative, so a collector that is down loses nothing but the
-//! intervals it missed, and holds no memory: nothing queues.
+//! Pushing metrics over OTLP: every `metrics_interval` (and once at shutdown) one task
+//! collects the registry (every process's cumulative series, tandem's own, and the
+//! internal metrics when they go over OTLP), encodes them into one request
+//! ([`crate::export::encode_metrics`]) and sends it with the OTLP transport (which
+//! retries with backoff). Metrics are cumulative, so a collector that is down loses
+//! nothing but the intervals it missed, and holds no memory: nothing queues.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::warn;
 
-use crate::pipeline::metrics::MetricsRegistry;
+use crate::export::encode_metrics::{data_points, encode_metrics};
+use crate::export::transport::Transport;
+use crate::pipeline::metrics::{MetricsRegistry, ResourceMetrics};
 
 /// How long `shutdown` waits for the last export.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Export outcomes, counted per process export.
+/// Something besides the registry whose metrics are pushed (the internal metrics).
+pub type Extra = Arc<dyn Fn() -> Option<ResourceMetrics> + Send + Sync>;
+
+/// Export outcomes, counted per request.
 #[derive(Debug, Default)]
 pub struct MetricExportStats {
     pub exported: AtomicU64,
     pub failed: AtomicU64,
+    pub points: AtomicU64,
 }
 
 /// The periodic export task.
@@ -33,19 +40,28 @@ pub struct MetricExport {
 }
 
 impl MetricExport {
-    /// Starts exporting `registry` every `interval` on the current Tokio runtime.
-    pub fn spawn<E: PushMetricExporter>(
-        exporter: E,
+    /// Starts exporting `registry` (and `extra`) every `interval` on the current
+    /// Tokio runtime.
+    pub fn spawn(
+        transport: Transport,
         registry: Arc<Mutex<MetricsRegistry>>,
+        extra: Option<Extra>,
         interval: Duration,
     ) -> Self {
         let (stop, stopped) = oneshot::channel();
         let stats = Arc::new(MetricExportStats::default());
-        let task = tokio::spawn(run(exporter, registry, interval, stopped, stats.clone()));
+        let task = tokio::spawn(run(
+            transport,
+            registry,
+            extra,
+            interval,
+            stopped,
+            stats.clone(),
+        ));
         MetricExport { stop, task, stats }
     }
 
-    /// (exported, failed) process exports so far.
+    /// (exported, failed) requests so far.
     pub fn counts(&self) -> (u64, u64) {
         (
             self.stats.exported.load(Ordering::Relaxed),
@@ -53,7 +69,7 @@ impl MetricExport {
         )
     }
 
-    /// Exports one last time and shuts the exporter down.
+    /// Exports one last time and stops.
     pub async fn shutdown(self) -> (u64, u64) {
         let MetricExport { stop, task, stats } = self;
         let _ = stop.send(());
@@ -69,9 +85,10 @@ impl MetricExport {
     }
 }
 
-async fn run<E: PushMetricExporter>(
-    exporter: E,
+async fn run(
+    transport: Transport,
     registry: Arc<Mutex<MetricsRegistry>>,
+    extra: Option<Extra>,
     interval: Duration,
     mut stopped: oneshot::Receiver<()>,
     stats: Arc<MetricExportStats>,
@@ -88,17 +105,21 @@ async fn run<E: PushMetricExporter>(
             _ = ticks.tick() => false,
             _ = &mut stopped => true,
         };
-        let collected = match registry.lock() {
+        let mut collected = match registry.lock() {
             Ok(mut r) => r.collect(),
             Err(_) => {
                 warn!("metrics registry poisoned: metrics export stops");
                 break;
             }
         };
-        for rm in &collected {
-            match exporter.export(rm).await {
-                Ok(()) => {
+        collected.extend(extra.as_ref().and_then(|f| f()));
+        if !collected.is_empty() {
+            let points = data_points(&collected);
+            let body = Bytes::from(encode_metrics(&collected));
+            match transport.export(body, points).await {
+                Ok(done) => {
                     stats.exported.fetch_add(1, Ordering::Relaxed);
+                    stats.points.fetch_add(done.accepted(), Ordering::Relaxed);
                 }
                 Err(e) => {
                     let before = stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -109,8 +130,5 @@ async fn run<E: PushMetricExporter>(
         if last {
             break;
         }
-    }
-    if let Err(e) = exporter.shutdown() {
-        debug!("metric exporter shutdown: {e}");
     }
 }

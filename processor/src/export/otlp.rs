@@ -1,45 +1,20 @@
-//! OTLP exporters (from `opentelemetry-otlp`) built from an [`OtlpSignal`].
+//! From an [`OtlpSignal`] (what the configuration says of traces or metrics) to the
+//! OTLP transport's settings.
 //!
-//! * Protocol: `grpc` (tonic) or `http/protobuf`; when unset, `grpc` for an endpoint
-//!   on port 4317 and `http/protobuf` otherwise (OBI infers it the same way).
+//! * Protocol: `grpc` or `http/protobuf`; when unset, `grpc` for an endpoint on port
+//!   4317 and `http/protobuf` otherwise (OBI infers it the same way).
 //! * Endpoint: used as given. For HTTP it is the full URL including the signal path
 //!   (`/v1/traces`, `/v1/metrics`), which `config` appends for the generic endpoint.
 //! * Headers: gRPC metadata or HTTP headers. Timeout: per export attempt (default
-//!   10 s, the SDK's).
-//! * Retries: the SDK's policy (3 retries, exponential backoff from 100 ms to 1.6 s
-//!   with jitter, retryable errors only, honouring server throttling).
+//!   10 s). Compression: gzip when asked for.
+//! * Retries: the transport's, with the signal's backoff (default 100 ms doubling to
+//!   1.6 s, given up 5 s after the first attempt; OBI's `backoff_*` keys set them).
 
-use std::collections::HashMap;
-use std::time::Duration;
-
-use opentelemetry_otlp::{
-    MetricExporter, Protocol, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
-};
-use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
-
-use crate::settings::{OtlpProtocol, OtlpSignal};
+use crate::export::transport::{Compression, RetryPolicy, TransportSettings, DEFAULT_MAX_IN_FLIGHT};
+use crate::settings::{self, OtlpProtocol, OtlpSignal};
 
 /// Default timeout of one export attempt.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// An exporter that cannot be built from the settings.
-#[derive(Debug, thiserror::Error)]
-pub enum OtlpError {
-    #[error("OTLP {signal} header {name:?} cannot be sent as gRPC metadata: {reason}")]
-    BadHeader {
-        signal: &'static str,
-        name: String,
-        reason: String,
-    },
-    #[error("cannot build the OTLP {signal} exporter for {endpoint:?} ({protocol:?})")]
-    Build {
-        signal: &'static str,
-        endpoint: String,
-        protocol: OtlpProtocol,
-        #[source]
-        source: opentelemetry_otlp::ExporterBuildError,
-    },
-}
+pub use crate::export::transport::DEFAULT_TIMEOUT;
 
 /// The protocol used for `signal`: as configured, else inferred from the port.
 pub fn protocol_of(signal: &OtlpSignal, endpoint: &str) -> OtlpProtocol {
@@ -59,90 +34,24 @@ pub fn protocol_of(signal: &OtlpSignal, endpoint: &str) -> OtlpProtocol {
     })
 }
 
-fn metadata(
-    signal: &'static str,
-    headers: &std::collections::BTreeMap<String, String>,
-) -> Result<MetadataMap, OtlpError> {
-    let mut map = MetadataMap::new();
-    for (k, v) in headers {
-        let bad = |reason: String| OtlpError::BadHeader {
-            signal,
-            name: k.clone(),
-            reason,
-        };
-        let key = AsciiMetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-            .map_err(|e| bad(e.to_string()))?;
-        let value = AsciiMetadataValue::try_from(v.as_str()).map_err(|e| bad(e.to_string()))?;
-        map.insert(key, value);
-    }
-    Ok(map)
-}
-
-fn http_headers(headers: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
-    headers
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
-/// The span exporter for `signal`, `None` when it has no endpoint. Needs a Tokio
-/// runtime (the gRPC channel starts a task).
-pub fn span_exporter(signal: &OtlpSignal) -> Result<Option<SpanExporter>, OtlpError> {
-    let Some(endpoint) = signal.endpoint.as_deref() else {
-        return Ok(None);
-    };
+/// The transport settings of `signal`; `None` when it has no endpoint.
+pub fn transport_settings(signal: &OtlpSignal) -> Option<TransportSettings> {
+    let endpoint = signal.endpoint.as_deref()?;
     let protocol = protocol_of(signal, endpoint);
-    let timeout = signal.timeout.unwrap_or(DEFAULT_TIMEOUT);
-    let built = match protocol {
-        OtlpProtocol::Grpc => SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .with_timeout(timeout)
-            .with_metadata(metadata("traces", &signal.headers)?)
-            .build(),
-        OtlpProtocol::HttpProtobuf => SpanExporter::builder()
-            .with_http()
-            .with_endpoint(endpoint)
-            .with_protocol(Protocol::HttpBinary)
-            .with_timeout(timeout)
-            .with_headers(http_headers(&signal.headers))
-            .build(),
-    };
-    built.map(Some).map_err(|source| OtlpError::Build {
-        signal: "traces",
+    Some(TransportSettings {
         endpoint: endpoint.to_string(),
         protocol,
-        source,
-    })
-}
-
-/// The metric exporter for `signal` (cumulative temporality), `None` without endpoint.
-pub fn metric_exporter(signal: &OtlpSignal) -> Result<Option<MetricExporter>, OtlpError> {
-    let Some(endpoint) = signal.endpoint.as_deref() else {
-        return Ok(None);
-    };
-    let protocol = protocol_of(signal, endpoint);
-    let timeout = signal.timeout.unwrap_or(DEFAULT_TIMEOUT);
-    let built = match protocol {
-        OtlpProtocol::Grpc => MetricExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .with_timeout(timeout)
-            .with_metadata(metadata("metrics", &signal.headers)?)
-            .build(),
-        OtlpProtocol::HttpProtobuf => MetricExporter::builder()
-            .with_http()
-            .with_endpoint(endpoint)
-            .with_protocol(Protocol::HttpBinary)
-            .with_timeout(timeout)
-            .with_headers(http_headers(&signal.headers))
-            .build(),
-    };
-    built.map(Some).map_err(|source| OtlpError::Build {
-        signal: "metrics",
-        endpoint: endpoint.to_string(),
-        protocol,
-        source,
+        headers: signal.headers.clone(),
+        timeout: signal.timeout.unwrap_or(DEFAULT_TIMEOUT),
+        compression: signal.compression.map(|c| match c {
+            settings::Compression::Gzip => Compression::Gzip,
+        }),
+        max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+        retry: RetryPolicy {
+            initial_interval: signal.backoff.initial_interval,
+            max_interval: signal.backoff.max_interval,
+            max_elapsed: signal.backoff.max_elapsed,
+        },
     })
 }
 
@@ -166,33 +75,46 @@ mod tests {
     }
 
     #[test]
-    fn bad_grpc_header_is_an_error() {
-        let mut headers = std::collections::BTreeMap::new();
-        headers.insert("bad header".to_string(), "x".to_string());
-        assert!(matches!(
-            metadata("traces", &headers),
-            Err(OtlpError::BadHeader { .. })
-        ));
-        headers.clear();
-        headers.insert("Authorization".to_string(), "Bearer x".to_string());
-        let m = metadata("traces", &headers).expect("valid");
-        assert_eq!(
-            m.get("authorization").and_then(|v| v.to_str().ok()),
-            Some("Bearer x")
-        );
+    fn settings_follow_the_signal() {
+        assert!(transport_settings(&OtlpSignal::default()).is_none());
+        let s = OtlpSignal {
+            endpoint: Some("http://c:4317".into()),
+            compression: Some(settings::Compression::Gzip),
+            ..Default::default()
+        };
+        let t = transport_settings(&s).expect("settings");
+        assert_eq!(t.protocol, OtlpProtocol::Grpc);
+        assert_eq!(t.compression, Some(Compression::Gzip));
+        assert_eq!(t.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(t.retry.max_elapsed, std::time::Duration::from_secs(5));
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn builds_both_transports() {
-        for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
+    async fn builds_both_transports_and_refuses_bad_headers() {
+        use crate::export::transport::{Signal, Transport};
+        for (protocol, endpoint) in [
+            (OtlpProtocol::Grpc, "http://127.0.0.1:1"),
+            (OtlpProtocol::HttpProtobuf, "http://127.0.0.1:1/v1/traces"),
+        ] {
             let s = OtlpSignal {
-                endpoint: Some("http://127.0.0.1:1/v1/traces".into()),
+                endpoint: Some(endpoint.into()),
                 protocol: Some(protocol),
                 ..Default::default()
             };
-            assert!(span_exporter(&s).expect("builds").is_some());
-            assert!(metric_exporter(&s).expect("builds").is_some());
+            let t = transport_settings(&s).expect("settings");
+            assert!(Transport::new(Signal::Traces, t).is_ok());
         }
-        assert!(span_exporter(&OtlpSignal::default()).expect("ok").is_none());
+        let mut headers = std::collections::BTreeMap::new();
+        headers.insert("bad header".to_string(), "x".to_string());
+        let s = OtlpSignal {
+            endpoint: Some("http://127.0.0.1:1".into()),
+            protocol: Some(OtlpProtocol::Grpc),
+            headers,
+            ..Default::default()
+        };
+        match Transport::new(Signal::Traces, transport_settings(&s).expect("settings")) {
+            Ok(_) => panic!("a header with a space was accepted"),
+            Err(err) => assert!(err.to_string().contains("bad header"), "{err}"),
+        }
     }
 }

@@ -21,12 +21,11 @@ use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::SpanKind;
-use opentelemetry_sdk::trace::SpanData;
 use serde_json::{json, Map, Value};
 
 use crate::model::{DbOperation, DbSystem, Exchange, HttpExchange, Side, Transaction};
 use crate::pipeline::resource::ProcessResource;
-use crate::pipeline::span::SpanRecord;
+use crate::pipeline::span::{Span as SpanData, SpanRecord};
 use crate::settings::TracePrinter;
 
 /// Prints spans in the configured format.
@@ -50,6 +49,11 @@ impl Printer {
     /// A printer writing to stdout.
     pub fn stdout(kind: TracePrinter) -> Self {
         Self::new(kind, Box::new(std::io::stdout()))
+    }
+
+    /// Spans seen (printed unless disabled or counted only).
+    pub fn count(&self) -> u64 {
+        self.count
     }
 
     pub fn new(kind: TracePrinter, out: Box<dyn Write + Send>) -> Self {

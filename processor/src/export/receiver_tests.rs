@@ -116,6 +116,7 @@ fn signal(endpoint: String, protocol: OtlpProtocol) -> OtlpSignal {
         protocol: Some(protocol),
         headers: [("x-tandem-test".to_string(), "1".to_string())].into(),
         timeout: Some(Duration::from_secs(5)),
+        ..Default::default()
     }
 }
 

@@ -1,33 +1,47 @@
-//! Sending sampled spans: a bounded queue in front of an OTLP span exporter.
+//! Sending sampled spans over OTLP: a bounded queue in front of the OTLP transport.
 //!
-//! The SDK's batch span processor exports all spans of a tracer provider under that
-//! provider's one resource; tandem's spans come from many processes, each with its
-//! own resource. So tandem batches itself: [`TraceExport::offer`] never waits — it
-//! puts the span in a queue of `max_queue_size` spans or, when the queue is full,
-//! drops it and counts it. One task takes up to [`MAX_BATCH`] spans (or what came
-//! within [`BATCH_DELAY`]), groups them by process and hands each group, with its
-//! resource, to the exporter, which retries with backoff. A collector that is down or
-//! slow therefore costs at most a full queue of memory and never blocks ingestion.
+//! tandem's spans come from many processes, each with its own resource, so tandem
+//! batches itself and puts every process of a batch in one request (one
+//! `ResourceSpans` each). [`TraceExport::offer`] never waits: it encodes the span at
+//! once, on the caller's thread, into the chunk being filled (grouped by process,
+//! [`SpanGroups`]); the chunk goes to the export task at the end of each input
+//! batch (or when it holds [`CHUNK`] spans). Spans beyond `max_queue_size` waiting
+//! for export (in chunks, or not yet handed over) are dropped and counted. The task
+//! joins chunks into a request of up to `max_export_batch_size` spans (or what came
+//! within `batch_timeout`) by concatenating them — a protobuf concatenation of
+//! requests is the request of all their spans — and keeps up to the transport's
+//! `max_in_flight` exports running at once, each retried with backoff by the
+//! transport. A collector that is down or slow therefore costs at most a full queue
+//! (plus the request being filled and those in flight) of memory and never blocks
+//! ingestion.
+//!
+//! Without a transport ([`TraceExport::encode_only`]) requests are assembled and
+//! discarded: the throughput benchmark measures the same path without a network.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::warn;
 
+use crate::export::encode::SpanGroups;
+use crate::export::transport::Transport;
 use crate::pipeline::resource::ProcessResource;
+use crate::pipeline::span::Span;
 
-/// Most spans in one export call.
-pub const MAX_BATCH: usize = 512;
-/// Longest a queued span waits for its batch to fill.
-pub const BATCH_DELAY: Duration = Duration::from_secs(1);
+/// Defaults of the batching settings (see `config`: `otel_traces_export.*`).
+pub const DEFAULT_MAX_EXPORT_BATCH_SIZE: usize = 4096;
+pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long `shutdown` waits for the queue to drain before abandoning it.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Spans in one chunk handed to the task (at most).
+pub const CHUNK: u64 = 512;
 
 /// What happened to the spans offered for export.
 #[derive(Debug, Default)]
@@ -38,10 +52,15 @@ pub struct TraceExportStats {
     pub dropped_queue_full: AtomicU64,
     /// Accepted by the collector.
     pub exported: AtomicU64,
-    /// Lost because the export failed after the exporter's retries.
+    /// Lost because the export failed after the transport's retries, or because
+    /// the collector rejected them (partial success).
     pub failed: AtomicU64,
     /// Still queued when shutdown gave up.
     pub abandoned: AtomicU64,
+    /// Requests sent (each with one or more processes' spans).
+    pub requests: AtomicU64,
+    /// Bytes of the encoded requests.
+    pub bytes: AtomicU64,
 }
 
 /// A plain copy of [`TraceExportStats`].
@@ -52,60 +71,139 @@ pub struct TraceExportCounts {
     pub exported: u64,
     pub failed: u64,
     pub abandoned: u64,
+    pub requests: u64,
+    pub bytes: u64,
+}
+
+impl TraceExportCounts {
+    /// Spans that will never reach the collector.
+    pub fn lost(&self) -> u64 {
+        self.dropped_queue_full + self.failed + self.abandoned
+    }
 }
 
 impl TraceExportStats {
     pub fn counts(&self) -> TraceExportCounts {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         TraceExportCounts {
-            queued: self.queued.load(Ordering::Relaxed),
-            dropped_queue_full: self.dropped_queue_full.load(Ordering::Relaxed),
-            exported: self.exported.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            abandoned: self.abandoned.load(Ordering::Relaxed),
+            queued: l(&self.queued),
+            dropped_queue_full: l(&self.dropped_queue_full),
+            exported: l(&self.exported),
+            failed: l(&self.failed),
+            abandoned: l(&self.abandoned),
+            requests: l(&self.requests),
+            bytes: l(&self.bytes),
         }
     }
 }
 
-struct Queued {
-    process: Arc<ProcessResource>,
-    span: SpanData,
+/// An encoded chunk and how many spans it holds.
+type Chunk = (Bytes, u64);
+
+/// Batching settings. Memory is bounded by the queue, plus the request being
+/// filled, plus the requests in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Most spans waiting for export (queued, not yet in the request being filled).
+    pub max_queue_size: usize,
+    /// Most spans in one request.
+    pub max_export_batch_size: usize,
+    /// Longest a span waits for its request to fill.
+    pub batch_timeout: Duration,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            max_queue_size: 4096,
+            max_export_batch_size: DEFAULT_MAX_EXPORT_BATCH_SIZE,
+            batch_timeout: DEFAULT_BATCH_TIMEOUT,
+        }
+    }
 }
 
 /// The queue and its export task.
 pub struct TraceExport {
-    tx: mpsc::Sender<Queued>,
+    pending: SpanGroups,
+    tx: mpsc::UnboundedSender<Chunk>,
+    /// Spans handed to the task and not yet taken into the request being filled.
+    waiting: Arc<AtomicUsize>,
+    batching: Batching,
     stats: Arc<TraceExportStats>,
     task: JoinHandle<()>,
 }
 
 impl TraceExport {
-    /// Starts the export task on the current Tokio runtime.
-    pub fn spawn<E: SpanExporter + 'static>(exporter: E, max_queue_size: usize) -> Self {
-        let (tx, rx) = mpsc::channel(max_queue_size.max(1));
-        let stats = Arc::new(TraceExportStats::default());
-        let task = tokio::spawn(run(exporter, rx, stats.clone()));
-        TraceExport { tx, stats, task }
+    /// Starts the export task on the current Tokio runtime, sending with `transport`.
+    pub fn spawn(transport: Transport, batching: Batching) -> Self {
+        Self::start(Some(transport), batching)
     }
 
-    /// Queues `span` of `process` for export; drops and counts it when the queue is
-    /// full. Never waits.
-    pub fn offer(&self, process: Arc<ProcessResource>, span: SpanData) {
-        match self.tx.try_send(Queued { process, span }) {
-            Ok(()) => {
-                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+    /// An export that assembles its requests and discards them (no network).
+    pub fn encode_only(batching: Batching) -> Self {
+        Self::start(None, batching)
+    }
+
+    fn start(transport: Option<Transport>, batching: Batching) -> Self {
+        let batching = Batching {
+            max_queue_size: batching.max_queue_size.max(1),
+            max_export_batch_size: batching.max_export_batch_size.max(1),
+            batch_timeout: batching.batch_timeout,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(TraceExportStats::default());
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(run(
+            transport,
+            rx,
+            waiting.clone(),
+            batching,
+            stats.clone(),
+        ));
+        TraceExport {
+            pending: SpanGroups::default(),
+            tx,
+            waiting,
+            batching,
+            stats,
+            task,
+        }
+    }
+
+    /// Queues `span` of `process` for export (a sampled span), encoding it now;
+    /// drops and counts it when the queue is full. Never waits.
+    pub fn offer(&mut self, process: &Arc<ProcessResource>, span: &Span) {
+        let queued = self.waiting.load(Ordering::Acquire) + self.pending.len() as usize;
+        if queued >= self.batching.max_queue_size {
+            let before = self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+            if before == 0 {
+                warn!(
+                    max_queue_size = self.batching.max_queue_size,
+                    "span export queue full (collector down or slow?): dropping spans; \
+                     the total is in the periodic and the exit summary"
+                );
             }
-            Err(_) => {
-                let before = self
-                    .stats
-                    .dropped_queue_full
-                    .fetch_add(1, Ordering::Relaxed);
-                if before == 0 {
-                    warn!(
-                        "span export queue full (collector down or slow?): dropping spans; \
-                         the total is logged after each export and at shutdown"
-                    );
-                }
-            }
+            return;
+        }
+        self.pending.add(process, span);
+        if self.pending.len() >= CHUNK {
+            self.flush();
+        }
+    }
+
+    /// Hands the spans offered so far to the export task (called at the end of each
+    /// input batch, so that a span waits at most `batch_timeout` plus a batch).
+    pub fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let (body, n) = self.pending.take();
+        self.waiting.fetch_add(n as usize, Ordering::AcqRel);
+        self.stats.queued.fetch_add(n, Ordering::Relaxed);
+        if self.tx.send((Bytes::from(body), n)).is_err() {
+            // The task is gone (only after a panic): what it would have sent is lost.
+            self.waiting.fetch_sub(n as usize, Ordering::AcqRel);
+            self.stats.failed.fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -113,23 +211,29 @@ impl TraceExport {
         self.stats.counts()
     }
 
-    /// Exports what is queued (within [`SHUTDOWN_GRACE`]) and shuts the exporter down.
-    pub async fn shutdown(self) -> TraceExportCounts {
-        let TraceExport { tx, stats, task } = self;
+    /// Exports what is queued (within [`SHUTDOWN_GRACE`]) and stops the task.
+    pub async fn shutdown(mut self) -> TraceExportCounts {
+        self.flush();
+        let TraceExport {
+            tx, stats, task, ..
+        } = self;
         drop(tx);
         let abort = task.abort_handle();
         if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
             abort.abort();
             let c = stats.counts();
-            let left = c.queued.saturating_sub(c.exported + c.failed);
-            stats.abandoned.store(left, Ordering::Relaxed);
+            let left = c
+                .queued
+                .saturating_sub(c.exported + c.failed)
+                .saturating_sub(c.abandoned);
+            stats.abandoned.fetch_add(left, Ordering::Relaxed);
             warn!(
                 spans = left,
                 "span export did not finish in {SHUTDOWN_GRACE:?}: abandoned"
             );
         }
         let c = stats.counts();
-        if c.dropped_queue_full + c.failed + c.abandoned > 0 {
+        if c.lost() > 0 {
             warn!(
                 exported = c.exported,
                 dropped_queue_full = c.dropped_queue_full,
@@ -142,210 +246,76 @@ impl TraceExport {
     }
 }
 
-async fn run<E: SpanExporter>(
-    mut exporter: E,
-    mut rx: mpsc::Receiver<Queued>,
+/// The export task: requests of up to `max_export_batch_size` spans (whole chunks;
+/// a chunk never splits), up to the transport's `max_in_flight` at once.
+async fn run(
+    transport: Option<Transport>,
+    mut rx: mpsc::UnboundedReceiver<Chunk>,
+    waiting: Arc<AtomicUsize>,
+    batching: Batching,
     stats: Arc<TraceExportStats>,
 ) {
-    let mut reported_drops = 0;
+    let max_in_flight = transport.as_ref().map_or(1, |t| t.max_in_flight().max(1));
+    let max_batch = batching.max_export_batch_size as u64;
+    let mut request = BytesMut::new();
+    let mut items = 0u64;
+    let mut in_flight = FuturesUnordered::new();
+    let mut deadline: Option<Instant> = None;
     let mut open = true;
-    while open {
-        let Some(first) = rx.recv().await else {
-            break;
-        };
-        let mut batch = vec![first];
-        let deadline = Instant::now() + BATCH_DELAY;
-        while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(q)) => batch.push(q),
-                Ok(None) => {
-                    open = false;
-                    break;
+    while open || items > 0 || !in_flight.is_empty() {
+        let full = items >= max_batch;
+        let due = deadline.is_some_and(|d| Instant::now() >= d) || (!open && items > 0);
+        if (full || due) && items > 0 && in_flight.len() < max_in_flight {
+            let body = request.split().freeze();
+            let n = std::mem::take(&mut items);
+            deadline = None;
+            stats.requests.fetch_add(1, Ordering::Relaxed);
+            stats.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+            in_flight.push(send(transport.clone(), body, n, stats.clone()));
+            continue;
+        }
+        let sleep_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            msg = rx.recv(), if open && items < max_batch => match msg {
+                Some((body, n)) => {
+                    // Out of the queue into the request being filled (as the SDK's
+                    // batch processor does): the queue has room again.
+                    waiting.fetch_sub(n as usize, Ordering::AcqRel);
+                    if items == 0 {
+                        deadline = Some(Instant::now() + batching.batch_timeout);
+                    }
+                    request.extend_from_slice(&body);
+                    items += n;
                 }
-                Err(_) => break,
-            }
+                None => open = false,
+            },
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            _ = tokio::time::sleep_until(sleep_until),
+                if deadline.is_some() && in_flight.len() < max_in_flight => {}
         }
-        export_batch(&mut exporter, batch, &stats).await;
-        let drops = stats.dropped_queue_full.load(Ordering::Relaxed);
-        if drops > reported_drops {
-            warn!(
-                dropped = drops - reported_drops,
-                total = drops,
-                "spans dropped: export queue full"
-            );
-            reported_drops = drops;
-        }
-    }
-    if let Err(e) = exporter.shutdown() {
-        debug!("span exporter shutdown: {e}");
     }
 }
 
-async fn export_batch<E: SpanExporter>(
-    exporter: &mut E,
-    batch: Vec<Queued>,
-    stats: &TraceExportStats,
-) {
-    // Group by process, keeping first-seen order.
-    let mut groups: Vec<(Arc<ProcessResource>, Vec<SpanData>)> = Vec::new();
-    let mut index: HashMap<usize, usize> = HashMap::new();
-    for q in batch {
-        let key = Arc::as_ptr(&q.process) as usize;
-        match index.get(&key) {
-            Some(&i) => groups[i].1.push(q.span),
-            None => {
-                index.insert(key, groups.len());
-                groups.push((q.process, vec![q.span]));
-            }
-        }
-    }
-    for (process, spans) in groups {
-        let n = spans.len() as u64;
-        exporter.set_resource(&process.resource);
-        match exporter.export(spans).await {
-            Ok(()) => {
-                stats.exported.fetch_add(n, Ordering::Relaxed);
-            }
+/// Sends one request and counts what became of its spans.
+async fn send(transport: Option<Transport>, body: Bytes, items: u64, stats: Arc<TraceExportStats>) {
+    let (ok, rejected) = match transport {
+        Some(t) => match t.export(body, items).await {
+            Ok(done) => (done.accepted(), done.rejected),
             Err(e) => {
-                let before = stats.failed.fetch_add(n, Ordering::Relaxed);
+                let before = stats.failed.fetch_add(items, Ordering::Relaxed);
                 warn!(
-                    spans = n,
-                    total_failed = before + n,
-                    service = %process.service_name,
+                    spans = items,
+                    total_failed = before + items,
                     "span export failed: {e}"
                 );
+                (0, 0)
             }
-        }
-    }
+        },
+        None => (items, 0),
+    };
+    stats.exported.fetch_add(ok, Ordering::Relaxed);
+    stats.failed.fetch_add(rejected, Ordering::Relaxed);
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::Side;
-    use crate::pipeline::resource::{ProcessMap, ResourceSettings};
-    use crate::pipeline::span::build_span;
-    use crate::pipeline::span::tests::{tx, SeqIds};
-    use crate::settings::Sampler;
-    use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-    use opentelemetry_sdk::Resource;
-    use std::sync::Mutex;
-
-    /// (service name, span names) of one export call.
-    type Call = (String, Vec<String>);
-
-    /// Records each export call; can stall or fail.
-    #[derive(Debug, Clone, Default)]
-    struct Fake {
-        calls: Arc<Mutex<Vec<Call>>>,
-        resource: Option<Resource>,
-        stall: Option<Duration>,
-        fail: bool,
-    }
-
-    impl SpanExporter for Fake {
-        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-            if let Some(d) = self.stall {
-                tokio::time::sleep(d).await;
-            }
-            if self.fail {
-                return Err(OTelSdkError::InternalFailure("down".into()));
-            }
-            let svc = self
-                .resource
-                .as_ref()
-                .and_then(|r| r.get(&opentelemetry::Key::from_static_str("service.name")))
-                .map(|v| v.to_string())
-                .unwrap_or_default();
-            self.calls
-                .lock()
-                .expect("lock")
-                .push((svc, batch.iter().map(|s| s.name.to_string()).collect()));
-            Ok(())
-        }
-        fn set_resource(&mut self, resource: &Resource) {
-            self.resource = Some(resource.clone());
-        }
-    }
-
-    fn span(path: &str) -> SpanData {
-        build_span(
-            &tx(Side::Server, "GET", path, Some(200)),
-            Some(path),
-            Sampler::AlwaysOn,
-            &SeqIds::default(),
-        )
-        .data
-    }
-
-    fn procs() -> ProcessMap {
-        let mut m = ProcessMap::new(ResourceSettings::default());
-        for (pid, exe) in [(1, "/bin/a"), (2, "/bin/b")] {
-            m.on_started(&tandem_proto::v1::ProcessStarted {
-                pid,
-                exe_path: exe.into(),
-                ..Default::default()
-            });
-        }
-        m
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn groups_by_process_and_flushes_on_shutdown() {
-        let fake = Fake::default();
-        let calls = fake.calls.clone();
-        let export = TraceExport::spawn(fake, 100);
-        let mut p = procs();
-        export.offer(p.get(1), span("/x"));
-        export.offer(p.get(2), span("/y"));
-        export.offer(p.get(1), span("/z"));
-        let c = export.shutdown().await;
-        assert_eq!(c.exported, 3);
-        let calls = calls.lock().expect("lock").clone();
-        assert_eq!(
-            calls,
-            vec![
-                (
-                    "a".to_string(),
-                    vec!["GET /x".to_string(), "GET /z".to_string()]
-                ),
-                ("b".to_string(), vec!["GET /y".to_string()]),
-            ]
-        );
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn stalled_collector_never_blocks_and_drops_are_counted() {
-        let fake = Fake {
-            stall: Some(Duration::from_millis(300)),
-            ..Default::default()
-        };
-        let export = TraceExport::spawn(fake, 10);
-        let mut p = procs();
-        let started = std::time::Instant::now();
-        for _ in 0..10_000 {
-            export.offer(p.get(1), span("/x"));
-        }
-        assert!(started.elapsed() < Duration::from_secs(2), "offer blocked");
-        let c = export.stats();
-        assert!(
-            c.dropped_queue_full >= 10_000 - 10 - MAX_BATCH as u64,
-            "{c:?}"
-        );
-        assert_eq!(c.queued + c.dropped_queue_full, 10_000);
-        let c = export.shutdown().await;
-        assert_eq!(c.exported, c.queued);
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn failures_are_counted() {
-        let fake = Fake {
-            fail: true,
-            ..Default::default()
-        };
-        let export = TraceExport::spawn(fake, 10);
-        export.offer(procs().get(1), span("/x"));
-        let c = export.shutdown().await;
-        assert_eq!((c.exported, c.failed), (0, 1));
-    }
-}
+mod tests;

@@ -132,7 +132,7 @@ pub(crate) mod tests {
     use crate::pipeline::span::tests::SeqIds;
     use opentelemetry::trace::SpanKind;
     use opentelemetry::Value;
-    use opentelemetry_sdk::trace::SpanData;
+    use crate::pipeline::span::Span as SpanData;
 
     /// A PostgreSQL operation of a client (pid 7).
     pub(crate) fn db_tx(

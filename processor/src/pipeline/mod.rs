@@ -1,7 +1,8 @@
 //! The stages between a transaction and its telemetry, in the order a transaction
 //! meets them: `route` (http.route, ignored paths), `metrics` (every transaction),
-//! `span` (ids, sampling by `sample`, attributes), with `resource` saying which
-//! process produced it.
+//! `span` (ids, sampling by `sample`, attributes), decoration (`resource`: which
+//! process produced it; Kubernetes peers), then every sink of `export::sink`
+//! (trace printer, OTLP traces; the metric sinks read the registry).
 
 pub mod db;
 pub mod grpc;
@@ -14,20 +15,18 @@ pub mod span;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tandem_proto::v1::ProcessStarted;
 use tracing::info;
 
-use crate::export::metrics::MetricExport;
-use crate::export::otlp::{self, OtlpError};
 use crate::export::printer::Printer;
-use crate::export::prometheus::{PrometheusEndpoint, PrometheusError};
-use crate::export::traces::{TraceExport, TraceExportCounts};
+use crate::export::sink::{self, Internal, Sink, SinkError, SinkReport};
+use crate::export::traces::TraceExportCounts;
 use crate::model::{Exchange, Transaction};
 use crate::settings::{ExportSettings, Instrumentations, RoutesSettings, Sampler};
 
 use self::metrics::MetricsRegistry;
-use self::resource::{ProcessMap, ProcessResource, ResourceSettings};
+use self::resource::{ProcessMap, ResourceSettings};
 use self::route::{RouteError, Router};
 use self::span::build_span;
 
@@ -37,14 +36,12 @@ pub enum PipelineError {
     #[error("invalid routes settings")]
     Routes(#[from] RouteError),
     #[error(transparent)]
-    Otlp(#[from] OtlpError),
-    #[error(transparent)]
-    Prometheus(#[from] PrometheusError),
-    #[error("the pipeline must be created inside a multi-thread Tokio runtime (the OTLP exporters run on it)")]
+    Sink(#[from] SinkError),
+    #[error("the pipeline must be created inside a multi-thread Tokio runtime (the exporters run on it)")]
     NoRuntime,
 }
 
-/// What the pipeline did, for the processor's exit summary.
+/// What the pipeline did, for the processor's summaries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PipelineStats {
     pub transactions: u64,
@@ -52,15 +49,32 @@ pub struct PipelineStats {
     pub ignored_metrics: u64,
     pub spans_sampled: u64,
     pub spans_not_sampled: u64,
-    /// Transactions whose instrumentation (http, grpc) is switched off for traces /
-    /// for metrics (`*.instrumentations`).
+    /// Transactions whose instrumentation (http, grpc, ...) is switched off for
+    /// traces / for metrics (`*.instrumentations`).
     pub disabled_traces: u64,
     pub disabled_metrics: u64,
     /// Routes folded into `/**` by `max_routes`.
     pub routes_overflowed: u64,
     pub span_export: TraceExportCounts,
-    /// (exported, failed) per-process metric exports.
+    /// (exported, failed) metric export requests.
     pub metric_exports: (u64, u64),
+    /// Spans printed by the trace printer.
+    pub printed: u64,
+}
+
+impl PipelineStats {
+    fn with(mut self, r: SinkReport) -> Self {
+        if let Some(s) = r.spans {
+            self.span_export = s;
+        }
+        if let Some(m) = r.metric_exports {
+            self.metric_exports = m;
+        }
+        if let Some(p) = r.printed {
+            self.printed = p;
+        }
+        self
+    }
 }
 
 /// The Kubernetes attributes of a span's peer (a pod of this node, or a Service's
@@ -73,23 +87,42 @@ pub fn peer_attributes(
     p: &crate::kube::Peer,
 ) -> Vec<opentelemetry::KeyValue> {
     use opentelemetry::KeyValue;
-    let end = match side {
-        crate::model::Side::Client => "k8s.dst",
-        crate::model::Side::Server => "k8s.src",
+    let (name, namespace, kind, owner) = match side {
+        crate::model::Side::Client => (
+            "k8s.dst.name",
+            "k8s.dst.namespace",
+            "k8s.dst.type",
+            "k8s.dst.owner.name",
+        ),
+        crate::model::Side::Server => (
+            "k8s.src.name",
+            "k8s.src.namespace",
+            "k8s.src.type",
+            "k8s.src.owner.name",
+        ),
     };
     let mut v = vec![
-        KeyValue::new(format!("{end}.name"), p.name.clone()),
-        KeyValue::new(format!("{end}.namespace"), p.namespace.clone()),
-        KeyValue::new(format!("{end}.type"), p.kind),
+        KeyValue::new(name, p.name.clone()),
+        KeyValue::new(namespace, p.namespace.clone()),
+        KeyValue::new(kind, p.kind),
     ];
     if let Some(o) = &p.owner_name {
-        v.push(KeyValue::new(format!("{end}.owner.name"), o.clone()));
+        v.push(KeyValue::new(owner, o.clone()));
     }
     v
 }
 
+fn process_map(export: &ExportSettings, host_name: String) -> ProcessMap {
+    ProcessMap::new(ResourceSettings {
+        service_name: export.service_name.clone(),
+        service_namespace: export.service_namespace.clone(),
+        resource_attributes: export.resource_attributes.clone(),
+        host_name,
+    })
+}
+
 /// Transactions in, spans and metrics out. Single consumer: the processor's event
-/// loop calls it; export runs on tasks of the same (multi-thread) runtime.
+/// loop calls it; the exporters run on tasks of the same (multi-thread) runtime.
 pub struct Pipeline {
     router: Router,
     processes: ProcessMap,
@@ -98,20 +131,18 @@ pub struct Pipeline {
     sampler: Sampler,
     ids: Box<dyn IdGenerator>,
     metrics: Option<Arc<Mutex<MetricsRegistry>>>,
-    metric_export: Option<MetricExport>,
-    prometheus: Option<PrometheusEndpoint>,
-    traces: Option<TraceExport>,
-    printer: Printer,
+    sinks: Vec<Box<dyn Sink>>,
+    prometheus: Option<SocketAddr>,
     stats: PipelineStats,
     traces_instrumentations: Instrumentations,
     metrics_instrumentations: Instrumentations,
 }
 
 impl Pipeline {
-    /// Builds the stages and starts the exporters the settings ask for (traces: an
-    /// endpoint; metrics: an OTLP endpoint, a Prometheus port, or both, reading the
-    /// same registry). `host_name` is `host.name`
-    /// ([`resource::local_host_name`]). Must run inside a multi-thread Tokio runtime.
+    /// Builds the stages and the sinks the settings ask for (traces: an endpoint;
+    /// metrics: an OTLP endpoint, a Prometheus port, or both, reading the same
+    /// registry). `host_name` is `host.name` ([`resource::local_host_name`]). Must
+    /// run inside a multi-thread Tokio runtime.
     pub fn new(
         routes: &RoutesSettings,
         export: &ExportSettings,
@@ -132,48 +163,63 @@ impl Pipeline {
         host_name: String,
         printer: Printer,
     ) -> Result<Self, PipelineError> {
+        Self::build(routes, export, host_name, printer, None, Internal::default())
+    }
+
+    /// As [`Pipeline::with_printer`], recording into `registry` (when given; else a
+    /// registry of its own when a metric sink needs one) and serving `internal`.
+    pub fn build(
+        routes: &RoutesSettings,
+        export: &ExportSettings,
+        host_name: String,
+        printer: Printer,
+        registry: Option<Arc<Mutex<MetricsRegistry>>>,
+        internal: Internal,
+    ) -> Result<Self, PipelineError> {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| PipelineError::NoRuntime)?;
         if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
             return Err(PipelineError::NoRuntime);
         }
-        let router = Router::new(routes)?;
-        let processes = ProcessMap::new(ResourceSettings {
-            service_name: export.service_name.clone(),
-            service_namespace: export.service_namespace.clone(),
-            resource_attributes: export.resource_attributes.clone(),
-            host_name,
-        });
-        let traces = otlp::span_exporter(&export.traces)?
-            .map(|e| TraceExport::spawn(e, export.max_queue_size));
+        Router::new(routes)?;
+        let processes = process_map(export, host_name);
         // Metrics are recorded when something reads them: the OTLP push, the
         // Prometheus scrape, or both.
-        let metric_exporter = otlp::metric_exporter(&export.metrics)?;
-        let metrics = (metric_exporter.is_some() || export.prometheus_port.is_some())
-            .then(|| Arc::new(Mutex::new(MetricsRegistry::default())));
-        let metric_export = match (metric_exporter, &metrics) {
-            (Some(e), Some(registry)) => Some(MetricExport::spawn(
-                e,
-                registry.clone(),
-                export.metrics_interval,
-            )),
-            _ => None,
-        };
-        let prometheus = match (export.prometheus_port, &metrics) {
-            (Some(port), Some(registry)) => Some(PrometheusEndpoint::start(
-                port,
-                &export.prometheus_path,
-                registry.clone(),
-            )?),
-            _ => None,
-        };
+        let metrics = registry.or_else(|| {
+            sink::wants_metrics(export).then(|| Arc::new(Mutex::new(MetricsRegistry::default())))
+        });
+        let sinks = sink::build(export, printer, metrics.as_ref(), internal)?;
+        Self::from_parts(routes, export, processes, metrics, sinks)
+    }
+
+    /// A pipeline with these sinks (and, when given, this registry), for callers that
+    /// make their own (the benchmark: an encode-only trace export).
+    pub fn with_sinks(
+        routes: &RoutesSettings,
+        export: &ExportSettings,
+        host_name: String,
+        registry: Option<Arc<Mutex<MetricsRegistry>>>,
+        sinks: Vec<Box<dyn Sink>>,
+    ) -> Result<Self, PipelineError> {
+        let processes = process_map(export, host_name);
+        Self::from_parts(routes, export, processes, registry, sinks)
+    }
+
+    fn from_parts(
+        routes: &RoutesSettings,
+        export: &ExportSettings,
+        processes: ProcessMap,
+        metrics: Option<Arc<Mutex<MetricsRegistry>>>,
+        sinks: Vec<Box<dyn Sink>>,
+    ) -> Result<Self, PipelineError> {
+        let router = Router::new(routes)?;
+        let prometheus = sinks.iter().find_map(|s| s.local_addr());
         info!(
             traces = export.traces.endpoint.as_deref().unwrap_or("(none)"),
             metrics = export.metrics.endpoint.as_deref().unwrap_or("(none)"),
-            prometheus = %prometheus
-                .as_ref()
-                .map_or("(none)".to_string(), |p| p.local_addr().to_string()),
+            prometheus = %prometheus.map_or("(none)".to_string(), |p| p.to_string()),
             sampler = ?export.sampler,
+            sinks = %sinks.iter().map(|s| s.name()).collect::<Vec<_>>().join(","),
             "telemetry pipeline ready"
         );
         Ok(Pipeline {
@@ -183,14 +229,22 @@ impl Pipeline {
             sampler: export.sampler,
             ids: Box::new(RandomIdGenerator::default()),
             metrics,
-            metric_export,
+            sinks,
             prometheus,
-            traces,
-            printer,
             stats: PipelineStats::default(),
             traces_instrumentations: export.traces_instrumentations.clone(),
             metrics_instrumentations: export.metrics_instrumentations.clone(),
         })
+    }
+
+    /// Uses `ids` for trace and span ids (tests: predictable ids).
+    pub fn set_id_generator(&mut self, ids: Box<dyn IdGenerator>) {
+        self.ids = ids;
+    }
+
+    /// The metrics registry, when something reads metrics.
+    pub fn registry(&self) -> Option<&Arc<Mutex<MetricsRegistry>>> {
+        self.metrics.as_ref()
     }
 
     /// The loader's capability posture as `tandem.loader.*` resource attributes of
@@ -223,9 +277,14 @@ impl Pipeline {
         self.processes.on_started(p);
     }
 
+    /// Processes whose resource is known now.
+    pub fn processes(&self) -> usize {
+        self.processes.len()
+    }
+
     /// One transaction, any protocol: route (HTTP), metrics (always, unless its
-    /// instrumentation is off for metrics or its route is ignored), span (printed;
-    /// exported when sampled).
+    /// instrumentation is off for metrics or its route is ignored), span (handed to
+    /// every sink; exported when sampled).
     pub fn on_transaction(&mut self, tx: &Transaction) {
         self.stats.transactions += 1;
         let routed = match &tx.exchange {
@@ -258,54 +317,43 @@ impl Pipeline {
                 rec.data.attributes.extend(peer_attributes(tx.side, &p));
             }
         }
-        self.printer.print(&rec, tx, &process);
-        self.offer_span(process, rec.sampled, rec.data);
+        if rec.sampled {
+            self.stats.spans_sampled += 1;
+        } else {
+            self.stats.spans_not_sampled += 1;
+        }
+        for s in &mut self.sinks {
+            s.span(&rec, tx, &process);
+        }
     }
 
-    /// Counts a built span as sampled or not, and offers a sampled one for export.
-    fn offer_span(&mut self, process: Arc<ProcessResource>, sampled: bool, data: SpanData) {
-        if !sampled {
-            self.stats.spans_not_sampled += 1;
-            return;
-        }
-        self.stats.spans_sampled += 1;
-        if let Some(t) = &self.traces {
-            t.offer(process, data);
+    /// The end of an input batch: the sinks hand their work on.
+    pub fn flush(&mut self) {
+        for s in &mut self.sinks {
+            s.flush();
         }
     }
 
     /// Where the Prometheus endpoint listens, when there is one.
     pub fn prometheus_addr(&self) -> Option<SocketAddr> {
-        self.prometheus.as_ref().map(PrometheusEndpoint::local_addr)
+        self.prometheus
     }
 
     pub fn stats(&self) -> PipelineStats {
         let mut s = self.stats;
         s.routes_overflowed = self.router.overflowed();
-        if let Some(t) = &self.traces {
-            s.span_export = t.stats();
-        }
-        if let Some(m) = &self.metric_export {
-            s.metric_exports = m.counts();
-        }
-        s
+        self.sinks.iter().fold(s, |acc, sink| acc.with(sink.report()))
     }
 
-    /// Stops the Prometheus endpoint, flushes: exports queued spans and the metrics
-    /// one last time (each bounded by its exporter's grace period), ends the printer.
+    /// Stops every sink: the Prometheus endpoint stops listening, queued spans and
+    /// the metrics are exported one last time (each bounded by its grace period),
+    /// the printer ends.
     pub async fn shutdown(mut self) -> PipelineStats {
+        self.flush();
         let mut s = self.stats();
-        if let Some(p) = self.prometheus.take() {
-            p.shutdown().await;
+        for sink in self.sinks.drain(..) {
+            s = s.with(sink.shutdown().await);
         }
-        if let Some(t) = self.traces.take() {
-            s.span_export = t.shutdown().await;
-        }
-        if let Some(m) = self.metric_export.take() {
-            s.metric_exports = m.shutdown().await;
-        }
-        self.printer.finish();
-        info!(?s, "telemetry pipeline stopped");
         s
     }
 }
@@ -363,8 +411,7 @@ mod instrumentation_tests {
         assert_eq!((s.disabled_traces, s.disabled_metrics), (1, 1));
         assert_eq!(s.spans_sampled, 1);
         let names: Vec<String> = p
-            .metrics
-            .as_ref()
+            .registry()
             .expect("registry")
             .lock()
             .expect("lock")

@@ -24,8 +24,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use opentelemetry::KeyValue;
-use opentelemetry_sdk::Resource;
+use opentelemetry::{Key, KeyValue, Value};
 use tandem_proto::v1::ProcessStarted;
 
 use crate::kube::Store;
@@ -47,17 +46,55 @@ pub struct ResourceSettings {
     pub host_name: String,
 }
 
+/// The attributes of one resource (keys unique, in the order given).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Resource {
+    attributes: Vec<KeyValue>,
+}
+
+impl Resource {
+    /// A resource of `attributes`; a key given twice keeps its last value.
+    pub fn new(attributes: impl IntoIterator<Item = KeyValue>) -> Self {
+        let mut out: Vec<KeyValue> = Vec::new();
+        for kv in attributes {
+            match out.iter_mut().find(|o| o.key == kv.key) {
+                Some(o) => o.value = kv.value,
+                None => out.push(kv),
+            }
+        }
+        Resource { attributes: out }
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &Key) -> Option<Value> {
+        self.attributes
+            .iter()
+            .find(|kv| &kv.key == key)
+            .map(|kv| kv.value.clone())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &KeyValue> {
+        self.attributes.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.attributes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.attributes.is_empty()
+    }
+}
+
 /// The resource of tandem's own metrics: `service.name` = `name` (the processor's
 /// subscription name), `host.name`, `telemetry.sdk.*`.
 pub fn own_resource(name: &str, host_name: &str) -> Resource {
-    Resource::builder_empty()
-        .with_attributes([
-            opentelemetry::KeyValue::new("service.name", name.to_owned()),
-            opentelemetry::KeyValue::new("host.name", host_name.to_owned()),
-            opentelemetry::KeyValue::new("telemetry.sdk.name", SDK_NAME),
-            opentelemetry::KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
-        ])
-        .build()
+    Resource::new([
+        KeyValue::new("service.name", name.to_owned()),
+        KeyValue::new("host.name", host_name.to_owned()),
+        KeyValue::new("telemetry.sdk.name", SDK_NAME),
+        KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+    ])
 }
 
 /// This machine's host name (`/proc/sys/kernel/hostname`), `localhost` if unreadable.
@@ -76,6 +113,25 @@ pub struct ProcessResource {
     /// `service.name` as exported.
     pub service_name: String,
     pub resource: Resource,
+    /// The OTLP `Resource` message of `resource`, encoded once for every export.
+    pub otlp: Vec<u8>,
+}
+
+impl ProcessResource {
+    /// The process `pid` (0 for tandem itself) with `resource`.
+    pub fn new(pid: u32, resource: Resource) -> Self {
+        let service_name = resource
+            .get(&Key::from_static_str("service.name"))
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        let otlp = crate::export::encode::resource(&resource);
+        ProcessResource {
+            pid,
+            service_name,
+            resource,
+            otlp,
+        }
+    }
 }
 
 /// What the loader said of a process.
@@ -150,6 +206,15 @@ impl ProcessMap {
             }
             _ => (0, None),
         }
+    }
+
+    /// Processes remembered.
+    pub fn len(&self) -> usize {
+        self.by_pid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_pid.is_empty()
     }
 
     /// `host.name` of the resources built here.
@@ -274,17 +339,12 @@ impl ProcessMap {
         if let Some(ns) = &s.service_namespace {
             attrs.insert("service.namespace".into(), ns.clone());
         }
-        let service_name = attrs.get("service.name").cloned().unwrap_or_default();
         let mut kvs: Vec<KeyValue> = attrs
             .into_iter()
             .map(|(k, v)| KeyValue::new(k, v))
             .collect();
         kvs.push(KeyValue::new("process.pid", i64::from(pid)));
-        ProcessResource {
-            pid,
-            service_name,
-            resource: Resource::builder_empty().with_attributes(kvs).build(),
-        }
+        ProcessResource::new(pid, Resource::new(kvs))
     }
 }
 

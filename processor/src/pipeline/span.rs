@@ -43,8 +43,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_sdk::trace::{IdGenerator, SpanData, SpanEvents, SpanLinks};
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::trace::IdGenerator;
 
 use crate::model::{Exchange, HttpExchange, Side, Transaction, KNOWN_METHODS};
 use crate::pipeline::grpc::{self, GrpcCall};
@@ -97,19 +97,35 @@ pub fn parse_traceparent(value: &str) -> Option<TraceParent> {
     })
 }
 
+/// One span as tandem builds it, whatever the exporter: the fields of an OTLP span
+/// that tandem fills (no events, no links; the instrumentation scope is always
+/// [`SCOPE_NAME`] / [`SCOPE_VERSION`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Span {
+    /// Trace id, span id, sampled flag and `tracestate`.
+    pub span_context: SpanContext,
+    /// `SpanId::INVALID` for a root span.
+    pub parent_span_id: SpanId,
+    /// The parent came from another process (a `traceparent` header).
+    pub parent_span_is_remote: bool,
+    pub span_kind: SpanKind,
+    pub name: Cow<'static, str>,
+    pub start_time: SystemTime,
+    pub end_time: SystemTime,
+    pub attributes: Vec<KeyValue>,
+    pub status: Status,
+}
+
 /// A span ready to print and, when `sampled`, to export.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpanRecord {
-    pub data: SpanData,
+    pub data: Span,
     pub sampled: bool,
 }
 
-/// The scope every tandem span carries.
-pub fn scope() -> InstrumentationScope {
-    InstrumentationScope::builder("tandem")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build()
-}
+/// The instrumentation scope of everything tandem exports.
+pub const SCOPE_NAME: &str = "tandem";
+pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub(crate) fn wall_time(mono_ns: u64, offset_ns: i64) -> SystemTime {
     let ns = i128::from(mono_ns) + i128::from(offset_ns);
@@ -137,8 +153,8 @@ pub(crate) fn span_data(
     (start_time, end_time): (SystemTime, SystemTime),
     attributes: Vec<KeyValue>,
     status: Status,
-) -> SpanData {
-    SpanData {
+) -> Span {
+    Span {
         span_context,
         parent_span_id: SpanId::INVALID,
         parent_span_is_remote: false,
@@ -150,11 +166,7 @@ pub(crate) fn span_data(
         start_time,
         end_time,
         attributes,
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
         status,
-        instrumentation_scope: scope(),
     }
 }
 
@@ -385,7 +397,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
+    pub(crate) fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
         span.attributes
             .iter()
             .find(|kv| kv.key.as_str() == key)

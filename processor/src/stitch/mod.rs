@@ -73,6 +73,7 @@ pub use session::{
     Session, Timing,
 };
 use table::{Conn, ConnKey, ConnTable};
+pub use table::{FastMap, KeyHasher};
 
 /// Default bound of tracked connections.
 pub const MAX_CONNECTIONS: usize = 65_536;

@@ -45,7 +45,7 @@ mod grpc;
 mod health;
 mod http;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use backoff::Backoff;
 pub use exporter::{Exporter, ExporterStats, SendError};

@@ -29,7 +29,7 @@ use super::*;
 mod concurrency;
 mod delivery;
 mod retry;
-mod servers;
+pub(crate) mod servers;
 mod throughput;
 
 pub fn kv(key: &str, value: any_value::Value) -> KeyValue {

@@ -1,0 +1,277 @@
+//! Which metrics a transaction feeds, with which bounded attributes.
+//!
+//! | family | instruments | attributes |
+//! |---|---|---|
+//! | HTTP server | `http.server.request.duration` (s), `http.server.request.body.size`, `http.server.response.body.size` (By) | `http.request.method` (`_OTHER` for unknown methods), `http.response.status_code`, `error.type`, `http.route`, `server.port` |
+//! | HTTP client | `http.client.request.duration`, `http.client.request.body.size`, `http.client.response.body.size` | method, status, `error.type`, `server.address`, `server.port` |
+//! | RPC server / client | `rpc.server.call.duration`, `rpc.client.call.duration` (s) | `rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`, `error.type`, `server.port` (+ `server.address` on clients) |
+//! | database client | `db.client.operation.duration` (s) | `db.system.name`, `db.namespace`, `db.operation.name`, `db.collection.name`, `db.response.status_code`, `error.type` |
+//!
+//! The raw path never is an attribute. Every transaction counts, sampled or not;
+//! database operations are measured on the client side only (the conventions define
+//! no server-side database metric).
+
+use opentelemetry::{KeyValue, Value};
+
+use crate::model::{DbOperation, Exchange, HttpExchange, Side, Transaction, KNOWN_METHODS};
+use crate::pipeline::grpc::{self, GrpcCall};
+use crate::pipeline::span::{error_type, host_of};
+
+use super::data::{Descriptor, Kind, Number};
+
+/// The HTTP semantic conventions' duration buckets, in seconds.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// The database semantic conventions' `db.client.operation.duration` buckets, in
+/// seconds.
+pub const DB_DURATION_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
+
+/// Body size buckets in bytes (the conventions give none; powers of two up to 8 MiB).
+pub const BODY_SIZE_BUCKETS: [f64; 12] = [
+    0.0, 32.0, 128.0, 512.0, 2048.0, 8192.0, 32768.0, 131072.0, 524288.0, 2097152.0, 8388608.0,
+    33554432.0,
+];
+
+const fn histogram(
+    name: &'static str,
+    unit: &'static str,
+    description: &'static str,
+    number: Number,
+) -> Descriptor {
+    Descriptor {
+        name,
+        unit,
+        description,
+        kind: Kind::Histogram,
+        number,
+    }
+}
+
+/// One instrument of a family: what it measures of a transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct Instrument {
+    pub descriptor: Descriptor,
+    pub bounds: &'static [f64],
+    pub measure: Measure,
+}
+
+/// What an instrument records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    Duration,
+    RequestBody,
+    ResponseBody,
+}
+
+const fn duration(name: &'static str, description: &'static str) -> Instrument {
+    Instrument {
+        descriptor: histogram(name, "s", description, Number::Double),
+        bounds: &DURATION_BUCKETS,
+        measure: Measure::Duration,
+    }
+}
+
+const fn size(name: &'static str, description: &'static str, measure: Measure) -> Instrument {
+    Instrument {
+        descriptor: histogram(name, "By", description, Number::Int),
+        bounds: &BODY_SIZE_BUCKETS,
+        measure,
+    }
+}
+
+/// Groups of instruments sharing one attribute set per transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    HttpServer,
+    HttpClient,
+    RpcServer,
+    RpcClient,
+    DbClient,
+}
+
+pub const FAMILIES: usize = 5;
+
+static HTTP_SERVER: [Instrument; 3] = [
+    duration(
+        "http.server.request.duration",
+        "Duration of HTTP server requests.",
+    ),
+    size(
+        "http.server.request.body.size",
+        "Size of HTTP server request bodies.",
+        Measure::RequestBody,
+    ),
+    size(
+        "http.server.response.body.size",
+        "Size of HTTP server response bodies.",
+        Measure::ResponseBody,
+    ),
+];
+
+static HTTP_CLIENT: [Instrument; 3] = [
+    duration(
+        "http.client.request.duration",
+        "Duration of HTTP client requests.",
+    ),
+    size(
+        "http.client.request.body.size",
+        "Size of HTTP client request bodies.",
+        Measure::RequestBody,
+    ),
+    size(
+        "http.client.response.body.size",
+        "Size of HTTP client response bodies.",
+        Measure::ResponseBody,
+    ),
+];
+
+static RPC_SERVER: [Instrument; 1] = [duration(
+    "rpc.server.call.duration",
+    "Duration of RPC server calls.",
+)];
+
+static RPC_CLIENT: [Instrument; 1] = [duration(
+    "rpc.client.call.duration",
+    "Duration of RPC client calls.",
+)];
+
+static DB_CLIENT: [Instrument; 1] = [Instrument {
+    descriptor: histogram(
+        "db.client.operation.duration",
+        "s",
+        "Duration of database client operations.",
+        Number::Double,
+    ),
+    bounds: &DB_DURATION_BUCKETS,
+    measure: Measure::Duration,
+}];
+
+impl Family {
+    pub fn instruments(self) -> &'static [Instrument] {
+        match self {
+            Family::HttpServer => &HTTP_SERVER,
+            Family::HttpClient => &HTTP_CLIENT,
+            Family::RpcServer => &RPC_SERVER,
+            Family::RpcClient => &RPC_CLIENT,
+            Family::DbClient => &DB_CLIENT,
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Every family, in export order.
+    pub const ALL: [Family; FAMILIES] = [
+        Family::HttpServer,
+        Family::HttpClient,
+        Family::RpcServer,
+        Family::RpcClient,
+        Family::DbClient,
+    ];
+}
+
+/// What one transaction contributes: its family, its attributes, and the values.
+#[derive(Debug)]
+pub struct Observation {
+    pub family: Family,
+    pub attributes: Vec<KeyValue>,
+    pub duration_secs: f64,
+    pub request_body: Option<u64>,
+    pub response_body: Option<u64>,
+}
+
+impl Observation {
+    pub fn value(&self, measure: Measure) -> Option<f64> {
+        match measure {
+            Measure::Duration => Some(self.duration_secs),
+            Measure::RequestBody => self.request_body.map(|v| v as f64),
+            Measure::ResponseBody => self.response_body.map(|v| v as f64),
+        }
+    }
+}
+
+/// The observation of `tx` (`route`: an HTTP server request's `http.route`), or
+/// `None` when it feeds no metric (a database server's operations).
+pub fn observe(tx: &Transaction, route: Option<&str>) -> Option<Observation> {
+    match &tx.exchange {
+        Exchange::Http(h) => Some(match GrpcCall::of(h) {
+            Some(call) => Observation {
+                family: match tx.side {
+                    Side::Server => Family::RpcServer,
+                    Side::Client => Family::RpcClient,
+                },
+                attributes: grpc::metric_attributes(tx, h, &call),
+                duration_secs: tx.duration_secs(),
+                request_body: None,
+                response_body: None,
+            },
+            None => Observation {
+                family: match tx.side {
+                    Side::Server => Family::HttpServer,
+                    Side::Client => Family::HttpClient,
+                },
+                attributes: http_attributes(tx, h, route),
+                duration_secs: tx.duration_secs(),
+                request_body: Some(h.request.body_size),
+                response_body: h.response.as_ref().map(|r| r.body_size),
+            },
+        }),
+        Exchange::Db(op) if tx.side == Side::Client => Some(Observation {
+            family: Family::DbClient,
+            attributes: db_attributes(tx, op),
+            duration_secs: tx.duration_secs(),
+            request_body: None,
+            response_body: None,
+        }),
+        Exchange::Db(_) => None,
+    }
+}
+
+/// The bounded attributes of an HTTP transaction's metrics.
+pub fn http_attributes(tx: &Transaction, h: &HttpExchange, route: Option<&str>) -> Vec<KeyValue> {
+    let req = &h.request;
+    let method: Value = match KNOWN_METHODS.iter().find(|m| **m == req.method) {
+        Some(m) => Value::from(*m),
+        None => Value::from("_OTHER"),
+    };
+    let mut attrs = Vec::with_capacity(6);
+    attrs.push(KeyValue::new("http.request.method", method));
+    if let Some(r) = &h.response {
+        attrs.push(KeyValue::new("http.response.status_code", i64::from(r.status)));
+    }
+    if let Some(e) = error_type(tx.side, h) {
+        attrs.push(KeyValue::new("error.type", e));
+    }
+    match tx.side {
+        Side::Server => {
+            if let Some(r) = route {
+                attrs.push(KeyValue::new("http.route", r.to_string()));
+            }
+            if let Some(l) = tx.local {
+                attrs.push(KeyValue::new("server.port", i64::from(l.port())));
+            }
+        }
+        Side::Client => {
+            let host = req
+                .header("host")
+                .map(|h| host_of(h).to_string())
+                .filter(|h| !h.is_empty())
+                .or_else(|| tx.peer.map(|p| p.ip().to_string()));
+            if let Some(h) = host {
+                attrs.push(KeyValue::new("server.address", h));
+            }
+            if let Some(p) = tx.peer {
+                attrs.push(KeyValue::new("server.port", i64::from(p.port())));
+            }
+        }
+    }
+    attrs
+}
+
+/// The bounded attributes of `db.client.operation.duration`.
+pub fn db_attributes(tx: &Transaction, op: &DbOperation) -> Vec<KeyValue> {
+    crate::pipeline::db::db_metric_attributes(tx, op)
+}

@@ -1,0 +1,159 @@
+//! The processor's summary, as a person reads it: a few aligned lines saying what
+//! came in, what was made of it, what went out, and what was lost and where. Logged
+//! periodically (`--summary-interval`) and at exit; the same counts are tandem's
+//! internal metrics (`internal`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use crate::pipeline::PipelineStats;
+use crate::stats::Stats;
+use crate::stitch::StitchStats;
+
+/// Every count, at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub uptime: Duration,
+    pub input: Stats,
+    pub stitch: StitchStats,
+    /// Connections tracked now.
+    pub connections: usize,
+    /// Transactions by protocol (`http1`, `http2`, `grpc`, `postgresql`, ...).
+    pub transactions: BTreeMap<&'static str, u64>,
+    pub pipeline: PipelineStats,
+    /// Live instrumented processes by executable name.
+    pub processes: BTreeMap<String, u64>,
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `name N, name N` of a map, or `none`.
+fn list<K: fmt::Display>(items: impl IntoIterator<Item = (K, u64)>) -> String {
+    let parts: Vec<String> = items
+        .into_iter()
+        .map(|(k, v)| format!("{k} {}", thousands(v)))
+        .collect();
+    if parts.is_empty() {
+        "none".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+impl Summary {
+    pub fn transactions_total(&self) -> u64 {
+        self.transactions.values().sum()
+    }
+
+    pub fn processes_total(&self) -> u64 {
+        self.processes.values().sum()
+    }
+}
+
+impl fmt::Display for Summary {
+    /// Five lines, each starting with its subject, values aligned after it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.input;
+        let p = &self.pipeline;
+        let s = &self.stitch;
+        let e = &p.span_export;
+        writeln!(
+            f,
+            "  in      {} events ({}); {} processes instrumented",
+            thousands(i.events),
+            list(i.by_kind.iter().map(|(k, v)| (*k, *v))),
+            thousands(self.processes_total()),
+        )?;
+        writeln!(
+            f,
+            "  made    {} transactions ({}); spans {} sampled, {} not sampled, {} ignored by route, {} off by instrumentation",
+            thousands(self.transactions_total()),
+            list(self.transactions.iter().map(|(k, v)| (*k, *v))),
+            thousands(p.spans_sampled),
+            thousands(p.spans_not_sampled),
+            thousands(p.ignored_traces),
+            thousands(p.disabled_traces),
+        )?;
+        writeln!(
+            f,
+            "  out     spans queued {}, exported {}, dropped {} (queue full), failed {}, abandoned {}; metric exports {} ok, {} failed; printed {}",
+            thousands(e.queued),
+            thousands(e.exported),
+            thousands(e.dropped_queue_full),
+            thousands(e.failed),
+            thousands(e.abandoned),
+            thousands(p.metric_exports.0),
+            thousands(p.metric_exports.1),
+            thousands(p.printed),
+        )?;
+        writeln!(
+            f,
+            "  lost    {} events before the processor ({}); {} spans in export",
+            thousands(i.total_lost()),
+            list(i.lost.iter().map(|(k, v)| (*k, *v))),
+            thousands(e.lost()),
+        )?;
+        write!(
+            f,
+            "  stitch  {} connections open, {} evicted; {} transactions truncated, {} closed early; {} bytes skipped, {} parse errors, {} times out of sync, {} unpaired answers, {} untracked requests",
+            thousands(self.connections as u64),
+            thousands(s.evicted_connections),
+            thousands(s.truncated),
+            thousands(s.connection_closed),
+            thousands(s.skipped_bytes),
+            thousands(s.parse_errors),
+            thousands(s.lost_sync),
+            thousands(s.unpaired_responses),
+            thousands(s.untracked_requests),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn lines_say_what_came_in_went_out_and_was_lost() {
+        let mut s = Summary::default();
+        s.input.events = 800_001;
+        s.input.by_kind.insert("data", 400_000);
+        s.input.lost.insert("kernel_ring_buffer", 49);
+        s.transactions.insert("http1", 200_000);
+        s.pipeline.span_export.queued = 200_000;
+        s.pipeline.span_export.exported = 199_990;
+        s.pipeline.span_export.failed = 10;
+        s.processes.insert("nginx".into(), 3);
+        let text = s.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(lines[0].starts_with("  in      800,001 events (data 400,000); 3 processes"), "{text}");
+        assert!(lines[1].contains("200,000 transactions (http1 200,000)"), "{text}");
+        assert!(
+            lines[2].contains("spans queued 200,000, exported 199,990, dropped 0 (queue full), failed 10, abandoned 0"),
+            "{text}"
+        );
+        assert!(lines[3].contains("49 events before the processor (kernel_ring_buffer 49); 10 spans in export"), "{text}");
+        assert!(lines[4].starts_with("  stitch  0 connections open"), "{text}");
+    }
+}
