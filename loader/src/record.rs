@@ -111,8 +111,9 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         );
         let kernel = location_name(LossLocation::KernelRingBuffer as i32);
         let advice = if lost_at.contains_key(kernel) {
-            "; the kernel drops records while the ebpf source waits for a writer slower \
-             than the traffic: raise --ring-buffer-kib or lower --capture-bytes"
+            "; the kernel ring buffer overflowed: the loader did not drain it in time (it \
+             does not while the file writer is behind, or the ring is too small for the \
+             traffic): raise --ring-buffer-kib or lower --capture-bytes"
         } else {
             ""
         };
