@@ -26,6 +26,7 @@ APT_PACKAGES=(
   mariadb-server       # database tests: mariadb-install-db, mariadbd
   mariadb-client       # database tests: mariadb, mariadb-slap
   openssl              # TLS tests: self-signed certificates (openssl req)
+  nghttp2-client       # mixed-capture bench: h2load (HTTP/2 load on the h2c server)
 )
 
 missing=()

@@ -62,7 +62,14 @@ pub struct Cli {
 pub enum Command {
     /// Serve events to processors over the Unix socket (the default).
     Serve(ServeArgs),
-    /// Write events from a source to a capture file (.tcap).
+    /// Write events from a source to a capture file (.tcap), losing none.
+    ///
+    /// The file writer applies backpressure to its source: while its queue is full,
+    /// the synthetic and replay sources wait, so every event they produce is written.
+    /// The ebpf source waits too, but the kernel does not: traffic faster than the
+    /// writer fills the kernel ring buffer, whose drops are counted and written as
+    /// Loss events (location: kernel ring buffer), and the summary line says so
+    /// (raise --ring-buffer-kib or lower --capture-bytes).
     Record(RecordArgs),
     /// Report this process's capabilities against what each loader feature needs.
     ///
@@ -200,6 +207,11 @@ pub struct RecordArgs {
     /// Stop after this many seconds (0: no limit).
     #[arg(long, default_value_t = 0)]
     pub duration_secs: u64,
+
+    /// Events queued between the source and the file writer. Recording never drops
+    /// them: a full queue holds the source back until the writer catches up.
+    #[arg(long, default_value_t = HubConfig::default().queue_capacity)]
+    pub queue_capacity: usize,
 }
 
 impl SourceArgs {

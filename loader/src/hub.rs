@@ -9,6 +9,10 @@
 //!
 //! Named subscriptions outlive their connection for `retention`, still queueing, so a
 //! processor that restarts with the same name finds what happened meanwhile.
+//!
+//! With [`HubConfig::backpressure`] (only `tandem-loader record` sets it) nothing is
+//! ever dropped: sources await [`Hub::wait_for_room`] before publishing, which holds
+//! them back while a queue is full, and draining a queue wakes them up.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -39,6 +43,11 @@ pub struct HubConfig {
     pub retention: Duration,
     /// Most processes tracked for routing; beyond it events are routed by pid only.
     pub max_processes: usize,
+    /// Hold sources back instead of dropping: queues never drop, and
+    /// [`Hub::wait_for_room`] waits while one is full. For `record`, whose only
+    /// subscriber is the file writer; serving never sets it (a slow processor must
+    /// not stall the capture).
+    pub backpressure: bool,
 }
 
 impl Default for HubConfig {
@@ -48,6 +57,7 @@ impl Default for HubConfig {
             max_batch: 512,
             retention: Duration::from_secs(300),
             max_processes: 65_536,
+            backpressure: false,
         }
     }
 }
@@ -85,6 +95,9 @@ pub struct Subscription {
     /// New for every subscription the hub creates; stamped on its batches.
     epoch: u64,
     capacity: usize,
+    /// Never drop (backpressure): the capacity is where sources are held back, and a
+    /// queue may exceed it by what was published without waiting.
+    lossless: bool,
     /// The current connection acknowledges what it processed.
     acknowledging: AtomicBool,
     matcher: Mutex<Arc<Matcher>>,
@@ -160,6 +173,8 @@ pub struct Hub {
     probes: Mutex<Vec<AttachedProbe>>,
     source_name: Mutex<String>,
     source_finished: AtomicBool,
+    /// Wakes [`Hub::wait_for_room`] when a queue was drained (backpressure only).
+    room: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -188,6 +203,7 @@ impl Hub {
             probes: Mutex::new(Vec::new()),
             source_name: Mutex::new(String::new()),
             source_finished: AtomicBool::new(false),
+            room: Notify::new(),
         })
     }
 
@@ -228,6 +244,47 @@ impl Hub {
         reason: &str,
     ) {
         self.publish(vec![Event::loss(mono_ns, count, location, reason)]);
+    }
+
+    /// Whether sources are held back instead of events dropped
+    /// ([`HubConfig::backpressure`]).
+    pub fn backpressure(&self) -> bool {
+        self.config.backpressure
+    }
+
+    /// Waits until `n` more events fit in every subscription's queue (or the queue is
+    /// empty, for a batch larger than the capacity). Returns at once without
+    /// backpressure, so sources call it before every [`Hub::publish`]. Sources select
+    /// it against their shutdown: a subscriber that stops draining holds them forever.
+    pub async fn wait_for_room(&self, n: usize) {
+        if !self.config.backpressure {
+            return;
+        }
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            // Registered before checking, so a drain in between is not missed.
+            notified.as_mut().enable();
+            if self.has_room(n) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// True when `n` more events fit in every subscription's queue.
+    fn has_room(&self, n: usize) -> bool {
+        lock(&self.state).subscriptions.iter().all(|s| {
+            let len = lock(&s.queue).len();
+            len == 0 || len.saturating_add(n) <= s.capacity
+        })
+    }
+
+    /// Wakes sources waiting for room, after a queue shrank.
+    fn room_freed(&self) {
+        if self.config.backpressure {
+            self.room.notify_waiters();
+        }
     }
 
     /// Stamps, routes and queues `events`. Never blocks on subscribers.
@@ -386,6 +443,7 @@ impl Hub {
                     name: name.to_owned(),
                     epoch: new_epoch(st.next_subscription_id),
                     capacity: self.config.queue_capacity,
+                    lossless: self.config.backpressure,
                     acknowledging: AtomicBool::new(false),
                     matcher: Mutex::new(matcher),
                     queue: Mutex::new(Queue {
@@ -443,6 +501,8 @@ impl Hub {
             let mut st = lock(&self.state);
             st.subscriptions.retain(|x| x.id != s.id);
             self.reselect(&mut st);
+            drop(st);
+            self.room_freed();
             info!(
                 delivered = s.delivered.load(Relaxed),
                 dropped = s.dropped.load(Relaxed),
@@ -486,6 +546,8 @@ impl Hub {
         });
         if st.subscriptions.len() != before {
             self.reselect(&mut st);
+            drop(st);
+            self.room_freed();
         }
     }
 
@@ -525,6 +587,8 @@ impl Hub {
                 q.unacked.push_back(batch.clone());
             } else {
                 q.held_events -= batch.events.len();
+                drop(q);
+                self.room_freed();
             }
             return Next::Batch(batch);
         }
@@ -554,6 +618,9 @@ impl Hub {
         if acknowledging {
             q.unacked.push_back(batch.clone());
             q.held_events += len;
+        } else {
+            drop(q);
+            self.room_freed();
         }
         Next::Batch(batch)
     }
@@ -582,6 +649,7 @@ impl Hub {
         drop(q);
         // The stream may be waiting for room among the unacknowledged.
         s.notify.notify_one();
+        self.room_freed();
         true
     }
 
@@ -636,10 +704,11 @@ impl Subscription {
         self.notify.notified().await;
     }
 
-    /// Queues one event, or counts it dropped when the queue is full.
+    /// Queues one event, or counts it dropped when the queue is full (never with
+    /// backpressure).
     fn push(&self, event: Event) -> bool {
         let mut q = lock(&self.queue);
-        if q.len() >= self.capacity {
+        if q.len() >= self.capacity && !self.lossless {
             q.lost_pending += 1;
             self.dropped.fetch_add(1, Relaxed);
             return false;
@@ -732,6 +801,7 @@ pub fn kernel_release() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
     use tandem_proto::v1::{ConnectionOpened, Data, ProcessStarted, SocketAddress};
 
     fn hub(capacity: usize, max_batch: usize) -> Arc<Hub> {
@@ -1063,6 +1133,75 @@ mod tests {
         assert!(h.info().subscribers[0].connected);
         h.publish(vec![data(1, 1)]);
         assert_eq!(payloads(&batch(&h, &new)), ["1"]);
+    }
+
+    fn backpressure_hub(capacity: usize) -> Arc<Hub> {
+        Hub::new(HubConfig {
+            queue_capacity: capacity,
+            max_batch: 2,
+            backpressure: true,
+            ..HubConfig::default()
+        })
+    }
+
+    #[test]
+    fn without_backpressure_waiting_for_room_never_waits() {
+        let h = hub(2, 100);
+        let _a = h
+            .attach("p", Selection::default(), false, Peer::default())
+            .unwrap();
+        h.publish((0..3).map(|n| data(1, n)).collect());
+        assert!(!h.backpressure());
+        assert!(h.wait_for_room(10).now_or_never().is_some());
+    }
+
+    #[test]
+    fn with_backpressure_a_full_queue_holds_the_source_and_drops_nothing() {
+        let h = backpressure_hub(4);
+        let a = h
+            .attach("", Selection::default(), false, Peer::default())
+            .unwrap();
+        assert!(h.wait_for_room(4).now_or_never().is_some(), "empty queue");
+        h.publish((0..3).map(|n| data(1, n)).collect());
+        assert!(
+            h.wait_for_room(1).now_or_never().is_some(),
+            "3 + 1 fit in 4"
+        );
+        assert!(h.wait_for_room(2).now_or_never().is_none(), "3 + 2 do not");
+        // A batch larger than the capacity waits for an empty queue, and is then
+        // queued whole: nothing is dropped.
+        assert!(h.wait_for_room(6).now_or_never().is_none());
+        assert_eq!(payloads(&batch(&h, &a)), ["0", "1"]);
+        assert!(h.wait_for_room(2).now_or_never().is_some());
+        assert_eq!(payloads(&batch(&h, &a)), ["2"]);
+        assert!(h.wait_for_room(6).now_or_never().is_some());
+        h.publish((3..9).map(|n| data(1, n)).collect());
+        let mut got = Vec::new();
+        while let Next::Batch(b) = h.next_batch(&a) {
+            got.extend(payloads(&b));
+        }
+        assert_eq!(got, ["3", "4", "5", "6", "7", "8"]);
+        assert_eq!(h.info().subscribers[0].dropped, 0);
+    }
+
+    #[tokio::test]
+    async fn draining_wakes_a_waiting_source() {
+        let h = backpressure_hub(2);
+        let a = h
+            .attach("", Selection::default(), false, Peer::default())
+            .unwrap();
+        h.publish((0..2).map(|n| data(1, n)).collect());
+        let waiter = {
+            let h = h.clone();
+            tokio::spawn(async move { h.wait_for_room(1).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "the queue is full");
+        assert_eq!(payloads(&batch(&h, &a)), ["0", "1"]);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the drain")
+            .unwrap();
     }
 
     #[test]

@@ -95,6 +95,11 @@ impl ReplaySource {
                 }
             }
             let done = events.len() < batch;
+            // At once when serving; while the file writer catches up when recording.
+            tokio::select! {
+                _ = hub.wait_for_room(events.len()) => {}
+                _ = ctx.shutdown.cancelled() => break,
+            }
             sent += events.len() as u64;
             hub.publish(events);
             if let Some(e) = failure {

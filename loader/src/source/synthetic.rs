@@ -128,6 +128,9 @@ impl SyntheticSource {
             "synthetic traffic started"
         );
         let start = monotonic_ns();
+        // Every publish first waits for room in the subscribers' queues: at once when
+        // serving, while the file writer catches up when recording (backpressure).
+        hub.wait_for_room(1).await;
         hub.publish(vec![process_start(start)]);
         let mut ticker = (self.rate > 0.0)
             .then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / self.rate)));
@@ -142,7 +145,12 @@ impl SyntheticSource {
             } else if i % 64 == 0 {
                 tokio::task::yield_now().await;
             }
-            hub.publish(exchange(i, start + i * 1_000_000));
+            let events = exchange(i, start + i * 1_000_000);
+            tokio::select! {
+                _ = hub.wait_for_room(events.len()) => {}
+                _ = ctx.shutdown.cancelled() => break,
+            }
+            hub.publish(events);
         }
         info!(requests = self.requests, "synthetic traffic finished");
         Ok(())

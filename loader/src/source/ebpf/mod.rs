@@ -201,6 +201,9 @@ impl EbpfSource {
         hub.set_probes(probes.clone());
         let subscribers = ctx.selection.borrow_and_update().clone();
         let events = tracker.apply_selection(subscribers);
+        if !wait_for_room(&ctx, events.len()) {
+            return Ok(());
+        }
         hub.publish(events);
         probes.extend(tracker.tls().take_probes());
         hub.set_probes(probes.clone());
@@ -234,6 +237,9 @@ impl EbpfSource {
             }
             let n = tracker.drain(&mut events, MAX_RECORDS_PER_BATCH);
             if !events.is_empty() {
+                if !wait_for_room(&ctx, events.len()) {
+                    break;
+                }
                 hub.publish(std::mem::take(&mut events));
             }
             let tls_probes = tracker.tls().take_probes();
@@ -287,6 +293,22 @@ impl EbpfSource {
         );
         Ok(())
     }
+}
+
+/// Waits, when recording (hub backpressure), until the subscribers' queues have room
+/// for `n` events; returns at once when serving. Meanwhile the ring buffer is not
+/// drained: traffic faster than the file writer makes the kernel drop records, which
+/// are counted and reported as a kernel ring buffer loss. False when shutdown fired.
+fn wait_for_room(ctx: &SourceContext, n: usize) -> bool {
+    if !ctx.sink.backpressure() {
+        return true;
+    }
+    tokio::runtime::Handle::current().block_on(async {
+        tokio::select! {
+            _ = ctx.sink.wait_for_room(n) => true,
+            _ = ctx.shutdown.cancelled() => false,
+        }
+    })
 }
 
 /// Loads and attaches; fails when nothing could be attached.
