@@ -26,7 +26,9 @@ use opentelemetry::KeyValue;
 use crate::export::encode::unix_nanos;
 use crate::export::prometheus::{render, Route};
 use crate::export::sink::Internal;
-use crate::pipeline::metrics::{Descriptor, Kind, MetricData, Number, Point, ResourceMetrics, SeriesData};
+use crate::pipeline::metrics::{
+    Descriptor, Kind, MetricData, Number, Point, ResourceMetrics, SeriesData,
+};
 use crate::pipeline::resource::{own_resource, ProcessResource};
 use crate::settings::{InternalExporter, InternalMetricsSettings};
 use crate::summary::Summary;
@@ -59,17 +61,61 @@ const fn gauge(name: &'static str, unit: &'static str, description: &'static str
     }
 }
 
-const EVENTS: Descriptor = counter("tandem.events.received", "{event}", "Events received from the loader, by kind.");
-const LOST: Descriptor = counter("tandem.events.lost", "{event}", "Events lost before they reached the processor, by where they were lost.");
-const TRANSACTIONS: Descriptor = counter("tandem.transactions", "{transaction}", "Transactions (request and answer) made of the events, by protocol.");
-const SPANS_EXPORTED: Descriptor = counter("tandem.spans.exported", "{span}", "Spans the OTLP collector accepted.");
-const SPANS_DROPPED: Descriptor = counter("tandem.spans.dropped", "{span}", "Sampled spans that did not reach the collector, by reason.");
-const TRACE_EXPORTS: Descriptor = counter("tandem.otel.trace.exports", "{request}", "OTLP trace export requests sent.");
-const METRIC_EXPORTS: Descriptor = counter("tandem.otel.metric.exports", "{request}", "OTLP metric export requests that succeeded.");
-const METRIC_EXPORT_ERRORS: Descriptor = counter("tandem.otel.metric.export.errors", "{request}", "OTLP metric export requests that failed.");
-const PROCESSES: Descriptor = gauge("tandem.instrumented.processes", "{process}", "Instrumented processes alive, by executable name.");
-const CONNECTIONS: Descriptor = gauge("tandem.connections", "{connection}", "Connections the stitcher tracks.");
-const BUILD_INFO: Descriptor = gauge("tandem.internal.build.info", "", "A constant 1 labelled with tandem's version.");
+const EVENTS: Descriptor = counter(
+    "tandem.events.received",
+    "{event}",
+    "Events received from the loader, by kind.",
+);
+const LOST: Descriptor = counter(
+    "tandem.events.lost",
+    "{event}",
+    "Events lost before they reached the processor, by where they were lost.",
+);
+const TRANSACTIONS: Descriptor = counter(
+    "tandem.transactions",
+    "{transaction}",
+    "Transactions (request and answer) made of the events, by protocol.",
+);
+const SPANS_EXPORTED: Descriptor = counter(
+    "tandem.spans.exported",
+    "{span}",
+    "Spans the OTLP collector accepted.",
+);
+const SPANS_DROPPED: Descriptor = counter(
+    "tandem.spans.dropped",
+    "{span}",
+    "Sampled spans that did not reach the collector, by reason.",
+);
+const TRACE_EXPORTS: Descriptor = counter(
+    "tandem.otel.trace.exports",
+    "{request}",
+    "OTLP trace export requests sent.",
+);
+const METRIC_EXPORTS: Descriptor = counter(
+    "tandem.otel.metric.exports",
+    "{request}",
+    "OTLP metric export requests that succeeded.",
+);
+const METRIC_EXPORT_ERRORS: Descriptor = counter(
+    "tandem.otel.metric.export.errors",
+    "{request}",
+    "OTLP metric export requests that failed.",
+);
+const PROCESSES: Descriptor = gauge(
+    "tandem.instrumented.processes",
+    "{process}",
+    "Instrumented processes alive, by executable name.",
+);
+const CONNECTIONS: Descriptor = gauge(
+    "tandem.connections",
+    "{connection}",
+    "Connections the stitcher tracks.",
+);
+const BUILD_INFO: Descriptor = gauge(
+    "tandem.internal.build.info",
+    "",
+    "A constant 1 labelled with tandem's version.",
+);
 
 impl InternalMetrics {
     /// Internal metrics under the resource of processor `name` on `host_name`.
@@ -113,9 +159,38 @@ impl InternalMetrics {
         };
         let e = s.pipeline.span_export;
         let metrics = vec![
-            one(EVENTS, by("kind", s.input.by_kind.iter().map(|(k, v)| (k.to_string(), *v)).collect())),
-            one(LOST, by("location", s.input.lost.iter().map(|(k, v)| (k.to_string(), *v)).collect())),
-            one(TRANSACTIONS, by("protocol", s.transactions.iter().map(|(k, v)| (k.to_string(), *v)).collect())),
+            one(
+                EVENTS,
+                by(
+                    "kind",
+                    s.input
+                        .by_kind
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), *v))
+                        .collect(),
+                ),
+            ),
+            one(
+                LOST,
+                by(
+                    "location",
+                    s.input
+                        .lost
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), *v))
+                        .collect(),
+                ),
+            ),
+            one(
+                TRANSACTIONS,
+                by(
+                    "protocol",
+                    s.transactions
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), *v))
+                        .collect(),
+                ),
+            ),
             one(SPANS_EXPORTED, vec![(vec![], e.exported)]),
             one(
                 SPANS_DROPPED,
@@ -130,8 +205,14 @@ impl InternalMetrics {
             ),
             one(TRACE_EXPORTS, vec![(vec![], e.requests)]),
             one(METRIC_EXPORTS, vec![(vec![], s.pipeline.metric_exports.0)]),
-            one(METRIC_EXPORT_ERRORS, vec![(vec![], s.pipeline.metric_exports.1)]),
-            one(PROCESSES, by("process_name", s.processes.clone().into_iter().collect())),
+            one(
+                METRIC_EXPORT_ERRORS,
+                vec![(vec![], s.pipeline.metric_exports.1)],
+            ),
+            one(
+                PROCESSES,
+                by("process_name", s.processes.clone().into_iter().collect()),
+            ),
             one(CONNECTIONS, vec![(vec![], s.connections as u64)]),
             one(
                 BUILD_INFO,
@@ -141,14 +222,17 @@ impl InternalMetrics {
         ResourceMetrics {
             process: self.process.clone(),
             time_unix_ns: unix_nanos(SystemTime::now()),
-            metrics: metrics.into_iter().filter(|m| !m.series.is_empty()).collect(),
+            metrics: metrics
+                .into_iter()
+                .filter(|m| !m.series.is_empty())
+                .collect(),
         }
     }
 
     /// What the sinks serve of these metrics, per `settings`.
     pub fn sinks(&self, settings: &InternalMetricsSettings) -> Internal {
-        let prometheus = settings.exporter == InternalExporter::Prometheus
-            || settings.prometheus_port.is_some();
+        let prometheus =
+            settings.exporter == InternalExporter::Prometheus || settings.prometheus_port.is_some();
         let mut internal = Internal::default();
         if prometheus {
             let me = self.clone();

@@ -103,6 +103,12 @@ impl Transaction {
         }
     }
 
+    /// Unix ns of the end (from the monotonic clock and the batch's offset).
+    pub fn end_unix_ns(&self) -> u64 {
+        u64::try_from(i128::from(self.end_mono_ns) + i128::from(self.realtime_offset_ns))
+            .unwrap_or(0)
+    }
+
     /// Duration in seconds (never negative).
     pub fn duration_secs(&self) -> f64 {
         self.end_mono_ns.saturating_sub(self.start_mono_ns) as f64 / 1e9
@@ -258,5 +264,50 @@ pub fn method_from_bytes(method: &[u8]) -> Cow<'static, str> {
     match KNOWN_METHODS.iter().find(|m| m.as_bytes() == method) {
         Some(m) => Cow::Borrowed(m),
         None => Cow::Owned(String::from_utf8_lossy(method).into_owned()),
+    }
+}
+
+/// `ip` as text, as `IpAddr`'s `Display` writes it (IPv4 written directly: no
+/// formatting machinery for the common case).
+pub fn ip_text(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut out = String::with_capacity(15);
+            for (i, octet) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                let o = *octet;
+                if o >= 100 {
+                    out.push(char::from(b'0' + o / 100));
+                }
+                if o >= 10 {
+                    out.push(char::from(b'0' + o / 10 % 10));
+                }
+                out.push(char::from(b'0' + o % 10));
+            }
+            out
+        }
+        v6 => v6.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_text_is_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.255.9",
+            "255.255.255.255",
+            "::1",
+            "fe80::1:2",
+        ] {
+            let addr: std::net::IpAddr = ip.parse().expect("ip");
+            assert_eq!(ip_text(addr), addr.to_string());
+        }
     }
 }

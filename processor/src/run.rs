@@ -139,10 +139,7 @@ pub async fn run(
         let summary = engine.summary();
         if next_summary.is_some_and(|t| tokio::time::Instant::now() >= t) {
             next_summary = Some(tokio::time::Instant::now() + interval);
-            info!(
-                "processor summary after {:.0?}:\n{summary}",
-                summary.uptime
-            );
+            info!("processor summary after {:.0?}:\n{summary}", summary.uptime);
         }
         internal.update(summary);
     })
@@ -170,10 +167,7 @@ pub async fn run(
             "kubernetes metadata at exit"
         );
     }
-    info!(
-        "processor stopped after {:.1?}:\n{summary}",
-        summary.uptime
-    );
+    info!("processor stopped after {:.1?}:\n{summary}", summary.uptime);
     result.map_err(anyhow::Error::from)?;
     Ok(summary)
 }

@@ -55,21 +55,40 @@ impl Stats {
             _ => end,
         };
         self.position = Some((epoch, expected));
-        for e in &events[check.skip()..] {
-            self.events += 1;
-            let kind = match &e.kind {
-                Some(EventKind::ProcessStarted(_)) => "process_started",
-                Some(EventKind::ProcessExited(_)) => "process_exited",
-                Some(EventKind::ConnectionOpened(_)) => "connection_opened",
-                Some(EventKind::ConnectionClosed(_)) => "connection_closed",
-                Some(EventKind::Data(_)) => "data",
+        // Counted per batch, then added to the totals (one map update per kind).
+        const KINDS: [&str; 7] = [
+            "process_started",
+            "process_exited",
+            "connection_opened",
+            "connection_closed",
+            "data",
+            "loss",
+            "unknown",
+        ];
+        let mut counts = [0u64; 7];
+        let new = events.get(check.skip()..).unwrap_or_default();
+        for e in new {
+            let i = match &e.kind {
+                Some(EventKind::ProcessStarted(_)) => 0,
+                Some(EventKind::ProcessExited(_)) => 1,
+                Some(EventKind::ConnectionOpened(_)) => 2,
+                Some(EventKind::ConnectionClosed(_)) => 3,
+                Some(EventKind::Data(_)) => 4,
                 Some(EventKind::Loss(l)) => {
                     *self.lost.entry(location_name(l.location)).or_default() += l.count;
-                    "loss"
+                    5
                 }
-                None => "unknown",
+                None => 6,
             };
-            *self.by_kind.entry(kind).or_default() += 1;
+            if let Some(c) = counts.get_mut(i) {
+                *c += 1;
+            }
+        }
+        self.events += new.len() as u64;
+        for (kind, n) in KINDS.iter().zip(counts) {
+            if n > 0 {
+                *self.by_kind.entry(kind).or_default() += n;
+            }
         }
         check
     }

@@ -31,7 +31,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -147,13 +147,27 @@ mod tests {
         let text = s.to_string();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 5, "{text}");
-        assert!(lines[0].starts_with("  in      800,001 events (data 400,000); 3 processes"), "{text}");
-        assert!(lines[1].contains("200,000 transactions (http1 200,000)"), "{text}");
+        assert!(
+            lines[0].starts_with("  in      800,001 events (data 400,000); 3 processes"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("200,000 transactions (http1 200,000)"),
+            "{text}"
+        );
         assert!(
             lines[2].contains("spans queued 200,000, exported 199,990, dropped 0 (queue full), failed 10, abandoned 0"),
             "{text}"
         );
-        assert!(lines[3].contains("49 events before the processor (kernel_ring_buffer 49); 10 spans in export"), "{text}");
-        assert!(lines[4].starts_with("  stitch  0 connections open"), "{text}");
+        assert!(
+            lines[3].contains(
+                "49 events before the processor (kernel_ring_buffer 49); 10 spans in export"
+            ),
+            "{text}"
+        );
+        assert!(
+            lines[4].starts_with("  stitch  0 connections open"),
+            "{text}"
+        );
     }
 }

@@ -24,7 +24,7 @@ pub const IGNORED_KEYS: &[&str] = &[
     "network",
     "filter",
     "name_resolver",
-        "shutdown_timeout",
+    "shutdown_timeout",
     "enforce_sys_caps",
     "channel_buffer_len",
     "profile_port",

@@ -67,8 +67,8 @@ use crate::settings::{
     ExportSettings, InternalMetricsSettings, RoutesSettings, Sampler, TracePrinter,
 };
 use env::setting;
-use otlp::{resolve_signal, Millis, SignalFile, SIGNAL_METRICS, SIGNAL_TRACES};
 use file::FileConfig;
+use otlp::{resolve_signal, Millis, SignalFile, SIGNAL_METRICS, SIGNAL_TRACES};
 use values::{parse_key_values, GoDuration, ParseValue, Ports, Ratio, SamplerName};
 
 /// Default metrics export interval (OBI's, and OpenTelemetry's).
@@ -543,10 +543,7 @@ impl Config {
 }
 
 /// The environment variable `name` parsed, or `None` when unset or empty.
-pub(crate) fn from_env<T: ParseValue>(
-    env: &dyn Env,
-    name: &str,
-) -> Result<Option<T>, ConfigError> {
+pub(crate) fn from_env<T: ParseValue>(env: &dyn Env, name: &str) -> Result<Option<T>, ConfigError> {
     setting(env, name)
         .map(|v| T::parse_value(&v).map_err(|m| ConfigError::env(name, m)))
         .transpose()

@@ -141,4 +141,3 @@ fn infer_protocol(endpoint: &Endpoint) -> OtlpProtocol {
         _ => OtlpProtocol::HttpProtobuf,
     }
 }
-

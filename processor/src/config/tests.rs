@@ -575,7 +575,10 @@ internal_metrics:
             max_elapsed: Duration::from_secs(30),
         }
     );
-    assert_eq!(e.traces.compression, Some(crate::settings::Compression::Gzip));
+    assert_eq!(
+        e.traces.compression,
+        Some(crate::settings::Compression::Gzip)
+    );
     assert_eq!(e.metrics.compression, None);
     assert_eq!(e.metrics.backoff, crate::settings::Backoff::default());
     assert_eq!(
@@ -602,8 +605,14 @@ internal_metrics:
     assert_eq!(e.batch_timeout, Duration::from_millis(250));
     assert_eq!(e.traces.backoff.max_elapsed, Duration::from_secs(60));
     assert_eq!(e.traces.compression, None, "the signal's variable wins");
-    assert_eq!(e.metrics.compression, Some(crate::settings::Compression::Gzip));
-    assert_eq!(e.internal_metrics.exporter, crate::settings::InternalExporter::Otel);
+    assert_eq!(
+        e.metrics.compression,
+        Some(crate::settings::Compression::Gzip)
+    );
+    assert_eq!(
+        e.internal_metrics.exporter,
+        crate::settings::InternalExporter::Otel
+    );
     assert_eq!(e.internal_metrics.prometheus_port, None, "0 means off");
     // Bad values name the key and what is allowed.
     let err = file_error("otel_traces_export:\n  compression: zstd\n", &NO_ENV).to_string();

@@ -117,7 +117,10 @@ impl ParseValue for CompressionName {
         one_of(
             text,
             &[
-                ("gzip", CompressionName(Some(crate::settings::Compression::Gzip))),
+                (
+                    "gzip",
+                    CompressionName(Some(crate::settings::Compression::Gzip)),
+                ),
                 ("none", CompressionName(None)),
             ],
         )

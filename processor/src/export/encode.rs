@@ -18,8 +18,8 @@ use crate::export::wire::{
     put_uint,
 };
 use crate::pipeline::resource::{ProcessResource, Resource};
-use crate::stitch::FastMap;
 use crate::pipeline::span::{Span, SCOPE_NAME, SCOPE_VERSION};
+use crate::stitch::FastMap;
 
 /// `Resource.attributes`.
 const RESOURCE_ATTRIBUTES: u32 = 1;
@@ -261,7 +261,7 @@ mod tests {
         let span = |path: &str| {
             build_span(
                 &tx(Side::Server, "GET", path, Some(200)),
-                Some(path),
+                Some(&path.into()),
                 Sampler::AlwaysOn,
                 &ids,
             )
@@ -366,11 +366,8 @@ mod tests {
         assert_eq!(p.flags, 0x101);
         assert_eq!(p.status.as_ref().map(|s| s.code), Some(0));
         let r = req.resource_spans[0].resource.as_ref().expect("resource");
-        assert!(r
-            .attributes
-            .iter()
-            .any(|kv| kv.key == "process.pid"
-                && kv.value.as_ref().and_then(|v| v.value.clone()) == Some(P::IntValue(2))));
+        assert!(r.attributes.iter().any(|kv| kv.key == "process.pid"
+            && kv.value.as_ref().and_then(|v| v.value.clone()) == Some(P::IntValue(2))));
     }
 
     #[test]
@@ -383,7 +380,13 @@ mod tests {
         let mut procs = procs();
         let ids = SeqIds::default();
         let span = |path: &str| {
-            build_span(&tx(Side::Server, "GET", path, Some(200)), None, Sampler::AlwaysOn, &ids).data
+            build_span(
+                &tx(Side::Server, "GET", path, Some(200)),
+                None,
+                Sampler::AlwaysOn,
+                &ids,
+            )
+            .data
         };
         let a = encode_spans(&[(procs.get(1), span("/1")), (procs.get(2), span("/2"))]);
         let b = encode_spans(&[(procs.get(1), span("/3"))]);
@@ -396,7 +399,11 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            vec![("a".to_string(), 1), ("b".to_string(), 1), ("a".to_string(), 1)]
+            vec![
+                ("a".to_string(), 1),
+                ("b".to_string(), 1),
+                ("a".to_string(), 1)
+            ]
         );
     }
 }

@@ -152,8 +152,16 @@ mod tests {
         let mut procs = ProcessMap::new(ResourceSettings::default());
         let mut reg = MetricsRegistry::default();
         let p = procs.get(42);
-        reg.record(&p, &tx(Side::Server, "GET", "/u/1", Some(200)), Some("/u/{id}"));
-        reg.record(&p, &tx(Side::Server, "GET", "/u/2", Some(200)), Some("/u/{id}"));
+        reg.record(
+            &p,
+            &tx(Side::Server, "GET", "/u/1", Some(200)),
+            Some(&"/u/{id}".into()),
+        );
+        reg.record(
+            &p,
+            &tx(Side::Server, "GET", "/u/2", Some(200)),
+            Some(&"/u/{id}".into()),
+        );
         reg.record_loader_posture(
             &own_resource("tandem-processor", "box"),
             &LoaderPosture {

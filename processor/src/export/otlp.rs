@@ -10,7 +10,9 @@
 //! * Retries: the transport's, with the signal's backoff (default 100 ms doubling to
 //!   1.6 s, given up 5 s after the first attempt; OBI's `backoff_*` keys set them).
 
-use crate::export::transport::{Compression, RetryPolicy, TransportSettings, DEFAULT_MAX_IN_FLIGHT};
+use crate::export::transport::{
+    Compression, RetryPolicy, TransportSettings, DEFAULT_MAX_IN_FLIGHT,
+};
 use crate::settings::{self, OtlpProtocol, OtlpSignal};
 
 /// Default timeout of one export attempt.

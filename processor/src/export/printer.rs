@@ -395,7 +395,7 @@ mod tests {
         let t = tx(Side::Server, "GET", "/users/42", Some(200));
         let rec = build_span(
             &t,
-            Some("/users/{id}"),
+            Some(&"/users/{id}".into()),
             Sampler::AlwaysOn,
             &SeqIds::default(),
         );

@@ -217,7 +217,9 @@ pub fn build(
             max_export_batch_size: export.max_export_batch_size,
             batch_timeout: export.batch_timeout,
         };
-        sinks.push(Box::new(OtlpTraces(TraceExport::spawn(transport, batching))));
+        sinks.push(Box::new(OtlpTraces(TraceExport::spawn(
+            transport, batching,
+        ))));
     }
     if let (Some(settings), Some(registry)) = (
         crate::export::otlp::transport_settings(&export.metrics),
@@ -235,7 +237,10 @@ pub fn build(
     // metrics ask for.
     let mut ports: Vec<(u16, Vec<Route>)> = Vec::new();
     if let (Some(port), Some(registry)) = (export.prometheus_port, registry) {
-        ports.push((port, vec![Route::registry(&export.prometheus_path, registry.clone())]));
+        ports.push((
+            port,
+            vec![Route::registry(&export.prometheus_path, registry.clone())],
+        ));
     }
     for (port, route) in internal.routes {
         let port = port.or(export.prometheus_port).unwrap_or(0);
@@ -245,7 +250,9 @@ pub fn build(
         }
     }
     for (port, routes) in ports {
-        sinks.push(Box::new(Prometheus(PrometheusEndpoint::serve_routes(port, routes)?)));
+        sinks.push(Box::new(Prometheus(PrometheusEndpoint::serve_routes(
+            port, routes,
+        )?)));
     }
     Ok(sinks)
 }

@@ -153,13 +153,7 @@ impl TraceExport {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(TraceExportStats::default());
         let waiting = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(run(
-            transport,
-            rx,
-            waiting.clone(),
-            batching,
-            stats.clone(),
-        ));
+        let task = tokio::spawn(run(transport, rx, waiting.clone(), batching, stats.clone()));
         TraceExport {
             pending: SpanGroups::default(),
             tx,
@@ -175,7 +169,10 @@ impl TraceExport {
     pub fn offer(&mut self, process: &Arc<ProcessResource>, span: &Span) {
         let queued = self.waiting.load(Ordering::Acquire) + self.pending.len() as usize;
         if queued >= self.batching.max_queue_size {
-            let before = self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+            let before = self
+                .stats
+                .dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
             if before == 0 {
                 warn!(
                     max_queue_size = self.batching.max_queue_size,

@@ -15,10 +15,14 @@ const FIXED32: u32 = 5;
 /// Bytes a varint of `v` takes.
 pub fn varint_len(v: u64) -> usize {
     // 1 byte per 7 bits, at least one.
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+    if v < 0x80 {
+        buf.push(v as u8);
+        return;
+    }
     while v >= 0x80 {
         buf.push((v as u8) | 0x80);
         v >>= 7;
@@ -97,7 +101,11 @@ pub fn put_fixed32(buf: &mut Vec<u8>, field: u32, v: u32) {
 }
 
 /// A `repeated fixed64` field, packed.
-pub fn put_packed_fixed64(buf: &mut Vec<u8>, field: u32, values: impl ExactSizeIterator<Item = u64>) {
+pub fn put_packed_fixed64(
+    buf: &mut Vec<u8>,
+    field: u32,
+    values: impl ExactSizeIterator<Item = u64>,
+) {
     if values.len() == 0 {
         return;
     }
@@ -194,9 +202,15 @@ pub fn key_value_len(kv: &KeyValue) -> usize {
 
 /// `kv` as a `KeyValue` message in field `field` (e.g. `Span.attributes`).
 pub fn put_key_value(buf: &mut Vec<u8>, field: u32, kv: &KeyValue) {
-    put_len_prefix(buf, field, key_value_len(kv));
-    put_len(buf, KV_KEY, kv.key.as_str().as_bytes());
-    put_len_prefix(buf, KV_VALUE, any_value_len(&kv.value));
+    let key = kv.key.as_str().as_bytes();
+    let value_len = any_value_len(&kv.value);
+    put_len_prefix(
+        buf,
+        field,
+        len_field_len(KV_KEY, key.len()) + len_field_len(KV_VALUE, value_len),
+    );
+    put_len(buf, KV_KEY, key);
+    put_len_prefix(buf, KV_VALUE, value_len);
     put_any_value(buf, &kv.value);
 }
 
@@ -227,7 +241,10 @@ mod tests {
             KeyValue::new("zero", 0i64),
             KeyValue::new("b", false),
             KeyValue::new("f", 1.5),
-            KeyValue::new("a", Value::Array(Array::String(vec!["x".into(), "y".into()]))),
+            KeyValue::new(
+                "a",
+                Value::Array(Array::String(vec!["x".into(), "y".into()])),
+            ),
         ];
         for kv in &kvs {
             let mut b = vec![];

@@ -72,11 +72,17 @@ pub fn build_db_span(
         attrs.push(KeyValue::new("db.query.text", q.clone()));
     }
     if let Some(s) = server_end {
-        attrs.push(KeyValue::new("server.address", s.ip().to_string()));
+        attrs.push(KeyValue::new(
+            "server.address",
+            crate::model::ip_text(s.ip()),
+        ));
         attrs.push(KeyValue::new("server.port", i64::from(s.port())));
     }
     if let Some(p) = tx.peer {
-        attrs.push(KeyValue::new("network.peer.address", p.ip().to_string()));
+        attrs.push(KeyValue::new(
+            "network.peer.address",
+            crate::model::ip_text(p.ip()),
+        ));
         attrs.push(KeyValue::new("network.peer.port", i64::from(p.port())));
     }
     if let Some(code) = op.error.as_ref().and_then(|e| e.code.clone()) {
@@ -92,7 +98,14 @@ pub fn build_db_span(
         attrs.push(KeyValue::new("error.type", e));
     }
     let times = span_times(tx.start_mono_ns, tx.end_mono_ns, tx.realtime_offset_ns);
-    let data = span_data(span_context, tx.side, span_name(op), times, attrs, status);
+    let data = span_data(
+        span_context,
+        tx.side,
+        span_name(op).into(),
+        times,
+        attrs,
+        status,
+    );
     SpanRecord { data, sampled }
 }
 
@@ -130,9 +143,9 @@ pub(crate) mod tests {
     use crate::model::{DbError, DbSystem, Exchange};
     use crate::pipeline::span::build_span;
     use crate::pipeline::span::tests::SeqIds;
+    use crate::pipeline::span::Span as SpanData;
     use opentelemetry::trace::SpanKind;
     use opentelemetry::Value;
-    use crate::pipeline::span::Span as SpanData;
 
     /// A PostgreSQL operation of a client (pid 7).
     pub(crate) fn db_tx(

@@ -117,7 +117,7 @@ fn server_address(tx: &Transaction, h: &HttpExchange) -> Option<String> {
         .map(host_of)
         .filter(|h| !h.is_empty())
         .map(str::to_string)
-        .or_else(|| server_end.map(|s| s.ip().to_string()))
+        .or_else(|| server_end.map(|s| crate::model::ip_text(s.ip())))
 }
 
 fn rpc_attributes(call: &GrpcCall) -> Vec<KeyValue> {
@@ -149,9 +149,15 @@ pub fn span_attributes(
     }
     if let Some(p) = tx.peer {
         if is_server {
-            attrs.push(KeyValue::new("client.address", p.ip().to_string()));
+            attrs.push(KeyValue::new(
+                "client.address",
+                crate::model::ip_text(p.ip()),
+            ));
         }
-        attrs.push(KeyValue::new("network.peer.address", p.ip().to_string()));
+        attrs.push(KeyValue::new(
+            "network.peer.address",
+            crate::model::ip_text(p.ip()),
+        ));
         attrs.push(KeyValue::new("network.peer.port", i64::from(p.port())));
     }
     let error = call.error_type(tx.side);
@@ -266,7 +272,12 @@ mod tests {
         use crate::settings::Sampler;
         use opentelemetry::trace::SpanKind;
         let t = grpc_tx(Side::Server, Some("13"));
-        let s = build_span(&t, Some("/ignored"), Sampler::AlwaysOn, &SeqIds::default());
+        let s = build_span(
+            &t,
+            Some(&"/ignored".into()),
+            Sampler::AlwaysOn,
+            &SeqIds::default(),
+        );
         assert_eq!(s.data.name, "/helloworld.Greeter/SayHello");
         assert_eq!(s.data.span_kind, SpanKind::Server);
         assert_eq!(

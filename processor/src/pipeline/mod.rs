@@ -163,7 +163,14 @@ impl Pipeline {
         host_name: String,
         printer: Printer,
     ) -> Result<Self, PipelineError> {
-        Self::build(routes, export, host_name, printer, None, Internal::default())
+        Self::build(
+            routes,
+            export,
+            host_name,
+            printer,
+            None,
+            Internal::default(),
+        )
     }
 
     /// As [`Pipeline::with_printer`], recording into `registry` (when given; else a
@@ -291,7 +298,7 @@ impl Pipeline {
             Exchange::Http(h) => Some(self.router.route(&h.request.path)),
             Exchange::Db(_) => None,
         };
-        let route = routed.as_ref().and_then(|r| r.route.as_deref());
+        let route = routed.as_ref().and_then(|r| r.route.as_ref());
         let process = self.processes.get(tx.pid);
         let kind = tx.instrumentation();
         if !self.metrics_instrumentations.is_enabled(kind) {
@@ -342,7 +349,9 @@ impl Pipeline {
     pub fn stats(&self) -> PipelineStats {
         let mut s = self.stats;
         s.routes_overflowed = self.router.overflowed();
-        self.sinks.iter().fold(s, |acc, sink| acc.with(sink.report()))
+        self.sinks
+            .iter()
+            .fold(s, |acc, sink| acc.with(sink.report()))
     }
 
     /// Stops every sink: the Prometheus endpoint stops listening, queued spans and

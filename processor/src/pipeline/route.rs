@@ -17,6 +17,7 @@
 //!   that bound is reported as `/**` and counted ([`Router::overflowed`]).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::settings::{IgnoreMode, RoutesSettings, Unmatched};
 
@@ -59,7 +60,7 @@ enum Seg {
 
 #[derive(Debug, Clone)]
 struct Pattern {
-    text: String,
+    text: Arc<str>,
     segs: Vec<Seg>,
     /// Trailing `*`: the prefix and anything below it.
     prefix: bool,
@@ -100,7 +101,7 @@ impl Pattern {
             }
         }
         Ok(Pattern {
-            text: text.to_string(),
+            text: Arc::from(text),
             segs,
             prefix,
         })
@@ -146,8 +147,8 @@ fn best_match<'a>(patterns: &'a [Pattern], path: &[&str]) -> Option<&'a Pattern>
 /// What the router decided for one path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routed {
-    /// `http.route`, if any.
-    pub route: Option<String>,
+    /// `http.route`, if any (shared: routes are few, requests many).
+    pub route: Option<Arc<str>>,
     /// Matched an ignored pattern whose mode removes it from traces.
     pub ignore_traces: bool,
     /// Matched an ignored pattern whose mode removes it from metrics.
@@ -164,10 +165,18 @@ pub struct Router {
     unmatched: Unmatched,
     max_routes: usize,
     /// Routes produced from unmatched paths so far (at most `max_routes`).
-    seen: HashSet<String>,
+    seen: HashSet<Arc<str>>,
+    wildcard: Arc<str>,
     overflowed: u64,
     low_card: LowCardinality,
+    /// Recent paths and what they were routed to, with whether the route was
+    /// folded by `max_routes` (not for `low-cardinality`, whose routes depend on the
+    /// paths seen before). Cleared when full.
+    cache: HashMap<String, (Routed, bool)>,
 }
+
+/// Paths remembered by the route cache.
+const CACHE_PATHS: usize = 4096;
 
 impl Router {
     pub fn new(settings: &RoutesSettings) -> Result<Self, RouteError> {
@@ -183,8 +192,10 @@ impl Router {
             unmatched: settings.unmatched,
             max_routes: settings.max_routes,
             seen: HashSet::new(),
+            wildcard: Arc::from(WILDCARD_ROUTE),
             overflowed: 0,
             low_card: LowCardinality::default(),
+            cache: HashMap::new(),
         })
     }
 
@@ -194,6 +205,29 @@ impl Router {
     }
 
     pub fn route(&mut self, path: &str) -> Routed {
+        let cacheable = self.unmatched != Unmatched::LowCardinality;
+        if cacheable {
+            if let Some((routed, folded)) = self.cache.get(path) {
+                if *folded {
+                    self.overflowed += 1;
+                }
+                return routed.clone();
+            }
+        }
+        let before = self.overflowed;
+        let routed = self.route_uncached(path);
+        if cacheable {
+            if self.cache.len() >= CACHE_PATHS {
+                self.cache.clear();
+            }
+            let folded = self.overflowed != before;
+            self.cache
+                .insert(path.to_string(), (routed.clone(), folded));
+        }
+        routed
+    }
+
+    fn route_uncached(&mut self, path: &str) -> Routed {
         let parts: Vec<&str> = split_path(path).collect();
         let ignored = best_match(&self.ignored, &parts).is_some();
         let (ignore_traces, ignore_metrics) = match (ignored, self.ignore_mode) {
@@ -213,10 +247,10 @@ impl Router {
         }
     }
 
-    fn unmatched_route(&mut self, path: &str, parts: &[&str]) -> Option<String> {
+    fn unmatched_route(&mut self, path: &str, parts: &[&str]) -> Option<Arc<str>> {
         let candidate = match self.unmatched {
             Unmatched::Unset => return None,
-            Unmatched::Wildcard => return Some(WILDCARD_ROUTE.to_string()),
+            Unmatched::Wildcard => return Some(self.wildcard.clone()),
             Unmatched::Path => {
                 if path.is_empty() {
                     "/".to_string()
@@ -230,16 +264,17 @@ impl Router {
         Some(self.bound(candidate))
     }
 
-    fn bound(&mut self, route: String) -> String {
-        if self.seen.contains(&route) {
-            return route;
+    fn bound(&mut self, route: String) -> Arc<str> {
+        if let Some(r) = self.seen.get(route.as_str()) {
+            return r.clone();
         }
         if self.seen.len() < self.max_routes {
-            self.seen.insert(route.clone());
-            return route;
+            let r: Arc<str> = Arc::from(route);
+            self.seen.insert(r.clone());
+            return r;
         }
         self.overflowed += 1;
-        WILDCARD_ROUTE.to_string()
+        self.wildcard.clone()
     }
 }
 
@@ -496,7 +531,7 @@ mod tests {
         assert_eq!(names.len(), MAX_PATH_SEGMENT_CARDINALITY);
         for name in names {
             let path = format!("/shop/{name}/list");
-            assert_eq!(r.route(&path).route, Some(path.clone()));
+            assert_eq!(r.route(&path).route.as_deref(), Some(path.as_str()));
         }
         assert_eq!(
             r.route("/shop/another/list").route.as_deref(),

@@ -38,12 +38,13 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::KeyValue;
+use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::IdGenerator;
 
 use crate::model::{Exchange, HttpExchange, Side, Transaction, KNOWN_METHODS};
@@ -149,7 +150,7 @@ pub(crate) fn span_times(
 pub(crate) fn span_data(
     span_context: SpanContext,
     side: Side,
-    name: String,
+    name: Cow<'static, str>,
     (start_time, end_time): (SystemTime, SystemTime),
     attributes: Vec<KeyValue>,
     status: Status,
@@ -162,7 +163,7 @@ pub(crate) fn span_data(
             Side::Server => SpanKind::Server,
             Side::Client => SpanKind::Client,
         },
-        name: Cow::Owned(name),
+        name,
         start_time,
         end_time,
         attributes,
@@ -187,7 +188,7 @@ pub fn host_of(host_header: &str) -> &str {
 /// (server spans only).
 pub fn build_span(
     tx: &Transaction,
-    route: Option<&str>,
+    route: Option<&Arc<str>>,
     sampler: Sampler,
     ids: &dyn IdGenerator,
 ) -> SpanRecord {
@@ -200,23 +201,27 @@ pub fn build_span(
 fn http_span(
     tx: &Transaction,
     h: &HttpExchange,
-    route: Option<&str>,
+    route: Option<&Arc<str>>,
     sampler: Sampler,
     ids: &dyn IdGenerator,
 ) -> SpanRecord {
     let req = &h.request;
-    let known = KNOWN_METHODS.contains(&&*req.method);
-    let method = if known { &*req.method } else { "_OTHER" };
+    let known: Option<&'static str> = KNOWN_METHODS.iter().copied().find(|m| *m == req.method);
+    let method: &'static str = known.unwrap_or("_OTHER");
     let is_server = tx.side == Side::Server;
     let route = route.filter(|_| is_server);
 
     let grpc = GrpcCall::of(h);
-    let name = match (known, route) {
-        _ if grpc.is_some() => grpc.as_ref().map(|c| c.path.clone()).unwrap_or_default(),
-        (true, Some(r)) => format!("{} {r}", req.method),
-        (false, Some(r)) => format!("HTTP {r}"),
-        (true, None) => req.method.to_string(),
-        (false, None) => "HTTP".to_string(),
+    let name: Cow<'static, str> = match (known, route) {
+        _ if grpc.is_some() => grpc
+            .as_ref()
+            .map(|c| c.path.clone())
+            .unwrap_or_default()
+            .into(),
+        (Some(m), Some(r)) => format!("{m} {r}").into(),
+        (None, Some(r)) => format!("HTTP {r}").into(),
+        (Some(m), None) => Cow::Borrowed(m),
+        (None, None) => Cow::Borrowed("HTTP"),
     };
 
     let parent = req.header("traceparent").and_then(parse_traceparent);
@@ -247,8 +252,9 @@ fn http_span(
     let (server_sock, peer_sock): (Option<SocketAddr>, Option<SocketAddr>) = (tx.local, tx.peer);
     let server_end = if is_server { server_sock } else { peer_sock };
 
-    let mut attrs = vec![KeyValue::new("http.request.method", method.to_string())];
-    if !known {
+    let mut attrs = Vec::with_capacity(16);
+    attrs.push(KeyValue::new("http.request.method", method));
+    if known.is_none() {
         attrs.push(KeyValue::new(
             "http.request.method_original",
             req.method.to_string(),
@@ -256,7 +262,7 @@ fn http_span(
     }
     attrs.push(KeyValue::new("url.path", req.path.clone()));
     if let Some(r) = route {
-        attrs.push(KeyValue::new("http.route", r.to_string()));
+        attrs.push(KeyValue::new("http.route", Value::from(r.clone())));
     }
     let status_code = h.response.as_ref().map(|r| r.status);
     if let Some(code) = status_code {
@@ -267,7 +273,7 @@ fn http_span(
         .map(host_of)
         .filter(|h| !h.is_empty())
         .map(str::to_string)
-        .or_else(|| server_end.map(|s| s.ip().to_string()));
+        .or_else(|| server_end.map(|s| crate::model::ip_text(s.ip())));
     if let Some(a) = server_address {
         attrs.push(KeyValue::new("server.address", a));
     }
@@ -275,10 +281,12 @@ fn http_span(
         attrs.push(KeyValue::new("server.port", i64::from(s.port())));
     }
     if let Some(p) = peer_sock {
+        // One string for both attributes.
+        let ip = Value::from(Arc::<str>::from(crate::model::ip_text(p.ip())));
         if is_server {
-            attrs.push(KeyValue::new("client.address", p.ip().to_string()));
+            attrs.push(KeyValue::new("client.address", ip.clone()));
         }
-        attrs.push(KeyValue::new("network.peer.address", p.ip().to_string()));
+        attrs.push(KeyValue::new("network.peer.address", ip));
         attrs.push(KeyValue::new("network.peer.port", i64::from(p.port())));
     }
     if !req.version.is_empty() {
@@ -444,7 +452,7 @@ pub(crate) mod tests {
         let t = tx(Side::Server, "GET", "/users/42", Some(200));
         let s = build_span(
             &t,
-            Some("/users/{id}"),
+            Some(&"/users/{id}".into()),
             Sampler::AlwaysOn,
             &SeqIds::default(),
         );
@@ -487,7 +495,12 @@ pub(crate) mod tests {
     #[test]
     fn client_span_and_error_statuses() {
         let t = tx(Side::Client, "POST", "/api/pay", Some(404));
-        let s = build_span(&t, Some("/api/pay"), Sampler::AlwaysOn, &SeqIds::default());
+        let s = build_span(
+            &t,
+            Some(&"/api/pay".into()),
+            Sampler::AlwaysOn,
+            &SeqIds::default(),
+        );
         assert_eq!(s.data.name, "POST");
         assert_eq!(s.data.span_kind, SpanKind::Client);
         assert_eq!(attr(&s.data, "http.route"), None);
@@ -528,7 +541,7 @@ pub(crate) mod tests {
     fn unknown_method_is_other() {
         let s = build_span(
             &tx(Side::Server, "PURGE", "/c", Some(200)),
-            Some("/c"),
+            Some(&"/c".into()),
             Sampler::AlwaysOn,
             &SeqIds::default(),
         );

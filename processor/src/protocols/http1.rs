@@ -375,6 +375,22 @@ impl Parser {
     /// invalid, or cut by uncaptured bytes.
     fn head_step(&mut self, chunk: &mut Chunk<'_>) -> Option<Http1Event> {
         let rest = chunk.rest();
+        if self.head.is_empty() {
+            // The whole header block in this chunk (the usual case): parsed where it
+            // is, not copied.
+            if let Some(end) = find_head_end(rest, 0).filter(|e| *e <= self.max_head) {
+                let head = rest.get(..end).unwrap_or_default();
+                return match parse_head(self.kind, head) {
+                    Ok((message, body)) => {
+                        chunk.pos += end;
+                        self.tentative = false;
+                        self.state = State::Body(body);
+                        Some(self.head_event(message, false))
+                    }
+                    Err(error) => Some(self.fail(error, chunk)),
+                };
+            }
+        }
         if rest.is_empty() {
             // Only uncaptured bytes are left: the header block was cut.
             chunk.lost_sync += 1;
@@ -587,18 +603,39 @@ fn hex_value(b: u8) -> Option<u8> {
 /// End (exclusive) of the header block: the index after an empty line, searching
 /// line ends from `from`.
 fn find_head_end(head: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while i < head.len() {
-        if head.get(i) == Some(&b'\n') {
-            match (head.get(i + 1), head.get(i + 2)) {
-                (Some(b'\n'), _) => return Some(i + 2),
-                (Some(b'\r'), Some(b'\n')) => return Some(i + 3),
-                _ => {}
-            }
+    let tail = head.get(from..)?;
+    for i in memchr::memchr_iter(b'\n', tail).map(|i| i + from) {
+        match (head.get(i + 1), head.get(i + 2)) {
+            (Some(b'\n'), _) => return Some(i + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(i + 3),
+            _ => {}
         }
-        i += 1;
     }
     None
+}
+
+/// The lines of `bytes` (split at `\n`, the last one possibly empty), found with
+/// `memchr`.
+fn split_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    let mut ends = memchr::memchr_iter(b'\n', bytes);
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        match ends.next() {
+            Some(end) => {
+                let line = bytes.get(start..end);
+                start = end + 1;
+                line
+            }
+            None => {
+                done = true;
+                bytes.get(start..)
+            }
+        }
+    })
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
@@ -673,12 +710,18 @@ enum Message {
     Response(HttpResponse),
 }
 
+/// RFC 9110 `tchar`.
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    matches!(b,
+        b'!' | b'#'..=b'\'' | b'*' | b'+' | b'-' | b'.' | b'0'..=b'9' | b'A'..=b'Z'
+            | b'^'..=b'z' | b'|' | b'~')
 }
 
 fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
 }
 
 fn version(bytes: &[u8]) -> Option<&'static str> {
@@ -785,7 +828,8 @@ fn parse_headers<'a>(
             }
             continue;
         }
-        let name = text(name).to_ascii_lowercase();
+        // Header names are tokens (ASCII), so byte-wise lower-casing is exact.
+        let name = String::from_utf8(name.to_ascii_lowercase()).unwrap_or_default();
         match name.as_str() {
             "content-length" => {
                 // "5" or a list of identical values ("5, 5").
@@ -825,7 +869,7 @@ fn parse_headers<'a>(
 
 /// Parses a complete header block (ending with its empty line).
 fn parse_head(kind: MessageKind, head: &[u8]) -> Result<(Message, Body), ParseError> {
-    let mut lines = head.split(|&b| b == b'\n');
+    let mut lines = split_lines(head);
     let first = trim_cr(lines.next().unwrap_or_default());
     let mut headers = Vec::new();
     let mut framing = Framing::default();
@@ -885,7 +929,7 @@ fn partial_head(kind: MessageKind, head: &[u8], origin: Origin) -> Option<Http1E
         Some(last) => head.get(..last).unwrap_or_default(),
         None => &[][..],
     };
-    let mut lines = complete.split(|&b| b == b'\n');
+    let mut lines = split_lines(complete);
     let first_complete = !complete.is_empty();
     let first = if first_complete {
         trim_cr(lines.next().unwrap_or_default())

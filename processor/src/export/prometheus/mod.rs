@@ -218,7 +218,10 @@ async fn serve(listener: TcpListener, routes: Arc<Vec<Route>>, stop: Cancellatio
 #[derive(Debug, PartialEq, Eq)]
 enum Request {
     /// Route number `route`.
-    Metrics { route: usize, head_only: bool },
+    Metrics {
+        route: usize,
+        head_only: bool,
+    },
     NotFound,
     BadMethod,
     Malformed,
@@ -372,4 +375,3 @@ fn parse(head: &[u8], routes: &[Route]) -> Request {
         _ => Request::BadMethod,
     }
 }
-

@@ -276,4 +276,3 @@ fn number(v: f64) -> String {
         v.to_string()
     }
 }
-

@@ -1,4 +1,3 @@
-
 use super::render::label_text;
 use super::*;
 use crate::model::Side;
@@ -22,7 +21,7 @@ fn small_registry() -> MetricsRegistry {
     reg.record(
         &procs.get(42),
         &tx(Side::Server, "GET", "/users/1", Some(200)),
-        Some("/users/{id}"),
+        Some(&"/users/{id}".into()),
     );
     reg
 }

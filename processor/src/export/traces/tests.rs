@@ -14,14 +14,14 @@ use crate::export::transport::tests::servers::{self, http, Script};
 use crate::export::transport::{Signal, Transport, TransportSettings};
 use crate::model::Side;
 use crate::pipeline::resource::{ProcessMap, ResourceSettings};
-use crate::pipeline::span::tests::{tx, SeqIds};
 use crate::pipeline::span::build_span;
+use crate::pipeline::span::tests::{tx, SeqIds};
 use crate::settings::{OtlpProtocol, Sampler};
 
 fn span(path: &str) -> crate::pipeline::span::Span {
     build_span(
         &tx(Side::Server, "GET", path, Some(200)),
-        Some(path),
+        Some(&path.into()),
         Sampler::AlwaysOn,
         &SeqIds::default(),
     )
@@ -82,14 +82,21 @@ async fn one_request_holds_every_process_and_shutdown_flushes() {
         .resource_spans
         .iter()
         .map(|rs| {
-            let names = rs.scope_spans[0].spans.iter().map(|s| s.name.clone()).collect();
+            let names = rs.scope_spans[0]
+                .spans
+                .iter()
+                .map(|s| s.name.clone())
+                .collect();
             (service(rs), names)
         })
         .collect();
     assert_eq!(
         groups,
         vec![
-            ("a".to_string(), vec!["GET /x".to_string(), "GET /z".to_string()]),
+            (
+                "a".to_string(),
+                vec!["GET /x".to_string(), "GET /z".to_string()]
+            ),
             ("b".to_string(), vec!["GET /y".to_string()]),
         ]
     );

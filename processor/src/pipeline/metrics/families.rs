@@ -11,6 +11,8 @@
 //! database operations are measured on the client side only (the conventions define
 //! no server-side database metric).
 
+use std::sync::Arc;
+
 use opentelemetry::{KeyValue, Value};
 
 use crate::model::{DbOperation, Exchange, HttpExchange, Side, Transaction, KNOWN_METHODS};
@@ -173,11 +175,11 @@ impl Family {
     ];
 }
 
-/// What one transaction contributes: its family, its attributes, and the values.
+/// What one transaction contributes: its family and the values (its attributes go
+/// into the caller's buffer).
 #[derive(Debug)]
 pub struct Observation {
     pub family: Family,
-    pub attributes: Vec<KeyValue>,
     pub duration_secs: f64,
     pub request_body: Option<u64>,
     pub response_body: Option<u64>,
@@ -193,54 +195,73 @@ impl Observation {
     }
 }
 
-/// The observation of `tx` (`route`: an HTTP server request's `http.route`), or
-/// `None` when it feeds no metric (a database server's operations).
-pub fn observe(tx: &Transaction, route: Option<&str>) -> Option<Observation> {
+/// The observation of `tx` (`route`: an HTTP server request's `http.route`), its
+/// attributes written to `attrs`; `None` when it feeds no metric (a database
+/// server's operations).
+pub fn observe(
+    tx: &Transaction,
+    route: Option<&Arc<str>>,
+    attrs: &mut Vec<KeyValue>,
+) -> Option<Observation> {
+    attrs.clear();
     match &tx.exchange {
         Exchange::Http(h) => Some(match GrpcCall::of(h) {
-            Some(call) => Observation {
-                family: match tx.side {
-                    Side::Server => Family::RpcServer,
-                    Side::Client => Family::RpcClient,
-                },
-                attributes: grpc::metric_attributes(tx, h, &call),
+            Some(call) => {
+                attrs.extend(grpc::metric_attributes(tx, h, &call));
+                Observation {
+                    family: match tx.side {
+                        Side::Server => Family::RpcServer,
+                        Side::Client => Family::RpcClient,
+                    },
+                    duration_secs: tx.duration_secs(),
+                    request_body: None,
+                    response_body: None,
+                }
+            }
+            None => {
+                http_attributes(tx, h, route, attrs);
+                Observation {
+                    family: match tx.side {
+                        Side::Server => Family::HttpServer,
+                        Side::Client => Family::HttpClient,
+                    },
+                    duration_secs: tx.duration_secs(),
+                    request_body: Some(h.request.body_size),
+                    response_body: h.response.as_ref().map(|r| r.body_size),
+                }
+            }
+        }),
+        Exchange::Db(op) if tx.side == Side::Client => {
+            attrs.extend(db_attributes(tx, op));
+            Some(Observation {
+                family: Family::DbClient,
                 duration_secs: tx.duration_secs(),
                 request_body: None,
                 response_body: None,
-            },
-            None => Observation {
-                family: match tx.side {
-                    Side::Server => Family::HttpServer,
-                    Side::Client => Family::HttpClient,
-                },
-                attributes: http_attributes(tx, h, route),
-                duration_secs: tx.duration_secs(),
-                request_body: Some(h.request.body_size),
-                response_body: h.response.as_ref().map(|r| r.body_size),
-            },
-        }),
-        Exchange::Db(op) if tx.side == Side::Client => Some(Observation {
-            family: Family::DbClient,
-            attributes: db_attributes(tx, op),
-            duration_secs: tx.duration_secs(),
-            request_body: None,
-            response_body: None,
-        }),
+            })
+        }
         Exchange::Db(_) => None,
     }
 }
 
 /// The bounded attributes of an HTTP transaction's metrics.
-pub fn http_attributes(tx: &Transaction, h: &HttpExchange, route: Option<&str>) -> Vec<KeyValue> {
+pub fn http_attributes(
+    tx: &Transaction,
+    h: &HttpExchange,
+    route: Option<&Arc<str>>,
+    attrs: &mut Vec<KeyValue>,
+) {
     let req = &h.request;
     let method: Value = match KNOWN_METHODS.iter().find(|m| **m == req.method) {
         Some(m) => Value::from(*m),
         None => Value::from("_OTHER"),
     };
-    let mut attrs = Vec::with_capacity(6);
     attrs.push(KeyValue::new("http.request.method", method));
     if let Some(r) = &h.response {
-        attrs.push(KeyValue::new("http.response.status_code", i64::from(r.status)));
+        attrs.push(KeyValue::new(
+            "http.response.status_code",
+            i64::from(r.status),
+        ));
     }
     if let Some(e) = error_type(tx.side, h) {
         attrs.push(KeyValue::new("error.type", e));
@@ -248,7 +269,7 @@ pub fn http_attributes(tx: &Transaction, h: &HttpExchange, route: Option<&str>) 
     match tx.side {
         Side::Server => {
             if let Some(r) = route {
-                attrs.push(KeyValue::new("http.route", r.to_string()));
+                attrs.push(KeyValue::new("http.route", Value::from(r.clone())));
             }
             if let Some(l) = tx.local {
                 attrs.push(KeyValue::new("server.port", i64::from(l.port())));
@@ -259,7 +280,7 @@ pub fn http_attributes(tx: &Transaction, h: &HttpExchange, route: Option<&str>) 
                 .header("host")
                 .map(|h| host_of(h).to_string())
                 .filter(|h| !h.is_empty())
-                .or_else(|| tx.peer.map(|p| p.ip().to_string()));
+                .or_else(|| tx.peer.map(|p| crate::model::ip_text(p.ip())));
             if let Some(h) = host {
                 attrs.push(KeyValue::new("server.address", h));
             }
@@ -268,7 +289,6 @@ pub fn http_attributes(tx: &Transaction, h: &HttpExchange, route: Option<&str>) 
             }
         }
     }
-    attrs
 }
 
 /// The bounded attributes of `db.client.operation.duration`.

@@ -34,7 +34,9 @@ use crate::model::Transaction;
 use crate::pipeline::resource::{ProcessResource, Resource};
 use crate::stitch::{FastMap, KeyHasher};
 
-pub use data::{Descriptor, Histogram, Kind, MetricData, Number, Point, ResourceMetrics, SeriesData};
+pub use data::{
+    Descriptor, Histogram, Kind, MetricData, Number, Point, ResourceMetrics, SeriesData,
+};
 pub use families::{
     Family, Instrument, BODY_SIZE_BUCKETS, DB_DURATION_BUCKETS, DURATION_BUCKETS, FAMILIES,
 };
@@ -85,24 +87,29 @@ fn attributes_hash(attrs: &[KeyValue]) -> u64 {
 
 impl FamilySeries {
     /// The series of `attrs` (made if new, or the overflow series past the limit).
-    fn series(&mut self, family: Family, attrs: Vec<KeyValue>, now: u64) -> &mut Series {
-        let hash = attributes_hash(&attrs);
-        let found = self
-            .index
-            .get(&hash)
-            .and_then(|ids| ids.iter().copied().find(|i| self.series[*i].attributes == attrs));
+    fn series(&mut self, family: Family, attrs: &[KeyValue], now: u64) -> &mut Series {
+        let hash = attributes_hash(attrs);
+        let found = self.index.get(&hash).and_then(|ids| {
+            ids.iter()
+                .copied()
+                .find(|i| self.series[*i].attributes == attrs)
+        });
         let i = match found {
             Some(i) => i,
             None if self.series.len() >= MAX_SERIES_PER_METRIC => match self.overflow {
                 Some(i) => i,
                 None => {
-                    let i = self.push(family, vec![KeyValue::new("otel.metric.overflow", true)], now);
+                    let i = self.push(
+                        family,
+                        vec![KeyValue::new("otel.metric.overflow", true)],
+                        now,
+                    );
                     self.overflow = Some(i);
                     i
                 }
             },
             None => {
-                let i = self.push(family, attrs, now);
+                let i = self.push(family, attrs.to_vec(), now);
                 self.index.entry(hash).or_default().push(i);
                 i
             }
@@ -200,6 +207,8 @@ pub struct MetricsRegistry {
     /// Replaced or evicted processes: collected once more, then dropped.
     retired: Vec<ProcessMetrics>,
     own: Option<OwnMetrics>,
+    /// The attributes of the transaction being recorded (reused).
+    scratch: Vec<KeyValue>,
 }
 
 fn now_unix_ns() -> u64 {
@@ -209,20 +218,28 @@ fn now_unix_ns() -> u64 {
 impl MetricsRegistry {
     /// Records one transaction of `process`, any protocol (`route`: an HTTP
     /// server request's `http.route`).
-    pub fn record(&mut self, process: &Arc<ProcessResource>, tx: &Transaction, route: Option<&str>) {
-        let Some(mut obs) = families::observe(tx, route) else {
+    pub fn record(
+        &mut self,
+        process: &Arc<ProcessResource>,
+        tx: &Transaction,
+        route: Option<&Arc<str>>,
+    ) {
+        let mut attrs = std::mem::take(&mut self.scratch);
+        let Some(obs) = families::observe(tx, route, &mut attrs) else {
+            self.scratch = attrs;
             return;
         };
-        let now = now_unix_ns();
+        let now = tx.end_unix_ns();
         let family = obs.family;
-        let attributes = std::mem::take(&mut obs.attributes);
         let meters = self.meters(process);
-        let series = meters.families[family.index()].series(family, attributes, now);
+        let series = meters.families[family.index()].series(family, &attrs, now);
         for (h, instrument) in series.histograms.iter_mut().zip(family.instruments()) {
             if let Some(v) = obs.value(instrument.measure) {
                 h.record(v);
             }
         }
+        attrs.clear();
+        self.scratch = attrs;
     }
 
     fn meters(&mut self, process: &Arc<ProcessResource>) -> &mut ProcessMetrics {
@@ -319,8 +336,7 @@ impl MetricsRegistry {
     /// one last time those of retired processes, which are then dropped.
     pub fn collect(&mut self) -> Vec<ResourceMetrics> {
         let now = now_unix_ns();
-        let mut out: Vec<ResourceMetrics> =
-            self.by_pid.values().map(|m| m.snapshot(now)).collect();
+        let mut out: Vec<ResourceMetrics> = self.by_pid.values().map(|m| m.snapshot(now)).collect();
         out.extend(self.own_snapshot(now));
         for old in self.retired.drain(..) {
             out.push(old.snapshot(now));
@@ -336,8 +352,7 @@ impl MetricsRegistry {
     /// retired process next to its successor with the same pid.
     pub fn snapshot(&self) -> Vec<ResourceMetrics> {
         let now = now_unix_ns();
-        let mut out: Vec<ResourceMetrics> =
-            self.by_pid.values().map(|m| m.snapshot(now)).collect();
+        let mut out: Vec<ResourceMetrics> = self.by_pid.values().map(|m| m.snapshot(now)).collect();
         out.retain(|rm| !rm.metrics.is_empty());
         out
     }

@@ -78,11 +78,11 @@ fn records_durations_and_sizes_with_bounded_attributes() {
     let p = procs.get(42);
     let mut reg = MetricsRegistry::default();
     let t = tx(Side::Server, "GET", "/users/1", Some(200));
-    reg.record(&p, &t, Some("/users/{id}"));
+    reg.record(&p, &t, Some(&"/users/{id}".into()));
     reg.record(
         &p,
         &tx(Side::Server, "GET", "/users/2", Some(200)),
-        Some("/users/{id}"),
+        Some(&"/users/{id}".into()),
     );
     reg.record(&p, &tx(Side::Client, "POST", "/pay", Some(503)), None);
     let all = reg.collect();
@@ -151,10 +151,16 @@ fn series_are_bounded_per_metric_with_one_overflow_series() {
     let mut reg = MetricsRegistry::default();
     for i in 0..(MAX_SERIES_PER_METRIC + 50) {
         let route = format!("/r{i}");
-        reg.record(&p, &tx(Side::Server, "GET", &route, Some(200)), Some(&route));
+        reg.record(
+            &p,
+            &tx(Side::Server, "GET", &route, Some(200)),
+            Some(&route.as_str().into()),
+        );
     }
     let all = reg.collect();
-    let m = all[0].metric("http.server.request.duration").expect("metric");
+    let m = all[0]
+        .metric("http.server.request.duration")
+        .expect("metric");
     assert_eq!(m.series.len(), MAX_SERIES_PER_METRIC + 1);
     let overflow = m
         .series

@@ -360,3 +360,28 @@ fn starts() {
         b"HTTP/1.0 404 File not found\r\n"
     ));
 }
+
+#[test]
+fn split_lines_is_split_at_newlines() {
+    for text in [
+        &b""[..],
+        b"a",
+        b"\n",
+        b"a\nb",
+        b"a\r\nb\r\n",
+        b"\n\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let want: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+        let got: Vec<&[u8]> = super::split_lines(text).collect();
+        assert_eq!(got, want, "{:?}", String::from_utf8_lossy(text));
+    }
+}
+
+#[test]
+fn tchars_are_rfc_9110s() {
+    let want = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    for b in 0..=255u8 {
+        assert_eq!(super::is_tchar(b), want(b), "{b}");
+    }
+}
