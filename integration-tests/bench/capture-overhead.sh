@@ -6,10 +6,11 @@
 #
 # Prints requests/s without and with tandem and their ratio (target: >= 95%), the
 # events/s the loader sustained, and what was lost (the processor's final
-# "processor stopped: received N events ...; lost M" line and the loader's
+# summary at exit, "processor stopped after ...:" and its lines, and the loader's
 # "loader stopped ingested=... lost_at_source=..." line). Runs ROUNDS rounds, each
 # one baseline run then one run with tandem, and reports every run and the means.
-# About 25 s per round plus the release build.
+# About 25 s per round plus the release build. BIN=/path compares another build's
+# binaries (e.g. before a change) side by side.
 #
 # CPU placement (PIN, default 1): the server gets a CPU budget of its own, as it would
 # on a node where tandem's daemons have theirs. nginx's workers are pinned to the last
@@ -85,9 +86,13 @@ for tool in wrk nginx curl taskset bpftool; do
 done
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
 
-say "building (release)"
-cargo build --release -q -p tandem-loader -p tandem-processor
-BIN=$PWD/target/release
+# BIN: where tandem-loader and tandem-processor are (default: built here, release);
+# another build's binaries can be compared side by side (BIN=/path/to/old/build).
+if [ -z "${BIN:-}" ]; then
+  say "building (release)"
+  cargo build --release -q -p tandem-loader -p tandem-processor
+  BIN=$PWD/target/release
+fi
 
 WORK=$(mktemp -d /tmp/tandem-bench.XXXXXX)
 NGINX_PID= LOADER_PID= PROCESSOR_PID= CGROUP=
@@ -272,11 +277,21 @@ for round in $(seq "$ROUNDS"); do
   fi
   kill -TERM "$PROCESSOR_PID"; wait "$PROCESSOR_PID" || true; PROCESSOR_PID=
   kill -TERM "$LOADER_PID"; wait "$LOADER_PID" || true; LOADER_PID=
-  stats=$(grep -o "processor stopped: .*" "$WORK/processor-$round.log" || true)
+  # The exit summary: "processor stopped after ...:" then "  in ...", "  made ...",
+  # "  out ...", "  lost ...", "  stitch ..." lines.
+  stats=$(sed -n '/processor stopped after/,/^  stitch/p' "$WORK/processor-$round.log" || true)
   loader_stats=$(grep -o "loader stopped.*" "$WORK/loader-$round.log" || true)
-  received=$(sed -n 's/.*received \([0-9]*\) events.*/\1/p' <<<"$stats")
-  data=$(sed -n 's/.* data=\([0-9]*\).*/\1/p' <<<"$stats")
-  lost=$(sed -n 's/.*; lost \([0-9]*\).*/\1/p' <<<"$stats")
+  received=$(sed -n 's/^  in  *\([0-9]*\) events.*/\1/p' <<<"$stats")
+  data=$(sed -n 's/^  in .*[(, ]data \([0-9]*\).*/\1/p' <<<"$stats")
+  lost=$(sed -n 's/^  lost  *\([0-9]*\) events.*/\1/p' <<<"$stats")
+  if [ -z "$received" ]; then
+    # Builds before the readable summary: "processor stopped: received N events
+    # ... data=D ...; lost M".
+    stats=$(grep -o "processor stopped: .*" "$WORK/processor-$round.log" || true)
+    received=$(sed -n 's/.*received \([0-9]*\) events.*/\1/p' <<<"$stats")
+    data=$(sed -n 's/.* data=\([0-9]*\).*/\1/p' <<<"$stats")
+    lost=$(sed -n 's/.*; lost \([0-9]*\).*/\1/p' <<<"$stats")
+  fi
   [ -n "$received" ] || die "no final stats from the processor: $(cat "$WORK/processor-$round.log")"
   say "round $round: with tandem:    $with requests/s, nginx CPU $with_us us/request; $stats"
   say "round $round: $loader_stats; CPU during the run: loader $loader_cpu%, processor $processor_cpu% of one core"
@@ -284,7 +299,12 @@ for round in $(seq "$ROUNDS"); do
   # events/s and data records per request are computed over all of them.
   served=$(awk -v r="$with" -v s="$secs" -v sr="${stats_rps:-0}" -v ss="${STATS_DURATION%s}" -v st="$STATS" \
     'BEGIN { printf "%d", r * s + (st == 1 ? sr * ss : 0) }')
-  results+=("$base $with ${received:-0} ${data:-0} ${lost:-0} $loader_cpu $processor_cpu $base_us $with_us $served")
+  # CPU per request of the loader and the processor during the tandem run, in us.
+  run_requests=$(awk -v r="$with" -v s="$secs" 'BEGIN { printf "%d", r * s }')
+  loader_us=$(awk -v t="$((l1 - l0))" -v hz="$HZ" -v n="$run_requests" 'BEGIN { printf "%.2f", n > 0 ? t / hz * 1e6 / n : 0 }')
+  processor_us=$(awk -v t="$((p1 - p0))" -v hz="$HZ" -v n="$run_requests" 'BEGIN { printf "%.2f", n > 0 ? t / hz * 1e6 / n : 0 }')
+  say "round $round: CPU per request: loader $loader_us us, processor $processor_us us"
+  results+=("$base $with ${received:-0} ${data:-0} ${lost:-0} $loader_cpu $processor_cpu $base_us $with_us $served $loader_us $processor_us")
 done
 
 echo
@@ -296,16 +316,17 @@ fi
 if [ "$SERVER_CPU_LIMIT" != 0 ]; then
   placement="$placement; nginx limited to $SERVER_CPU_LIMIT CPU"
 fi
-echo "($nproc CPUs, $placement; loader/processor CPU in % of one core, during the run with tandem; nginx us/req: its CPU time per request)"
-printf '%-6s %14s %14s %8s %10s %8s %6s %8s %9s %10s %10s\n' round "req/s without" "req/s with" ratio "events/s" "data/req" lost "loader" processor "us/req w/o" "us/req with"
+echo "($nproc CPUs, $placement; loader/processor CPU in % of one core, during the run with tandem; nginx us/req: its CPU time per request; loader/proc us: their CPU time per request served with tandem)"
+printf '%-6s %14s %14s %8s %10s %8s %6s %8s %9s %10s %10s %10s %10s\n' round "req/s without" "req/s with" ratio "events/s" "data/req" lost "loader" processor "us/req w/o" "us/req with" "loader us" "proc us"
 printf '%s\n' "${results[@]}" | awk -v secs="$secs" -v strict="$STRICT" '
-  { n++; b += $1; w += $2; eps = $3 / $10 * $2; ev += eps; lost += $5; lc += $6; pc += $7; bu += $8; wu += $9
-    printf "%-6d %14.0f %14.0f %7.1f%% %10.0f %8.2f %6d %7d%% %8d%% %10.2f %10.2f\n", n, $1, $2, 100 * $2 / $1, eps, $4 / $10, $5, $6, $7, $8, $9 }
+  { n++; b += $1; w += $2; eps = $3 / $10 * $2; ev += eps; lost += $5; lc += $6; pc += $7; bu += $8; wu += $9; lu += $11; pu += $12
+    printf "%-6d %14.0f %14.0f %7.1f%% %10.0f %8.2f %6d %7d%% %8d%% %10.2f %10.2f %10.2f %10.2f\n", n, $1, $2, 100 * $2 / $1, eps, $4 / $10, $5, $6, $7, $8, $9, $11, $12 }
   END {
     ratio = 100 * w / b
-    printf "%-6s %14.0f %14.0f %7.1f%% %10.0f %8s %6d %7d%% %8d%% %10.2f %10.2f\n", "mean", b / n, w / n, ratio, ev / n, "", lost, lc / n, pc / n, bu / n, wu / n
+    printf "%-6s %14.0f %14.0f %7.1f%% %10.0f %8s %6d %7d%% %8d%% %10.2f %10.2f %10.2f %10.2f\n", "mean", b / n, w / n, ratio, ev / n, "", lost, lc / n, pc / n, bu / n, wu / n, lu / n, pu / n
     verdict = ratio >= 95 ? "meets" : "MISSES"
     printf "\nthroughput with tandem: %.1f%% of without; %s the >= 95%% target\n", ratio, verdict
     printf "nginx CPU per request: %.2f us without, %.2f us with tandem (%+.1f%%)\n", bu / n, wu / n, 100 * (wu - bu) / bu
+    printf "CPU per captured request: loader %.2f us, processor %.2f us\n", lu / n, pu / n
     if (strict == 1 && ratio < 95) exit 1
   }'

@@ -319,7 +319,8 @@ pub fn curl_with(url: &str, args: &[&str]) -> CurlRun {
     }
 }
 
-/// The processor's exit summary line (`processor stopped: ...`), after stopping it.
+/// The processor's exit summary (the `processor stopped after ...:` line and the
+/// lines after it), after stopping it.
 pub fn stop_and_summary(processor: &mut Running) -> String {
     let status = processor.stop();
     assert!(
@@ -327,7 +328,11 @@ pub fn stop_and_summary(processor: &mut Running) -> String {
         "processor exit {status}; stderr:\n{}",
         processor.stderr.text()
     );
-    processor.stderr.wait_for("processor stopped", PATIENCE)
+    processor.stderr.wait_for("processor stopped", PATIENCE);
+    let text = processor.stderr.text();
+    text.find("processor stopped")
+        .map(|i| text[i..].to_string())
+        .unwrap_or(text)
 }
 
 /// The `rotel-agent` executable of PyPI's `rotel` (an OpenTelemetry collector written

@@ -347,7 +347,7 @@ fn real_request_spans(protocol: Protocol, test: &str) {
 
     let summary = stop_and_summary(&mut p);
     assert!(
-        summary.contains("queued: 2, dropped_queue_full: 0, exported: 2, failed: 0"),
+        summary.contains("spans queued 2, exported 2, dropped 0 (queue full), failed 0"),
         "{summary}"
     );
 }
@@ -566,15 +566,10 @@ fn ratio_zero_exports_no_spans_but_counts_every_request() {
     let summary = stop_and_summary(&mut p);
     let transactions = 2 * N; // server and client side of each request
     assert!(
-        summary.contains(&format!(
-            "spans_sampled: 0, spans_not_sampled: {transactions}"
-        )),
+        summary.contains(&format!("spans 0 sampled, {transactions} not sampled")),
         "{summary}"
     );
-    assert!(
-        summary.contains("span_export: TraceExportCounts { queued: 0,"),
-        "{summary}"
-    );
+    assert!(summary.contains("spans queued 0,"), "{summary}");
 }
 
 /// The largest `total_failed=N` the processor logged with `message`.
@@ -683,7 +678,7 @@ fn collector_down_then_up(protocol: Protocol, test: &str) {
 
     let summary = stop_and_summary(&mut p);
     let want = format!(
-        "span_export: TraceExportCounts {{ queued: {}, dropped_queue_full: 0, exported: 2, failed: {}, abandoned: 0 }}",
+        "spans queued {}, exported 2, dropped 0 (queue full), failed {}, abandoned 0",
         2 * DURING_OUTAGE + 2,
         2 * DURING_OUTAGE
     );
@@ -921,7 +916,7 @@ fn replay_exports_exact_spans_and_metrics(protocol: Protocol) {
     let summary = stop_and_summary(&mut p);
     assert!(
         summary.contains(&format!(
-            "queued: {DEMO_REQUESTS}, dropped_queue_full: 0, exported: {DEMO_REQUESTS}, failed: 0"
+            "spans queued {DEMO_REQUESTS}, exported {DEMO_REQUESTS}, dropped 0 (queue full), failed 0"
         )),
         "{summary}"
     );
@@ -959,7 +954,7 @@ fn replay_reaches_rotel(protocol: Protocol) {
     let summary = stop_and_summary(&mut p);
     assert!(
         summary.contains(&format!(
-            "queued: {DEMO_REQUESTS}, dropped_queue_full: 0, exported: {DEMO_REQUESTS}, failed: 0"
+            "spans queued {DEMO_REQUESTS}, exported {DEMO_REQUESTS}, dropped 0 (queue full), failed 0"
         )),
         "{summary}"
     );
