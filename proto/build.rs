@@ -5,7 +5,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("vendored protoc is not available for this platform: {e}"))?;
     // SAFETY-free: build scripts are single-threaded; prost-build reads PROTOC.
     std::env::set_var("PROTOC", protoc);
-    tonic_prost_build::configure().compile_protos(
+    // `bytes` fields (payloads, addresses) as `bytes::Bytes`: decoding a batch slices
+    // the received buffer instead of copying each payload, and the loader's fan-out
+    // and resends share one copy.
+    tonic_prost_build::configure().bytes(".").compile_protos(
         &[
             "proto/tandem/loader/v1/loader.proto",
             "proto/tandem/loader/v1/capture.proto",

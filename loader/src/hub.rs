@@ -818,7 +818,7 @@ mod tests {
             mono_ns: u64::from(n),
             kind: Some(EventKind::Data(Data {
                 pid,
-                payload: vec![n],
+                payload: vec![n].into(),
                 ..Default::default()
             })),
         }
@@ -939,7 +939,7 @@ mod tests {
             kind: Some(EventKind::ConnectionOpened(ConnectionOpened {
                 pid,
                 local: Some(SocketAddress {
-                    ip: vec![127, 0, 0, 1],
+                    ip: vec![127, 0, 0, 1].into(),
                     port,
                 }),
                 role: Role::Server as i32,
@@ -1089,7 +1089,7 @@ mod tests {
                 pid: 3,
                 conn_id: 9,
                 peer: Some(SocketAddress {
-                    ip: vec![127, 0, 0, 1],
+                    ip: vec![127, 0, 0, 1].into(),
                     port: 8080,
                 }),
                 role: Role::Client as i32,

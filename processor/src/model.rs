@@ -88,6 +88,9 @@ impl Transaction {
             Exchange::Db(d) => match d.system {
                 DbSystem::Redis => Instrumentation::Redis,
                 DbSystem::Postgresql | DbSystem::Mysql => Instrumentation::Sql,
+                DbSystem::Other {
+                    instrumentation, ..
+                } => instrumentation,
             },
         }
     }
@@ -214,6 +217,12 @@ pub enum DbSystem {
     Redis,
     /// MySQL client/server protocol (MySQL, MariaDB).
     Mysql,
+    /// A database or key-value protocol added without a variant of its own: its
+    /// `db.system.name`, and the OBI instrumentation that switches it on and off.
+    Other {
+        name: &'static str,
+        instrumentation: Instrumentation,
+    },
 }
 
 impl DbSystem {
@@ -223,6 +232,7 @@ impl DbSystem {
             DbSystem::Postgresql => "postgresql",
             DbSystem::Redis => "redis",
             DbSystem::Mysql => "mysql",
+            DbSystem::Other { name, .. } => name,
         }
     }
 }

@@ -29,10 +29,10 @@ pub fn format_addr(addr: Option<&SocketAddress>) -> String {
         return "?".into();
     };
     let ip: Option<IpAddr> = match a.ip.len() {
-        4 => <[u8; 4]>::try_from(a.ip.as_slice())
+        4 => <[u8; 4]>::try_from(a.ip.as_ref())
             .ok()
             .map(|b| IpAddr::V4(Ipv4Addr::from(b))),
-        16 => <[u8; 16]>::try_from(a.ip.as_slice())
+        16 => <[u8; 16]>::try_from(a.ip.as_ref())
             .ok()
             .map(|b| IpAddr::V6(Ipv6Addr::from(b))),
         _ => None,
@@ -235,13 +235,13 @@ mod tests {
     #[test]
     fn addresses_print_like_socket_addrs() {
         let v4 = SocketAddress {
-            ip: vec![127, 0, 0, 1],
+            ip: vec![127, 0, 0, 1].into(),
             port: 8080,
         };
         let mut v6ip = vec![0u8; 16];
         v6ip[15] = 1;
         let v6 = SocketAddress {
-            ip: v6ip,
+            ip: v6ip.into(),
             port: 443,
         };
         assert_eq!(format_addr(Some(&v4)), "127.0.0.1:8080");
@@ -260,7 +260,7 @@ mod tests {
                 conn_id: 3,
                 direction: Direction::Ingress as i32,
                 total_len: 5000,
-                payload: b"GET / HTTP/1.1\r\n\x01".to_vec(),
+                payload: b"GET / HTTP/1.1\r\n\x01".to_vec().into(),
                 truncated: true,
             })),
         };

@@ -356,7 +356,7 @@ mod tests {
                 conn_id: 7,
                 direction: v1::Direction::Ingress as i32,
                 total_len: payload.len() as u64,
-                payload: payload.to_vec(),
+                payload: payload.to_vec().into(),
                 truncated: false,
             })),
         }

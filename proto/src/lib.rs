@@ -1,6 +1,8 @@
 //! `tandem.loader.v1`: the versioned API between the privileged loader and
 //! unprivileged processors, plus the capture file format (`capture`).
 
+#![forbid(unsafe_code)]
+
 pub mod capture;
 pub mod process;
 pub mod selection;

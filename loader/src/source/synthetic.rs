@@ -68,7 +68,7 @@ pub fn exchange(i: u64, mono_ns: u64) -> Vec<Event> {
         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let ip = vec![127, 0, 0, 1];
+    let ip = bytes::Bytes::from_static(&[127, 0, 0, 1]);
     let ev = |offset: u64, kind: EventKind| Event {
         seq: 0,
         mono_ns: mono_ns + offset,
@@ -80,7 +80,7 @@ pub fn exchange(i: u64, mono_ns: u64) -> Vec<Event> {
         conn_id,
         direction: direction as i32,
         total_len: bytes.len() as u64,
-        payload: bytes.into_bytes(),
+        payload: bytes.into_bytes().into(),
         truncated: false,
     };
     vec![

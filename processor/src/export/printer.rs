@@ -243,6 +243,8 @@ fn db_type(tx: &Transaction, op: &DbOperation) -> &'static str {
     match (op.system, tx.side) {
         (DbSystem::Redis, Side::Client) => "RedisClient",
         (DbSystem::Redis, Side::Server) => "RedisServer",
+        (DbSystem::Other { .. }, Side::Client) => "DBClient",
+        (DbSystem::Other { .. }, Side::Server) => "DBServer",
         (_, Side::Client) => "SQLClient",
         (_, Side::Server) => "SQLServer",
     }

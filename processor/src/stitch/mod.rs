@@ -56,6 +56,10 @@ mod tests_db;
 mod tests_http2;
 #[cfg(test)]
 mod tests_session;
+#[cfg(test)]
+mod tests_toy;
+#[cfg(test)]
+mod toykv;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

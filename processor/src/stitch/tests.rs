@@ -20,7 +20,7 @@ pub(super) fn event(mono_ns: u64, kind: EventKind) -> Event {
 
 pub(super) fn v4(a: [u8; 4], port: u32) -> Option<SocketAddress> {
     Some(SocketAddress {
-        ip: a.to_vec(),
+        ip: a.to_vec().into(),
         port,
     })
 }
@@ -68,7 +68,7 @@ pub(super) fn data_cut(
             conn_id,
             direction: dir as i32,
             total_len: total,
-            payload: bytes.to_vec(),
+            payload: bytes.to_vec().into(),
             truncated: (bytes.len() as u64) < total,
         }),
     )
@@ -784,11 +784,11 @@ fn ipv6_addresses_and_reopened_key() {
     let mut open = opened(1, 1, 1, Role::Server);
     if let Some(EventKind::ConnectionOpened(o)) = open.kind.as_mut() {
         o.local = Some(SocketAddress {
-            ip: std::net::Ipv6Addr::LOCALHOST.octets().to_vec(),
+            ip: std::net::Ipv6Addr::LOCALHOST.octets().to_vec().into(),
             port: 443,
         });
         o.peer = Some(SocketAddress {
-            ip: vec![1, 2, 3],
+            ip: vec![1, 2, 3].into(),
             port: 1,
         });
     }

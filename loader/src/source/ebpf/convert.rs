@@ -118,7 +118,7 @@ pub fn socket_address(ip: IpAddr, port: u16) -> SocketAddress {
         IpAddr::V6(a) => a.octets().to_vec(),
     };
     SocketAddress {
-        ip,
+        ip: ip.into(),
         port: u32::from(port),
     }
 }
@@ -131,7 +131,7 @@ pub fn kernel_addresses(ev: &ConnEvent) -> Option<(SocketAddress, SocketAddress)
         _ => return None,
     };
     let addr = |ip: &[u8; 16], port: u16| SocketAddress {
-        ip: ip[..len].to_vec(),
+        ip: ip[..len].to_vec().into(),
         port: u32::from(port),
     };
     Some((
@@ -210,7 +210,7 @@ pub fn data(d: DataRecord) -> Event {
             conn_id: d.conn_id,
             direction: direction as i32,
             total_len: d.total_len,
-            payload: d.payload,
+            payload: d.payload.into(),
             truncated,
         })),
     }
@@ -367,12 +367,9 @@ mod tests {
         assert_eq!(c.conn_id, 9);
         assert_eq!(c.role, Role::Server as i32);
         let local = c.local.expect("local");
-        assert_eq!(
-            (local.ip.as_slice(), local.port),
-            (&[127, 0, 0, 1][..], 8080)
-        );
+        assert_eq!((local.ip.as_ref(), local.port), (&[127, 0, 0, 1][..], 8080));
         let peer = c.peer.expect("peer");
-        assert_eq!((peer.ip.as_slice(), peer.port), (&[10, 0, 0, 2][..], 50000));
+        assert_eq!((peer.ip.as_ref(), peer.port), (&[10, 0, 0, 2][..], 50000));
         assert!(!c.preexisting);
     }
 

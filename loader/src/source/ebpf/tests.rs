@@ -165,7 +165,7 @@ fn captures_a_loopback_exchange_as_root() {
     assert_eq!(ca.role, Role::Server as i32, "{}", describe());
     let local = ca.local.as_ref().expect("local");
     assert_eq!(
-        (local.ip.as_slice(), local.port),
+        (local.ip.as_ref(), local.port),
         (&[127, 0, 0, 1][..], u32::from(p4))
     );
     // B: seen at the handshake by the kernel.
