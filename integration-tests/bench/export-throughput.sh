@@ -107,9 +107,10 @@ printf '%-14s %10s %8s %10s %10s %10s %8s %10s %8s %12s\n' protocol "req/s" "sec
 printf '%s\n' "${results[@]}" | awk -v target="$TARGET" '
   { per = $5 / $3
     printf "%-14s %10d %8.2f %10d %10d %10d %8d %10d %8d %12.0f\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, per
-    if ($6 + $7 + $8 + $9 == 0 && $4 == $5 && per > best[$1]) { if (!($1 in best)) n++; best[$1] = per } }
+    if (!($1 in best)) { best[$1] = 0; n++ }
+    if ($6 + $7 + $8 + $9 == 0 && $4 == $5 && per > best[$1]) best[$1] = per }
   END {
-    ok = n > 0
+    ok = (n > 0) ? 1 : 0
     for (p in best) printf "%s: %.0f spans/s exported with nothing lost (best loss-free run)\n", p, best[p]
     for (p in best) if (best[p] < target) ok = 0
     printf "%s the >= %d spans/s loss-free target\n", ok ? "meets" : "MISSES", target

@@ -45,7 +45,7 @@ impl Protocol for ToyKv {
         }
         Some(Detected {
             session: Box::new(ToySession::default()),
-            side: probe.side.is_none().then(|| match probe.direction {
+            side: probe.side.is_none().then_some(match probe.direction {
                 Direction::Egress => Side::Client,
                 _ => Side::Server,
             }),
