@@ -301,8 +301,8 @@ for round in $(seq "$ROUNDS"); do
     'BEGIN { printf "%d", r * s + (st == 1 ? sr * ss : 0) }')
   # CPU per request of the loader and the processor during the tandem run, in us.
   run_requests=$(awk -v r="$with" -v s="$secs" 'BEGIN { printf "%d", r * s }')
-  loader_us=$(awk -v t="$((l1 - l0))" -v hz="$HZ" -v n="$run_requests" 'BEGIN { printf "%.2f", n > 0 ? t / hz * 1e6 / n : 0 }')
-  processor_us=$(awk -v t="$((p1 - p0))" -v hz="$HZ" -v n="$run_requests" 'BEGIN { printf "%.2f", n > 0 ? t / hz * 1e6 / n : 0 }')
+  loader_us=$(awk -v t="$((l1 - l0))" -v hz="$HZ" -v n="$run_requests" 'BEGIN { printf "%.2f", (n > 0 ? t / hz * 1e6 / n : 0) }')
+  processor_us=$(awk -v t="$((p1 - p0))" -v hz="$HZ" -v n="$run_requests" 'BEGIN { printf "%.2f", (n > 0 ? t / hz * 1e6 / n : 0) }')
   say "round $round: CPU per request: loader $loader_us us, processor $processor_us us"
   results+=("$base $with ${received:-0} ${data:-0} ${lost:-0} $loader_cpu $processor_cpu $base_us $with_us $served $loader_us $processor_us")
 done

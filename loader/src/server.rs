@@ -28,6 +28,9 @@ use tracing::{info, warn};
 use crate::hub::{Attachment, Hub, Next, Peer};
 use crate::posture::Posture;
 
+/// How long a subscription's stream, woken by new events, waits for more before it
+/// sends a batch (a batch that is full goes at once).
+const BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 /// How long shutdown waits for connected processors to go away.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -160,6 +163,13 @@ impl Loader for LoaderService {
                     }
                     tokio::select! {
                         _ = notified => {}
+                        _ = shutdown.cancelled() => return None,
+                    }
+                    // Woken by new events: let more come for a moment, so that a
+                    // trickle of events goes out in batches, not one message (and one
+                    // wake-up of the processor) per event.
+                    tokio::select! {
+                        _ = tokio::time::sleep(BATCH_LINGER) => {}
                         _ = shutdown.cancelled() => return None,
                     }
                 }

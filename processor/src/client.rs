@@ -17,6 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
+/// Longest an acknowledgement waits to be sent (they are coalesced: the loader keeps
+/// at most half its queue unacknowledged, far more than this holds at any rate).
+const ACK_INTERVAL: Duration = Duration::from_millis(20);
+
 /// Shortest and longest wait between connection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -203,6 +207,9 @@ where
     let mut ack_client = client.clone();
     let ack_task = tokio::spawn(async move {
         while ack_rx.changed().await.is_ok() {
+            // At most one Ack per ACK_INTERVAL: acknowledgements are cumulative, and
+            // one per batch would cost a round trip (and wake-ups) per batch.
+            tokio::time::sleep(ACK_INTERVAL).await;
             let Some(req) = ack_rx.borrow_and_update().clone() else {
                 continue;
             };
@@ -225,7 +232,8 @@ where
     ack_task.abort();
     // Acknowledge the final position before leaving, so that the next processor with
     // this name starts exactly after it.
-    if let Some(req) = ack_tx.borrow().clone() {
+    let last = ack_tx.borrow().clone();
+    if let Some(req) = last {
         let ack = client.ack(req);
         if !matches!(
             tokio::time::timeout(Duration::from_secs(2), ack).await,
@@ -320,7 +328,7 @@ async fn receive<F>(
     name: &str,
     mut updates: Option<&mut watch::Receiver<Selection>>,
     on_batch: &mut F,
-    refused: &dyn Fn(Status) -> Fatal,
+    refused: &(dyn Fn(Status) -> Fatal + Sync),
 ) -> Result<SessionEnd, Fatal>
 where
     F: FnMut(EventBatch),

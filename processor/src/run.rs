@@ -18,6 +18,9 @@ use crate::pipeline::{self, Pipeline};
 use crate::printer::{PrintFormat, Printer as RawPrinter};
 use crate::summary::Summary;
 
+/// How often the internal metrics' counts are refreshed while batches come.
+const INTERNAL_UPDATE: Duration = Duration::from_secs(1);
+
 /// What the command line adds to the configuration.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -119,6 +122,7 @@ pub async fn run(
     };
     let interval = opts.summary_interval;
     let mut next_summary = (!interval.is_zero()).then(|| tokio::time::Instant::now() + interval);
+    let mut next_update = tokio::time::Instant::now();
     let result = client::run(client_config, shutdown, |batch| {
         if posture_rx.has_changed().unwrap_or(false) {
             if let Some(summary) = posture_rx.borrow_and_update().as_ref() {
@@ -136,9 +140,16 @@ pub async fn run(
             }
         }
         engine.on_batch(&batch);
+        // The summary is made at most once a second (for the internal metrics) and
+        // at each summary interval, not per batch.
+        let now = tokio::time::Instant::now();
+        if now < next_update {
+            return;
+        }
+        next_update = now + INTERNAL_UPDATE;
         let summary = engine.summary();
-        if next_summary.is_some_and(|t| tokio::time::Instant::now() >= t) {
-            next_summary = Some(tokio::time::Instant::now() + interval);
+        if next_summary.is_some_and(|t| now >= t) {
+            next_summary = Some(now + interval);
             info!("processor summary after {:.0?}:\n{summary}", summary.uptime);
         }
         internal.update(summary);

@@ -70,11 +70,12 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "  made    {} transactions ({}); spans {} sampled, {} not sampled, {} ignored by route, {} off by instrumentation",
+            "  made    {} transactions ({}); spans {} sampled, {} not sampled, {} not built (no span sink), {} ignored by route, {} off by instrumentation",
             thousands(self.transactions_total()),
             list(self.transactions.iter().map(|(k, v)| (*k, *v))),
             thousands(p.spans_sampled),
             thousands(p.spans_not_sampled),
+            thousands(p.spans_not_built),
             thousands(p.ignored_traces),
             thousands(p.disabled_traces),
         )?;

@@ -56,6 +56,19 @@ impl Printer {
         self.count
     }
 
+    /// Whether spans are printed (`text`, `json`, `json_indent`), not only counted.
+    pub fn prints(&self) -> bool {
+        matches!(
+            self.kind,
+            TracePrinter::Text | TracePrinter::Json | TracePrinter::JsonIndent
+        )
+    }
+
+    /// Counts a span that was not built (nothing prints it).
+    pub fn count_one(&mut self) {
+        self.count += 1;
+    }
+
     pub fn new(kind: TracePrinter, out: Box<dyn Write + Send>) -> Self {
         Printer {
             kind,

@@ -50,6 +50,15 @@ pub trait Sink: Send {
     /// A span was built for `tx` (sampled or not; `span.sampled` says).
     fn span(&mut self, _span: &SpanRecord, _tx: &Transaction, _process: &Arc<ProcessResource>) {}
 
+    /// Whether it reads the spans it is handed. When no sink does, the pipeline
+    /// builds no span and calls [`Sink::span_not_built`] instead.
+    fn reads_spans(&self) -> bool {
+        false
+    }
+
+    /// A transaction's span was not built: no sink reads spans.
+    fn span_not_built(&mut self) {}
+
     /// The end of an input batch: a sink that batches may hand work on.
     fn flush(&mut self) {}
 
@@ -84,6 +93,14 @@ impl Sink for Printer {
         self.print(span, tx, process);
     }
 
+    fn reads_spans(&self) -> bool {
+        self.prints()
+    }
+
+    fn span_not_built(&mut self) {
+        self.count_one();
+    }
+
     fn report(&self) -> SinkReport {
         SinkReport {
             printed: Some(self.count()),
@@ -110,6 +127,10 @@ impl Sink for OtlpTraces {
         if span.sampled {
             self.0.offer(process, &span.data);
         }
+    }
+
+    fn reads_spans(&self) -> bool {
+        true
     }
 
     fn flush(&mut self) {

@@ -49,6 +49,8 @@ pub struct PipelineStats {
     pub ignored_metrics: u64,
     pub spans_sampled: u64,
     pub spans_not_sampled: u64,
+    /// Spans not built because no sink reads spans (metrics only).
+    pub spans_not_built: u64,
     /// Transactions whose instrumentation (http, grpc, ...) is switched off for
     /// traces / for metrics (`*.instrumentations`).
     pub disabled_traces: u64,
@@ -133,6 +135,8 @@ pub struct Pipeline {
     metrics: Option<Arc<Mutex<MetricsRegistry>>>,
     sinks: Vec<Box<dyn Sink>>,
     prometheus: Option<SocketAddr>,
+    /// Some sink reads spans (else none is built).
+    reads_spans: bool,
     stats: PipelineStats,
     traces_instrumentations: Instrumentations,
     metrics_instrumentations: Instrumentations,
@@ -221,6 +225,7 @@ impl Pipeline {
     ) -> Result<Self, PipelineError> {
         let router = Router::new(routes)?;
         let prometheus = sinks.iter().find_map(|s| s.local_addr());
+        let reads_spans = sinks.iter().any(|s| s.reads_spans());
         info!(
             traces = export.traces.endpoint.as_deref().unwrap_or("(none)"),
             metrics = export.metrics.endpoint.as_deref().unwrap_or("(none)"),
@@ -238,6 +243,7 @@ impl Pipeline {
             metrics,
             sinks,
             prometheus,
+            reads_spans,
             stats: PipelineStats::default(),
             traces_instrumentations: export.traces_instrumentations.clone(),
             metrics_instrumentations: export.metrics_instrumentations.clone(),
@@ -318,6 +324,14 @@ impl Pipeline {
             self.stats.ignored_traces += 1;
             return;
         }
+        if !self.reads_spans {
+            // Nothing prints or exports spans (metrics only): none is built.
+            self.stats.spans_not_built += 1;
+            for s in &mut self.sinks {
+                s.span_not_built();
+            }
+            return;
+        }
         let mut rec = build_span(tx, route, self.sampler, self.ids.as_ref());
         if let (Some(store), Some(peer), Exchange::Http(_)) = (&self.kube, tx.peer, &tx.exchange) {
             if let Some(p) = store.peer(peer.ip()) {
@@ -390,7 +404,8 @@ mod instrumentation_tests {
     }
 
     /// A pipeline with a Prometheus registry that traces the `traces` instrumentations
-    /// and measures the `metrics` ones.
+    /// and measures the `metrics` ones (a JSON printer into nothing reads the spans,
+    /// so that they are built).
     fn gated_pipeline(traces: &str, metrics: &str) -> Pipeline {
         let export = ExportSettings {
             prometheus_port: Some(0),
@@ -402,7 +417,7 @@ mod instrumentation_tests {
             &RoutesSettings::default(),
             &export,
             "box".into(),
-            Printer::stdout(TracePrinter::Disabled),
+            Printer::new(TracePrinter::Json, Box::new(std::io::sink())),
         )
         .expect("pipeline")
     }
@@ -443,6 +458,24 @@ mod instrumentation_tests {
         t.local = None;
         t.peer = None;
         t
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn no_span_is_built_when_no_sink_reads_spans() {
+        let export = ExportSettings {
+            prometheus_port: Some(0),
+            ..Default::default()
+        };
+        let mut p = Pipeline::with_printer(
+            &RoutesSettings::default(),
+            &export,
+            "box".into(),
+            Printer::new(TracePrinter::Counter, Box::new(std::io::sink())),
+        )
+        .expect("pipeline");
+        p.on_transaction(&tx(Side::Server, "GET", "/x", Some(200)));
+        let s = p.shutdown().await;
+        assert_eq!((s.spans_sampled, s.spans_not_built, s.printed), (0, 1, 1));
     }
 
     #[tokio::test(flavor = "multi_thread")]
