@@ -169,7 +169,7 @@ pub struct HttpRequest {
     /// `1.0`, `1.1` or `2` ([`HTTP_1_0`], [`HTTP_1_1`], [`HTTP_2`]).
     pub version: &'static str,
     /// Header names lower-cased, in order; at most `MAX_HEADERS`, values bounded.
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<Header>,
     /// Body bytes (after de-chunking accounting), as far as known.
     pub body_size: u64,
 }
@@ -179,8 +179,56 @@ pub struct HttpRequest {
 pub struct HttpResponse {
     pub status: u16,
     pub version: &'static str,
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<Header>,
     pub body_size: u64,
+}
+
+/// One header: its lower-case name (borrowed for the names in [`KNOWN_HEADERS`]: no
+/// allocation for them per message) and its value.
+pub type Header = (Cow<'static, str>, String);
+
+/// Header names common enough to be kept without an allocation.
+pub const KNOWN_HEADERS: [&str; 32] = [
+    "host",
+    "user-agent",
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "accept-ranges",
+    "authorization",
+    "cache-control",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "cookie",
+    "date",
+    "etag",
+    "expires",
+    "grpc-encoding",
+    "grpc-message",
+    "grpc-status",
+    "keep-alive",
+    "last-modified",
+    "location",
+    "origin",
+    "referer",
+    "server",
+    "set-cookie",
+    "te",
+    "traceparent",
+    "tracestate",
+    "transfer-encoding",
+    "vary",
+    "x-forwarded-for",
+];
+
+/// A lower-case header name: a static string for the known ones, else owned.
+pub fn header_name(lower: &str) -> Cow<'static, str> {
+    match KNOWN_HEADERS.iter().find(|k| **k == lower) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(lower.to_owned()),
+    }
 }
 
 /// Most headers kept per message, and most bytes of one header value.
@@ -201,7 +249,7 @@ impl HttpResponse {
     }
 }
 
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|(k, _)| k == name)

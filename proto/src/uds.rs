@@ -6,7 +6,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-/// HTTP/2 flow-control windows of the socket, both ends (the default 64 KiB would
+/// HTTP/2 flow-control windows the processor grants the loader (the default 64 KiB would
 /// make the loader wait for a window update every few batches).
 pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;

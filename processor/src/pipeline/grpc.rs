@@ -214,7 +214,7 @@ mod tests {
             status: 200,
             version: "2",
             headers: status
-                .map(|s| vec![("grpc-status".to_string(), s.to_string())])
+                .map(|s| vec![("grpc-status".into(), s.to_string())])
                 .unwrap_or_default(),
             body_size: 7,
         });

@@ -28,11 +28,13 @@
 //! spans and metrics read ([`KEPT_HEADERS`]), not all of them. The frame readers are
 //! bounded (see [`http2`]).
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use tandem_proto::v1::Direction;
 
-use crate::model::{Completion, Exchange, HttpExchange, HttpRequest, HttpResponse, Side, HTTP_2};
+use crate::model::{
+    Completion, Exchange, Header, HttpExchange, HttpRequest, HttpResponse, Side, HTTP_2,
+};
 use crate::protocols::http2::{self, FrameReader, H2Event};
 use crate::protocols::Segment;
 
@@ -124,11 +126,11 @@ fn side_of(request_dir: Direction) -> Side {
     }
 }
 
-fn keep(headers: &mut Vec<(String, String)>, name: &str, value: &str) {
-    if KEPT_HEADERS.contains(&name) {
+fn keep(headers: &mut Vec<Header>, name: &str, value: &str) {
+    if let Some(kept) = KEPT_HEADERS.iter().find(|k| **k == name) {
         match headers.iter_mut().find(|(n, _)| n == name) {
             Some(slot) => slot.1 = value.to_string(),
-            None => headers.push((name.to_string(), value.to_string())),
+            None => headers.push((Cow::Borrowed(kept), value.to_string())),
         }
     }
 }

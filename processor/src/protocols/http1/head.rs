@@ -2,8 +2,13 @@
 //! [`looks_like_start`]), request and status lines, header lines and the body framing
 //! they announce, and the parser's header stage (buffering the block, reporting it).
 
+use std::borrow::Cow;
+
 use super::{len64, Body, Chunk, Http1Event, MessageKind, Origin, ParseError, Parser, State};
-use crate::model::{method_from_bytes, HttpRequest, HttpResponse, MAX_HEADERS, MAX_HEADER_VALUE};
+use crate::model::{
+    header_name, method_from_bytes, Header, HttpRequest, HttpResponse, MAX_HEADERS,
+    MAX_HEADER_VALUE,
+};
 use crate::protocols::truncate_utf8;
 
 /// Longest method accepted (longer is not HTTP).
@@ -225,6 +230,26 @@ pub(super) fn is_tchar(b: u8) -> bool {
             | b'^'..=b'z' | b'|' | b'~')
 }
 
+/// A header name lower-cased, if it is a token (ASCII, so byte-wise lower-casing is
+/// exact); the known names without an allocation.
+fn lower_token(name: &[u8]) -> Option<Cow<'static, str>> {
+    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+        return None;
+    }
+    let mut buf = [0u8; 32];
+    match buf.get_mut(..name.len()) {
+        Some(lower) => {
+            for (l, b) in lower.iter_mut().zip(name) {
+                *l = b.to_ascii_lowercase();
+            }
+            std::str::from_utf8(lower).ok().map(header_name)
+        }
+        None => String::from_utf8(name.to_ascii_lowercase())
+            .ok()
+            .map(Cow::Owned),
+    }
+}
+
 fn text(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
         Ok(s) => s.to_owned(),
@@ -301,7 +326,7 @@ struct Framing {
 /// line is an error (else skipped, for truncated blocks).
 fn parse_headers<'a>(
     lines: impl Iterator<Item = &'a [u8]>,
-    headers: &mut Vec<(String, String)>,
+    headers: &mut Vec<Header>,
     framing: &mut Framing,
     strict: bool,
 ) -> Result<(), ParseError> {
@@ -330,15 +355,13 @@ fn parse_headers<'a>(
             ),
             None => (line, &b""[..]),
         };
-        if colon.is_none() || name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+        let Some(name) = colon.and_then(|_| lower_token(name)) else {
             if strict {
                 return Err(ParseError::HeaderLine);
             }
             continue;
-        }
-        // Header names are tokens (ASCII), so byte-wise lower-casing is exact.
-        let name = String::from_utf8(name.to_ascii_lowercase()).unwrap_or_default();
-        match name.as_str() {
+        };
+        match &*name {
             "content-length" => {
                 // "5" or a list of identical values ("5, 5").
                 for item in value.split(|&b| b == b',') {

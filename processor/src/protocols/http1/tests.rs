@@ -204,7 +204,7 @@ fn headers_cut_by_the_capture_report_what_is_known() {
         (request.path.as_str(), request.query.as_deref()),
         ("/a", Some("b=c"))
     );
-    assert_eq!(request.headers, vec![("host".to_owned(), "x".to_owned())]);
+    assert_eq!(request.headers, vec![("host".into(), "x".to_owned())]);
     assert_eq!(o.mono_ns, 5);
     assert!(p.is_resyncing());
     // A long target cut in the request line: method and target so far.
