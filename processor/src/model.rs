@@ -51,6 +51,52 @@ pub struct Transaction {
     pub completion: Completion,
     /// What was asked and answered.
     pub exchange: Exchange,
+    /// The span's trace identity, given when the request began (see
+    /// `stitch/link.rs`); `None` for transactions made outside a stitcher (the
+    /// span then takes a `traceparent` of the request or new ids).
+    pub trace: Option<TraceIds>,
+}
+
+/// How a span found its parent (see `stitch/link.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkKind {
+    /// None: a root span.
+    Root,
+    /// A W3C `traceparent` header of the request.
+    TraceParent,
+    /// A client span: the server request in flight on the thread that sent it.
+    Thread,
+    /// A server span: the client span on the other end of its connection.
+    Connection,
+}
+
+impl LinkKind {
+    /// The label of the counters and the trace printer.
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkKind::Root => "root",
+            LinkKind::TraceParent => "traceparent",
+            LinkKind::Thread => "thread",
+            LinkKind::Connection => "connection",
+        }
+    }
+}
+
+/// The trace identity of a transaction's span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceIds {
+    pub trace_id: u128,
+    pub span_id: u64,
+    /// 0 for a root span.
+    pub parent_span_id: u64,
+    pub link: LinkKind,
+    /// The `sampled` flag of the `traceparent` the trace's first span here
+    /// continued (`None`: that span was a root): with the trace id, what every
+    /// sampler decides from, inherited by every span linked below it.
+    pub remote_sampled: Option<bool>,
+    /// The pid of the traced process on the other end of the connection, when this
+    /// span was linked to its span there (0: not linked by connection).
+    pub peer_pid: u32,
 }
 
 /// The protocol part of a [`Transaction`].

@@ -377,6 +377,7 @@ mod tests {
                 }),
                 namespace: None,
             }),
+            trace: None,
             start_mono_ns: 1_000_000,
             end_mono_ns: 3_000_000,
             realtime_offset_ns: 0,

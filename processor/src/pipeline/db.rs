@@ -17,13 +17,12 @@
 //!   or when the connection closed before the answer; unset otherwise.
 //! * **Ids**: a new trace per operation (the wire protocols carry no trace context).
 
-use opentelemetry::trace::{SpanContext, Status, TraceFlags, TraceState};
+use opentelemetry::trace::Status;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::IdGenerator;
 
 use crate::model::{Completion, DbOperation, Side, Transaction};
-use crate::pipeline::sample::{should_sample, Parent};
-use crate::pipeline::span::{span_data, span_times, SpanRecord};
+use crate::pipeline::span::{span_data, span_times, SpanIds, SpanRecord};
 use crate::settings::Sampler;
 
 /// The span name of `op`.
@@ -50,20 +49,8 @@ pub fn build_db_span(
     sampler: Sampler,
     ids: &dyn IdGenerator,
 ) -> SpanRecord {
-    let trace_id = ids.new_trace_id();
-    let sampled = should_sample(sampler, trace_id, Parent::None);
-    let flags = if sampled {
-        TraceFlags::SAMPLED
-    } else {
-        TraceFlags::default()
-    };
-    let span_context = SpanContext::new(
-        trace_id,
-        ids.new_span_id(),
-        flags,
-        false,
-        TraceState::default(),
-    );
+    let ids = SpanIds::of(tx, None, None, sampler, ids);
+    let sampled = ids.sampled;
     let is_server = tx.side == Side::Server;
     let server_end = if is_server { tx.local } else { tx.peer };
 
@@ -98,14 +85,16 @@ pub fn build_db_span(
         attrs.push(KeyValue::new("error.type", e));
     }
     let times = span_times(tx.start_mono_ns, tx.end_mono_ns, tx.realtime_offset_ns);
-    let data = span_data(
-        span_context,
+    let mut data = span_data(
+        ids.context,
         tx.side,
         span_name(op).into(),
         times,
         attrs,
         status,
     );
+    data.parent_span_id = ids.parent;
+    data.parent_span_is_remote = ids.remote;
     SpanRecord { data, sampled }
 }
 
@@ -155,6 +144,7 @@ pub(crate) mod tests {
         error: Option<DbError>,
     ) -> Transaction {
         Transaction {
+            trace: None,
             pid: 7,
             tid: 7,
             conn_id: 1,

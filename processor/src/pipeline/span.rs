@@ -47,7 +47,7 @@ use opentelemetry::trace::{
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::IdGenerator;
 
-use crate::model::{Exchange, HttpExchange, Side, Transaction, KNOWN_METHODS};
+use crate::model::{Exchange, HttpExchange, LinkKind, Side, Transaction, KNOWN_METHODS};
 use crate::pipeline::grpc::{self, GrpcCall};
 use crate::pipeline::sample::{should_sample, Parent};
 use crate::settings::Sampler;
@@ -224,30 +224,14 @@ fn http_span(
         (None, None) => Cow::Borrowed("HTTP"),
     };
 
-    let parent = req.header("traceparent").and_then(parse_traceparent);
-    let (trace_id, parent_span_id, sampling_parent) = match parent {
-        Some(p) => (
-            p.trace_id,
-            p.parent_id,
-            if p.sampled {
-                Parent::Sampled
-            } else {
-                Parent::NotSampled
-            },
-        ),
-        None => (ids.new_trace_id(), SpanId::INVALID, Parent::None),
-    };
-    let trace_state = parent
-        .and_then(|_| req.header("tracestate"))
-        .and_then(|s| TraceState::from_str(s).ok())
-        .unwrap_or_default();
-    let sampled = should_sample(sampler, trace_id, sampling_parent);
-    let flags = if sampled {
-        TraceFlags::SAMPLED
-    } else {
-        TraceFlags::default()
-    };
-    let span_context = SpanContext::new(trace_id, ids.new_span_id(), flags, false, trace_state);
+    let ids = SpanIds::of(
+        tx,
+        req.header("traceparent"),
+        req.header("tracestate"),
+        sampler,
+        ids,
+    );
+    let (span_context, sampled) = (ids.context.clone(), ids.sampled);
 
     let (server_sock, peer_sock): (Option<SocketAddr>, Option<SocketAddr>) = (tx.local, tx.peer);
     let server_end = if is_server { server_sock } else { peer_sock };
@@ -323,9 +307,80 @@ fn http_span(
 
     let times = span_times(tx.start_mono_ns, tx.end_mono_ns, tx.realtime_offset_ns);
     let mut data = span_data(span_context, tx.side, name, times, attrs, status);
-    data.parent_span_id = parent_span_id;
-    data.parent_span_is_remote = parent.is_some();
+    data.parent_span_id = ids.parent;
+    data.parent_span_is_remote = ids.remote;
     SpanRecord { data, sampled }
+}
+
+/// The ids of a transaction's span and the sampling decision.
+pub(crate) struct SpanIds {
+    pub context: SpanContext,
+    pub parent: SpanId,
+    /// The parent is in another process (a `traceparent`, the client end of the
+    /// connection).
+    pub remote: bool,
+    pub sampled: bool,
+}
+
+impl SpanIds {
+    /// The ids the stitcher gave `tx` when its request began (`stitch/link.rs`);
+    /// for a transaction made outside a stitcher, those of the request's
+    /// `traceparent` or new ones. `tracestate` is kept when a `traceparent` is
+    /// continued.
+    pub(crate) fn of(
+        tx: &Transaction,
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
+        sampler: Sampler,
+        ids: &dyn IdGenerator,
+    ) -> SpanIds {
+        let (trace_id, span_id, parent, link, remote_sampled) = match tx.trace {
+            Some(t) => (
+                TraceId::from_bytes(t.trace_id.to_be_bytes()),
+                SpanId::from_bytes(t.span_id.to_be_bytes()),
+                SpanId::from_bytes(t.parent_span_id.to_be_bytes()),
+                t.link,
+                t.remote_sampled,
+            ),
+            None => match traceparent.and_then(parse_traceparent) {
+                Some(p) => (
+                    p.trace_id,
+                    ids.new_span_id(),
+                    p.parent_id,
+                    LinkKind::TraceParent,
+                    Some(p.sampled),
+                ),
+                None => (
+                    ids.new_trace_id(),
+                    ids.new_span_id(),
+                    SpanId::INVALID,
+                    LinkKind::Root,
+                    None,
+                ),
+            },
+        };
+        let sampling_parent = match remote_sampled {
+            Some(true) => Parent::Sampled,
+            Some(false) => Parent::NotSampled,
+            None => Parent::None,
+        };
+        let sampled = should_sample(sampler, trace_id, sampling_parent);
+        let flags = if sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        let trace_state = tracestate
+            .filter(|_| link == LinkKind::TraceParent)
+            .and_then(|s| TraceState::from_str(s).ok())
+            .unwrap_or_default();
+        SpanIds {
+            context: SpanContext::new(trace_id, span_id, flags, false, trace_state),
+            parent,
+            remote: matches!(link, LinkKind::TraceParent | LinkKind::Connection),
+            sampled,
+        }
+    }
 }
 
 /// `error.type` of a failed transaction: the status code for 5xx (server) and 4xx/5xx

@@ -56,6 +56,8 @@ impl<S: DbSession> DbConn<S> {
                 tid: f.origin.tid,
                 start_mono_ns: f.origin.mono_ns,
                 end_mono_ns: f.end_mono_ns,
+                // Given when reported (see `stitch/link.rs`).
+                trace: None,
             };
             let op = DbOperation {
                 system,

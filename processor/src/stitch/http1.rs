@@ -58,7 +58,7 @@ use std::collections::VecDeque;
 
 use tandem_proto::v1::Direction;
 
-use crate::model::{Completion, Exchange, HttpExchange, HttpRequest, HttpResponse, Side};
+use crate::model::{Completion, Exchange, HttpExchange, HttpRequest, HttpResponse, Side, TraceIds};
 use crate::protocols::http1::{self, Chunk, CloseOutcome, Http1Event, MessageKind, Origin, Parser};
 use crate::protocols::Segment;
 
@@ -116,6 +116,8 @@ struct Pending {
     request_done: bool,
     truncated: bool,
     response: Option<HttpResponse>,
+    /// Its span's ids, given when its header block was read.
+    trace: Option<TraceIds>,
 }
 
 /// One HTTP/1.x connection's state.
@@ -169,12 +171,15 @@ impl Http1Session {
                     self.untracked += 1;
                     ctx.stats.untracked_requests += 1;
                 } else {
+                    let traceparent = request.header("traceparent");
+                    let trace = ctx.begin(Side::Server, origin.tid, origin.mono_ns, 0, traceparent);
                     self.pending.push_back(Pending {
                         request,
                         origin,
                         request_done: truncated,
                         truncated,
                         response: None,
+                        trace: Some(trace),
                     });
                 }
             }
@@ -298,6 +303,7 @@ impl Http1Session {
             tid: pending.origin.tid,
             start_mono_ns: pending.origin.mono_ns,
             end_mono_ns: end_ns,
+            trace: pending.trace,
         };
         let exchange = Exchange::Http(HttpExchange {
             request: pending.request,

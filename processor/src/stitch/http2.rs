@@ -33,7 +33,7 @@ use std::{borrow::Cow, collections::BTreeMap};
 use tandem_proto::v1::Direction;
 
 use crate::model::{
-    Completion, Exchange, Header, HttpExchange, HttpRequest, HttpResponse, Side, HTTP_2,
+    Completion, Exchange, Header, HttpExchange, HttpRequest, HttpResponse, Side, TraceIds, HTTP_2,
 };
 use crate::protocols::http2::{self, FrameReader, H2Event};
 use crate::protocols::Segment;
@@ -95,6 +95,8 @@ struct Stream {
     tid: u32,
     response: Option<HttpResponse>,
     truncated: bool,
+    /// Its span's ids, given when its request HEADERS were read.
+    trace: Option<TraceIds>,
 }
 
 /// One HTTP/2 connection's state.
@@ -339,6 +341,9 @@ impl Http2Session {
                 self.report(old, Completion::Truncated, mono_ns, ctx);
             }
         }
+        let side = self.side().unwrap_or(Side::Server);
+        let traceparent = request.header("traceparent");
+        let trace = ctx.begin(side, tid, mono_ns, stream, traceparent);
         self.streams.insert(
             stream,
             Stream {
@@ -347,6 +352,7 @@ impl Http2Session {
                 tid,
                 response: None,
                 truncated: false,
+                trace: Some(trace),
             },
         );
     }
@@ -410,6 +416,7 @@ impl Http2Session {
             tid: s.tid,
             start_mono_ns: s.start_mono_ns,
             end_mono_ns: end_ns,
+            trace: s.trace,
         };
         let fallback = self.side().unwrap_or(Side::Server);
         let exchange = Exchange::Http(HttpExchange {

@@ -45,6 +45,7 @@
 mod db;
 mod http1;
 mod http2;
+pub mod link;
 mod session;
 mod table;
 
@@ -54,6 +55,8 @@ mod tests;
 mod tests_db;
 #[cfg(test)]
 mod tests_http2;
+#[cfg(test)]
+mod tests_link;
 #[cfg(test)]
 mod tests_session;
 #[cfg(test)]
@@ -72,6 +75,7 @@ use crate::protocols::{http1 as http1_parser, Origin, Segment, REGISTRY};
 pub use db::{DbConn, MySqlProtocol, PostgresProtocol, RedisProtocol};
 pub use http1::{Http1Protocol, Http1Session};
 pub use http2::{Http2Protocol, Http2Session, KEPT_HEADERS, MAX_STREAMS};
+use link::{LinkStats, Linker};
 pub use session::{
     is_request, side_sending_requests, ConnMeta, Ctx, Detected, Footprint, Probe, Protocol,
     Session, Timing,
@@ -178,6 +182,7 @@ pub struct Stitcher {
     table: ConnTable,
     stats: StitchStats,
     evicted: Vec<Conn>,
+    linker: Linker,
 }
 
 impl Default for Stitcher {
@@ -208,11 +213,17 @@ impl Stitcher {
             table: ConnTable::new(limits.max_connections),
             stats: StitchStats::default(),
             evicted: Vec::new(),
+            linker: Linker::default(),
         }
     }
 
     pub fn stats(&self) -> StitchStats {
         self.stats
+    }
+
+    /// What linking did (see `stitch/link.rs`).
+    pub fn link_stats(&self) -> LinkStats {
+        self.linker.stats()
     }
 
     /// Connections tracked now.
@@ -275,6 +286,7 @@ impl Stitcher {
                 for key in self.table.keys_of_pid(exited.pid) {
                     self.close(key, mono_ns, realtime_offset_ns, out);
                 }
+                self.linker.on_exit(exited.pid);
             }
             EventKind::Loss(_) => {
                 for conn in self.table.iter_mut() {
@@ -284,13 +296,14 @@ impl Stitcher {
                             meta,
                             out,
                             stats: &mut self.stats,
+                            linker: &mut self.linker,
                             realtime_offset_ns,
                         };
                         s.lose(mono_ns, &mut ctx);
                     }
                 }
             }
-            EventKind::ProcessStarted(_) => {}
+            EventKind::ProcessStarted(p) => self.linker.on_process(p),
         }
     }
 
@@ -360,6 +373,7 @@ impl Stitcher {
                     meta,
                     out,
                     stats: &mut self.stats,
+                    linker: &mut self.linker,
                     realtime_offset_ns: offset,
                 };
                 s.feed(&seg, direction, &mut ctx);
@@ -375,9 +389,26 @@ impl Stitcher {
 
     /// Counts (and drops, with what they had waiting) the connections evicted to
     /// make room.
+    /// Their requests in flight are ended in the linker (what they had waiting is
+    /// not reported).
     fn drop_evicted(&mut self) {
+        if self.evicted.is_empty() {
+            return;
+        }
         self.stats.evicted_connections += self.evicted.len() as u64;
-        self.evicted.clear();
+        let (mut out, mut stats) = (Vec::new(), StitchStats::default());
+        for mut conn in self.evicted.drain(..) {
+            if let Some(s) = conn.session.as_mut() {
+                let mut ctx = Ctx {
+                    meta: &mut conn.meta,
+                    out: &mut out,
+                    stats: &mut stats,
+                    linker: &mut self.linker,
+                    realtime_offset_ns: 0,
+                };
+                s.close(0, &mut ctx);
+            }
+        }
     }
 
     /// Stops tracking `key`, reporting what it had in progress as closed.
@@ -390,6 +421,7 @@ impl Stitcher {
                 meta: &mut conn.meta,
                 out,
                 stats: &mut self.stats,
+                linker: &mut self.linker,
                 realtime_offset_ns: offset,
             };
             s.close(mono_ns, &mut ctx);

@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 
 use tandem_proto::v1::Direction;
 
-use crate::model::{Completion, Exchange, Side, Transaction};
+use crate::model::{Completion, Exchange, Side, TraceIds, Transaction};
 use crate::protocols::Segment;
 
+use super::link::Linker;
 use super::{Limits, StitchStats};
 
 /// What the stitcher knows of a connection, shared by its sessions.
@@ -35,6 +36,8 @@ pub struct Ctx<'a> {
     pub meta: &'a mut ConnMeta,
     pub out: &'a mut Vec<Transaction>,
     pub stats: &'a mut StitchStats,
+    /// Gives each request its trace identity (see `stitch/link.rs`).
+    pub linker: &'a mut Linker,
     /// The offset of the batch whose event is being fed.
     pub realtime_offset_ns: i64,
 }
@@ -46,9 +49,28 @@ pub struct Timing {
     pub tid: u32,
     pub start_mono_ns: u64,
     pub end_mono_ns: u64,
+    /// The ids [`Ctx::begin`] gave the request; `None` when the session did not
+    /// call it (the ids are then given when the transaction is reported).
+    pub trace: Option<TraceIds>,
 }
 
 impl Ctx<'_> {
+    /// A request began on thread `tid` at `mono_ns`, seen from `side` (the
+    /// connection's if known): its span's ids, to be handed back in [`Timing`].
+    /// `stream` is its HTTP/2 stream id (0 otherwise), `traceparent` its header.
+    pub fn begin(
+        &mut self,
+        side: Side,
+        tid: u32,
+        mono_ns: u64,
+        stream: u32,
+        traceparent: Option<&str>,
+    ) -> TraceIds {
+        let side = self.meta.side.unwrap_or(side);
+        self.linker
+            .begin(self.meta, side, tid, mono_ns, stream, traceparent)
+    }
+
     /// Reports one transaction of this connection and counts it by completion.
     /// `side` is the connection's if known, else `fallback`.
     pub fn emit(
@@ -71,11 +93,19 @@ impl Ctx<'_> {
         exchange: Exchange,
     ) {
         let m = &*self.meta;
+        let side = m.side.unwrap_or(fallback);
+        let mut trace = match timing.trace {
+            Some(t) => t,
+            None => self
+                .linker
+                .begin(m, side, timing.tid, timing.start_mono_ns, 0, None),
+        };
+        trace.peer_pid = self.linker.end(m, side, timing.tid, &trace);
         self.out.push(Transaction {
             pid: m.pid,
             tid: timing.tid,
             conn_id: m.conn_id,
-            side: m.side.unwrap_or(fallback),
+            side,
             local: m.local,
             peer: m.peer,
             start_mono_ns: timing.start_mono_ns,
@@ -83,6 +113,7 @@ impl Ctx<'_> {
             realtime_offset_ns: self.realtime_offset_ns,
             completion,
             exchange,
+            trace: Some(trace),
         });
     }
 

@@ -3,6 +3,7 @@
 //! same transactions; a loss reports what was waiting as truncated; a close reports
 //! it as closed. One table of conversations, one set of checks.
 
+use super::link::Linker;
 use super::*;
 
 use crate::model::{Exchange, Transaction};
@@ -218,6 +219,7 @@ fn run(steps: &[Step], cut: Option<(usize, usize)>, end: End) -> (Vec<Transactio
     let mut meta = client_meta();
     let mut stats = StitchStats::default();
     let mut out = Vec::new();
+    let mut linker = Linker::default();
     let mut t = 0u64;
     for (i, (dir, bytes)) in steps.iter().enumerate() {
         let pieces: Vec<&[u8]> = match cut {
@@ -231,6 +233,7 @@ fn run(steps: &[Step], cut: Option<(usize, usize)>, end: End) -> (Vec<Transactio
                 meta: &mut meta,
                 out: &mut out,
                 stats: &mut stats,
+                linker: &mut linker,
                 realtime_offset_ns: 0,
             };
             session.feed(&seg, *dir, &mut ctx);
@@ -240,6 +243,7 @@ fn run(steps: &[Step], cut: Option<(usize, usize)>, end: End) -> (Vec<Transactio
         meta: &mut meta,
         out: &mut out,
         stats: &mut stats,
+        linker: &mut linker,
         realtime_offset_ns: 0,
     };
     match end {
@@ -342,10 +346,12 @@ fn footprints_are_empty_after_a_close() {
     for c in conversations() {
         let mut session = session_for(&c.steps[0], &limits);
         let (mut meta, mut stats, mut out) = (client_meta(), StitchStats::default(), Vec::new());
+        let mut linker = Linker::default();
         let mut ctx = Ctx {
             meta: &mut meta,
             out: &mut out,
             stats: &mut stats,
+            linker: &mut linker,
             realtime_offset_ns: 0,
         };
         for (i, (dir, bytes)) in c.steps.iter().enumerate() {

@@ -141,6 +141,7 @@ impl Session for ToySession {
             tid: seg.origin.tid,
             start_mono_ns: seg.origin.mono_ns,
             end_mono_ns: seg.origin.mono_ns,
+            trace: None,
         };
         let mut found = Vec::new();
         let buf = if request {

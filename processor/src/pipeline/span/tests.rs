@@ -29,6 +29,7 @@ impl IdGenerator for SeqIds {
 
 pub(crate) fn tx(side: Side, method: &str, path: &str, status: Option<u16>) -> Transaction {
     Transaction {
+        trace: None,
         pid: 42,
         tid: 42,
         conn_id: 1,

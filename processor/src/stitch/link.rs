@@ -1,0 +1,592 @@
+//! Linking spans into traces on evidence, without touching the traffic.
+//!
+//! Every transaction gets its trace identity ([`TraceIds`]) when its request
+//! *begins* (HTTP: its header block was read; HTTP/2: its HEADERS; database
+//! operations: when they are reported, see below), so a server span's ids exist
+//! before the client calls made while serving it end, and children can be exported
+//! before their parent. The rules, in precedence order:
+//!
+//! **Server spans** (the process received the request):
+//! 1. a valid W3C `traceparent` in the request (the application propagates context
+//!    itself): its trace id and parent, its sampled flag ([`LinkKind::TraceParent`]);
+//! 2. else *both ends of the connection*: the client side of this very connection is
+//!    traced by this processor (its local address/port is this server's peer
+//!    address/port and the reverse) and has a request in flight on it — the oldest
+//!    one for HTTP/1.x and the database protocols (requests are answered in order),
+//!    the one of the same stream id for HTTP/2 — then the server span is a child of
+//!    that client span, in its trace ([`LinkKind::Connection`]). Over loopback
+//!    addresses both processes must be in the same container (or both on the host):
+//!    another network namespace may use the same loopback address and port;
+//! 3. else a root with a new trace id.
+//!
+//! **Client spans** (the process sent the request):
+//! 1. a valid `traceparent` the process itself sent: a child of the span it names
+//!    (the application's own span), in its trace;
+//! 2. else *the thread*: the request's first byte was written by thread T, and T has
+//!    exactly one server request of the same process in flight (its request seen, its
+//!    response not finished) that began before it — then the client span is a child
+//!    of that server span ([`LinkKind::Thread`]). Only for processes whose runtime
+//!    serves a request on one thread from start to end ([`ThreadRule`]);
+//! 3. else a root, and the reason it was not linked is counted ([`Unlinked`]).
+//!
+//! Chains nest: a client span linked by thread is the parent a downstream server
+//! span finds on the connection, whose own client calls link by thread again.
+//!
+//! **Runtimes.** Linking by thread is right only where a thread serves one request
+//! at a time and makes its calls itself. tandem links by thread for processes whose
+//! executable is a Python, Ruby, Perl or PHP interpreter or Apache httpd
+//! (thread-per-request and process-per-request servers: `ThreadingHTTPServer`,
+//! WSGI servers, Puma, mod_php, php-fpm), unless their command line names an event
+//! loop server (`uvicorn`, `hypercorn`, `daphne`, `gevent`, `eventlet`, `aiohttp`,
+//! `tornado`, `sanic`, `twisted`). Any process seen with two server requests of
+//! different connections in flight on one thread is multiplexing requests on its
+//! threads (an event loop) and is never linked by thread again. Everything else
+//! (Node.js, Go, the JVM, tokio and other async Rust, nginx, Envoy, unknown
+//! executables) is not linked by thread: their client spans stay roots, counted as
+//! [`Unlinked::Runtime`]. Linking by connection does not depend on the runtime.
+//!
+//! **Database operations** are given their ids when they are reported (their answer
+//! ended): a client operation still finds its thread's server request in flight (the
+//! thread waits for the answer in a thread-per-request runtime), but a database
+//! server's span is reported before its client's, so it is not linked by connection.
+//!
+//! **Sampling** follows the trace's root: every span linked below a span carries the
+//! root's trace id and the `sampled` flag of the `traceparent` the root continued
+//! (if any), the two inputs of every sampler (`traceidratio` decides from the trace
+//! id alone), so a trace is kept or dropped whole.
+//!
+//! **Bounds.** At most [`MAX_ENTRIES`] requests in flight are remembered (server
+//! requests per thread, client requests waiting for their server); beyond, a request
+//! is not remembered (counted in [`LinkStats::dropped`]) and links to it are missed,
+//! never wrong. Entries older than [`STALE_NS`] are forgotten.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+
+use tandem_proto::v1::ProcessStarted;
+
+use crate::model::{LinkKind, Side, TraceIds};
+use crate::pipeline::span::{parse_traceparent, TraceParent};
+
+use super::session::ConnMeta;
+use super::table::{ConnKey, FastMap};
+
+/// Most requests in flight remembered for linking.
+pub const MAX_ENTRIES: usize = 65_536;
+/// Requests in flight longer than this (10 minutes) are forgotten.
+pub const STALE_NS: u64 = 600_000_000_000;
+/// How many requests begin between two sweeps of stale entries.
+const SWEEP_EVERY: u32 = 4096;
+
+/// Why a client span was not made a child of a server span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unlinked {
+    /// Its process serves no requests (a plain client), or its thread had no server
+    /// request in flight (a background job).
+    NoServerRequest,
+    /// Its thread had several server requests in flight (HTTP/1.x pipelining,
+    /// HTTP/2 streams served by one thread): the parent is ambiguous.
+    Ambiguous,
+    /// The process's runtime moves requests between threads or serves many on one
+    /// (or is not known to serve a request on one thread): not linked by thread.
+    Runtime,
+    /// The process was seen serving two connections' requests on one thread at once.
+    Multiplexing,
+    /// No `ProcessStarted` was seen for the process: its runtime is unknown.
+    UnknownProcess,
+}
+
+impl Unlinked {
+    pub const ALL: [Unlinked; 5] = [
+        Unlinked::NoServerRequest,
+        Unlinked::Ambiguous,
+        Unlinked::Runtime,
+        Unlinked::Multiplexing,
+        Unlinked::UnknownProcess,
+    ];
+
+    /// The `reason` label of the counters.
+    pub fn name(self) -> &'static str {
+        match self {
+            Unlinked::NoServerRequest => "no_server_request",
+            Unlinked::Ambiguous => "ambiguous",
+            Unlinked::Runtime => "runtime",
+            Unlinked::Multiplexing => "multiplexing",
+            Unlinked::UnknownProcess => "unknown_process",
+        }
+    }
+}
+
+/// What the linker did, since the stitcher was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Server spans continuing a `traceparent` of their request.
+    pub server_by_traceparent: u64,
+    /// Server spans made children of the client span on the other end.
+    pub server_by_connection: u64,
+    /// Server spans that are roots (no `traceparent`, the client end not traced or
+    /// no request in flight on it).
+    pub server_roots: u64,
+    /// Client spans continuing the `traceparent` the process sent.
+    pub client_by_traceparent: u64,
+    /// Client spans made children of the server request in flight on their thread.
+    pub client_by_thread: u64,
+    /// Client spans left as roots, by reason (indexed as [`Unlinked::ALL`]).
+    pub client_unlinked: [u64; 5],
+    /// Processes found multiplexing requests on a thread (no longer linked by thread).
+    pub multiplexing_processes: u64,
+    /// Requests not remembered: [`MAX_ENTRIES`] were in flight.
+    pub dropped: u64,
+    /// Requests forgotten after [`STALE_NS`] in flight.
+    pub stale: u64,
+}
+
+impl LinkStats {
+    /// Client spans left as roots for `reason`.
+    pub fn unlinked(&self, reason: Unlinked) -> u64 {
+        self.client_unlinked[reason as usize]
+    }
+
+    /// Every client span left as a root.
+    pub fn unlinked_total(&self) -> u64 {
+        self.client_unlinked.iter().sum()
+    }
+}
+
+/// Whether a process's client calls are linked by thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadRule {
+    /// A runtime that serves each request on one thread from start to end.
+    Linked,
+    /// A runtime that does not (or is not known to).
+    NotThreadPerRequest,
+    /// Seen serving two connections' requests on one thread at once.
+    Multiplexing,
+}
+
+/// The rule for a process from its executable and command line (see the module
+/// documentation for the list).
+pub fn thread_rule(exe_path: &str, cmdline: &[String]) -> ThreadRule {
+    let base = |p: &str| p.rsplit('/').next().unwrap_or(p).to_ascii_lowercase();
+    let exe = base(exe_path);
+    let interpreter = |name: &str| {
+        ["python", "ruby", "perl", "php"]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || name == "httpd"
+            || name == "apache2"
+    };
+    if !interpreter(&exe) {
+        return ThreadRule::NotThreadPerRequest;
+    }
+    const EVENT_LOOPS: [&str; 9] = [
+        "uvicorn",
+        "hypercorn",
+        "daphne",
+        "gevent",
+        "eventlet",
+        "aiohttp",
+        "tornado",
+        "sanic",
+        "twisted",
+    ];
+    let event_loop = cmdline.iter().any(|arg| {
+        let arg = arg.to_ascii_lowercase();
+        EVENT_LOOPS.iter().any(|e| arg.contains(e))
+    });
+    if event_loop {
+        ThreadRule::NotThreadPerRequest
+    } else {
+        ThreadRule::Linked
+    }
+}
+
+#[derive(Debug)]
+struct Process {
+    rule: ThreadRule,
+    /// It began a server request (else it is a plain client: its calls have no
+    /// parent to find, whatever its runtime).
+    serves: bool,
+    /// Hash of the container id (0: the host or not in a container).
+    container: u64,
+}
+
+/// A server request in flight on a thread.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    conn: ConnKey,
+    begin_ns: u64,
+    ids: TraceIds,
+}
+
+impl InFlight {
+    fn span_id(&self) -> u64 {
+        self.ids.span_id
+    }
+}
+
+/// A client request sent and not yet seen by its server.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    /// HTTP/2 stream id (0 otherwise).
+    stream: u32,
+    begin_ns: u64,
+    pid: u32,
+    container: u64,
+    ids: TraceIds,
+    /// The server process that took it as its parent (0: none yet). Taken entries
+    /// stay until the client's transaction ends, which reads it.
+    taken_by: u32,
+}
+
+/// `(client address, server address)` of a connection, as the client sees it.
+type Ends = (SocketAddr, SocketAddr);
+
+/// The linker of a stitcher; see the module documentation.
+#[derive(Debug)]
+pub struct Linker {
+    processes: FastMap<u32, Process>,
+    /// Server requests in flight by `(pid, tid)` of the thread that read them.
+    threads: FastMap<(u32, u32), Vec<InFlight>>,
+    /// Client requests in flight by the connection's ends.
+    clients: HashMap<Ends, VecDeque<Waiting>>,
+    entries: usize,
+    newest_ns: u64,
+    until_sweep: u32,
+    hasher: RandomState,
+    rng: u64,
+    stats: LinkStats,
+}
+
+impl Default for Linker {
+    fn default() -> Self {
+        let hasher = RandomState::new();
+        let seed = hasher.hash_one(std::time::SystemTime::now());
+        Linker {
+            processes: FastMap::default(),
+            threads: FastMap::default(),
+            clients: HashMap::new(),
+            entries: 0,
+            newest_ns: 0,
+            until_sweep: SWEEP_EVERY,
+            hasher,
+            rng: seed | 1,
+            stats: LinkStats::default(),
+        }
+    }
+}
+
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+impl Linker {
+    pub fn stats(&self) -> LinkStats {
+        self.stats
+    }
+
+    /// Requests in flight remembered now.
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// A process started (or was found running): its runtime and container.
+    pub fn on_process(&mut self, p: &ProcessStarted) {
+        let container = if p.container_id.is_empty() {
+            0
+        } else {
+            self.hasher.hash_one(&p.container_id) | 1
+        };
+        let rule = thread_rule(&p.exe_path, &p.cmdline);
+        let entry = self.processes.entry(p.pid).or_insert(Process {
+            rule,
+            serves: false,
+            container,
+        });
+        entry.container = container;
+        if entry.rule != ThreadRule::Multiplexing {
+            entry.rule = rule;
+        }
+    }
+
+    /// A process exited: what it had in flight is forgotten.
+    pub fn on_exit(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+        let mut removed = 0;
+        self.threads.retain(|(p, _), v| {
+            if *p == pid {
+                removed += v.len();
+                false
+            } else {
+                true
+            }
+        });
+        self.entries -= removed;
+    }
+
+    /// Splitmix64: fast, and random enough for trace ids (never zero).
+    fn next(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)).max(1)
+    }
+
+    fn root(&mut self) -> TraceIds {
+        let trace_id = (u128::from(self.next()) << 64) | u128::from(self.next());
+        TraceIds {
+            trace_id,
+            span_id: self.next(),
+            parent_span_id: 0,
+            link: LinkKind::Root,
+            remote_sampled: None,
+            peer_pid: 0,
+        }
+    }
+
+    fn child_of(&mut self, parent: &TraceIds, link: LinkKind) -> TraceIds {
+        TraceIds {
+            trace_id: parent.trace_id,
+            span_id: self.next(),
+            parent_span_id: parent.span_id,
+            link,
+            remote_sampled: parent.remote_sampled,
+            peer_pid: 0,
+        }
+    }
+
+    fn continuing(&mut self, tp: Option<TraceParent>) -> Option<TraceIds> {
+        let tp = tp?;
+        Some(TraceIds {
+            trace_id: u128::from_be_bytes(tp.trace_id.to_bytes()),
+            span_id: self.next(),
+            parent_span_id: u64::from_be_bytes(tp.parent_id.to_bytes()),
+            link: LinkKind::TraceParent,
+            remote_sampled: Some(tp.sampled),
+            peer_pid: 0,
+        })
+    }
+
+    /// A request of connection `meta` began on thread `tid` at `begin_ns`, seen
+    /// from `side`; `stream` is its HTTP/2 stream id (0 otherwise), `traceparent`
+    /// the request's header if it has one. Returns the ids of its span; the
+    /// transaction must be handed to [`Linker::end`] when it is reported.
+    pub fn begin(
+        &mut self,
+        meta: &ConnMeta,
+        side: Side,
+        tid: u32,
+        begin_ns: u64,
+        stream: u32,
+        traceparent: Option<&str>,
+    ) -> TraceIds {
+        self.newest_ns = self.newest_ns.max(begin_ns);
+        self.until_sweep -= 1;
+        if self.until_sweep == 0 {
+            self.until_sweep = SWEEP_EVERY;
+            self.sweep();
+        }
+        let tp = traceparent.and_then(parse_traceparent);
+        match side {
+            Side::Server => self.begin_server(meta, tid, begin_ns, stream, tp),
+            Side::Client => self.begin_client(meta, tid, begin_ns, stream, tp),
+        }
+    }
+
+    fn begin_server(
+        &mut self,
+        meta: &ConnMeta,
+        tid: u32,
+        begin_ns: u64,
+        stream: u32,
+        tp: Option<TraceParent>,
+    ) -> TraceIds {
+        let ids = if let Some(ids) = self.continuing(tp) {
+            self.stats.server_by_traceparent += 1;
+            ids
+        } else if let Some((client, client_pid)) = self.take_client(meta, stream) {
+            self.stats.server_by_connection += 1;
+            TraceIds {
+                peer_pid: client_pid,
+                ..self.child_of(&client, LinkKind::Connection)
+            }
+        } else {
+            self.stats.server_roots += 1;
+            self.root()
+        };
+        if self.entries >= MAX_ENTRIES {
+            self.stats.dropped += 1;
+            return ids;
+        }
+        if let Some(p) = self.processes.get_mut(&meta.pid) {
+            p.serves = true;
+        }
+        let conn = (meta.pid, meta.conn_id);
+        let on_thread = self.threads.entry((meta.pid, tid)).or_default();
+        let multiplexing = on_thread.iter().any(|f| f.conn != conn);
+        on_thread.push(InFlight {
+            conn,
+            begin_ns,
+            ids,
+        });
+        self.entries += 1;
+        if multiplexing {
+            if let Some(p) = self.processes.get_mut(&meta.pid) {
+                if p.rule != ThreadRule::Multiplexing {
+                    p.rule = ThreadRule::Multiplexing;
+                    self.stats.multiplexing_processes += 1;
+                }
+            }
+        }
+        ids
+    }
+
+    /// The oldest client request in flight on the other end of `meta` (of `stream`
+    /// for HTTP/2) not yet taken, taken: one server request is its one child.
+    /// Returns its ids and its pid.
+    fn take_client(&mut self, meta: &ConnMeta, stream: u32) -> Option<(TraceIds, u32)> {
+        let (local, peer) = (canonical(meta.local?), canonical(meta.peer?));
+        let container = self.processes.get(&meta.pid).map_or(0, |p| p.container);
+        let waiting = self.clients.get_mut(&(peer, local))?;
+        let w = waiting
+            .iter_mut()
+            .find(|w| w.taken_by == 0 && w.stream == stream)?;
+        if local.ip().is_loopback() && w.container != container {
+            return None;
+        }
+        w.taken_by = meta.pid.max(1);
+        Some((w.ids, w.pid))
+    }
+
+    fn begin_client(
+        &mut self,
+        meta: &ConnMeta,
+        tid: u32,
+        begin_ns: u64,
+        stream: u32,
+        tp: Option<TraceParent>,
+    ) -> TraceIds {
+        let ids = if let Some(ids) = self.continuing(tp) {
+            self.stats.client_by_traceparent += 1;
+            ids
+        } else {
+            match self.server_on_thread(meta.pid, tid, begin_ns) {
+                Ok(server) => {
+                    self.stats.client_by_thread += 1;
+                    self.child_of(&server, LinkKind::Thread)
+                }
+                Err(reason) => {
+                    self.stats.client_unlinked[reason as usize] += 1;
+                    self.root()
+                }
+            }
+        };
+        let (Some(local), Some(peer)) = (meta.local, meta.peer) else {
+            return ids;
+        };
+        if self.entries >= MAX_ENTRIES {
+            self.stats.dropped += 1;
+            return ids;
+        }
+        let container = self.processes.get(&meta.pid).map_or(0, |p| p.container);
+        self.clients
+            .entry((canonical(local), canonical(peer)))
+            .or_default()
+            .push_back(Waiting {
+                stream,
+                begin_ns,
+                pid: meta.pid,
+                container,
+                ids,
+                taken_by: 0,
+            });
+        self.entries += 1;
+        ids
+    }
+
+    /// The one server request in flight on thread `tid` of `pid` that began before
+    /// `begin_ns`, if the process is linked by thread.
+    fn server_on_thread(&self, pid: u32, tid: u32, begin_ns: u64) -> Result<TraceIds, Unlinked> {
+        match self.processes.get(&pid).map(|p| (p.rule, p.serves)) {
+            None => return Err(Unlinked::UnknownProcess),
+            Some((_, false)) => return Err(Unlinked::NoServerRequest),
+            Some((ThreadRule::NotThreadPerRequest, _)) => return Err(Unlinked::Runtime),
+            Some((ThreadRule::Multiplexing, _)) => return Err(Unlinked::Multiplexing),
+            Some((ThreadRule::Linked, true)) => {}
+        }
+        let mut found = self
+            .threads
+            .get(&(pid, tid))
+            .into_iter()
+            .flatten()
+            .filter(|f| f.begin_ns <= begin_ns);
+        match (found.next(), found.next()) {
+            (None, _) => Err(Unlinked::NoServerRequest),
+            (Some(f), None) => Ok(f.ids),
+            (Some(_), Some(_)) => Err(Unlinked::Ambiguous),
+        }
+    }
+
+    /// A transaction that began with `ids` on thread `tid` of connection `meta` was
+    /// reported (answered, closed, lost): it is no longer in flight. Returns the pid
+    /// of the traced process on the other end that was linked to it (0: none).
+    pub fn end(&mut self, meta: &ConnMeta, side: Side, tid: u32, ids: &TraceIds) -> u32 {
+        match side {
+            Side::Server => {
+                let key = (meta.pid, tid);
+                if let Some(v) = self.threads.get_mut(&key) {
+                    if let Some(at) = v.iter().position(|f| f.span_id() == ids.span_id) {
+                        v.swap_remove(at);
+                        self.entries -= 1;
+                    }
+                    if v.is_empty() {
+                        self.threads.remove(&key);
+                    }
+                }
+                ids.peer_pid
+            }
+            Side::Client => {
+                let (Some(local), Some(peer)) = (meta.local, meta.peer) else {
+                    return 0;
+                };
+                let ends = (canonical(local), canonical(peer));
+                let mut taken_by = 0;
+                if let Some(v) = self.clients.get_mut(&ends) {
+                    if let Some(at) = v.iter().position(|w| w.ids.span_id == ids.span_id) {
+                        taken_by = v.remove(at).map_or(0, |w| w.taken_by);
+                        self.entries -= 1;
+                    }
+                    if v.is_empty() {
+                        self.clients.remove(&ends);
+                    }
+                }
+                taken_by
+            }
+        }
+    }
+
+    /// Forgets requests in flight for longer than [`STALE_NS`].
+    fn sweep(&mut self) {
+        let Some(cutoff) = self.newest_ns.checked_sub(STALE_NS) else {
+            return;
+        };
+        let mut removed = 0usize;
+        self.threads.retain(|_, v| {
+            let before = v.len();
+            v.retain(|f| f.begin_ns >= cutoff);
+            removed += before - v.len();
+            !v.is_empty()
+        });
+        self.clients.retain(|_, v| {
+            let before = v.len();
+            v.retain(|w| w.begin_ns >= cutoff);
+            removed += before - v.len();
+            !v.is_empty()
+        });
+        self.entries -= removed;
+        self.stats.stale += removed as u64;
+    }
+}
