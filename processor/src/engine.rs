@@ -148,6 +148,7 @@ impl Engine {
             uptime: self.started.elapsed(),
             input: self.input.clone(),
             stitch: self.stitcher.stats(),
+            links: self.stitcher.link_stats(),
             connections: self.stitcher.connections(),
             transactions: self.by_protocol.clone(),
             pipeline: self.pipeline.stats(),

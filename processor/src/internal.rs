@@ -14,6 +14,8 @@
 //! | `tandem_spans_dropped_total` | counter | `reason` (queue_full, failed, abandoned) |
 //! | `tandem_otel_trace_exports_total`, `tandem_otel_metric_exports_total` | counter | |
 //! | `tandem_otel_metric_export_errors_total` | counter | |
+//! | `tandem_spans_linked_total` | counter | `kind` (server, client), `by` (connection, thread, traceparent) |
+//! | `tandem_spans_unlinked_total` | counter | `kind` (server, client), `reason` (server: `no_client_seen`; client: `no_server_request`, `ambiguous`, `runtime`, `multiplexing`, `unknown_process`) |
 //! | `tandem_instrumented_processes` | gauge | `process_name` |
 //! | `tandem_connections` | gauge | |
 //! | `tandem_internal_build_info` | gauge (1) | `version` |
@@ -31,6 +33,7 @@ use crate::pipeline::metrics::{
 };
 use crate::pipeline::resource::{own_resource, ProcessResource};
 use crate::settings::{InternalExporter, InternalMetricsSettings};
+use crate::stitch::link::Unlinked;
 use crate::summary::Summary;
 
 /// The latest summary, shared by the event loop (writer) and the readers.
@@ -100,6 +103,16 @@ const METRIC_EXPORT_ERRORS: Descriptor = counter(
     "tandem.otel.metric.export.errors",
     "{request}",
     "OTLP metric export requests that failed.",
+);
+const LINKED: Descriptor = counter(
+    "tandem.spans.linked",
+    "{span}",
+    "Spans given a parent, by span kind and by what linked them (stitch/link.rs).",
+);
+const UNLINKED: Descriptor = counter(
+    "tandem.spans.unlinked",
+    "{span}",
+    "Spans left as roots without a traceparent, by span kind and reason.",
 );
 const PROCESSES: Descriptor = gauge(
     "tandem.instrumented.processes",
@@ -209,6 +222,44 @@ impl InternalMetrics {
                 METRIC_EXPORT_ERRORS,
                 vec![(vec![], s.pipeline.metric_exports.1)],
             ),
+            one(LINKED, {
+                let l = s.links;
+                [
+                    ("server", "connection", l.server_by_connection),
+                    ("server", "traceparent", l.server_by_traceparent),
+                    ("client", "thread", l.client_by_thread),
+                    ("client", "traceparent", l.client_by_traceparent),
+                ]
+                .into_iter()
+                .map(|(kind, by, n)| {
+                    (
+                        vec![KeyValue::new("kind", kind), KeyValue::new("by", by)],
+                        n,
+                    )
+                })
+                .collect()
+            }),
+            one(UNLINKED, {
+                let l = s.links;
+                let server = (
+                    vec![
+                        KeyValue::new("kind", "server"),
+                        KeyValue::new("reason", "no_client_seen"),
+                    ],
+                    l.server_roots,
+                );
+                std::iter::once(server)
+                    .chain(Unlinked::ALL.iter().map(|r| {
+                        (
+                            vec![
+                                KeyValue::new("kind", "client"),
+                                KeyValue::new("reason", r.name()),
+                            ],
+                            l.unlinked(*r),
+                        )
+                    }))
+                    .collect()
+            }),
             one(
                 PROCESSES,
                 by("process_name", s.processes.clone().into_iter().collect()),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::pipeline::PipelineStats;
 use crate::stats::Stats;
+use crate::stitch::link::{LinkStats, Unlinked};
 use crate::stitch::StitchStats;
 
 /// Every count, at one moment.
@@ -17,6 +18,8 @@ pub struct Summary {
     pub uptime: Duration,
     pub input: Stats,
     pub stitch: StitchStats,
+    /// How spans were linked into traces.
+    pub links: LinkStats,
     /// Connections tracked now.
     pub connections: usize,
     /// Transactions by protocol (`http1`, `http2`, `grpc`, `postgresql`, ...).
@@ -55,7 +58,7 @@ impl Summary {
 }
 
 impl fmt::Display for Summary {
-    /// Five lines, each starting with its subject, values aligned after it.
+    /// Six lines, each starting with its subject, values aligned after it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.input;
         let p = &self.pipeline;
@@ -98,6 +101,23 @@ impl fmt::Display for Summary {
             list(i.lost.iter().map(|(k, v)| (*k, *v))),
             thousands(e.lost()),
         )?;
+        let l = &self.links;
+        writeln!(
+            f,
+            "  links   server spans {} by connection, {} by traceparent, {} roots; client spans {} by thread, {} by traceparent, {} unlinked ({})",
+            thousands(l.server_by_connection),
+            thousands(l.server_by_traceparent),
+            thousands(l.server_roots),
+            thousands(l.client_by_thread),
+            thousands(l.client_by_traceparent),
+            thousands(l.unlinked_total()),
+            list(
+                Unlinked::ALL
+                    .iter()
+                    .map(|r| (r.name(), l.unlinked(*r)))
+                    .filter(|(_, n)| *n > 0)
+            ),
+        )?;
         write!(
             f,
             "  stitch  {} connections open, {} evicted; {} transactions truncated, {} closed early; {} bytes skipped, {} parse errors, {} times out of sync, {} unpaired answers, {} untracked requests",
@@ -131,7 +151,7 @@ mod tests {
         s.processes.insert("nginx".into(), 3);
         let text = s.to_string();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 5, "{text}");
+        assert_eq!(lines.len(), 6, "{text}");
         assert!(
             lines[0].starts_with("  in      800001 events (data 400000); 3 processes"),
             "{text}"
@@ -150,8 +170,12 @@ mod tests {
             ),
             "{text}"
         );
+        assert_eq!(
+            lines[4],
+            "  links   server spans 0 by connection, 0 by traceparent, 0 roots; client spans 0 by thread, 0 by traceparent, 0 unlinked (none)",
+        );
         assert!(
-            lines[4].starts_with("  stitch  0 connections open"),
+            lines[5].starts_with("  stitch  0 connections open"),
             "{text}"
         );
     }

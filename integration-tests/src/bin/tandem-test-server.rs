@@ -1,10 +1,14 @@
 //! `tandem-test-server`: a small hyper 1 HTTP/1.1 server for the capture tests.
 //!
 //! ```text
-//! tandem-test-server --listen 127.0.0.1:8080 [--writev] [--close-delay-ms N]
+//! tandem-test-server --listen 127.0.0.1:8080 [--writev] [--close-delay-ms N] [--upstream IP:PORT]
 //! ```
 //!
 //! * `GET /bytes/N` answers `200` with an `N`-byte body (a repeating `0-9a-z` pattern);
+//! * `GET /call/REST` (with `--upstream IP:PORT`) first makes a client call `GET /REST`
+//!   to the upstream on a new connection, then answers `200` with the upstream's
+//!   body: an async (tokio, one thread) server making client calls, for the trace
+//!   linking tests;
 //! * any other path answers `200` with `hello from tandem-test-server: <path>\n`.
 //!
 //! Connections are kept alive (HTTP/1.1). Without `--writev` hyper flattens headers
@@ -36,12 +40,14 @@ struct Options {
     listen: SocketAddr,
     writev: bool,
     close_delay: Duration,
+    upstream: Option<SocketAddr>,
 }
 
 fn parse_args() -> anyhow::Result<Options> {
     let mut listen = None;
     let mut writev = false;
     let mut close_delay = Duration::ZERO;
+    let mut upstream = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -61,9 +67,18 @@ fn parse_args() -> anyhow::Result<Options> {
                     .with_context(|| format!("--close-delay-ms {value}: not a number"))?;
                 close_delay = Duration::from_millis(ms);
             }
+            "--upstream" => {
+                let value = args.next().context("--upstream needs an address")?;
+                upstream = Some(
+                    value
+                        .parse()
+                        .with_context(|| format!("--upstream {value}: not an ip:port"))?,
+                );
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: tandem-test-server --listen IP:PORT [--writev] [--close-delay-ms N]"
+                    "usage: tandem-test-server --listen IP:PORT [--writev] [--close-delay-ms N] \
+                     [--upstream IP:PORT]"
                 );
                 std::process::exit(0);
             }
@@ -74,6 +89,7 @@ fn parse_args() -> anyhow::Result<Options> {
         listen: listen.context("--listen IP:PORT is required")?,
         writev,
         close_delay,
+        upstream,
     })
 }
 
@@ -90,8 +106,39 @@ fn body_for(path: &str) -> Bytes {
     Bytes::from(format!("hello from tandem-test-server: {path}\n"))
 }
 
-async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(Response::new(Full::new(body_for(req.uri().path()))))
+async fn handle(
+    req: Request<Incoming>,
+    upstream: Option<SocketAddr>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path();
+    if let (Some(rest), Some(up)) = (path.strip_prefix("/call"), upstream) {
+        let body = match call(up, rest).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("tandem-test-server: upstream call failed: {e:#}");
+                let mut r = Response::new(Full::new(Bytes::from(format!("{e:#}\n"))));
+                *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+                return Ok(r);
+            }
+        };
+        return Ok(Response::new(Full::new(body)));
+    }
+    Ok(Response::new(Full::new(body_for(path))))
+}
+
+/// `GET path` to `upstream` on a new connection; the response body.
+async fn call(upstream: SocketAddr, path: &str) -> anyhow::Result<Bytes> {
+    use http_body_util::{BodyExt, Empty};
+    let stream = tokio::net::TcpStream::connect(upstream)
+        .await
+        .with_context(|| format!("connect to {upstream}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", upstream.to_string())
+        .body(Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    Ok(resp.into_body().collect().await?.to_bytes())
 }
 
 async fn serve(opts: Options) -> anyhow::Result<()> {
@@ -106,11 +153,14 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     }
     loop {
         let (stream, _) = listener.accept().await.context("accept")?;
-        let (writev, close_delay) = (opts.writev, opts.close_delay);
+        let (writev, close_delay, upstream) = (opts.writev, opts.close_delay, opts.upstream);
         tokio::spawn(async move {
             let mut builder = http1::Builder::new();
             builder.keep_alive(true).writev(writev);
-            let conn = builder.serve_connection(TokioIo::new(stream), service_fn(handle));
+            let conn = builder.serve_connection(
+                TokioIo::new(stream),
+                service_fn(move |req| handle(req, upstream)),
+            );
             if close_delay.is_zero() {
                 if let Err(e) = conn.await {
                     eprintln!("tandem-test-server: connection error: {e}");

@@ -16,7 +16,12 @@
 //!    the one of the same stream id for HTTP/2 — then the server span is a child of
 //!    that client span, in its trace ([`LinkKind::Connection`]). Over loopback
 //!    addresses both processes must be in the same container (or both on the host):
-//!    another network namespace may use the same loopback address and port;
+//!    another network namespace may use the same loopback address and port. Each
+//!    data record is stamped when its own socket call returns, so on loopback the
+//!    server's read may be seen just before the client's send: a server request that
+//!    began as a root is still adopted by a client request of its connection that
+//!    comes at most [`LATE_CLIENT_NS`] later, as long as no client call of the
+//!    server has been linked to it yet (their trace id would differ);
 //! 3. else a root with a new trace id.
 //!
 //! **Client spans** (the process sent the request):
@@ -141,6 +146,10 @@ pub struct LinkStats {
     pub dropped: u64,
     /// Requests forgotten after [`STALE_NS`] in flight.
     pub stale: u64,
+    /// Of `server_by_connection`, server requests whose event came before their
+    /// client's (on loopback, the server's read can return first) and were linked
+    /// when the client's came.
+    pub late_clients: u64,
 }
 
 impl LinkStats {
@@ -219,6 +228,8 @@ struct InFlight {
     conn: ConnKey,
     begin_ns: u64,
     ids: TraceIds,
+    /// Client spans linked to it by thread so far (its trace id was copied).
+    children: u32,
 }
 
 impl InFlight {
@@ -241,6 +252,23 @@ struct Waiting {
     taken_by: u32,
 }
 
+/// A server request that began as a root, which a late client may still adopt.
+#[derive(Debug, Clone, Copy)]
+struct Awaiting {
+    pid: u32,
+    tid: u32,
+    stream: u32,
+    begin_ns: u64,
+    span_id: u64,
+    container: u64,
+}
+
+/// How much earlier than its client's a server request's first event may be: each
+/// data record is stamped when its own socket call returns, and on loopback the
+/// server's read can return (on another CPU) just before the client's send call
+/// does, so the server's event may come first.
+pub const LATE_CLIENT_NS: u64 = 1_000_000;
+
 /// `(client address, server address)` of a connection, as the client sees it.
 type Ends = (SocketAddr, SocketAddr);
 
@@ -252,6 +280,10 @@ pub struct Linker {
     threads: FastMap<(u32, u32), Vec<InFlight>>,
     /// Client requests in flight by the connection's ends.
     clients: HashMap<Ends, VecDeque<Waiting>>,
+    /// Server requests that began as roots in the last [`LATE_CLIENT_NS`], by the
+    /// connection's ends (as the client sees them): their client's event may still
+    /// come (see [`Linker::adopt`]).
+    awaiting: HashMap<Ends, Awaiting>,
     entries: usize,
     newest_ns: u64,
     until_sweep: u32,
@@ -268,6 +300,7 @@ impl Default for Linker {
             processes: FastMap::default(),
             threads: FastMap::default(),
             clients: HashMap::new(),
+            awaiting: HashMap::new(),
             entries: 0,
             newest_ns: 0,
             until_sweep: SWEEP_EVERY,
@@ -421,6 +454,22 @@ impl Linker {
             self.stats.dropped += 1;
             return ids;
         }
+        if ids.link == LinkKind::Root && self.awaiting.len() < MAX_ENTRIES {
+            if let (Some(local), Some(peer)) = (meta.local, meta.peer) {
+                let container = self.processes.get(&meta.pid).map_or(0, |p| p.container);
+                self.awaiting.insert(
+                    (canonical(peer), canonical(local)),
+                    Awaiting {
+                        pid: meta.pid,
+                        tid,
+                        stream,
+                        begin_ns,
+                        span_id: ids.span_id,
+                        container,
+                    },
+                );
+            }
+        }
         if let Some(p) = self.processes.get_mut(&meta.pid) {
             p.serves = true;
         }
@@ -431,6 +480,7 @@ impl Linker {
             conn,
             begin_ns,
             ids,
+            children: 0,
         });
         self.entries += 1;
         if multiplexing {
@@ -492,24 +542,74 @@ impl Linker {
             return ids;
         }
         let container = self.processes.get(&meta.pid).map_or(0, |p| p.container);
-        self.clients
-            .entry((canonical(local), canonical(peer)))
-            .or_default()
-            .push_back(Waiting {
-                stream,
-                begin_ns,
-                pid: meta.pid,
-                container,
-                ids,
-                taken_by: 0,
-            });
+        let ends = (canonical(local), canonical(peer));
+        let taken_by = self.adopt(ends, meta.pid, container, stream, begin_ns, &ids);
+        self.clients.entry(ends).or_default().push_back(Waiting {
+            stream,
+            begin_ns,
+            pid: meta.pid,
+            container,
+            ids,
+            taken_by,
+        });
         self.entries += 1;
         ids
     }
 
+    /// A client request (`ids`, of `pid`) began on connection `ends`: if its server's
+    /// request began as a root just before (at most [`LATE_CLIENT_NS`] earlier: its
+    /// event came first), with no client span linked to it yet, it becomes this
+    /// request's child after all. Returns the server's pid (0: none adopted).
+    fn adopt(
+        &mut self,
+        ends: Ends,
+        pid: u32,
+        container: u64,
+        stream: u32,
+        begin_ns: u64,
+        ids: &TraceIds,
+    ) -> u32 {
+        let Some(a) = self.awaiting.get(&ends).copied() else {
+            return 0;
+        };
+        let recent = a.begin_ns <= begin_ns && begin_ns - a.begin_ns <= LATE_CLIENT_NS;
+        let same_place = !ends.1.ip().is_loopback() || a.container == container;
+        if !recent || a.stream != stream || !same_place {
+            return 0;
+        }
+        self.awaiting.remove(&ends);
+        let Some(server) = self
+            .threads
+            .get_mut(&(a.pid, a.tid))
+            .and_then(|v| v.iter_mut().find(|f| f.span_id() == a.span_id))
+        else {
+            return 0;
+        };
+        if server.children > 0 || server.ids.link != LinkKind::Root {
+            return 0;
+        }
+        server.ids = TraceIds {
+            trace_id: ids.trace_id,
+            parent_span_id: ids.span_id,
+            link: LinkKind::Connection,
+            remote_sampled: ids.remote_sampled,
+            peer_pid: pid,
+            ..server.ids
+        };
+        self.stats.server_roots -= 1;
+        self.stats.server_by_connection += 1;
+        self.stats.late_clients += 1;
+        a.pid.max(1)
+    }
+
     /// The one server request in flight on thread `tid` of `pid` that began before
     /// `begin_ns`, if the process is linked by thread.
-    fn server_on_thread(&self, pid: u32, tid: u32, begin_ns: u64) -> Result<TraceIds, Unlinked> {
+    fn server_on_thread(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        begin_ns: u64,
+    ) -> Result<TraceIds, Unlinked> {
         match self.processes.get(&pid).map(|p| (p.rule, p.serves)) {
             None => return Err(Unlinked::UnknownProcess),
             Some((_, false)) => return Err(Unlinked::NoServerRequest),
@@ -519,38 +619,53 @@ impl Linker {
         }
         let mut found = self
             .threads
-            .get(&(pid, tid))
+            .get_mut(&(pid, tid))
             .into_iter()
             .flatten()
             .filter(|f| f.begin_ns <= begin_ns);
         match (found.next(), found.next()) {
             (None, _) => Err(Unlinked::NoServerRequest),
-            (Some(f), None) => Ok(f.ids),
+            (Some(f), None) => {
+                f.children += 1;
+                Ok(f.ids)
+            }
             (Some(_), Some(_)) => Err(Unlinked::Ambiguous),
         }
     }
 
     /// A transaction that began with `ids` on thread `tid` of connection `meta` was
-    /// reported (answered, closed, lost): it is no longer in flight. Returns the pid
-    /// of the traced process on the other end that was linked to it (0: none).
-    pub fn end(&mut self, meta: &ConnMeta, side: Side, tid: u32, ids: &TraceIds) -> u32 {
+    /// reported (answered, closed, lost): it is no longer in flight. Returns its final
+    /// ids: a server span may have been adopted by a late client since it began, and
+    /// `peer_pid` says which traced process on the other end it was linked with.
+    pub fn end(&mut self, meta: &ConnMeta, side: Side, tid: u32, ids: &TraceIds) -> TraceIds {
         match side {
             Side::Server => {
                 let key = (meta.pid, tid);
+                let mut last = *ids;
                 if let Some(v) = self.threads.get_mut(&key) {
                     if let Some(at) = v.iter().position(|f| f.span_id() == ids.span_id) {
-                        v.swap_remove(at);
+                        last = v.swap_remove(at).ids;
                         self.entries -= 1;
                     }
                     if v.is_empty() {
                         self.threads.remove(&key);
                     }
                 }
-                ids.peer_pid
+                if let (Some(local), Some(peer)) = (meta.local, meta.peer) {
+                    let ends = (canonical(peer), canonical(local));
+                    if self
+                        .awaiting
+                        .get(&ends)
+                        .is_some_and(|a| a.span_id == ids.span_id)
+                    {
+                        self.awaiting.remove(&ends);
+                    }
+                }
+                last
             }
             Side::Client => {
                 let (Some(local), Some(peer)) = (meta.local, meta.peer) else {
-                    return 0;
+                    return *ids;
                 };
                 let ends = (canonical(local), canonical(peer));
                 let mut taken_by = 0;
@@ -563,7 +678,10 @@ impl Linker {
                         self.clients.remove(&ends);
                     }
                 }
-                taken_by
+                TraceIds {
+                    peer_pid: taken_by,
+                    ..*ids
+                }
             }
         }
     }
@@ -588,5 +706,8 @@ impl Linker {
         });
         self.entries -= removed;
         self.stats.stale += removed as u64;
+        let newest = self.newest_ns;
+        self.awaiting
+            .retain(|_, a| newest.saturating_sub(a.begin_ns) <= LATE_CLIENT_NS);
     }
 }

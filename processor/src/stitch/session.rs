@@ -94,13 +94,13 @@ impl Ctx<'_> {
     ) {
         let m = &*self.meta;
         let side = m.side.unwrap_or(fallback);
-        let mut trace = match timing.trace {
+        let begun = match timing.trace {
             Some(t) => t,
             None => self
                 .linker
                 .begin(m, side, timing.tid, timing.start_mono_ns, 0, None),
         };
-        trace.peer_pid = self.linker.end(m, side, timing.tid, &trace);
+        let trace = self.linker.end(m, side, timing.tid, &begun);
         self.out.push(Transaction {
             pid: m.pid,
             tid: timing.tid,

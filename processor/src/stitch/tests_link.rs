@@ -389,3 +389,61 @@ fn an_unknown_process_is_not_linked_by_thread() {
     assert_eq!(ids(by_path(&txs, 10, "/call")).link, LinkKind::Root);
     assert_eq!(stitcher.link_stats().unlinked(Unlinked::UnknownProcess), 1);
 }
+
+/// On loopback the server's read can be stamped (and seen) just before the client's
+/// send: the server span is still linked when the client's event follows closely.
+#[test]
+fn a_client_event_seen_just_after_its_server_still_links() {
+    let run = |gap_ns: u64, server_calls_first: bool| {
+        let mut s = Script::default();
+        s.process(1, "/usr/bin/curl", "")
+            .process(10, "/usr/bin/python3", "")
+            .conn(1, 100, Role::Client, 40000, 8000)
+            .conn(10, 200, Role::Server, 8000, 40000)
+            .conn(10, 300, Role::Client, 40100, 9000)
+            .data(10, 11, 200, IN, &get("/x"));
+        if server_calls_first {
+            s.data(10, 11, 300, OUT, &get("/call"));
+        }
+        s.t += gap_ns;
+        s.data(1, 1, 100, OUT, &get("/x"));
+        if !server_calls_first {
+            s.data(10, 11, 300, OUT, &get("/call"));
+        }
+        s.data(10, 11, 300, IN, OK)
+            .data(10, 11, 200, OUT, OK)
+            .data(1, 1, 100, IN, OK);
+        s.run()
+    };
+    let (txs, stitcher) = run(500_000, false);
+    let client = ids(by_path(&txs, 1, "/x"));
+    let server = ids(by_path(&txs, 10, "/x"));
+    let call = ids(by_path(&txs, 10, "/call"));
+    assert_eq!(
+        (server.parent_span_id, server.link),
+        (client.span_id, LinkKind::Connection)
+    );
+    assert_eq!((server.trace_id, server.peer_pid), (client.trace_id, 1));
+    assert_eq!(client.peer_pid, 10);
+    assert_eq!(
+        (call.parent_span_id, call.trace_id),
+        (server.span_id, client.trace_id)
+    );
+    let st = stitcher.link_stats();
+    assert_eq!(
+        (st.server_by_connection, st.server_roots, st.late_clients),
+        (1, 0, 1)
+    );
+    assert_eq!(stitcher.linker.entries(), 0);
+
+    // Too late (beyond LATE_CLIENT_NS): not linked.
+    let (txs, _) = run(5_000_000, false);
+    assert_eq!(ids(by_path(&txs, 10, "/x")).link, LinkKind::Root);
+    // The server already linked a call of its own (its trace id was copied): not
+    // linked, never a trace split in two.
+    let (txs, stitcher) = run(1_000, true);
+    let server = ids(by_path(&txs, 10, "/x"));
+    assert_eq!(server.link, LinkKind::Root);
+    assert_eq!(ids(by_path(&txs, 10, "/call")).trace_id, server.trace_id);
+    assert_eq!(stitcher.link_stats().late_clients, 0);
+}

@@ -247,3 +247,63 @@ fn host_header_forms() {
     assert_eq!(host_of("[::1]:8080"), "::1");
     assert_eq!(host_of("10.0.0.1"), "10.0.0.1");
 }
+
+/// Spans linked below a root (by thread, by connection) carry its trace id and its
+/// remote sampled flag: every sampler decides the same for the whole trace.
+#[test]
+fn linked_spans_are_sampled_with_their_root() {
+    use crate::model::{LinkKind, TraceIds};
+    let ids = SeqIds(AtomicU64::new(1));
+    let mut kept = [0usize; 2];
+    for i in 0..400u64 {
+        let trace_id = u128::from(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) << 1 | 1;
+        for remote_sampled in [None, Some(true), Some(false)] {
+            let root = TraceIds {
+                trace_id,
+                span_id: 1,
+                parent_span_id: 0,
+                link: LinkKind::Root,
+                remote_sampled,
+                peer_pid: 0,
+            };
+            let chain = [
+                root,
+                TraceIds {
+                    span_id: 2,
+                    parent_span_id: 1,
+                    link: LinkKind::Thread,
+                    ..root
+                },
+                TraceIds {
+                    span_id: 3,
+                    parent_span_id: 2,
+                    link: LinkKind::Connection,
+                    ..root
+                },
+            ];
+            for sampler in [
+                Sampler::TraceIdRatio(0.5),
+                Sampler::ParentBasedTraceIdRatio(0.5),
+                Sampler::ParentBasedAlwaysOn,
+            ] {
+                let decisions: Vec<bool> = chain
+                    .iter()
+                    .map(|t| {
+                        let mut x = tx(Side::Server, "GET", "/", Some(200));
+                        x.trace = Some(*t);
+                        build_span(&x, None, sampler, &ids).sampled
+                    })
+                    .collect();
+                assert!(
+                    decisions.iter().all(|d| *d == decisions[0]),
+                    "{sampler:?} {remote_sampled:?}: {decisions:?}"
+                );
+                if sampler == Sampler::TraceIdRatio(0.5) && remote_sampled.is_none() {
+                    kept[usize::from(decisions[0])] += 1;
+                }
+            }
+        }
+    }
+    // The ratio keeps some traces and drops others, each whole.
+    assert!(kept[0] > 100 && kept[1] > 100, "{kept:?}");
+}
