@@ -91,8 +91,11 @@ def metrics(req, transport):
                         points.append({"attributes": attrs(p.attributes), "count": p.count,
                                        "sum": p.sum, "bounds": list(p.explicit_bounds),
                                        "bucket_counts": list(p.bucket_counts)})
-                elif kind == "gauge":
-                    for p in m.gauge.data_points:
+                elif kind in ("gauge", "sum"):
+                    data = m.gauge if kind == "gauge" else m.sum
+                    if kind == "sum":
+                        temporality = m.sum.aggregation_temporality
+                    for p in data.data_points:
                         value = p.as_int if p.WhichOneof("value") == "as_int" else p.as_double
                         points.append({"attributes": attrs(p.attributes), "value": value})
                 emit({"transport": transport, "signal": "metrics", "resource": res,

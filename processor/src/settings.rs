@@ -161,6 +161,8 @@ pub struct ExportSettings {
     pub traces_instrumentations: Instrumentations,
     /// `metrics.instrumentations` / `OTEL_EBPF_METRICS_INSTRUMENTATIONS`.
     pub metrics_instrumentations: Instrumentations,
+    /// `metrics.features` / `OTEL_EBPF_METRICS_FEATURES`.
+    pub metrics_features: MetricsFeatures,
 }
 
 impl Default for ExportSettings {
@@ -184,6 +186,7 @@ impl Default for ExportSettings {
             internal_metrics: InternalMetricsSettings::default(),
             traces_instrumentations: Instrumentations::default(),
             metrics_instrumentations: Instrumentations::default(),
+            metrics_features: MetricsFeatures::default(),
         }
     }
 }
@@ -289,6 +292,81 @@ impl Instrumentation {
             .iter()
             .find(|(_, n)| n.eq_ignore_ascii_case(name))
             .map(|(k, _)| *k)
+    }
+}
+
+/// OBI's `metrics.features`: which groups of metrics are made. Default:
+/// `application`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsFeatures {
+    /// `application`: the RED metrics (`http.server.request.duration`, ...).
+    pub application: bool,
+    /// `application_span`: `traces_spanmetrics_*` (calls, latency, sizes).
+    pub span: bool,
+    /// `application_service_graph`: `traces_service_graph_*`.
+    pub service_graph: bool,
+}
+
+impl Default for MetricsFeatures {
+    fn default() -> Self {
+        MetricsFeatures {
+            application: true,
+            span: false,
+            service_graph: false,
+        }
+    }
+}
+
+impl MetricsFeatures {
+    /// OBI's feature names tandem accepts without making their metrics (logged once
+    /// as ignored).
+    pub const NOT_IMPLEMENTED: [&'static str; 7] = [
+        "network",
+        "network_inter_zone",
+        "application_process",
+        "application_host",
+        "application_span_otel",
+        "application_span_sizes",
+        "ebpf",
+    ];
+
+    /// Parses OBI's list (names separated by commas, spaces allowed). Unknown names
+    /// are errors; known ones tandem does not make are returned to be warned about.
+    pub fn parse_list<'a>(
+        items: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(Self, Vec<String>), String> {
+        let mut f = MetricsFeatures {
+            application: false,
+            span: false,
+            service_graph: false,
+        };
+        let mut ignored = Vec::new();
+        for item in items
+            .into_iter()
+            .flat_map(|i| i.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            match item.to_ascii_lowercase().as_str() {
+                "application" => f.application = true,
+                "application_span" => f.span = true,
+                "application_service_graph" => f.service_graph = true,
+                other if Self::NOT_IMPLEMENTED.contains(&other) => ignored.push(other.to_string()),
+                _ => {
+                    return Err(format!(
+                        "unknown metrics feature `{item}`; expected any of application, \
+                         application_span, application_service_graph, {}",
+                        Self::NOT_IMPLEMENTED.join(", ")
+                    ))
+                }
+            }
+        }
+        Ok((f, ignored))
+    }
+
+    /// Whether any metric at all is made.
+    pub fn any(self) -> bool {
+        self.application || self.span || self.service_graph
     }
 }
 

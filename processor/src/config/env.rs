@@ -71,6 +71,10 @@ pub mod vars {
     pub const TRACE_PRINTER: &str = "OTEL_EBPF_TRACE_PRINTER";
     pub const TRACES_INSTRUMENTATIONS: &str = "OTEL_EBPF_TRACES_INSTRUMENTATIONS";
     pub const METRICS_INSTRUMENTATIONS: &str = "OTEL_EBPF_METRICS_INSTRUMENTATIONS";
+    /// `metrics.features`; OBI's per-exporter names are read when it is unset.
+    pub const METRICS_FEATURES: &str = "OTEL_EBPF_METRICS_FEATURES";
+    pub const OTEL_METRICS_FEATURES: &str = "OTEL_EBPF_OTEL_METRICS_FEATURES";
+    pub const PROMETHEUS_FEATURES: &str = "OTEL_EBPF_PROMETHEUS_FEATURES";
     pub const LOG_LEVEL: &str = "OTEL_EBPF_LOG_LEVEL";
     pub const PROMETHEUS_PORT: &str = "OTEL_EBPF_PROMETHEUS_PORT";
     pub const PROMETHEUS_PATH: &str = "OTEL_EBPF_PROMETHEUS_PATH";

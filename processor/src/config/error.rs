@@ -54,6 +54,17 @@ impl fmt::Display for FileError {
 }
 
 impl ConfigError {
+    /// A bad value of `key` in `file` (no line known: the value was read already).
+    pub(crate) fn file_key(file: Option<PathBuf>, key: &str, message: impl Into<String>) -> Self {
+        ConfigError::File(FileError {
+            file: file.unwrap_or_default(),
+            key: Some(key.to_string()),
+            line: None,
+            column: None,
+            message: message.into(),
+        })
+    }
+
     pub(crate) fn env(var: &str, message: impl Into<String>) -> Self {
         ConfigError::Env {
             var: var.to_string(),

@@ -48,7 +48,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "otel_metrics_export.extra_span_resource_attributes",
     // prometheus_export
     "prometheus_export.disable_build_info",
-    "prometheus_export.features",
     "prometheus_export.buckets",
     "prometheus_export.ttl",
     "prometheus_export.service_cache_size",
@@ -239,8 +238,8 @@ pub(crate) struct PrometheusSection {
     pub path: Option<String>,
     #[serde(rename = "disable_build_info")]
     _disable_build_info: Ignored,
-    #[serde(rename = "features")]
-    _features: Ignored,
+    /// OBI's older per-exporter `metrics.features`.
+    pub features: Option<Vec<String>>,
     /// OBI's instrumentation switches.
     pub instrumentations: Option<V<Instrumentations>>,
     #[serde(rename = "buckets")]

@@ -65,7 +65,7 @@ pub use file::{InstrumentSelector, IGNORED_KEYS};
 pub use values::{KubeEnable, LogLevel};
 
 use crate::settings::{
-    ExportSettings, InternalMetricsSettings, RoutesSettings, Sampler, TracePrinter,
+    ExportSettings, InternalMetricsSettings, MetricsFeatures, RoutesSettings, Sampler, TracePrinter,
 };
 use env::setting;
 use file::FileConfig;
@@ -104,6 +104,9 @@ pub struct Config {
     /// `metrics.features` (or the deprecated `otel_metrics_export.features`); default
     /// `["application"]`.
     pub metrics_features: Vec<String>,
+    /// Features of `metrics_features` (or its variable) tandem accepts but does not
+    /// make (`network`, ...), warned about.
+    pub metrics_features_ignored: Vec<String>,
     pub kubernetes: Kubernetes,
     /// `log_level` / `OTEL_EBPF_LOG_LEVEL`; `None` leaves the caller's default.
     pub log_level: Option<LogLevel>,
@@ -190,6 +193,7 @@ impl Default for Config {
                 ..ExportSettings::default()
             },
             metrics_features: vec!["application".to_string()],
+            metrics_features_ignored: Vec::new(),
             kubernetes: Kubernetes::default(),
             log_level: None,
             ignored_keys: Vec::new(),
@@ -349,6 +353,43 @@ impl Config {
             None => BTreeMap::new(),
         };
 
+        // `metrics.features`: the variable (or OBI's per-exporter ones), else the file's
+        // `metrics.features` (or the per-exporter sections'), else `application`.
+        let feature_env = [
+            vars::METRICS_FEATURES,
+            vars::OTEL_METRICS_FEATURES,
+            vars::PROMETHEUS_FEATURES,
+        ]
+        .into_iter()
+        .find_map(|name| setting(env, name).map(|v| (name, v)));
+        let file_features = f
+            .metrics
+            .features
+            .clone()
+            .map(|v| ("metrics.features", v))
+            .or_else(|| {
+                f.otel_metrics_export
+                    .features
+                    .clone()
+                    .map(|v| ("otel_metrics_export.features", v))
+            })
+            .or_else(|| {
+                f.prometheus_export
+                    .features
+                    .clone()
+                    .map(|v| ("prometheus_export.features", v))
+            });
+        let (metrics_features, ignored_features) = match (&feature_env, &file_features) {
+            (Some((name, text)), _) => MetricsFeatures::parse_list([text.as_str()])
+                .map_err(|m| ConfigError::env(name, m))?,
+            (None, Some((key, list))) => {
+                MetricsFeatures::parse_list(list.iter().map(String::as_str))
+                    .map_err(|m| ConfigError::file_key(file.clone(), key, m))?
+            }
+            (None, None) => (MetricsFeatures::default(), Vec::new()),
+        };
+        let metrics_features_ignored = ignored_features;
+
         let prometheus_port = from_env::<u16>(env, vars::PROMETHEUS_PORT)?
             .or(f.prometheus_export.port.map(|v| v.0))
             .filter(|p| *p != 0);
@@ -401,6 +442,7 @@ impl Config {
                 .or(f.otel_metrics_export.instrumentations.map(|v| v.0))
                 .or(f.prometheus_export.instrumentations.map(|v| v.0))
                 .unwrap_or_default(),
+            metrics_features,
         };
 
         let kubernetes = Kubernetes {
@@ -443,11 +485,8 @@ impl Config {
                 .max_path_segment_cardinality
                 .map_or(d.routes_max_path_segment_cardinality, |v| v.0),
             export,
-            metrics_features: f
-                .metrics
-                .features
-                .or(f.otel_metrics_export.features)
-                .unwrap_or(d.metrics_features),
+            metrics_features: file_features.map(|(_, v)| v).unwrap_or(d.metrics_features),
+            metrics_features_ignored,
             kubernetes,
             log_level: from_env::<LogLevel>(env, vars::LOG_LEVEL)?.or(f.log_level.map(|v| v.0)),
             ignored_keys,
@@ -529,6 +568,12 @@ impl Config {
                 format!("{file}: `{k}` is an OBI setting tandem does not implement yet; ignored")
             })
             .collect();
+        for feature in &self.metrics_features_ignored {
+            out.push(format!(
+                "metrics feature `{feature}` is an OBI feature tandem does not implement yet; \
+                 ignored"
+            ));
+        }
         for (i, e) in self.discovery.instrument.iter().enumerate() {
             if kubernetes_discovery && e.has_kubernetes_criteria() {
                 continue;

@@ -222,7 +222,44 @@ attributes:
     );
     assert_eq!(s.exe_globs, vec!["*/nginx"]);
     assert_eq!(s.pids, vec![42]);
-    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    // `network` is OBI's and accepted, with one warning naming it.
+    assert_eq!(
+        c.warnings(),
+        vec!["metrics feature `network` is an OBI feature tandem does not implement yet; ignored"]
+    );
+    assert_eq!(
+        c.export.metrics_features,
+        crate::settings::MetricsFeatures::default()
+    );
+}
+
+#[test]
+fn metrics_features_from_the_variable_and_the_file() {
+    use crate::settings::MetricsFeatures;
+    let c = ok(
+        "metrics:\n  features: [application_span]\n",
+        &[(
+            "OTEL_EBPF_METRICS_FEATURES",
+            "application, application_service_graph",
+        )],
+    );
+    assert_eq!(
+        c.export.metrics_features,
+        MetricsFeatures {
+            application: true,
+            span: false,
+            service_graph: true
+        }
+    );
+    let c = ok(
+        "prometheus_export:\n  features: [application_span]\n",
+        &[("OTEL_EBPF_METRICS_FEATURES", "")],
+    );
+    assert!(c.export.metrics_features.span && !c.export.metrics_features.application);
+    let e = file_error("metrics:\n  features: [network, bogus]\n", &[("X", "")]);
+    assert_eq!(e.key.as_deref(), Some("metrics.features"));
+    assert!(e.message.contains("unknown metrics feature `bogus`"), "{e}");
+    assert!(e.message.contains("application_service_graph"), "{e}");
 }
 
 // --- errors in the file --------------------------------------------------------

@@ -23,7 +23,7 @@ use crate::export::printer::Printer;
 use crate::export::sink::{self, Internal, Sink, SinkError, SinkReport};
 use crate::export::traces::TraceExportCounts;
 use crate::model::{Exchange, Transaction};
-use crate::settings::{ExportSettings, Instrumentations, RoutesSettings, Sampler};
+use crate::settings::{ExportSettings, Instrumentations, MetricsFeatures, RoutesSettings, Sampler};
 
 use self::metrics::MetricsRegistry;
 use self::resource::{ProcessMap, ResourceSettings};
@@ -140,6 +140,7 @@ pub struct Pipeline {
     stats: PipelineStats,
     traces_instrumentations: Instrumentations,
     metrics_instrumentations: Instrumentations,
+    metrics_features: MetricsFeatures,
 }
 
 impl Pipeline {
@@ -197,7 +198,11 @@ impl Pipeline {
         // Metrics are recorded when something reads them: the OTLP push, the
         // Prometheus scrape, or both.
         let metrics = registry.or_else(|| {
-            sink::wants_metrics(export).then(|| Arc::new(Mutex::new(MetricsRegistry::default())))
+            sink::wants_metrics(export).then(|| {
+                Arc::new(Mutex::new(MetricsRegistry::with_features(
+                    export.metrics_features,
+                )))
+            })
         });
         let sinks = sink::build(export, printer, metrics.as_ref(), internal)?;
         Self::from_parts(routes, export, processes, metrics, sinks)
@@ -224,6 +229,11 @@ impl Pipeline {
         sinks: Vec<Box<dyn Sink>>,
     ) -> Result<Self, PipelineError> {
         let router = Router::new(routes)?;
+        if let Some(m) = &metrics {
+            if let Ok(mut m) = m.lock() {
+                m.set_features(export.metrics_features);
+            }
+        }
         let prometheus = sinks.iter().find_map(|s| s.local_addr());
         let reads_spans = sinks.iter().any(|s| s.reads_spans());
         info!(
@@ -247,6 +257,7 @@ impl Pipeline {
             stats: PipelineStats::default(),
             traces_instrumentations: export.traces_instrumentations.clone(),
             metrics_instrumentations: export.metrics_instrumentations.clone(),
+            metrics_features: export.metrics_features,
         })
     }
 
@@ -312,8 +323,14 @@ impl Pipeline {
         } else if routed.as_ref().is_some_and(|r| r.ignore_metrics) {
             self.stats.ignored_metrics += 1;
         } else if let Some(m) = &self.metrics {
+            // The traced process on the other end, for the service graph's names.
+            let peer = tx
+                .trace
+                .map(|t| t.peer_pid)
+                .filter(|p| *p != 0 && self.metrics_features.service_graph)
+                .map(|p| self.processes.get(p));
             if let Ok(mut m) = m.lock() {
-                m.record(&process, tx, route);
+                m.record_linked(&process, tx, route, peer.as_deref());
             }
         }
         if !self.traces_instrumentations.is_enabled(kind) {

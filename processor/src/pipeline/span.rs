@@ -212,17 +212,7 @@ fn http_span(
     let route = route.filter(|_| is_server);
 
     let grpc = GrpcCall::of(h);
-    let name: Cow<'static, str> = match (known, route) {
-        _ if grpc.is_some() => grpc
-            .as_ref()
-            .map(|c| c.path.clone())
-            .unwrap_or_default()
-            .into(),
-        (Some(m), Some(r)) => format!("{m} {r}").into(),
-        (None, Some(r)) => format!("HTTP {r}").into(),
-        (Some(m), None) => Cow::Borrowed(m),
-        (None, None) => Cow::Borrowed("HTTP"),
-    };
+    let name = http_span_name(h, route, grpc.as_ref());
 
     let ids = SpanIds::of(
         tx,
@@ -380,6 +370,49 @@ impl SpanIds {
             remote: matches!(link, LinkKind::TraceParent | LinkKind::Connection),
             sampled,
         }
+    }
+}
+
+/// The span name of `tx` (`route`: an HTTP server request's `http.route`): as its
+/// span is named (see the module documentation and `pipeline/db.rs`).
+pub fn span_name(tx: &Transaction, route: Option<&Arc<str>>) -> Cow<'static, str> {
+    match &tx.exchange {
+        Exchange::Http(h) => http_span_name(
+            h,
+            route.filter(|_| tx.side == Side::Server),
+            GrpcCall::of(h).as_ref(),
+        ),
+        Exchange::Db(op) => crate::pipeline::db::span_name(op).into(),
+    }
+}
+
+/// Whether `tx`'s span has an error status.
+pub fn span_failed(tx: &Transaction) -> bool {
+    match &tx.exchange {
+        Exchange::Http(h) => match GrpcCall::of(h) {
+            Some(call) => call.error_type(tx.side).is_some(),
+            None => error_type(tx.side, h).is_some(),
+        },
+        Exchange::Db(op) => crate::pipeline::db::db_error_type(tx, op).is_some(),
+    }
+}
+
+/// `route` only for server spans (the caller filters).
+fn http_span_name(
+    h: &HttpExchange,
+    route: Option<&Arc<str>>,
+    grpc: Option<&GrpcCall>,
+) -> Cow<'static, str> {
+    let known: Option<&'static str> = KNOWN_METHODS
+        .iter()
+        .copied()
+        .find(|m| *m == h.request.method);
+    match (known, route) {
+        _ if grpc.is_some() => grpc.map(|c| c.path.clone()).unwrap_or_default().into(),
+        (Some(m), Some(r)) => format!("{m} {r}").into(),
+        (None, Some(r)) => format!("HTTP {r}").into(),
+        (Some(m), None) => Cow::Borrowed(m),
+        (None, None) => Cow::Borrowed("HTTP"),
     }
 }
 

@@ -7,17 +7,26 @@
 //! | RPC server / client | `rpc.server.call.duration`, `rpc.client.call.duration` (s) | `rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`, `error.type`, `server.port` (+ `server.address` on clients) |
 //! | database client | `db.client.operation.duration` (s) | `db.system.name`, `db.namespace`, `db.operation.name`, `db.collection.name`, `db.response.status_code`, `error.type` |
 //!
+//! | span metrics (`metrics.features: application_span`) | `traces_spanmetrics_latency` (s), `traces_spanmetrics_calls_total`, `traces_spanmetrics_size_total`, `traces_spanmetrics_response_size_total` (bytes) | `service.name`, `service.namespace`, `span.name`, `span.kind` (`SPAN_KIND_SERVER`, `SPAN_KIND_CLIENT`), `status.code` (`STATUS_CODE_UNSET`, `STATUS_CODE_ERROR`), `source` (`tandem`) |
+//! | service graph (`application_service_graph`) | `traces_service_graph_request_client` (s, client spans), `traces_service_graph_request_server` (s, server spans), `traces_service_graph_request_total`, `traces_service_graph_request_failed_total` | `client`, `server` (service names: the process's own, and the other end's when this processor traced it and linked the two spans; else the other end's address), `client_service_namespace`, `server_service_namespace` (when known), `source` |
+//!
+//! As in OBI, the span and service graph metrics count every span of either side:
+//! a request between two traced processes counts once in
+//! `traces_service_graph_request_client` (the client's span), once in `_server`
+//! (the server's) and twice in `_total`.
+//!
 //! The raw path never is an attribute. Every transaction counts, sampled or not;
 //! database operations are measured on the client side only (the conventions define
 //! no server-side database metric).
 
 use std::sync::Arc;
 
-use opentelemetry::{KeyValue, Value};
+use opentelemetry::{Key, KeyValue, Value};
 
 use crate::model::{DbOperation, Exchange, HttpExchange, Side, Transaction, KNOWN_METHODS};
 use crate::pipeline::grpc::{self, GrpcCall};
-use crate::pipeline::span::{error_type, host_of};
+use crate::pipeline::resource::ProcessResource;
+use crate::pipeline::span::{error_type, host_of, span_failed, span_name};
 
 use super::data::{Descriptor, Kind, Number};
 
@@ -65,6 +74,14 @@ pub enum Measure {
     Duration,
     RequestBody,
     ResponseBody,
+    /// 1 per transaction (counters of calls).
+    One,
+    /// 1 per failed transaction.
+    Failed,
+    /// The duration, of client spans only.
+    ClientDuration,
+    /// The duration, of server spans only.
+    ServerDuration,
 }
 
 const fn duration(name: &'static str, description: &'static str) -> Instrument {
@@ -91,9 +108,84 @@ pub enum Family {
     RpcServer,
     RpcClient,
     DbClient,
+    SpanMetrics,
+    ServiceGraph,
 }
 
-pub const FAMILIES: usize = 5;
+pub const FAMILIES: usize = 7;
+
+/// A counter kept as a histogram without buckets (its sum is the total).
+const fn counter(name: &'static str, description: &'static str, measure: Measure) -> Instrument {
+    Instrument {
+        descriptor: Descriptor {
+            name,
+            unit: "",
+            description,
+            kind: Kind::Counter,
+            number: Number::Int,
+        },
+        bounds: &[],
+        measure,
+    }
+}
+
+static SPAN_METRICS: [Instrument; 4] = [
+    Instrument {
+        // OBI's name, without a unit (Prometheus: no `_seconds` suffix).
+        descriptor: histogram(
+            "traces_spanmetrics_latency",
+            "",
+            "Duration of spans, in seconds.",
+            Number::Double,
+        ),
+        bounds: &DURATION_BUCKETS,
+        measure: Measure::Duration,
+    },
+    counter("traces_spanmetrics_calls_total", "Spans.", Measure::One),
+    counter(
+        "traces_spanmetrics_size_total",
+        "Request body bytes of spans.",
+        Measure::RequestBody,
+    ),
+    counter(
+        "traces_spanmetrics_response_size_total",
+        "Response body bytes of spans.",
+        Measure::ResponseBody,
+    ),
+];
+
+static SERVICE_GRAPH: [Instrument; 4] = [
+    Instrument {
+        descriptor: histogram(
+            "traces_service_graph_request_client",
+            "s",
+            "Duration of requests between two services, seen from the client.",
+            Number::Double,
+        ),
+        bounds: &DURATION_BUCKETS,
+        measure: Measure::ClientDuration,
+    },
+    Instrument {
+        descriptor: histogram(
+            "traces_service_graph_request_server",
+            "s",
+            "Duration of requests between two services, seen from the server.",
+            Number::Double,
+        ),
+        bounds: &DURATION_BUCKETS,
+        measure: Measure::ServerDuration,
+    },
+    counter(
+        "traces_service_graph_request_total",
+        "Requests between two services (each traced side counts).",
+        Measure::One,
+    ),
+    counter(
+        "traces_service_graph_request_failed_total",
+        "Failed requests between two services (each traced side counts).",
+        Measure::Failed,
+    ),
+];
 
 static HTTP_SERVER: [Instrument; 3] = [
     duration(
@@ -158,6 +250,8 @@ impl Family {
             Family::RpcServer => &RPC_SERVER,
             Family::RpcClient => &RPC_CLIENT,
             Family::DbClient => &DB_CLIENT,
+            Family::SpanMetrics => &SPAN_METRICS,
+            Family::ServiceGraph => &SERVICE_GRAPH,
         }
     }
 
@@ -172,6 +266,8 @@ impl Family {
         Family::RpcServer,
         Family::RpcClient,
         Family::DbClient,
+        Family::SpanMetrics,
+        Family::ServiceGraph,
     ];
 }
 
@@ -183,6 +279,8 @@ pub struct Observation {
     pub duration_secs: f64,
     pub request_body: Option<u64>,
     pub response_body: Option<u64>,
+    pub side: Side,
+    pub failed: bool,
 }
 
 impl Observation {
@@ -191,6 +289,10 @@ impl Observation {
             Measure::Duration => Some(self.duration_secs),
             Measure::RequestBody => self.request_body.map(|v| v as f64),
             Measure::ResponseBody => self.response_body.map(|v| v as f64),
+            Measure::One => Some(1.0),
+            Measure::Failed => self.failed.then_some(1.0),
+            Measure::ClientDuration => (self.side == Side::Client).then_some(self.duration_secs),
+            Measure::ServerDuration => (self.side == Side::Server).then_some(self.duration_secs),
         }
     }
 }
@@ -216,6 +318,8 @@ pub fn observe(
                     duration_secs: tx.duration_secs(),
                     request_body: None,
                     response_body: None,
+                    side: tx.side,
+                    failed: false,
                 }
             }
             None => {
@@ -228,6 +332,8 @@ pub fn observe(
                     duration_secs: tx.duration_secs(),
                     request_body: Some(h.request.body_size),
                     response_body: h.response.as_ref().map(|r| r.body_size),
+                    side: tx.side,
+                    failed: false,
                 }
             }
         }),
@@ -238,6 +344,8 @@ pub fn observe(
                 duration_secs: tx.duration_secs(),
                 request_body: None,
                 response_body: None,
+                side: tx.side,
+                failed: false,
             })
         }
         Exchange::Db(_) => None,
@@ -294,4 +402,103 @@ pub fn http_attributes(
 /// The bounded attributes of `db.client.operation.duration`.
 pub fn db_attributes(tx: &Transaction, op: &DbOperation) -> Vec<KeyValue> {
     crate::pipeline::db::db_metric_attributes(tx, op)
+}
+
+/// The observation of `tx` for span metrics (`family` = [`Family::SpanMetrics`]) or
+/// the service graph ([`Family::ServiceGraph`]); attributes written to `attrs`.
+/// `own` is the process's resource, `peer` the traced process on the other end
+/// when the two spans were linked.
+pub fn observe_span(
+    family: Family,
+    tx: &Transaction,
+    route: Option<&Arc<str>>,
+    own: &ProcessResource,
+    peer: Option<&ProcessResource>,
+    attrs: &mut Vec<KeyValue>,
+) -> Observation {
+    attrs.clear();
+    let namespace = |p: &ProcessResource| {
+        p.resource
+            .get(&Key::from_static_str("service.namespace"))
+            .map(|v| v.as_str().into_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let failed = span_failed(tx);
+    match family {
+        Family::ServiceGraph => {
+            // The other end: its service name when traced and linked, else its
+            // address (the server: the Host header's host, else its IP).
+            let other = match peer {
+                Some(p) => p.service_name.clone(),
+                None => match (&tx.exchange, tx.side) {
+                    (Exchange::Http(h), Side::Client) => h
+                        .request
+                        .header("host")
+                        .map(|v| host_of(v).to_string())
+                        .filter(|v| !v.is_empty())
+                        .or_else(|| tx.peer.map(|a| crate::model::ip_text(a.ip())))
+                        .unwrap_or_default(),
+                    _ => tx
+                        .peer
+                        .map(|a| crate::model::ip_text(a.ip()))
+                        .unwrap_or_default(),
+                },
+            };
+            let own_ns = namespace(own);
+            let other_ns = peer.and_then(namespace);
+            let (client, client_ns, server, server_ns) = match tx.side {
+                Side::Client => (own.service_name.clone(), own_ns, other, other_ns),
+                Side::Server => (other, other_ns, own.service_name.clone(), own_ns),
+            };
+            attrs.push(KeyValue::new("client", client));
+            if let Some(ns) = client_ns {
+                attrs.push(KeyValue::new("client_service_namespace", ns));
+            }
+            attrs.push(KeyValue::new("server", server));
+            if let Some(ns) = server_ns {
+                attrs.push(KeyValue::new("server_service_namespace", ns));
+            }
+        }
+        _ => {
+            attrs.push(KeyValue::new("service.name", own.service_name.clone()));
+            if let Some(ns) = namespace(own) {
+                attrs.push(KeyValue::new("service.namespace", ns));
+            }
+            attrs.push(KeyValue::new(
+                "span.name",
+                span_name(tx, route).into_owned(),
+            ));
+            attrs.push(KeyValue::new(
+                "span.kind",
+                match tx.side {
+                    Side::Server => "SPAN_KIND_SERVER",
+                    Side::Client => "SPAN_KIND_CLIENT",
+                },
+            ));
+            attrs.push(KeyValue::new(
+                "status.code",
+                if failed {
+                    "STATUS_CODE_ERROR"
+                } else {
+                    "STATUS_CODE_UNSET"
+                },
+            ));
+        }
+    }
+    attrs.push(KeyValue::new("source", "tandem"));
+    let (request_body, response_body) = match &tx.exchange {
+        Exchange::Http(h) => (
+            Some(h.request.body_size),
+            Some(h.response.as_ref().map_or(0, |r| r.body_size)),
+        ),
+        Exchange::Db(_) => (Some(0), Some(0)),
+    };
+    Observation {
+        family,
+        duration_secs: tx.duration_secs(),
+        request_body,
+        response_body,
+        side: tx.side,
+        failed,
+    }
 }

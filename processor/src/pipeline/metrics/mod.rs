@@ -32,6 +32,7 @@ use opentelemetry::{KeyValue, Value};
 use crate::export::encode::unix_nanos;
 use crate::model::Transaction;
 use crate::pipeline::resource::{ProcessResource, Resource};
+use crate::settings::MetricsFeatures;
 use crate::stitch::{FastMap, KeyHasher};
 
 pub use data::{
@@ -151,7 +152,10 @@ impl ProcessMetrics {
                         let h = s.histograms.get(i)?;
                         (h.count > 0).then(|| SeriesData {
                             attributes: s.attributes.clone(),
-                            point: Point::Histogram(h.clone()),
+                            point: match instrument.descriptor.kind {
+                                Kind::Counter => Point::Counter(h.sum),
+                                _ => Point::Histogram(h.clone()),
+                            },
                             start_unix_ns: s.start_unix_ns,
                         })
                     })
@@ -209,6 +213,8 @@ pub struct MetricsRegistry {
     own: Option<OwnMetrics>,
     /// The attributes of the transaction being recorded (reused).
     scratch: Vec<KeyValue>,
+    /// Which metrics are made (`metrics.features`).
+    features: MetricsFeatures,
 }
 
 fn now_unix_ns() -> u64 {
@@ -216,6 +222,19 @@ fn now_unix_ns() -> u64 {
 }
 
 impl MetricsRegistry {
+    /// A registry making the metrics of `features`.
+    pub fn with_features(features: MetricsFeatures) -> Self {
+        MetricsRegistry {
+            features,
+            ..MetricsRegistry::default()
+        }
+    }
+
+    /// Which metrics are made from now on.
+    pub fn set_features(&mut self, features: MetricsFeatures) {
+        self.features = features;
+    }
+
     /// Records one transaction of `process`, any protocol (`route`: an HTTP
     /// server request's `http.route`).
     pub fn record(
@@ -224,22 +243,53 @@ impl MetricsRegistry {
         tx: &Transaction,
         route: Option<&Arc<str>>,
     ) {
+        self.record_linked(process, tx, route, None);
+    }
+
+    /// [`MetricsRegistry::record`], with `peer`: the traced process on the other
+    /// end of the connection, when the two spans were linked (service graph names).
+    pub fn record_linked(
+        &mut self,
+        process: &Arc<ProcessResource>,
+        tx: &Transaction,
+        route: Option<&Arc<str>>,
+        peer: Option<&ProcessResource>,
+    ) {
         let mut attrs = std::mem::take(&mut self.scratch);
-        let Some(obs) = families::observe(tx, route, &mut attrs) else {
-            self.scratch = attrs;
-            return;
-        };
+        if self.features.application {
+            if let Some(obs) = families::observe(tx, route, &mut attrs) {
+                self.add(process, tx, &obs, &attrs);
+            }
+        }
+        for (on, family) in [
+            (self.features.span, Family::SpanMetrics),
+            (self.features.service_graph, Family::ServiceGraph),
+        ] {
+            if on {
+                let obs = families::observe_span(family, tx, route, process, peer, &mut attrs);
+                self.add(process, tx, &obs, &attrs);
+            }
+        }
+        attrs.clear();
+        self.scratch = attrs;
+    }
+
+    fn add(
+        &mut self,
+        process: &Arc<ProcessResource>,
+        tx: &Transaction,
+        obs: &families::Observation,
+        attrs: &[KeyValue],
+    ) {
         let now = tx.end_unix_ns();
         let family = obs.family;
         let meters = self.meters(process);
-        let series = meters.families[family.index()].series(family, &attrs, now);
+        let series = meters.families[family.index()].series(family, attrs, now);
         for (h, instrument) in series.histograms.iter_mut().zip(family.instruments()) {
             if let Some(v) = obs.value(instrument.measure) {
                 h.record(v);
             }
         }
-        attrs.clear();
-        self.scratch = attrs;
     }
 
     fn meters(&mut self, process: &Arc<ProcessResource>) -> &mut ProcessMetrics {

@@ -186,3 +186,130 @@ fn processes_are_bounded() {
     assert_eq!(reg.collect().len(), MAX_METERED_PROCESSES + 3);
     assert_eq!(reg.collect().len(), MAX_METERED_PROCESSES);
 }
+
+/// `metrics.features: [application_span, application_service_graph]`: OBI's span
+/// metrics and service graph, with the other end's service name when linked.
+#[test]
+fn span_metrics_and_service_graph_follow_the_features() {
+    use crate::model::{LinkKind, TraceIds};
+    let mut procs = ProcessMap::new(ResourceSettings::default());
+    for (pid, exe) in [(42, "/srv/frontend"), (7, "/usr/bin/curl")] {
+        procs.on_started(&tandem_proto::v1::ProcessStarted {
+            pid,
+            exe_path: exe.into(),
+            ..Default::default()
+        });
+    }
+    let (front, curl) = (procs.get(42), procs.get(7));
+    let mut reg = MetricsRegistry::with_features(MetricsFeatures {
+        application: false,
+        span: true,
+        service_graph: true,
+    });
+    let linked = |mut t: Transaction, peer: u32| {
+        t.trace = Some(TraceIds {
+            trace_id: 1,
+            span_id: 2,
+            parent_span_id: 3,
+            link: LinkKind::Connection,
+            remote_sampled: None,
+            peer_pid: peer,
+        });
+        t
+    };
+    // Two requests from curl (linked), one failing; one from an untraced client.
+    let ok = linked(tx(Side::Server, "GET", "/u/1", Some(200)), 7);
+    let failed = linked(tx(Side::Server, "GET", "/u/2", Some(503)), 7);
+    let untraced = tx(Side::Server, "GET", "/u/3", Some(200));
+    let route: Arc<str> = "/u/{id}".into();
+    for t in [&ok, &failed] {
+        reg.record_linked(&front, t, Some(&route), Some(&curl));
+    }
+    reg.record_linked(&front, &untraced, Some(&route), None);
+    let all = reg.collect();
+    assert_eq!(all.len(), 1);
+    let rm = &all[0];
+    let names: Vec<&str> = rm.metrics.iter().map(|m| m.descriptor.name).collect();
+    assert_eq!(
+        names,
+        [
+            "traces_spanmetrics_latency",
+            "traces_spanmetrics_calls_total",
+            "traces_spanmetrics_size_total",
+            "traces_spanmetrics_response_size_total",
+            "traces_service_graph_request_server",
+            "traces_service_graph_request_total",
+            "traces_service_graph_request_failed_total",
+        ],
+        "no application metric, no client histogram (no client span)"
+    );
+    let counter = |name: &str| -> Vec<(Vec<KeyValue>, f64)> {
+        rm.metric(name)
+            .map(|m| {
+                m.series
+                    .iter()
+                    .map(|s| match s.point {
+                        super::Point::Counter(v) => (s.attributes.clone(), v),
+                        _ => panic!("{name} is not a counter"),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let graph = |client: &str| {
+        vec![
+            KeyValue::new("client", client.to_string()),
+            KeyValue::new("server", "frontend"),
+            KeyValue::new("source", "tandem"),
+        ]
+    };
+    let mut total = counter("traces_service_graph_request_total");
+    total.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
+    assert_eq!(total, vec![(graph("10.0.0.2"), 1.0), (graph("curl"), 2.0)]);
+    assert_eq!(
+        counter("traces_service_graph_request_failed_total"),
+        vec![(graph("curl"), 1.0)]
+    );
+    let span_attrs = |status: &str| {
+        vec![
+            KeyValue::new("service.name", "frontend"),
+            KeyValue::new("span.name", "GET /u/{id}"),
+            KeyValue::new("span.kind", "SPAN_KIND_SERVER"),
+            KeyValue::new("status.code", status.to_string()),
+            KeyValue::new("source", "tandem"),
+        ]
+    };
+    let mut calls = counter("traces_spanmetrics_calls_total");
+    calls.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
+    assert_eq!(
+        calls,
+        vec![
+            (span_attrs("STATUS_CODE_ERROR"), 1.0),
+            (span_attrs("STATUS_CODE_UNSET"), 2.0)
+        ]
+    );
+    // The request bodies of the span helper are 12 bytes each.
+    let sizes: f64 = counter("traces_spanmetrics_size_total")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(sizes, 36.0);
+
+    // Prometheus names are OBI's.
+    let text = crate::export::prometheus::render(&all);
+    for line in [
+        "# TYPE traces_spanmetrics_latency histogram",
+        "# TYPE traces_spanmetrics_calls_total counter",
+        "# TYPE traces_service_graph_request_server_seconds histogram",
+        "# TYPE traces_service_graph_request_total counter",
+        "# TYPE traces_service_graph_request_failed_total counter",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    assert!(
+        text.contains(
+            "traces_service_graph_request_total{client=\"curl\",instance=\"-42\",job=\"frontend\",server=\"frontend\",service_name=\"frontend\",source=\"tandem\"} 2"
+        ),
+        "{text}"
+    );
+}
