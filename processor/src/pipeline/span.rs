@@ -27,13 +27,11 @@
 //! * **Times**: the first request byte and the last response byte, converted from
 //!   CLOCK_MONOTONIC with the loader's offset.
 //!
-//! **Not linked**: a client call made while handling a server request is not made a
-//! child of that server span. Transactions reach the pipeline when their response
-//! ends, so a server transaction arrives *after* the client calls it made; linking
-//! would need the stitcher to announce a server request when it starts (pid, tid,
-//! start time) and the client spans to wait for it, and would still be wrong for
-//! runtimes that move requests between threads. Spans of one process are therefore
-//! only linked through `traceparent` headers the application itself propagates.
+//! **Linked**: the ids come from the stitcher (`stitch/link.rs`, given when the
+//! request began): a server span is the child of the client span on the other end of
+//! its connection when this processor traced it, a client span the child of the
+//! server request in flight on its thread for thread-per-request runtimes; a
+//! `traceparent` of the request comes first. See `docs/traces.md`.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
