@@ -66,7 +66,7 @@
 //! never wrong. Entries older than [`STALE_NS`] are forgotten.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 
@@ -76,7 +76,7 @@ use crate::model::{LinkKind, Side, TraceIds};
 use crate::pipeline::span::{parse_traceparent, TraceParent};
 
 use super::session::ConnMeta;
-use super::table::{ConnKey, FastMap};
+use super::table::{ConnKey, FastMap, SeededMap};
 
 /// Most requests in flight remembered for linking.
 pub const MAX_ENTRIES: usize = 65_536;
@@ -279,11 +279,11 @@ pub struct Linker {
     /// Server requests in flight by `(pid, tid)` of the thread that read them.
     threads: FastMap<(u32, u32), Vec<InFlight>>,
     /// Client requests in flight by the connection's ends.
-    clients: HashMap<Ends, VecDeque<Waiting>>,
+    clients: SeededMap<Ends, VecDeque<Waiting>>,
     /// Server requests that began as roots in the last [`LATE_CLIENT_NS`], by the
     /// connection's ends (as the client sees them): their client's event may still
     /// come (see [`Linker::adopt`]).
-    awaiting: HashMap<Ends, Awaiting>,
+    awaiting: SeededMap<Ends, Awaiting>,
     entries: usize,
     newest_ns: u64,
     until_sweep: u32,
@@ -299,8 +299,8 @@ impl Default for Linker {
         Linker {
             processes: FastMap::default(),
             threads: FastMap::default(),
-            clients: HashMap::new(),
-            awaiting: HashMap::new(),
+            clients: SeededMap::default(),
+            awaiting: SeededMap::default(),
             entries: 0,
             newest_ns: 0,
             until_sweep: SWEEP_EVERY,

@@ -63,6 +63,28 @@ impl Hasher for KeyHasher {
 
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
 
+/// [`KeyHasher`] started from a random state, for keys part of which come from the
+/// network (a peer's address and port): their collisions cannot be chosen in advance.
+#[derive(Debug, Clone, Copy)]
+pub struct SeededKeys(u64);
+
+impl Default for SeededKeys {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        SeededKeys(std::collections::hash_map::RandomState::new().hash_one(0u8) | 1)
+    }
+}
+
+impl std::hash::BuildHasher for SeededKeys {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(self.0)
+    }
+}
+
+/// A map whose keys hold network-chosen parts (see [`SeededKeys`]).
+pub type SeededMap<K, V> = HashMap<K, V, SeededKeys>;
+
 /// The table.
 #[derive(Debug)]
 pub struct ConnTable {
