@@ -447,3 +447,62 @@ fn a_client_event_seen_just_after_its_server_still_links() {
     assert_eq!(ids(by_path(&txs, 10, "/call")).trace_id, server.trace_id);
     assert_eq!(stitcher.link_stats().late_clients, 0);
 }
+
+/// gRPC over HTTP/2: both ends of a connection, each stream linked to its own.
+#[test]
+fn http2_streams_link_to_their_own_client_stream() {
+    use crate::protocols::http2::testutil::{headers, settings};
+    use crate::protocols::http2::PREFACE;
+    let req = |stream: u32, path: &str| {
+        headers(
+            stream,
+            true,
+            &[
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", path),
+                (":authority", "localhost:50051"),
+                ("content-type", "application/grpc"),
+            ],
+        )
+    };
+    let mut client = PREFACE.to_vec();
+    client.extend(settings());
+    client.extend(req(1, "/a.S/One"));
+    client.extend(req(3, "/a.S/Two"));
+    let mut answers = settings();
+    answers.extend(headers(
+        3,
+        false,
+        &[(":status", "200"), ("content-type", "application/grpc")],
+    ));
+    answers.extend(headers(3, true, &[("grpc-status", "0")]));
+    answers.extend(headers(
+        1,
+        false,
+        &[(":status", "200"), ("content-type", "application/grpc")],
+    ));
+    answers.extend(headers(1, true, &[("grpc-status", "0")]));
+    let mut s = Script::default();
+    s.process(1, "/usr/bin/grpc-client", "")
+        .process(10, "/usr/bin/grpc-server", "")
+        .conn(1, 100, Role::Client, 40000, 50051)
+        .conn(10, 200, Role::Server, 50051, 40000)
+        .data(1, 2, 100, OUT, &client)
+        .data(10, 11, 200, IN, &client)
+        .data(10, 12, 200, OUT, &answers)
+        .data(1, 2, 100, IN, &answers);
+    let (txs, stitcher) = s.run();
+    assert_eq!(txs.len(), 4, "{txs:#?}");
+    for path in ["/a.S/One", "/a.S/Two"] {
+        let client = ids(by_path(&txs, 1, path));
+        let server = ids(by_path(&txs, 10, path));
+        assert_eq!(
+            (server.parent_span_id, server.trace_id, server.link),
+            (client.span_id, client.trace_id, LinkKind::Connection),
+            "{path}"
+        );
+    }
+    assert_eq!(stitcher.link_stats().server_by_connection, 2);
+    assert_eq!(stitcher.linker.entries(), 0);
+}
