@@ -61,6 +61,20 @@ impl Receiver {
 
     /// A receiver on the given ports (0: ephemeral), once both listen.
     pub fn start_on(grpc_port: u16, http_port: u16) -> Receiver {
+        Self::start_with(grpc_port, http_port, &[])
+    }
+
+    /// A receiver listening with TLS on both ports (ephemeral): `cert`/`key` its
+    /// certificate; with `client_ca`, clients must present a certificate it signed.
+    pub fn start_tls(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Receiver {
+        let mut env = vec![("RECEIVER_TLS_CERT", cert), ("RECEIVER_TLS_KEY", key)];
+        if let Some(ca) = client_ca {
+            env.push(("RECEIVER_CLIENT_CA", ca));
+        }
+        Self::start_with(0, 0, &env)
+    }
+
+    fn start_with(grpc_port: u16, http_port: u16, env: &[(&str, &Path)]) -> Receiver {
         let probe = Command::new("python3")
             .args(["-c", "import grpc, opentelemetry.proto"])
             .output()
@@ -76,6 +90,9 @@ impl Receiver {
             .arg(receiver_script())
             .arg(grpc_port.to_string())
             .arg(http_port.to_string());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let process = Running::spawn(cmd, "otlp_receiver.py");
         let Some(ready) = process.stdout.next(PATIENCE) else {
             panic!(

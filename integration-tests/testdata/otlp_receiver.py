@@ -22,6 +22,8 @@ Runs until killed (SIGTERM, SIGKILL).
 """
 import gzip
 import json
+import os
+import ssl
 import sys
 import threading
 from concurrent import futures
@@ -160,12 +162,37 @@ class Http(BaseHTTPRequestHandler):
 
 def main():
     grpc_port, http_port = (int(p) for p in sys.argv[1:3]) if len(sys.argv) >= 3 else (0, 0)
+    # TLS (both ports) when RECEIVER_TLS_CERT and RECEIVER_TLS_KEY name PEM files;
+    # with RECEIVER_CLIENT_CA too, clients must present a certificate it signed.
+    cert, key = os.environ.get("RECEIVER_TLS_CERT"), os.environ.get("RECEIVER_TLS_KEY")
+    client_ca = os.environ.get("RECEIVER_CLIENT_CA")
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
-    grpc_port = server.add_insecure_port("127.0.0.1:%d" % grpc_port)
+    if cert:
+        with open(cert, "rb") as f:
+            cert_pem = f.read()
+        with open(key, "rb") as f:
+            key_pem = f.read()
+        ca_pem = None
+        if client_ca:
+            with open(client_ca, "rb") as f:
+                ca_pem = f.read()
+        creds = grpc.ssl_server_credentials(
+            [(key_pem, cert_pem)], root_certificates=ca_pem,
+            require_client_auth=bool(client_ca))
+        grpc_port = server.add_secure_port("127.0.0.1:%d" % grpc_port, creds)
+    else:
+        grpc_port = server.add_insecure_port("127.0.0.1:%d" % grpc_port)
     server.start()
     http = ThreadingHTTPServer(("127.0.0.1", http_port), Http)
+    if cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        if client_ca:
+            ctx.load_verify_locations(client_ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        http.socket = ctx.wrap_socket(http.socket, server_side=True)
     threading.Thread(target=http.serve_forever, daemon=True).start()
     with lock:
         sys.stdout.write("READY %d %d\n" % (grpc_port, http.server_address[1]))

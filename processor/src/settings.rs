@@ -114,6 +114,8 @@ pub struct OtlpSignal {
     pub timeout: Option<Duration>,
     pub compression: Option<Compression>,
     pub backoff: Backoff,
+    /// `https://` endpoints: CA file, client certificate, `insecure_skip_verify`.
+    pub tls: crate::export::transport::TlsSettings,
 }
 
 /// `trace_printer` / `OTEL_EBPF_TRACE_PRINTER`.

@@ -34,11 +34,9 @@ pub const IGNORED_KEYS: &[&str] = &[
     "injector",
     "stats",
     // otel_traces_export
-    "otel_traces_export.insecure_skip_verify",
     "otel_traces_export.reporters_cache_len",
     "otel_traces_export.otel_sdk_log_level",
     // otel_metrics_export
-    "otel_metrics_export.insecure_skip_verify",
     "otel_metrics_export.buckets",
     "otel_metrics_export.histogram_aggregation",
     "otel_metrics_export.reporters_cache_len",
@@ -148,8 +146,8 @@ pub(crate) struct TracesSection {
     pub queue_size: Option<V<usize>>,
     /// OBI's instrumentation switches.
     pub instrumentations: Option<V<Instrumentations>>,
-    #[serde(rename = "insecure_skip_verify")]
-    _insecure_skip_verify: Ignored,
+    /// Do not verify the collector's TLS certificate.
+    pub insecure_skip_verify: Option<bool>,
     pub max_export_batch_size: Option<V<usize>>,
     /// Newer OBI's name for `max_export_batch_size`.
     pub batch_max_size: Option<V<usize>>,
@@ -184,8 +182,8 @@ pub(crate) struct MetricsSection {
     pub interval: Option<V<GoDuration>>,
     /// Deprecated in OBI for `metrics.features`.
     pub features: Option<Vec<String>>,
-    #[serde(rename = "insecure_skip_verify")]
-    _insecure_skip_verify: Ignored,
+    /// Do not verify the collector's TLS certificate.
+    pub insecure_skip_verify: Option<bool>,
     #[serde(rename = "buckets")]
     _buckets: Ignored,
     #[serde(rename = "histogram_aggregation")]

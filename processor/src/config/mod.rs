@@ -312,6 +312,7 @@ impl Config {
                     t.backoff_max_interval.take().map(|v| v.0),
                     t.backoff_max_elapsed_time.take().map(|v| v.0),
                 ],
+                insecure_skip_verify: t.insecure_skip_verify.take(),
             },
             env,
         )?;
@@ -324,6 +325,7 @@ impl Config {
                 headers: std::mem::take(&mut m.headers),
                 compression: m.compression.take().map(|v| v.0),
                 backoff: [None, None, None],
+                insecure_skip_verify: m.insecure_skip_verify.take(),
             },
             env,
         )?;

@@ -9,6 +9,7 @@ use super::env::{setting, vars, Env};
 use super::error::ConfigError;
 use super::from_env;
 use super::values::{parse_key_values, CompressionName, Endpoint, GoDuration, ParseValue};
+use crate::export::transport::TlsSettings;
 use crate::settings::{Backoff, OtlpProtocol, OtlpSignal};
 
 /// Milliseconds, as OpenTelemetry's interval and timeout variables are written.
@@ -31,6 +32,9 @@ pub(super) struct SignalVars {
     headers: &'static str,
     timeout: &'static str,
     compression: &'static str,
+    certificate: &'static str,
+    client_certificate: &'static str,
+    client_key: &'static str,
     /// Appended to the generic endpoint for HTTP.
     http_path: &'static str,
 }
@@ -41,6 +45,9 @@ pub(super) const SIGNAL_TRACES: SignalVars = SignalVars {
     headers: vars::OTLP_TRACES_HEADERS,
     timeout: vars::OTLP_TRACES_TIMEOUT,
     compression: vars::OTLP_TRACES_COMPRESSION,
+    certificate: vars::OTLP_TRACES_CERTIFICATE,
+    client_certificate: vars::OTLP_TRACES_CLIENT_CERTIFICATE,
+    client_key: vars::OTLP_TRACES_CLIENT_KEY,
     http_path: "/v1/traces",
 };
 
@@ -50,6 +57,9 @@ pub(super) const SIGNAL_METRICS: SignalVars = SignalVars {
     headers: vars::OTLP_METRICS_HEADERS,
     timeout: vars::OTLP_METRICS_TIMEOUT,
     compression: vars::OTLP_METRICS_COMPRESSION,
+    certificate: vars::OTLP_METRICS_CERTIFICATE,
+    client_certificate: vars::OTLP_METRICS_CLIENT_CERTIFICATE,
+    client_key: vars::OTLP_METRICS_CLIENT_KEY,
     http_path: "/v1/metrics",
 };
 
@@ -61,6 +71,7 @@ pub(super) struct SignalFile {
     pub compression: Option<CompressionName>,
     /// `backoff_initial_interval`, `backoff_max_interval`, `backoff_max_elapsed_time`.
     pub backoff: [Option<GoDuration>; 3],
+    pub insecure_skip_verify: Option<bool>,
 }
 
 /// Endpoint, protocol, headers, timeout, compression and backoff of one signal
@@ -122,6 +133,20 @@ pub(super) fn resolve_signal(
         max_interval: pick(vars::BACKOFF_MAX_INTERVAL, max, d.max_interval)?,
         max_elapsed: pick(vars::BACKOFF_MAX_ELAPSED_TIME, elapsed, d.max_elapsed)?,
     };
+    // TLS files: the signal's variable, else the generic one.
+    let path = |specific: &str, generic: &str| {
+        setting(env, specific)
+            .or_else(|| setting(env, generic))
+            .map(std::path::PathBuf::from)
+    };
+    let tls = TlsSettings {
+        ca_file: path(v.certificate, vars::OTLP_CERTIFICATE),
+        client_certificate: path(v.client_certificate, vars::OTLP_CLIENT_CERTIFICATE),
+        client_key: path(v.client_key, vars::OTLP_CLIENT_KEY),
+        insecure_skip_verify: from_env::<bool>(env, vars::INSECURE_SKIP_VERIFY)?
+            .or(file.insecure_skip_verify)
+            .unwrap_or(false),
+    };
     Ok(OtlpSignal {
         endpoint,
         protocol,
@@ -129,6 +154,7 @@ pub(super) fn resolve_signal(
         timeout,
         compression,
         backoff,
+        tls,
     })
 }
 

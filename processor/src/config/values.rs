@@ -316,6 +316,19 @@ impl ParseValue for Ports {
 }
 
 /// A port number; 0 means "off" where the caller says so.
+/// `true` / `false` (any case), as Go's `strconv.ParseBool` also takes `1`, `0`,
+/// `t`, `f`.
+impl ParseValue for bool {
+    const EXPECTING: &'static str = "true or false";
+    fn parse_value(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "t" | "1" => Ok(true),
+            "false" | "f" | "0" => Ok(false),
+            other => Err(format!("`{other}` is not true or false")),
+        }
+    }
+}
+
 impl ParseValue for u16 {
     const EXPECTING: &'static str = "a port number (0-65535)";
     fn parse_value(text: &str) -> Result<Self, String> {

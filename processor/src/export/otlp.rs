@@ -54,6 +54,7 @@ pub fn transport_settings(signal: &OtlpSignal) -> Option<TransportSettings> {
             max_interval: signal.backoff.max_interval,
             max_elapsed: signal.backoff.max_elapsed,
         },
+        tls: signal.tls.clone(),
     })
 }
 

@@ -99,16 +99,12 @@ fn channel(signal: Signal, s: &TransportSettings) -> Result<Channel, TransportEr
         .endpoint
         .parse()
         .map_err(|e| invalid(format!("not a URL ({e})")))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(invalid(
-                "https (TLS) is not supported yet for OTLP/gRPC; use http://".into(),
-            ))
-        }
-        Some(other) => return Err(invalid(format!("scheme {other:?} is not http"))),
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        Some(other) => return Err(invalid(format!("scheme {other:?} is not http or https"))),
         None => return Err(invalid("no scheme (expected http://host:port)".into())),
-    }
+    };
     if uri.host().is_none_or(str::is_empty) {
         return Err(invalid("no host".into()));
     }
@@ -124,7 +120,22 @@ fn channel(signal: Signal, s: &TransportSettings) -> Result<Channel, TransportEr
         .connect_timeout(s.timeout)
         .tcp_nodelay(true)
         .tcp_keepalive(Some(Duration::from_secs(60)));
-    Ok(endpoint.connect_lazy())
+    if !https {
+        return Ok(endpoint.connect_lazy());
+    }
+    // TLS: rustls in our own connector (tonic is built without its TLS features), ALPN h2.
+    let config = super::tls::client_config(&s.tls).map_err(|e| invalid(format!("TLS: {e}")))?;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    http.set_connect_timeout(Some(s.timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(endpoint.connect_with_connector_lazy(connector))
 }
 
 /// A status tonic made itself (it carries the underlying error as its source) means

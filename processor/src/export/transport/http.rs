@@ -22,7 +22,7 @@ use super::{Attempt, Compression, Retry, Signal, TransportError, TransportSettin
 /// Longest response body read (responses are a few bytes; this bounds a broken peer).
 const MAX_RESPONSE: usize = 1 << 20;
 
-type HyperClient = Client<HttpConnector, Full<Bytes>>;
+type HyperClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 pub(super) struct HttpClient {
     signal: Signal,
@@ -45,20 +45,16 @@ impl HttpClient {
             .endpoint
             .parse()
             .map_err(|e| invalid(format!("not a URL ({e})")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(invalid(
-                    "https (TLS) is not supported yet for OTLP/HTTP; use http://".into(),
-                ))
-            }
-            Some(other) => return Err(invalid(format!("scheme {other:?} is not http"))),
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            Some(other) => return Err(invalid(format!("scheme {other:?} is not http or https"))),
             None => {
                 return Err(invalid(
                     "no scheme (expected http://host:port/v1/...)".into(),
                 ))
             }
-        }
+        };
         if uri.host().is_none_or(str::is_empty) {
             return Err(invalid("no host".into()));
         }
@@ -89,7 +85,7 @@ impl HttpClient {
         );
         Ok(HttpClient {
             signal,
-            client: client(s),
+            client: client(s, https).map_err(|e| invalid(format!("TLS: {e}")))?,
             uri,
             headers,
             gzip,
@@ -167,17 +163,36 @@ impl HttpClient {
     }
 }
 
-/// The connection pool: every connection setting in one place (TLS goes here).
-fn client(s: &TransportSettings) -> HyperClient {
+/// The connection pool: every connection setting in one place. TLS (rustls, ALPN
+/// http/1.1) for `https` endpoints; plain TCP otherwise.
+fn client(s: &TransportSettings, https: bool) -> Result<HyperClient, String> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_keepalive(Some(Duration::from_secs(60)));
     connector.set_connect_timeout(Some(s.timeout));
-    Client::builder(TokioExecutor::new())
+    connector.enforce_http(false);
+    let config = if https {
+        super::tls::client_config(&s.tls)?
+    } else {
+        // Never used for http:// (no roots needed).
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+    };
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Ok(Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(s.max_in_flight)
-        .build(connector)
+        .build(connector))
 }
 
 fn gzip(body: &[u8]) -> Result<Bytes, String> {

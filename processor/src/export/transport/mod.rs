@@ -44,6 +44,9 @@ mod exporter;
 mod grpc;
 mod health;
 mod http;
+pub mod tls;
+
+pub use tls::TlsSettings;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -150,6 +153,8 @@ pub struct TransportSettings {
     /// Exports running at the same time (each with its retries).
     pub max_in_flight: usize,
     pub retry: RetryPolicy,
+    /// For `https://` endpoints.
+    pub tls: TlsSettings,
 }
 
 impl TransportSettings {
@@ -164,6 +169,7 @@ impl TransportSettings {
             compression: None,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             retry: RetryPolicy::default(),
+            tls: TlsSettings::default(),
         }
     }
 }

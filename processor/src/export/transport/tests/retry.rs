@@ -395,8 +395,24 @@ async fn bad_settings_are_named() {
     };
     let e = err("localhost:4317", OtlpProtocol::Grpc);
     assert!(e.contains("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), "{e}");
-    assert!(err("https://c:4317", OtlpProtocol::Grpc).contains("TLS"));
-    assert!(err("https://c:4318/v1/traces", OtlpProtocol::HttpProtobuf).contains("TLS"));
+    // https is accepted; a TLS file that cannot be read is named.
+    for (endpoint, protocol) in [
+        ("https://c:4317", OtlpProtocol::Grpc),
+        ("https://c:4318/v1/traces", OtlpProtocol::HttpProtobuf),
+    ] {
+        let mut s = settings(endpoint.into(), protocol);
+        assert!(
+            Transport::new(Signal::Traces, s.clone()).is_ok(),
+            "{endpoint}"
+        );
+        s.tls.ca_file = Some("/nonexistent/ca.pem".into());
+        let e = Transport::new(Signal::Traces, s).err().expect("no CA file");
+        assert!(
+            e.to_string()
+                .contains("TLS: CA certificate file /nonexistent/ca.pem"),
+            "{e}"
+        );
+    }
     assert!(err("http://c:4317/v1/traces", OtlpProtocol::Grpc).contains("no path"));
     assert!(err("ftp://c/v1/traces", OtlpProtocol::HttpProtobuf).contains("ftp"));
     assert!(err("not a url", OtlpProtocol::HttpProtobuf).contains("not a URL"));
