@@ -662,3 +662,50 @@ fn service_graph_edges_have_exact_counts_on_otlp_and_prometheus() {
         "`application` is not among the features: no RED metrics"
     );
 }
+
+/// Issue 14: Node.js answers `Transfer-Encoding: chunked` by default, writing the
+/// head, each chunk's size line, data and CRLF as iovecs of one `writev`: every
+/// iovec is captured as its own record, so the decoded body sizes are exact.
+#[test]
+fn node_chunked_bodies_are_counted_decoded() {
+    let test = "node_chunked_bodies_are_counted_decoded";
+    if !require_root_bpf(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let script = dir.path().join("chunked.js");
+    std::fs::write(
+        &script,
+        format!(
+            "require('http').createServer((req, res) => {{\n\
+             if (req.url === '/err') {{ res.statusCode = 503; res.write('oo'); res.end('ps'); return; }}\n\
+             res.write('a'.repeat(3000)); res.end('xyz');\n\
+             }}).listen({port}, '127.0.0.1');\n"
+        ),
+    )
+    .expect("write the server");
+    let mut cmd = Command::new("node");
+    cmd.arg(&script);
+    let mut node = Running::spawn(cmd, "node chunked.js");
+    wait_listening(&mut node, port, PATIENCE);
+    let mut t = Tracing::start(dir.path(), &[port], "application");
+    for path in ["/big", "/err"] {
+        let run = curl_get(&format!("http://127.0.0.1:{port}{path}"), &[]);
+        assert!(run.status == 200 || run.status == 503, "{run:?}");
+    }
+    let np = i64::from(node.pid());
+    t.until("node's two server spans", |all| {
+        all.iter()
+            .filter(|s| s["kind"] == SERVER && pid_of(s) == np)
+            .count()
+            >= 2
+    });
+    let all = t.receiver.spans();
+    let size = |path: &str| {
+        let s = one(http_spans(&all, np, SERVER, path), "node server span", &all);
+        attr(s, "http.response.body.size").as_i64()
+    };
+    assert_eq!(size("/big"), Some(3003));
+    assert_eq!(size("/err"), Some(4));
+}

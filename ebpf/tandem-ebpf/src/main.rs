@@ -687,10 +687,48 @@ fn on_sock_io(ctx: &BtfTracePointContext, dir: u8) -> u32 {
         bump(counter::TLS_CIPHERTEXT_SKIPPED);
         return 0;
     }
-    let (src, avail) = source_buffer(kind, buf, ret);
-    emit_data(id, conn_id, ret, src, ret.min(avail), dir, kind);
+    let Some(iov) = iovec_array(kind, buf) else {
+        let src = match kind {
+            // Their bytes come from (or go to) a file, not user memory.
+            syscall::SENDFILE | syscall::SPLICE => 0,
+            _ => buf,
+        };
+        emit_data(id, conn_id, ret, src, ret, dir, kind);
+        return 0;
+    };
+    // readv/writev/recvmsg/sendmsg: one record per iovec (each captured up to
+    // capture_bytes), so a message split over iovecs (a head, a chunk-size line, a
+    // body: Node.js writes chunked responses so) keeps its framing; the bytes past
+    // MAX_IOVECS iovecs are counted, uncaptured, in the last record.
+    let mut left = ret;
+    for i in 0..MAX_IOVECS {
+        if left == 0 {
+            break;
+        }
+        // struct iovec { void *iov_base; size_t iov_len; }. `left > 0` means the
+        // syscall moved bytes into (or out of) this iovec, so it exists.
+        let mut v = [0u64; 2];
+        // SAFETY: bpf_probe_read_user checks the address.
+        let r = unsafe {
+            bpf_probe_read_user(v.as_mut_ptr().cast(), 16, (iov + 16 * i) as *const _)
+        };
+        if r != 0 {
+            emit_data(id, conn_id, left, 0, 0, dir, kind);
+            break;
+        }
+        let len = v[1].min(left);
+        if len == 0 {
+            continue;
+        }
+        let total = if i + 1 == MAX_IOVECS { left } else { len };
+        emit_data(id, conn_id, total, v[0], len, dir, kind);
+        left -= total;
+    }
     0
 }
+
+/// Most iovecs of one readv/writev/recvmsg/sendmsg given a record each.
+const MAX_IOVECS: u64 = 8;
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
@@ -760,11 +798,11 @@ fn connection_of(known: Option<*mut ConnInfo>, sk: u64, id: u64, fd: i32, tls: b
     (conn_id, flags)
 }
 
-/// The user memory holding the first bytes moved and how many it can hold.
+/// The user address of the iovec array of a vectored call (`None` for the others).
 #[inline(always)]
-fn source_buffer(kind: u8, buf: u64, ret: u64) -> (u64, u64) {
-    let iov = match kind {
-        syscall::READV | syscall::WRITEV => buf,
+fn iovec_array(kind: u8, buf: u64) -> Option<u64> {
+    match kind {
+        syscall::READV | syscall::WRITEV => Some(buf),
         syscall::RECVMSG | syscall::SENDMSG => {
             // struct user_msghdr: msg_name 0, msg_namelen 8, msg_iov 16.
             let mut msg_iov: u64 = 0;
@@ -772,21 +810,11 @@ fn source_buffer(kind: u8, buf: u64, ret: u64) -> (u64, u64) {
             let r = unsafe {
                 bpf_probe_read_user(ptr::addr_of_mut!(msg_iov).cast(), 8, (buf + 16) as *const _)
             };
-            if r != 0 {
-                return (0, 0);
-            }
-            msg_iov
+            // An unreadable msghdr: the bytes are counted, not captured.
+            Some(if r == 0 { msg_iov } else { 0 })
         }
-        _ => return (buf, ret),
-    };
-    // struct iovec { void *iov_base; size_t iov_len; }: the first one only.
-    let mut first = [0u64; 2];
-    // SAFETY: bpf_probe_read_user checks the address.
-    let r = unsafe { bpf_probe_read_user(first.as_mut_ptr().cast(), 16, iov as *const _) };
-    if r != 0 {
-        return (0, 0);
+        _ => None,
     }
-    (first[0], first[1].min(ret))
 }
 
 /// A data record reserved in the ring buffer with room for `N` payload bytes: the

@@ -18,7 +18,9 @@
 //!   `server.address` (the `Host` header's host, else the server's IP),
 //!   `server.port` (the server's port on the socket), `client.address` (server
 //!   spans: the peer's IP), `network.peer.address`/`network.peer.port`,
-//!   `network.protocol.version`, `http.request.body.size`, `http.response.body.size`,
+//!   `network.protocol.version`, `http.request.body.size`, `http.response.body.size`
+//!   (the decoded body: a chunked body's chunk data, without its framing; bytes the
+//!   capture cut are counted as long as the framing around them was seen),
 //!   `user_agent.original` (server spans), `error.type` on errors. The query string is
 //!   not reported (it may hold secrets), nor is `url.full`.
 //! * **Status**: Error for 5xx on server spans, for 4xx and 5xx on client spans, and
