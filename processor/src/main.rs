@@ -82,8 +82,10 @@ struct Cli {
     export_loader_posture: bool,
 
     /// Log format on stderr.
-    #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value = "text")]
-    log_format: LogFormat,
+    /// Log format on stderr (default: the configuration's `log_format` /
+    /// `OTEL_EBPF_LOG_FORMAT`, else text).
+    #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
 
     /// Log level (error, warn, info, debug, trace) [default: OTEL_EBPF_LOG_LEVEL, the
     /// configuration's log_level, or info]. RUST_LOG overrides it.
@@ -148,7 +150,11 @@ fn main() -> ExitCode {
         summary_interval: cli.summary_interval,
     };
     // Every error here is one of configuration or of refusal by the loader: exit 2.
-    tandem_proto::process::run("tandem-processor", cli.log_format, &level, 2, async move {
+    let log_format = cli
+        .log_format
+        .or(config.log_format)
+        .unwrap_or(LogFormat::Text);
+    tandem_proto::process::run("tandem-processor", log_format, &level, 2, async move {
         let shutdown = shutdown_on_signals()?;
         run(opts, config, privileged, shutdown).await.map(|_| ())
     })

@@ -169,7 +169,8 @@ pub struct ExportSettings {
 
 impl Default for ExportSettings {
     /// Nothing exported, sampler `parentbased_always_on`, metrics every 60 s, a
-    /// queue of 4096 spans sent in requests of up to 4096 within 1 s.
+    /// queue of 4096 spans sent in requests of up to 4096 within 1 s (`config` defaults
+    /// the queue to OBI's 16384).
     fn default() -> Self {
         ExportSettings {
             traces: OtlpSignal::default(),

@@ -50,10 +50,18 @@ impl<const N: usize> Env for [(&str, &str); N] {
 
 /// A setting's value from the environment: trimmed, and `None` when unset or empty
 /// (the OpenTelemetry rule: an empty variable counts as unset).
+/// An `OTEL_EBPF_*` variable that is unset falls back to Beyla's name for it
+/// (`BEYLA_*`, the same suffix: Beyla's variables became OBI's by that rename).
 pub(crate) fn setting(env: &dyn Env, name: &str) -> Option<String> {
-    env.get(name)
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
+    let get = |n: &str| {
+        env.get(n)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    get(name).or_else(|| {
+        name.strip_prefix("OTEL_EBPF_")
+            .and_then(|rest| get(&format!("BEYLA_{rest}")))
+    })
 }
 
 /// Environment variable names, OBI's and OpenTelemetry's.
@@ -76,6 +84,12 @@ pub mod vars {
     pub const OTEL_METRICS_FEATURES: &str = "OTEL_EBPF_OTEL_METRICS_FEATURES";
     pub const PROMETHEUS_FEATURES: &str = "OTEL_EBPF_PROMETHEUS_FEATURES";
     pub const LOG_LEVEL: &str = "OTEL_EBPF_LOG_LEVEL";
+    /// `text` or `json` (`log_format`).
+    pub const LOG_FORMAT: &str = "OTEL_EBPF_LOG_FORMAT";
+    /// Process ids to instrument, comma-separated (`target_pids`).
+    pub const TARGET_PID: &str = "OTEL_EBPF_TARGET_PID";
+    /// Current OBI's name of the trace queue bound (`otel_traces_export.queue_size`).
+    pub const TRACES_QUEUE_SIZE: &str = "OTEL_EBPF_OTLP_TRACES_QUEUE_SIZE";
     pub const PROMETHEUS_PORT: &str = "OTEL_EBPF_PROMETHEUS_PORT";
     pub const PROMETHEUS_PATH: &str = "OTEL_EBPF_PROMETHEUS_PATH";
     pub const KUBE_METADATA_ENABLE: &str = "OTEL_EBPF_KUBE_METADATA_ENABLE";

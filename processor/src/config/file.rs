@@ -11,7 +11,7 @@ use serde::de::{self, Deserializer, IgnoredAny};
 use serde::Deserialize;
 
 use super::values::{
-    CompressionName, Endpoint, GoDuration, KubeEnable, LogLevel, Ports, Ratio, SamplerName, V,
+    CompressionName, Endpoint, GoDuration, KubeEnable, LogLevel, Pids, Ports, Ratio, SamplerName, V,
 };
 use crate::settings::{IgnoreMode, Instrumentations, OtlpProtocol, TracePrinter, Unmatched};
 
@@ -33,6 +33,20 @@ pub const IGNORED_KEYS: &[&str] = &[
     "javaagent",
     "injector",
     "stats",
+    "health_check",
+    "jvm_runtime_metrics",
+    "excluded_linux_system_paths",
+    "file_format",
+    "attributes.metric_span_names_limit",
+    "attributes.rename_unresolved_hosts",
+    "attributes.sensitive_query_params",
+    "attributes.metadata_retry",
+    "attributes.kubernetes.reconnect_initial_interval",
+    "prometheus_export.native_histogram",
+    "prometheus_export.exemplar_filter",
+    "prometheus_export.extra_span_resource_attributes",
+    "otel_metrics_export.exponential_histogram",
+    "discovery.instrument[].cmd_args",
     // otel_traces_export
     "otel_traces_export.reporters_cache_len",
     "otel_traces_export.otel_sdk_log_level",
@@ -101,6 +115,9 @@ pub(crate) struct FileConfig {
     _executable_path: Ignored,
     pub attributes: AttributesSection,
     pub log_level: Option<V<LogLevel>>,
+    pub log_format: Option<V<tandem_proto::process::LogFormat>>,
+    /// Process ids to instrument (OBI's `target_pids`).
+    pub target_pids: Option<V<Pids>>,
     pub service_name: Option<String>,
     pub service_namespace: Option<String>,
     #[serde(rename = "ebpf")]
@@ -130,6 +147,14 @@ pub(crate) struct FileConfig {
     _injector: Ignored,
     #[serde(rename = "stats")]
     _stats: Ignored,
+    #[serde(rename = "health_check")]
+    _health_check: Ignored,
+    #[serde(rename = "jvm_runtime_metrics")]
+    _jvm_runtime_metrics: Ignored,
+    #[serde(rename = "excluded_linux_system_paths")]
+    _excluded_linux_system_paths: Ignored,
+    #[serde(rename = "file_format")]
+    _file_format: Ignored,
 }
 
 /// `otel_traces_export`.
@@ -188,6 +213,8 @@ pub(crate) struct MetricsSection {
     _buckets: Ignored,
     #[serde(rename = "histogram_aggregation")]
     _histogram_aggregation: Ignored,
+    #[serde(rename = "exponential_histogram")]
+    _exponential_histogram: Ignored,
     #[serde(rename = "reporters_cache_len")]
     _reporters_cache_len: Ignored,
     #[serde(rename = "otel_sdk_log_level")]
@@ -250,6 +277,12 @@ pub(crate) struct PrometheusSection {
     _allow_service_graph_self_references: Ignored,
     #[serde(rename = "extra_resource_attributes")]
     _extra_resource_attributes: Ignored,
+    #[serde(rename = "native_histogram")]
+    _native_histogram: Ignored,
+    #[serde(rename = "exemplar_filter")]
+    _exemplar_filter: Ignored,
+    #[serde(rename = "extra_span_resource_attributes")]
+    _extra_span_resource_attributes: Ignored,
 }
 
 /// `routes`.
@@ -277,6 +310,14 @@ pub(crate) struct AttributesSection {
     _host_id: Ignored,
     #[serde(rename = "extra_group_attributes")]
     _extra_group_attributes: Ignored,
+    #[serde(rename = "metric_span_names_limit")]
+    _metric_span_names_limit: Ignored,
+    #[serde(rename = "rename_unresolved_hosts")]
+    _rename_unresolved_hosts: Ignored,
+    #[serde(rename = "sensitive_query_params")]
+    _sensitive_query_params: Ignored,
+    #[serde(rename = "metadata_retry")]
+    _metadata_retry: Ignored,
 }
 
 /// `attributes.kubernetes`.
@@ -291,6 +332,8 @@ pub(crate) struct KubernetesSection {
     pub informers_resync_period: Option<V<GoDuration>>,
     #[serde(rename = "drop_external")]
     _drop_external: Ignored,
+    #[serde(rename = "reconnect_initial_interval")]
+    _reconnect_initial_interval: Ignored,
     #[serde(rename = "disable_informers")]
     _disable_informers: Ignored,
     #[serde(rename = "meta_cache_address")]
@@ -384,6 +427,8 @@ pub struct InstrumentSelector {
     pub k8s_pod_annotations: BTreeMap<String, String>,
     #[serde(rename = "exports")]
     _exports: Ignored,
+    #[serde(rename = "cmd_args")]
+    _cmd_args: Ignored,
     #[serde(rename = "sampler")]
     _sampler: Ignored,
     #[serde(rename = "routes")]

@@ -70,13 +70,13 @@ use crate::settings::{
 use env::setting;
 use file::FileConfig;
 use otlp::{resolve_signal, Millis, SignalFile, SIGNAL_METRICS, SIGNAL_TRACES};
-use values::{parse_key_values, GoDuration, ParseValue, Ports, Ratio, SamplerName};
+use values::{parse_key_values, GoDuration, ParseValue, Pids, Ports, Ratio, SamplerName};
 use yaml::{present_keys, yaml_error};
 
 /// Default metrics export interval (OBI's, and OpenTelemetry's).
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
 /// Default bound of spans waiting for export (OBI's `max_queue_size`).
-pub const DEFAULT_MAX_QUEUE_SIZE: usize = 4096;
+pub const DEFAULT_MAX_QUEUE_SIZE: usize = 16384;
 /// Default Prometheus path.
 pub const DEFAULT_PROMETHEUS_PATH: &str = "/metrics";
 /// Default `routes.max_path_segment_cardinality` (low-cardinality mode).
@@ -110,6 +110,9 @@ pub struct Config {
     pub kubernetes: Kubernetes,
     /// `log_level` / `OTEL_EBPF_LOG_LEVEL`; `None` leaves the caller's default.
     pub log_level: Option<LogLevel>,
+    /// `log_format` / `OTEL_EBPF_LOG_FORMAT` (the `--log-format` flag and
+    /// `TANDEM_LOG_FORMAT` win).
+    pub log_format: Option<tandem_proto::process::LogFormat>,
     /// Accepted-but-ignored keys present in the file, as dotted paths.
     pub ignored_keys: Vec<String>,
 }
@@ -129,6 +132,8 @@ pub struct Discovery {
     /// `discovery.default_exclude_instrument`; `None` means OBI's default (OBI, Beyla,
     /// Alloy and OpenTelemetry collectors are not instrumented).
     pub default_exclude_instrument: Option<Vec<InstrumentSelector>>,
+    /// `target_pids` / `OTEL_EBPF_TARGET_PID` (the variable replaces the file's).
+    pub target_pids: Vec<u32>,
 }
 
 /// `attributes.kubernetes`, kept for the Kubernetes decoration stage.
@@ -196,6 +201,7 @@ impl Default for Config {
             metrics_features_ignored: Vec::new(),
             kubernetes: Kubernetes::default(),
             log_level: None,
+            log_format: None,
             ignored_keys: Vec::new(),
         }
     }
@@ -273,6 +279,10 @@ impl Config {
             instrument: f.discovery.instrument,
             exclude_instrument: f.discovery.exclude_instrument,
             default_exclude_instrument: f.discovery.default_exclude_instrument,
+            target_pids: from_env::<Pids>(env, vars::TARGET_PID)?
+                .or(f.target_pids.map(|p| p.0))
+                .map(|p| p.0)
+                .unwrap_or_default(),
         };
 
         let routes = RoutesSettings {
@@ -413,7 +423,8 @@ impl Config {
             service_namespace: setting(env, vars::SERVICE_NAMESPACE).or(f.service_namespace),
             resource_attributes,
             metrics_interval,
-            max_queue_size: from_env::<usize>(env, vars::TRACES_MAX_QUEUE_SIZE)?
+            max_queue_size: from_env::<usize>(env, vars::TRACES_QUEUE_SIZE)?
+                .or(from_env::<usize>(env, vars::TRACES_MAX_QUEUE_SIZE)?)
                 .or(f.otel_traces_export.max_queue_size.map(|v| v.0))
                 .or(f.otel_traces_export.queue_size.map(|v| v.0))
                 .unwrap_or(d.export.max_queue_size),
@@ -491,6 +502,8 @@ impl Config {
             metrics_features_ignored,
             kubernetes,
             log_level: from_env::<LogLevel>(env, vars::LOG_LEVEL)?.or(f.log_level.map(|v| v.0)),
+            log_format: from_env::<tandem_proto::process::LogFormat>(env, vars::LOG_FORMAT)?
+                .or(f.log_format.map(|v| v.0)),
             ignored_keys,
         })
     }
@@ -510,6 +523,7 @@ impl Config {
         let mut s = Selection {
             ports: d.open_port.clone(),
             exe_globs: d.auto_target_exe.iter().cloned().collect(),
+            pids: d.target_pids.clone(),
             ..Selection::default()
         };
         for e in &d.instrument {

@@ -100,7 +100,7 @@ fn no_file_and_no_environment_is_the_documented_default() {
     assert_eq!(c.export.sampler, Sampler::ParentBasedAlwaysOn);
     assert_eq!(c.export.trace_printer, TracePrinter::Disabled);
     assert_eq!(c.export.metrics_interval, Duration::from_secs(60));
-    assert_eq!(c.export.max_queue_size, 4096);
+    assert_eq!(c.export.max_queue_size, 16384, "OBI's default");
     assert_eq!(c.export.prometheus_port, None);
     assert_eq!(c.export.prometheus_path, "/metrics");
     assert_eq!(c.kubernetes.enable, KubeEnable::False);
@@ -1243,4 +1243,100 @@ fn kubernetes_entries_leave_the_rest_of_the_selection() {
     assert!(only_k8s.selection_without_kubernetes_entries().is_empty());
     assert_eq!(only_k8s.warnings().len(), 1);
     assert!(only_k8s.warnings_for(true).is_empty());
+}
+
+#[test]
+fn beyla_variables_log_format_target_pids_and_the_queue_size() {
+    use tandem_proto::process::LogFormat;
+    // Beyla's names are read when OBI's are unset; OBI's win.
+    let c = ok(
+        "",
+        &[
+            ("BEYLA_OPEN_PORT", "8080"),
+            ("BEYLA_TRACE_PRINTER", "text"),
+            ("OTEL_EBPF_LOG_LEVEL", "warn"),
+            ("BEYLA_LOG_LEVEL", "debug"),
+        ],
+    );
+    assert_eq!(
+        tandem_proto::selection::format_port_ranges(&c.selection().ports),
+        "8080"
+    );
+    assert_eq!(c.export.trace_printer, TracePrinter::Text);
+    assert_eq!(c.log_level, Some(crate::config::LogLevel::Warn));
+
+    let c = ok("log_format: json\ntarget_pids: [42, 43]\n", &[("X", "")]);
+    assert_eq!(c.log_format, Some(LogFormat::Json));
+    assert_eq!(c.selection().pids, vec![42, 43]);
+    let c = ok(
+        "log_format: json\ntarget_pids: [42]\n",
+        &[
+            ("OTEL_EBPF_LOG_FORMAT", "text"),
+            ("OTEL_EBPF_TARGET_PID", "7,8"),
+        ],
+    );
+    assert_eq!(c.log_format, Some(LogFormat::Text));
+    assert_eq!(c.selection().pids, vec![7, 8]);
+    let (var, message) = env_error("", &[("OTEL_EBPF_TARGET_PID", "7,x")]);
+    assert_eq!(var, "OTEL_EBPF_TARGET_PID");
+    assert!(message.contains("`x` is not a process id"), "{message}");
+
+    let c = ok("", &[("OTEL_EBPF_OTLP_TRACES_QUEUE_SIZE", "100")]);
+    assert_eq!(c.export.max_queue_size, 100);
+}
+
+/// Keys of OBI's current reference tandem does not act on load, each named once in
+/// a warning.
+#[test]
+fn current_obi_keys_load_with_a_warning() {
+    let yaml = [
+        "health_check:",
+        "  port: 8080",
+        "jvm_runtime_metrics: true",
+        "excluded_linux_system_paths: [/usr/bin]",
+        "file_format: v2",
+        "attributes:",
+        "  metric_span_names_limit: 100",
+        "  rename_unresolved_hosts: unresolved",
+        "  sensitive_query_params: [token]",
+        "  metadata_retry: {}",
+        "  kubernetes:",
+        "    reconnect_initial_interval: 5s",
+        "prometheus_export:",
+        "  native_histogram: true",
+        "  exemplar_filter: trace_based",
+        "  extra_span_resource_attributes: [k8s.cluster.name]",
+        "otel_metrics_export:",
+        "  exponential_histogram: true",
+        "discovery:",
+        "  instrument:",
+        "    - open_ports: 80",
+        "      cmd_args: [\"--serve\"]",
+        "",
+    ]
+    .join("\n");
+    let c = ok(&yaml, &[("X", "")]);
+    let warnings = c.warnings();
+    for key in [
+        "health_check",
+        "jvm_runtime_metrics",
+        "excluded_linux_system_paths",
+        "file_format",
+        "attributes.metric_span_names_limit",
+        "attributes.rename_unresolved_hosts",
+        "attributes.sensitive_query_params",
+        "attributes.metadata_retry",
+        "attributes.kubernetes.reconnect_initial_interval",
+        "prometheus_export.native_histogram",
+        "prometheus_export.exemplar_filter",
+        "prometheus_export.extra_span_resource_attributes",
+        "otel_metrics_export.exponential_histogram",
+        "discovery.instrument[0].cmd_args",
+    ] {
+        let n = warnings
+            .iter()
+            .filter(|w| w.contains(&format!("`{key}`")))
+            .count();
+        assert_eq!(n, 1, "{key}: {warnings:#?}");
+    }
 }

@@ -299,6 +299,40 @@ impl ParseValue for LogLevel {
     }
 }
 
+/// `log_format` / `OTEL_EBPF_LOG_FORMAT`: `text` or `json` (any case).
+impl ParseValue for tandem_proto::process::LogFormat {
+    const EXPECTING: &'static str = "a log format (text, json)";
+    fn parse_value(text: &str) -> Result<Self, String> {
+        use tandem_proto::process::LogFormat;
+        one_of(
+            text,
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        )
+    }
+}
+
+/// Process ids: `1234`, `"12,34"`, or a YAML list of them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Pids(pub Vec<u32>);
+
+impl ParseValue for Pids {
+    const EXPECTING: &'static str = "process ids (1234, \"12,34\" or a list)";
+    const LIST: bool = true;
+    fn parse_value(text: &str) -> Result<Self, String> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<u32>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("`{p}` is not a process id"))
+            })
+            .collect::<Result<Vec<u32>, String>>()
+            .map(Pids)
+    }
+}
+
 /// Ports in OBI syntax: `8080`, `"80,443,8000-8999"`, or a YAML list of those.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub(crate) struct Ports(pub Vec<PortRange>);
@@ -315,7 +349,6 @@ impl ParseValue for Ports {
     }
 }
 
-/// A port number; 0 means "off" where the caller says so.
 /// `true` / `false` (any case), as Go's `strconv.ParseBool` also takes `1`, `0`,
 /// `t`, `f`.
 impl ParseValue for bool {
@@ -329,6 +362,7 @@ impl ParseValue for bool {
     }
 }
 
+/// A port number; 0 means "off" where the caller says so.
 impl ParseValue for u16 {
     const EXPECTING: &'static str = "a port number (0-65535)";
     fn parse_value(text: &str) -> Result<Self, String> {
