@@ -79,6 +79,9 @@ pub mod vars {
     pub const TRACE_PRINTER: &str = "OTEL_EBPF_TRACE_PRINTER";
     pub const TRACES_INSTRUMENTATIONS: &str = "OTEL_EBPF_TRACES_INSTRUMENTATIONS";
     pub const METRICS_INSTRUMENTATIONS: &str = "OTEL_EBPF_METRICS_INSTRUMENTATIONS";
+    /// OBI's per-exporter names, read when [`METRICS_INSTRUMENTATIONS`] is unset.
+    pub const PROMETHEUS_INSTRUMENTATIONS: &str = "OTEL_EBPF_PROMETHEUS_INSTRUMENTATIONS";
+    pub const OTEL_METRICS_INSTRUMENTATIONS: &str = "OTEL_EBPF_OTEL_METRICS_INSTRUMENTATIONS";
     /// `metrics.features`; OBI's per-exporter names are read when it is unset.
     pub const METRICS_FEATURES: &str = "OTEL_EBPF_METRICS_FEATURES";
     pub const OTEL_METRICS_FEATURES: &str = "OTEL_EBPF_OTEL_METRICS_FEATURES";

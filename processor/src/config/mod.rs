@@ -451,6 +451,8 @@ impl Config {
                 .unwrap_or_default(),
             // OBI: `metrics.instrumentations`; older files set it per exporter.
             metrics_instrumentations: from_env(env, vars::METRICS_INSTRUMENTATIONS)?
+                .or(from_env(env, vars::PROMETHEUS_INSTRUMENTATIONS)?)
+                .or(from_env(env, vars::OTEL_METRICS_INSTRUMENTATIONS)?)
                 .or(f.metrics.instrumentations.map(|v| v.0))
                 .or(f.otel_metrics_export.instrumentations.map(|v| v.0))
                 .or(f.prometheus_export.instrumentations.map(|v| v.0))

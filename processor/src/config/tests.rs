@@ -103,7 +103,7 @@ fn no_file_and_no_environment_is_the_documented_default() {
     assert_eq!(c.export.max_queue_size, 16384, "OBI's default");
     assert_eq!(c.export.prometheus_port, None);
     assert_eq!(c.export.prometheus_path, "/metrics");
-    assert_eq!(c.kubernetes.enable, KubeEnable::False);
+    assert_eq!(c.kubernetes.enable, KubeEnable::Autodetect, "OBI's default");
     assert_eq!(c.routes, RoutesSettings::default());
     assert_eq!(c.routes_wildcard_char, '*');
 }

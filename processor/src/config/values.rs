@@ -241,11 +241,10 @@ impl ParseValue for Ratio {
 /// `attributes.kubernetes.enable` / `OTEL_EBPF_KUBE_METADATA_ENABLE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KubeEnable {
-    /// OBI's default.
-    #[default]
     False,
     True,
-    /// Enabled when running inside Kubernetes.
+    /// Enabled when running inside Kubernetes (OBI's default).
+    #[default]
     Autodetect,
 }
 
