@@ -50,6 +50,8 @@ mod values;
 mod yaml;
 
 #[cfg(test)]
+mod docs_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
