@@ -38,9 +38,9 @@ const CLIENT: i64 = 3;
 /// here, and a first gRPC connection may take a moment.
 const EXPORT_PATIENCE: Duration = Duration::from_secs(30);
 
-/// The HTTP semantic conventions' duration buckets (the processor's).
-const DURATION_BUCKETS: [f64; 14] = [
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+/// OBI's default duration buckets (the processor's).
+const DURATION_BUCKETS: [f64; 15] = [
+    0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
 fn now_ns() -> u64 {
@@ -891,8 +891,9 @@ fn replay_exports_exact_spans_and_metrics(protocol: Protocol) {
         let sum = point["sum"].as_f64().expect("sum");
         let want = per_route as f64 * 0.000_83;
         assert!((sum - want).abs() < 1e-9, "{route}: sum {sum}, want {want}");
+        // (0, 0.005]: the bucket after OBI's 0 boundary.
         let mut first_bucket_only = vec![0u64; DURATION_BUCKETS.len() + 1];
-        first_bucket_only[0] = per_route;
+        first_bucket_only[1] = per_route;
         assert_eq!(point["bucket_counts"], json!(first_bucket_only), "{route}");
     }
     let metric = records

@@ -165,6 +165,8 @@ pub struct ExportSettings {
     pub metrics_instrumentations: Instrumentations,
     /// `metrics.features` / `OTEL_EBPF_METRICS_FEATURES`.
     pub metrics_features: MetricsFeatures,
+    /// `otel_metrics_export.buckets` (or `prometheus_export.buckets`).
+    pub buckets: Buckets,
 }
 
 impl Default for ExportSettings {
@@ -190,6 +192,7 @@ impl Default for ExportSettings {
             traces_instrumentations: Instrumentations::default(),
             metrics_instrumentations: Instrumentations::default(),
             metrics_features: MetricsFeatures::default(),
+            buckets: Buckets::default(),
         }
     }
 }
@@ -295,6 +298,27 @@ impl Instrumentation {
             .iter()
             .find(|(_, n)| n.eq_ignore_ascii_case(name))
             .map(|(k, _)| *k)
+    }
+}
+
+/// Histogram bucket boundaries (OBI's `buckets`), ascending.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Buckets {
+    /// Every duration histogram, in seconds.
+    pub duration: &'static [f64],
+    pub request_size: &'static [f64],
+    pub response_size: &'static [f64],
+}
+
+impl Default for Buckets {
+    /// OBI's defaults.
+    fn default() -> Self {
+        use crate::pipeline::metrics::{BODY_SIZE_BUCKETS, DURATION_BUCKETS};
+        Buckets {
+            duration: &DURATION_BUCKETS,
+            request_size: &BODY_SIZE_BUCKETS,
+            response_size: &BODY_SIZE_BUCKETS,
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use super::*;
 
 /// The sections of the file, as a YAML prefix that opens them (a key under the
 /// prefix at the indentation given is inside the section) and their dotted path.
-const SECTIONS: [(&str, &str, &str); 13] = [
+const SECTIONS: [(&str, &str, &str); 15] = [
     ("", "", ""),
     ("otel_traces_export", "otel_traces_export:\n", "  "),
     (
@@ -22,6 +22,16 @@ const SECTIONS: [(&str, &str, &str); 13] = [
     ),
     ("otel_metrics_export", "otel_metrics_export:\n", "  "),
     ("prometheus_export", "prometheus_export:\n", "  "),
+    (
+        "otel_metrics_export.buckets",
+        "otel_metrics_export:\n  buckets:\n",
+        "    ",
+    ),
+    (
+        "prometheus_export.buckets",
+        "prometheus_export:\n  buckets:\n",
+        "    ",
+    ),
     ("metrics", "metrics:\n", "  "),
     ("routes", "routes:\n", "  "),
     ("discovery", "discovery:\n", "  "),

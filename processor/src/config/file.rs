@@ -51,7 +51,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "otel_traces_export.reporters_cache_len",
     "otel_traces_export.otel_sdk_log_level",
     // otel_metrics_export
-    "otel_metrics_export.buckets",
     "otel_metrics_export.histogram_aggregation",
     "otel_metrics_export.reporters_cache_len",
     "otel_metrics_export.otel_sdk_log_level",
@@ -60,7 +59,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "otel_metrics_export.extra_span_resource_attributes",
     // prometheus_export
     "prometheus_export.disable_build_info",
-    "prometheus_export.buckets",
     "prometheus_export.ttl",
     "prometheus_export.service_cache_size",
     "prometheus_export.allow_service_graph_self_references",
@@ -209,8 +207,8 @@ pub(crate) struct MetricsSection {
     pub features: Option<Vec<String>>,
     /// Do not verify the collector's TLS certificate.
     pub insecure_skip_verify: Option<bool>,
-    #[serde(rename = "buckets")]
-    _buckets: Ignored,
+    /// Histogram boundaries.
+    pub buckets: Option<BucketsSection>,
     #[serde(rename = "histogram_aggregation")]
     _histogram_aggregation: Ignored,
     #[serde(rename = "exponential_histogram")]
@@ -267,8 +265,8 @@ pub(crate) struct PrometheusSection {
     pub features: Option<Vec<String>>,
     /// OBI's instrumentation switches.
     pub instrumentations: Option<V<Instrumentations>>,
-    #[serde(rename = "buckets")]
-    _buckets: Ignored,
+    /// Histogram boundaries (used when `otel_metrics_export.buckets` is not given).
+    pub buckets: Option<BucketsSection>,
     #[serde(rename = "ttl")]
     _ttl: Ignored,
     #[serde(rename = "service_cache_size")]
@@ -283,6 +281,16 @@ pub(crate) struct PrometheusSection {
     _exemplar_filter: Ignored,
     #[serde(rename = "extra_span_resource_attributes")]
     _extra_span_resource_attributes: Ignored,
+}
+
+/// `buckets` (of `otel_metrics_export` or `prometheus_export`): OBI's histogram
+/// boundaries; an absent list keeps the default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct BucketsSection {
+    pub duration_histogram: Option<Vec<f64>>,
+    pub request_size_histogram: Option<Vec<f64>>,
+    pub response_size_histogram: Option<Vec<f64>>,
 }
 
 /// `routes`.

@@ -403,6 +403,11 @@ impl Config {
             (None, None) => (MetricsFeatures::default(), Vec::new()),
         };
         let metrics_features_ignored = ignored_features;
+        let buckets = resolve_buckets(
+            f.otel_metrics_export.buckets.take(),
+            f.prometheus_export.buckets.take(),
+            file.as_deref(),
+        )?;
 
         let prometheus_port = from_env::<u16>(env, vars::PROMETHEUS_PORT)?
             .or(f.prometheus_export.port.map(|v| v.0))
@@ -460,6 +465,7 @@ impl Config {
                 .or(f.prometheus_export.instrumentations.map(|v| v.0))
                 .unwrap_or_default(),
             metrics_features,
+            buckets,
         };
 
         let kubernetes = Kubernetes {
@@ -614,4 +620,54 @@ pub(crate) fn from_env<T: ParseValue>(env: &dyn Env, name: &str) -> Result<Optio
     setting(env, name)
         .map(|v| T::parse_value(&v).map_err(|m| ConfigError::env(name, m)))
         .transpose()
+}
+
+/// `otel_metrics_export.buckets`, else `prometheus_export.buckets`, each list else
+/// OBI's default; every list must be ascending, finite, non-empty. The lists live
+/// for the whole run (leaked once).
+fn resolve_buckets(
+    otel: Option<file::BucketsSection>,
+    prometheus: Option<file::BucketsSection>,
+    file: Option<&Path>,
+) -> Result<crate::settings::Buckets, ConfigError> {
+    let d = crate::settings::Buckets::default();
+    let (section, b) = match (otel, prometheus) {
+        (Some(b), _) => ("otel_metrics_export.buckets", b),
+        (None, Some(b)) => ("prometheus_export.buckets", b),
+        (None, None) => return Ok(d),
+    };
+    let list = |name: &str, v: &Option<Vec<f64>>, default: &'static [f64]| {
+        let Some(v) = v else {
+            return Ok(default);
+        };
+        let key = format!("{section}.{name}");
+        if v.is_empty() {
+            return Err(ConfigError::file_key(
+                file.map(Path::to_path_buf),
+                &key,
+                "an empty list (give at least one boundary, or leave the key out for OBI's default)",
+            ));
+        }
+        if v.iter().any(|x| !x.is_finite()) || v.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(ConfigError::file_key(
+                file.map(Path::to_path_buf),
+                &key,
+                format!("{v:?}: boundaries must be finite numbers in ascending order"),
+            ));
+        }
+        Ok(&*Box::leak(v.clone().into_boxed_slice()))
+    };
+    Ok(crate::settings::Buckets {
+        duration: list("duration_histogram", &b.duration_histogram, d.duration)?,
+        request_size: list(
+            "request_size_histogram",
+            &b.request_size_histogram,
+            d.request_size,
+        )?,
+        response_size: list(
+            "response_size_histogram",
+            &b.response_size_histogram,
+            d.response_size,
+        )?,
+    })
 }

@@ -1340,3 +1340,32 @@ fn current_obi_keys_load_with_a_warning() {
         assert_eq!(n, 1, "{key}: {warnings:#?}");
     }
 }
+
+#[test]
+fn histogram_buckets_are_obis_and_configurable() {
+    let c = ok("", &[("X", "")]);
+    assert_eq!(c.export.buckets, crate::settings::Buckets::default());
+    assert_eq!(
+        c.export.buckets.duration[0], 0.0,
+        "OBI's buckets start at 0"
+    );
+    let c = ok(
+        "otel_metrics_export:\n  buckets:\n    duration_histogram: [0.1, 1, 10]\nprometheus_export:\n  buckets:\n    request_size_histogram: [1]\n",
+        &[("X", "")],
+    );
+    assert_eq!(c.export.buckets.duration, &[0.1, 1.0, 10.0][..]);
+    assert_eq!(
+        c.export.buckets.request_size,
+        crate::settings::Buckets::default().request_size,
+        "otel_metrics_export.buckets wins as a whole"
+    );
+    let e = file_error(
+        "prometheus_export:\n  buckets:\n    response_size_histogram: [10, 5]\n",
+        &[("X", "")],
+    );
+    assert_eq!(
+        e.key.as_deref(),
+        Some("prometheus_export.buckets.response_size_histogram")
+    );
+    assert!(e.message.contains("ascending"), "{e}");
+}

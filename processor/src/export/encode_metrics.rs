@@ -196,7 +196,7 @@ mod tests {
             crate::pipeline::metrics::DURATION_BUCKETS.to_vec()
         );
         assert_eq!(pt.bucket_counts.len(), pt.explicit_bounds.len() + 1);
-        assert_eq!(pt.bucket_counts[6], 2, "0.25 falls in (0.1, 0.25]");
+        assert_eq!(pt.bucket_counts[7], 2, "0.25 falls in (0.1, 0.25]");
         assert!(pt.start_time_unix_nano > 0 && pt.start_time_unix_nano <= pt.time_unix_nano);
         let keys: Vec<&str> = pt.attributes.iter().map(|kv| kv.key.as_str()).collect();
         assert!(keys.contains(&"http.route"), "{keys:?}");

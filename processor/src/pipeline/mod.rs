@@ -232,6 +232,7 @@ impl Pipeline {
         if let Some(m) = &metrics {
             if let Ok(mut m) = m.lock() {
                 m.set_features(export.metrics_features);
+                m.set_buckets(export.buckets);
             }
         }
         let prometheus = sinks.iter().find_map(|s| s.local_addr());

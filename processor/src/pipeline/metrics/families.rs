@@ -30,19 +30,20 @@ use crate::pipeline::span::{error_type, host_of, span_failed, span_name};
 
 use super::data::{Descriptor, Kind, Number};
 
-/// The HTTP semantic conventions' duration buckets, in seconds.
-pub const DURATION_BUCKETS: [f64; 14] = [
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+/// OBI's default duration buckets (the HTTP semantic conventions' with 0 first), in
+/// seconds, for every duration histogram (`buckets.duration_histogram`).
+pub const DURATION_BUCKETS: [f64; 15] = [
+    0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
-/// The database semantic conventions' `db.client.operation.duration` buckets, in
-/// seconds.
-pub const DB_DURATION_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
+/// The database duration histogram's default buckets: OBI's duration buckets (OBI
+/// uses one set for every duration).
+pub const DB_DURATION_BUCKETS: [f64; 15] = DURATION_BUCKETS;
 
-/// Body size buckets in bytes (the conventions give none; powers of two up to 8 MiB).
-pub const BODY_SIZE_BUCKETS: [f64; 12] = [
-    0.0, 32.0, 128.0, 512.0, 2048.0, 8192.0, 32768.0, 131072.0, 524288.0, 2097152.0, 8388608.0,
-    33554432.0,
+/// OBI's default body size buckets in bytes (`buckets.request_size_histogram`,
+/// `buckets.response_size_histogram`).
+pub const BODY_SIZE_BUCKETS: [f64; 10] = [
+    0.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
 ];
 
 const fn histogram(

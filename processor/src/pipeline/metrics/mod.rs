@@ -32,7 +32,7 @@ use opentelemetry::{KeyValue, Value};
 use crate::export::encode::unix_nanos;
 use crate::model::Transaction;
 use crate::pipeline::resource::{ProcessResource, Resource};
-use crate::settings::MetricsFeatures;
+use crate::settings::{Buckets, MetricsFeatures};
 use crate::stitch::{FastMap, KeyHasher};
 
 pub use data::{
@@ -88,7 +88,13 @@ fn attributes_hash(attrs: &[KeyValue]) -> u64 {
 
 impl FamilySeries {
     /// The series of `attrs` (made if new, or the overflow series past the limit).
-    fn series(&mut self, family: Family, attrs: &[KeyValue], now: u64) -> &mut Series {
+    fn series(
+        &mut self,
+        family: Family,
+        attrs: &[KeyValue],
+        now: u64,
+        buckets: &Buckets,
+    ) -> &mut Series {
         let hash = attributes_hash(attrs);
         let found = self.index.get(&hash).and_then(|ids| {
             ids.iter()
@@ -104,13 +110,14 @@ impl FamilySeries {
                         family,
                         vec![KeyValue::new("otel.metric.overflow", true)],
                         now,
+                        buckets,
                     );
                     self.overflow = Some(i);
                     i
                 }
             },
             None => {
-                let i = self.push(family, attrs.to_vec(), now);
+                let i = self.push(family, attrs.to_vec(), now, buckets);
                 self.index.entry(hash).or_default().push(i);
                 i
             }
@@ -118,17 +125,36 @@ impl FamilySeries {
         &mut self.series[i]
     }
 
-    fn push(&mut self, family: Family, attributes: Vec<KeyValue>, now: u64) -> usize {
+    fn push(
+        &mut self,
+        family: Family,
+        attributes: Vec<KeyValue>,
+        now: u64,
+        buckets: &Buckets,
+    ) -> usize {
         self.series.push(Series {
             attributes,
             histograms: family
                 .instruments()
                 .iter()
-                .map(|i| Histogram::new(i.bounds))
+                .map(|i| Histogram::new(bounds_of(i, buckets)))
                 .collect(),
             start_unix_ns: now,
         });
         self.series.len() - 1
+    }
+}
+
+/// The bucket boundaries of instrument `i`: the configured ones by what it measures
+/// (counters have none).
+fn bounds_of(i: &Instrument, buckets: &Buckets) -> &'static [f64] {
+    use families::Measure;
+    match i.measure {
+        _ if i.bounds.is_empty() => &[],
+        Measure::Duration | Measure::ClientDuration | Measure::ServerDuration => buckets.duration,
+        Measure::RequestBody => buckets.request_size,
+        Measure::ResponseBody => buckets.response_size,
+        Measure::One | Measure::Failed => &[],
     }
 }
 
@@ -215,6 +241,8 @@ pub struct MetricsRegistry {
     scratch: Vec<KeyValue>,
     /// Which metrics are made (`metrics.features`).
     features: MetricsFeatures,
+    /// Histogram boundaries (`buckets`).
+    buckets: Buckets,
 }
 
 fn now_unix_ns() -> u64 {
@@ -233,6 +261,11 @@ impl MetricsRegistry {
     /// Which metrics are made from now on.
     pub fn set_features(&mut self, features: MetricsFeatures) {
         self.features = features;
+    }
+
+    /// The histogram boundaries of the series made from now on.
+    pub fn set_buckets(&mut self, buckets: Buckets) {
+        self.buckets = buckets;
     }
 
     /// Records one transaction of `process`, any protocol (`route`: an HTTP
@@ -283,8 +316,9 @@ impl MetricsRegistry {
     ) {
         let now = tx.end_unix_ns();
         let family = obs.family;
+        let buckets = self.buckets;
         let meters = self.meters(process);
-        let series = meters.families[family.index()].series(family, attrs, now);
+        let series = meters.families[family.index()].series(family, attrs, now, &buckets);
         for (h, instrument) in series.histograms.iter_mut().zip(family.instruments()) {
             if let Some(v) = obs.value(instrument.measure) {
                 h.record(v);
