@@ -709,3 +709,37 @@ fn node_chunked_bodies_are_counted_decoded() {
     assert_eq!(size("/big"), Some(3003));
     assert_eq!(size("/err"), Some(4));
 }
+
+/// Issue 14: a process's own `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` (its
+/// environment, forwarded by the loader) name its spans, as its SDK would.
+#[test]
+fn a_process_is_named_by_its_own_otel_variables() {
+    let test = "a_process_is_named_by_its_own_otel_variables";
+    if !require_root_bpf(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let mut t = Tracing::start(dir.path(), &[port], "application");
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg("-u")
+        .arg(service_script())
+        .arg(port.to_string())
+        .env("OTEL_SERVICE_NAME", "checkout")
+        .env(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "service.namespace=shop,deployment.environment=prod",
+        );
+    let mut svc = Running::spawn(cmd, "trace_service.py (OTEL_SERVICE_NAME=checkout)");
+    wait_listening(&mut svc, port, PATIENCE);
+    curl(&format!("http://127.0.0.1:{port}/data/x"));
+    let sp = i64::from(svc.pid());
+    t.until("the service's server span", |all| {
+        all.iter().any(|s| s["kind"] == SERVER && pid_of(s) == sp)
+    });
+    let all = t.receiver.spans();
+    let s = one(http_spans(&all, sp, SERVER, "/data/x"), "server span", &all);
+    assert_eq!(s["resource"]["service.name"], "checkout", "{s}");
+    assert_eq!(s["resource"]["service.namespace"], "shop", "{s}");
+    assert_eq!(s["resource"]["deployment.environment"], "prod", "{s}");
+}

@@ -203,7 +203,7 @@ pub const FEATURES: &[Feature] = &[
         capabilities: &[Bpf, Perfmon, SysPtrace, DacReadSearch],
         runtime_capabilities: &[SysPtrace, DacReadSearch],
         why: "BPF and PERFMON attach the sched tracepoints; SYS_PTRACE reads /proc/<pid>/exe, \
-              root and fd links of other users' processes; DAC_READ_SEARCH lists their \
+              root, environ (its OTEL_* entries only) and fd links of other users' processes; DAC_READ_SEARCH lists their \
               /proc/<pid>/fd directories (mode 0500). The /proc part goes on for every new \
               process, so SYS_PTRACE and DAC_READ_SEARCH stay after attaching.",
         facilities: &[Facility::Tracefs, Facility::Procfs, Facility::RingBuffer],

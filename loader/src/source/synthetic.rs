@@ -41,6 +41,7 @@ pub fn process_start(mono_ns: u64) -> Event {
             pid_namespace: 4026531836,
             uid: 1000,
             preexisting: true,
+            otel_env: Vec::new(),
         })),
     }
 }

@@ -64,6 +64,7 @@ use tandem_proto::Selection;
 pub use env::{vars, Env, ProcessEnv};
 pub use error::{ConfigError, FileError};
 pub use file::{InstrumentSelector, IGNORED_KEYS};
+pub(crate) use values::parse_key_values;
 pub use values::{KubeEnable, LogLevel};
 
 use crate::settings::{
@@ -72,7 +73,7 @@ use crate::settings::{
 use env::setting;
 use file::FileConfig;
 use otlp::{resolve_signal, Millis, SignalFile, SIGNAL_METRICS, SIGNAL_TRACES};
-use values::{parse_key_values, GoDuration, ParseValue, Pids, Ports, Ratio, SamplerName};
+use values::{GoDuration, ParseValue, Pids, Ports, Ratio, SamplerName};
 use yaml::{present_keys, yaml_error};
 
 /// Default metrics export interval (OBI's, and OpenTelemetry's).

@@ -13,8 +13,13 @@
 //!    `crate::kube::meta` for the rule) and its `resource.opentelemetry.io/*`
 //!    annotations; looked up again whenever the Kubernetes store changed, so a pod
 //!    learnt late (API server down at start) decorates the next spans;
-//! 3. `resource_attributes` (`OTEL_RESOURCE_ATTRIBUTES`);
-//! 4. `service_name` / `service_namespace` settings (`OTEL_SERVICE_NAME`).
+//!
+//!    2b. what the process declares itself in its own environment (forwarded by the
+//!    loader): its `OTEL_RESOURCE_ATTRIBUTES`, then its `OTEL_SERVICE_NAME` as
+//!    `service.name` (an application's own name wins over its executable's and its
+//!    pod's, as its OpenTelemetry SDK would report it);
+//! 3. `resource_attributes` (tandem's own `OTEL_RESOURCE_ATTRIBUTES`);
+//! 4. `service_name` / `service_namespace` settings (tandem's own `OTEL_SERVICE_NAME`).
 //!
 //! OBI names its SDK `opentelemetry-ebpf-instrumentation` and sets
 //! `telemetry.sdk.language` to the language it detected in the process; tandem
@@ -139,6 +144,31 @@ impl ProcessResource {
 struct Started {
     exe_path: String,
     container_id: String,
+    /// The process's own `OTEL_RESOURCE_ATTRIBUTES` then `OTEL_SERVICE_NAME`, as
+    /// resource attributes (see the module documentation, step 2b).
+    own: Vec<(String, String)>,
+}
+
+/// The resource attributes a process declares itself in its environment (the
+/// loader forwards its `OTEL_*` entries): `OTEL_RESOURCE_ATTRIBUTES` (`k=v,...`,
+/// percent-decoded; a malformed value is ignored whole, as the SDKs do), then
+/// `OTEL_SERVICE_NAME` as `service.name`.
+fn own_attributes(otel_env: &[String]) -> Vec<(String, String)> {
+    let get = |name: &str| {
+        otel_env.iter().find_map(|e| {
+            e.strip_prefix(name)
+                .and_then(|r| r.strip_prefix('='))
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        })
+    };
+    let mut out = get("OTEL_RESOURCE_ATTRIBUTES")
+        .and_then(|v| crate::config::parse_key_values(v).ok())
+        .unwrap_or_default();
+    if let Some(name) = get("OTEL_SERVICE_NAME") {
+        out.push(("service.name".into(), name.to_string()));
+    }
+    out
 }
 
 #[derive(Debug)]
@@ -184,6 +214,7 @@ impl ProcessMap {
         let started = Started {
             exe_path: p.exe_path.clone(),
             container_id: p.container_id.clone(),
+            own: own_attributes(&p.otel_env),
         };
         let (kube_version, kube_attrs) = self.kube_lookup(Some(&started));
         let resource = Arc::new(self.build(p.pid, Some(&started), kube_attrs.as_ref()));
@@ -328,6 +359,9 @@ impl ProcessMap {
             }
         }
         for (k, v) in self.loader.iter().chain(kube.into_iter().flatten()) {
+            attrs.insert(k.clone(), v.clone());
+        }
+        for (k, v) in p.into_iter().flat_map(|p| &p.own) {
             attrs.insert(k.clone(), v.clone());
         }
         for (k, v) in &s.resource_attributes {
@@ -502,5 +536,58 @@ mod tests {
         // An unrelated change keeps the same resource.
         store.set_detected_cluster_name(Some("other".into()));
         assert!(Arc::ptr_eq(&r, &m.get(5)));
+    }
+}
+
+#[cfg(test)]
+mod own_env_tests {
+    use super::*;
+    use opentelemetry::Key;
+
+    #[test]
+    fn a_process_names_itself_with_its_own_otel_variables() {
+        let mut m = ProcessMap::new(ResourceSettings {
+            host_name: "box".into(),
+            ..Default::default()
+        });
+        m.on_started(&ProcessStarted {
+            pid: 5,
+            exe_path: "/usr/bin/python3.11".into(),
+            otel_env: vec![
+                "OTEL_RESOURCE_ATTRIBUTES=service.namespace=shop,deployment.environment=prod,service.name=ignored".into(),
+                "OTEL_SERVICE_NAME=checkout".into(),
+                "OTEL_EXPORTER_OTLP_ENDPOINT=http://c:4318".into(),
+            ],
+            ..Default::default()
+        });
+        let r = m.get(5);
+        let get = |k: &'static str| {
+            r.resource
+                .get(&Key::from_static_str(k))
+                .map(|v| v.to_string())
+        };
+        assert_eq!(get("service.name").as_deref(), Some("checkout"));
+        assert_eq!(get("service.namespace").as_deref(), Some("shop"));
+        assert_eq!(get("deployment.environment").as_deref(), Some("prod"));
+        assert_eq!(r.service_name, "checkout");
+        // A malformed OTEL_RESOURCE_ATTRIBUTES is ignored whole.
+        m.on_started(&ProcessStarted {
+            pid: 6,
+            exe_path: "/usr/bin/node".into(),
+            otel_env: vec!["OTEL_RESOURCE_ATTRIBUTES=no-equals-sign".into()],
+            ..Default::default()
+        });
+        assert_eq!(m.get(6).service_name, "node");
+        // tandem's own OTEL_SERVICE_NAME still wins over everything.
+        let mut m = ProcessMap::new(ResourceSettings {
+            service_name: Some("forced".into()),
+            ..Default::default()
+        });
+        m.on_started(&ProcessStarted {
+            pid: 5,
+            otel_env: vec!["OTEL_SERVICE_NAME=checkout".into()],
+            ..Default::default()
+        });
+        assert_eq!(m.get(5).service_name, "forced");
     }
 }

@@ -241,6 +241,7 @@ pub fn process_started(mono_ns: u64, info: &ProcessInfo, preexisting: bool) -> E
             pid_namespace: info.pid_namespace,
             uid: info.uid,
             preexisting,
+            otel_env: info.otel_env.clone(),
         })),
     }
 }

@@ -50,6 +50,27 @@ pub struct ProcessInfo {
     pub start_time: u64,
     /// Why `exe_path` is empty, if it is.
     pub exe_error: Option<io::ErrorKind>,
+    /// The `OTEL_*` entries of its environment (see [`otel_env`]).
+    pub otel_env: Vec<String>,
+}
+
+/// Most `OTEL_*` environment entries forwarded per process, and most bytes of one.
+pub const MAX_OTEL_ENV: usize = 32;
+pub const MAX_OTEL_ENV_ENTRY: usize = 4096;
+/// Most bytes of /proc/<pid>/environ read.
+const MAX_ENVIRON: u64 = 256 * 1024;
+
+/// The `OTEL_*` entries of a NUL-separated environment block, raw (`NAME=value`): at
+/// most [`MAX_OTEL_ENV`], each at most [`MAX_OTEL_ENV_ENTRY`] bytes, valid UTF-8;
+/// nothing else is looked at (the processor interprets them, unprivileged).
+pub fn otel_env(environ: &[u8]) -> Vec<String> {
+    environ
+        .split(|b| *b == 0)
+        .filter(|e| e.starts_with(b"OTEL_") && e.len() <= MAX_OTEL_ENV_ENTRY)
+        .filter_map(|e| std::str::from_utf8(e).ok())
+        .take(MAX_OTEL_ENV)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// One line of /proc/net/tcp or tcp6.
@@ -112,6 +133,13 @@ impl ProcFs {
         info.net_namespace = self.namespace(pid, "net").unwrap_or(0);
         if let Ok(stat) = fs::read_to_string(self.path(pid, "stat")) {
             info.start_time = parse_stat_start_time(&stat).unwrap_or(0);
+        }
+        if let Ok(f) = fs::File::open(self.path(pid, "environ")) {
+            use std::io::Read;
+            let mut raw = Vec::new();
+            if f.take(MAX_ENVIRON).read_to_end(&mut raw).is_ok() {
+                info.otel_env = otel_env(&raw);
+            }
         }
         Ok(info)
     }
@@ -564,5 +592,30 @@ mod tests {
         // 51240's local port 8080 is a listening port: a server-side connection.
         assert!(scan.client_peer_ports.is_empty());
         assert!(scan.established.contains(&51240));
+    }
+}
+
+#[cfg(test)]
+mod otel_env_tests {
+    use super::*;
+
+    #[test]
+    fn only_bounded_otel_entries_are_kept() {
+        let mut env = b"PATH=/bin\0OTEL_SERVICE_NAME=checkout\0SECRET=x\0OTEL_BAD=\xff\0".to_vec();
+        let long = format!("OTEL_LONG={}", "v".repeat(MAX_OTEL_ENV_ENTRY));
+        env.extend_from_slice(long.as_bytes());
+        env.push(0);
+        for i in 0..40 {
+            env.extend_from_slice(format!("OTEL_X{i}=1\0").as_bytes());
+        }
+        let got = otel_env(&env);
+        assert_eq!(got[0], "OTEL_SERVICE_NAME=checkout");
+        assert_eq!(got.len(), MAX_OTEL_ENV);
+        assert!(got
+            .iter()
+            .all(|e| e.starts_with("OTEL_") && e.len() <= MAX_OTEL_ENV_ENTRY));
+        assert!(!got
+            .iter()
+            .any(|e| e.starts_with("OTEL_LONG") || e.starts_with("OTEL_BAD")));
     }
 }
