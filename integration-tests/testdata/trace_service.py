@@ -8,7 +8,8 @@ GET /front/NAME: calls, in this order and on the handler's own thread,
   GET /data/NAME on the downstream (urllib, a new connection), GET key NAME on
   Redis (redis-py, pooled connections), `SELECT relname FROM pg_class WHERE relname = 'NAME'`
   on PostgreSQL (psycopg2, a new connection per request); answers 200 with what it
-  got. GET /data/NAME: waits --delay-ms, answers `data NAME`.
+  got. GET /data/NAME: waits --delay-ms, answers `data NAME`. GET /export (with
+--otlp-traces URL): POSTs an empty OTLP/HTTP trace export to URL, as an SDK does.
 Prints READY once listening. No traceparent is sent anywhere.
 """
 
@@ -24,6 +25,7 @@ parser.add_argument("--downstream", type=int)
 parser.add_argument("--redis", type=int)
 parser.add_argument("--postgres", type=int)
 parser.add_argument("--delay-ms", type=int, default=0)
+parser.add_argument("--otlp-traces", help="GET /export POSTs an (empty) OTLP export here, as an SDK would")
 args = parser.parse_args()
 
 redis_client = None
@@ -45,6 +47,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
+        if self.path == "/export" and args.otlp_traces:
+            req = urllib.request.Request(
+                args.otlp_traces, data=b"", method="POST",
+                headers={"Content-Type": "application/x-protobuf"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                r.read()
+            self.answer("exported\n")
+            return
         if self.path.startswith("/data/"):
             time.sleep(args.delay_ms / 1000.0)
             self.answer("data " + self.path[len("/data/"):])

@@ -743,3 +743,44 @@ fn a_process_is_named_by_its_own_otel_variables() {
     assert_eq!(s["resource"]["service.namespace"], "shop", "{s}");
     assert_eq!(s["resource"]["deployment.environment"], "prod", "{s}");
 }
+
+/// Issue 14: `exclude_otel_instrumented_services` (OBI's default): once a process is
+/// seen exporting OTLP itself (its SDK), tandem leaves it alone.
+#[test]
+fn a_process_exporting_otlp_itself_is_left_alone() {
+    let test = "a_process_exporting_otlp_itself_is_left_alone";
+    if !require_root_bpf(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let mut t = Tracing::start(dir.path(), &[port], "application");
+    let otlp = format!("http://127.0.0.1:{}/v1/traces", t.receiver.http_port);
+    let svc = start_service(port, &["--otlp-traces".into(), otlp]);
+    let sp = i64::from(svc.pid());
+    curl(&format!("http://127.0.0.1:{port}/data/before"));
+    curl(&format!("http://127.0.0.1:{port}/export"));
+    curl(&format!("http://127.0.0.1:{port}/data/after"));
+    // The curl client span of /data/after is the last thing tandem exports.
+    t.until("curl's span of /data/after", |all| {
+        all.iter()
+            .any(|s| s["kind"] == CLIENT && attr(s, "url.path") == "/data/after")
+    });
+    t.receiver.settle(Duration::from_millis(1500));
+    let all = t.receiver.spans();
+    let from_tandem: Vec<&Value> = all
+        .iter()
+        .copied()
+        .filter(|s| s["resource"]["telemetry.sdk.name"] == "tandem" && pid_of(s) == sp)
+        .collect();
+    let paths: Vec<&str> = from_tandem
+        .iter()
+        .map(|s| attr(s, "url.path").as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(paths, ["/data/before"], "{}", t.receiver.dump());
+    let summary = stop_and_summary(&mut t.processor);
+    assert!(
+        summary.contains("3 of 1 OpenTelemetry-instrumented processes left alone"),
+        "{summary}"
+    );
+}

@@ -130,6 +130,10 @@ impl Engine {
             *self.by_protocol.entry(tx.protocol_name()).or_default() += 1;
             self.pipeline.on_transaction(&tx);
         }
+        if let Some(EventKind::ProcessExited(p)) = &event.kind {
+            // After the transactions its exit closed.
+            self.pipeline.on_exit(p.pid);
+        }
     }
 
     fn print_raw(&self, events: &[Event], offset: i64) {

@@ -167,6 +167,9 @@ pub struct ExportSettings {
     pub metrics_features: MetricsFeatures,
     /// `otel_metrics_export.buckets` (or `prometheus_export.buckets`).
     pub buckets: Buckets,
+    /// `discovery.exclude_otel_instrumented_services` (OBI's default `true`): a
+    /// process seen exporting OTLP itself gets no spans or metrics from tandem.
+    pub exclude_otel_instrumented: bool,
 }
 
 impl Default for ExportSettings {
@@ -193,6 +196,7 @@ impl Default for ExportSettings {
             metrics_instrumentations: Instrumentations::default(),
             metrics_features: MetricsFeatures::default(),
             buckets: Buckets::default(),
+            exclude_otel_instrumented: true,
         }
     }
 }

@@ -73,7 +73,7 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "  made    {} transactions ({}); spans {} sampled, {} not sampled, {} not built (no span sink), {} ignored by route, {} off by instrumentation",
+            "  made    {} transactions ({}); spans {} sampled, {} not sampled, {} not built (no span sink), {} ignored by route, {} off by instrumentation, {} of {} OpenTelemetry-instrumented processes left alone",
             thousands(self.transactions_total()),
             list(self.transactions.iter().map(|(k, v)| (*k, *v))),
             thousands(p.spans_sampled),
@@ -81,6 +81,8 @@ impl fmt::Display for Summary {
             thousands(p.spans_not_built),
             thousands(p.ignored_traces),
             thousands(p.disabled_traces),
+            thousands(p.excluded_otel_instrumented),
+            thousands(p.otel_instrumented_processes),
         )?;
         writeln!(
             f,

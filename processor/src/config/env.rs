@@ -91,6 +91,8 @@ pub mod vars {
     pub const LOG_FORMAT: &str = "OTEL_EBPF_LOG_FORMAT";
     /// Process ids to instrument, comma-separated (`target_pids`).
     pub const TARGET_PID: &str = "OTEL_EBPF_TARGET_PID";
+    pub const EXCLUDE_OTEL_INSTRUMENTED_SERVICES: &str =
+        "OTEL_EBPF_EXCLUDE_OTEL_INSTRUMENTED_SERVICES";
     /// Current OBI's name of the trace queue bound (`otel_traces_export.queue_size`).
     pub const TRACES_QUEUE_SIZE: &str = "OTEL_EBPF_OTLP_TRACES_QUEUE_SIZE";
     pub const PROMETHEUS_PORT: &str = "OTEL_EBPF_PROMETHEUS_PORT";

@@ -79,7 +79,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "discovery.poll_interval",
     "discovery.skip_go_specific_tracers",
     "discovery.bpf_pid_filter_off",
-    "discovery.exclude_otel_instrumented_services",
     "discovery.exclude_otel_instrumented_services_span_metrics",
     "discovery.default_otlp_grpc_port",
     "discovery.min_process_age",
@@ -383,8 +382,8 @@ pub(crate) struct DiscoverySection {
     _skip_go_specific_tracers: Ignored,
     #[serde(rename = "bpf_pid_filter_off")]
     _bpf_pid_filter_off: Ignored,
-    #[serde(rename = "exclude_otel_instrumented_services")]
-    _exclude_otel_instrumented_services: Ignored,
+    /// OBI's default `true`: processes exporting OTLP themselves are left alone.
+    pub exclude_otel_instrumented_services: Option<bool>,
     #[serde(rename = "exclude_otel_instrumented_services_span_metrics")]
     _exclude_otel_instrumented_services_span_metrics: Ignored,
     #[serde(rename = "default_otlp_grpc_port")]

@@ -467,6 +467,12 @@ impl Config {
                 .unwrap_or_default(),
             metrics_features,
             buckets,
+            exclude_otel_instrumented: from_env::<bool>(
+                env,
+                vars::EXCLUDE_OTEL_INSTRUMENTED_SERVICES,
+            )?
+            .or(f.discovery.exclude_otel_instrumented_services)
+            .unwrap_or(true),
         };
 
         let kubernetes = Kubernetes {

@@ -62,6 +62,10 @@ pub struct PipelineStats {
     pub metric_exports: (u64, u64),
     /// Spans printed by the trace printer.
     pub printed: u64,
+    /// Transactions of processes seen exporting OTLP themselves, left alone
+    /// (`exclude_otel_instrumented_services`), and such processes seen.
+    pub excluded_otel_instrumented: u64,
+    pub otel_instrumented_processes: u64,
 }
 
 impl PipelineStats {
@@ -123,6 +127,9 @@ fn process_map(export: &ExportSettings, host_name: String) -> ProcessMap {
     })
 }
 
+/// Most processes remembered as exporting OTLP themselves.
+pub const MAX_OTEL_INSTRUMENTED: usize = 65_536;
+
 /// Transactions in, spans and metrics out. Single consumer: the processor's event
 /// loop calls it; the exporters run on tasks of the same (multi-thread) runtime.
 pub struct Pipeline {
@@ -141,6 +148,9 @@ pub struct Pipeline {
     traces_instrumentations: Instrumentations,
     metrics_instrumentations: Instrumentations,
     metrics_features: MetricsFeatures,
+    exclude_otel_instrumented: bool,
+    /// Processes seen exporting OTLP themselves (bounded; see `on_transaction`).
+    otel_instrumented: std::collections::HashSet<u32>,
 }
 
 impl Pipeline {
@@ -259,6 +269,8 @@ impl Pipeline {
             traces_instrumentations: export.traces_instrumentations.clone(),
             metrics_instrumentations: export.metrics_instrumentations.clone(),
             metrics_features: export.metrics_features,
+            exclude_otel_instrumented: export.exclude_otel_instrumented,
+            otel_instrumented: std::collections::HashSet::new(),
         })
     }
 
@@ -312,6 +324,10 @@ impl Pipeline {
     /// every sink; exported when sampled).
     pub fn on_transaction(&mut self, tx: &Transaction) {
         self.stats.transactions += 1;
+        if self.exclude_otel_instrumented && self.leave_alone(tx) {
+            self.stats.excluded_otel_instrumented += 1;
+            return;
+        }
         let routed = match &tx.exchange {
             Exchange::Http(h) => Some(self.router.route(&h.request.path)),
             Exchange::Db(_) => None,
@@ -364,6 +380,39 @@ impl Pipeline {
         for s in &mut self.sinks {
             s.span(&rec, tx, &process);
         }
+    }
+
+    /// Whether `tx`'s process exports OTLP itself (an OpenTelemetry SDK): seen in
+    /// this transaction (an HTTP `POST` to `/v1/traces`, `/v1/metrics` or `/v1/logs`,
+    /// or a gRPC call to `/opentelemetry.proto.collector.*`) or before. OBI's
+    /// `exclude_otel_instrumented_services` leaves such processes alone: their own
+    /// SDK reports them. At most [`MAX_OTEL_INSTRUMENTED`] are remembered.
+    fn leave_alone(&mut self, tx: &Transaction) -> bool {
+        if self.otel_instrumented.contains(&tx.pid) {
+            return true;
+        }
+        let exports = tx.side == crate::model::Side::Client
+            && tx.http().is_some_and(|h| {
+                let p = h.request.path.as_str();
+                (h.request.method == "POST"
+                    && matches!(p, "/v1/traces" | "/v1/metrics" | "/v1/logs"))
+                    || p.starts_with("/opentelemetry.proto.collector.")
+            });
+        if exports && self.otel_instrumented.len() < MAX_OTEL_INSTRUMENTED {
+            self.otel_instrumented.insert(tx.pid);
+            self.stats.otel_instrumented_processes += 1;
+            info!(
+                pid = tx.pid,
+                "process exports OTLP itself (OpenTelemetry SDK): left alone \
+                 (discovery.exclude_otel_instrumented_services)"
+            );
+        }
+        exports
+    }
+
+    /// A process exited: forget what was learnt of it.
+    pub fn on_exit(&mut self, pid: u32) {
+        self.otel_instrumented.remove(&pid);
     }
 
     /// The end of an input batch: the sinks hand their work on.
@@ -465,6 +514,53 @@ mod instrumentation_tests {
             .collect();
         assert_eq!(names, ["rpc.server.call.duration"]);
         p.shutdown().await;
+    }
+
+    /// `exclude_otel_instrumented_services`: from its first OTLP export on, a
+    /// process gets nothing from tandem; off, it is instrumented like any other.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_process_exporting_otlp_itself_is_left_alone() {
+        for (exclude, spans) in [(true, 1), (false, 4)] {
+            let export = ExportSettings {
+                exclude_otel_instrumented: exclude,
+                ..Default::default()
+            };
+            let mut p = Pipeline::with_printer(
+                &RoutesSettings::default(),
+                &export,
+                "box".into(),
+                Printer::new(TracePrinter::Json, Box::new(std::io::sink())),
+            )
+            .expect("pipeline");
+            let mut served = tx(Side::Server, "GET", "/x", Some(200));
+            served.pid = 9;
+            let mut export_call = tx(Side::Client, "POST", "/v1/traces", Some(200));
+            export_call.pid = 9;
+            let mut other = tx(Side::Server, "GET", "/y", Some(200));
+            other.pid = 10;
+            // Before its first export, 9 is instrumented; then not, until it exits.
+            p.on_transaction(&served);
+            p.on_transaction(&export_call);
+            p.on_transaction(&served);
+            p.on_transaction(&other);
+            let s = p.stats();
+            if exclude {
+                assert_eq!(
+                    (s.excluded_otel_instrumented, s.otel_instrumented_processes),
+                    (2, 1)
+                );
+                assert_eq!(s.spans_sampled, 2, "9 before its export, and 10");
+            } else {
+                assert_eq!((s.excluded_otel_instrumented, s.spans_sampled), (0, spans));
+            }
+            p.on_exit(9);
+            p.on_transaction(&served);
+            assert_eq!(
+                p.stats().excluded_otel_instrumented,
+                if exclude { 2 } else { 0 }
+            );
+            p.shutdown().await;
+        }
     }
 
     fn db_tx(system: DbSystem) -> Transaction {
