@@ -73,7 +73,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "attributes.kubernetes.disable_informers",
     "attributes.kubernetes.meta_cache_address",
     "attributes.kubernetes.meta_source_labels",
-    "attributes.kubernetes.resource_labels",
     "attributes.kubernetes.service_name_template",
     // discovery
     "discovery.poll_interval",
@@ -347,8 +346,8 @@ pub(crate) struct KubernetesSection {
     _meta_cache_address: Ignored,
     #[serde(rename = "meta_source_labels")]
     _meta_source_labels: Ignored,
-    #[serde(rename = "resource_labels")]
-    _resource_labels: Ignored,
+    /// Resource attribute → the pod labels giving it.
+    pub resource_labels: Option<BTreeMap<String, Vec<String>>>,
     #[serde(rename = "service_name_template")]
     _service_name_template: Ignored,
 }

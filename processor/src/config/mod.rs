@@ -142,7 +142,7 @@ pub struct Discovery {
 /// `attributes.kubernetes`, kept for the Kubernetes decoration stage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Kubernetes {
-    /// `enable` / `OTEL_EBPF_KUBE_METADATA_ENABLE` (default false, as in OBI).
+    /// `enable` / `OTEL_EBPF_KUBE_METADATA_ENABLE` (default autodetect, as in OBI).
     pub enable: KubeEnable,
     /// `cluster_name` / `OTEL_EBPF_KUBE_CLUSTER_NAME`.
     pub cluster_name: Option<String>,
@@ -159,6 +159,9 @@ pub struct Kubernetes {
     pub informers_resync_period: Duration,
     /// `KUBE_NODE_NAME` (downward API): pods are watched on this node only.
     pub node_name: Option<String>,
+    /// `attributes.kubernetes.resource_labels`: resource attribute → pod labels,
+    /// merged over OBI's defaults (`crate::kube::meta::resource_labels`).
+    pub resource_labels: BTreeMap<String, Vec<String>>,
     /// `KUBE_NAMESPACE` (downward API): the processor's own namespace (logged).
     pub own_namespace: Option<String>,
     /// `KUBERNETES_SERVICE_HOST` is set: running inside a cluster.
@@ -180,6 +183,7 @@ impl Default for Kubernetes {
             informers_sync_timeout: DEFAULT_KUBE_SYNC_TIMEOUT,
             informers_resync_period: DEFAULT_KUBE_RESYNC_PERIOD,
             node_name: None,
+            resource_labels: BTreeMap::new(),
             own_namespace: None,
             in_cluster: false,
         }
@@ -498,6 +502,12 @@ impl Config {
             .or(f.attributes.kubernetes.informers_resync_period.map(|v| v.0))
             .map_or(DEFAULT_KUBE_RESYNC_PERIOD, |d| d.0),
             node_name: setting(env, vars::KUBE_NODE_NAME),
+            resource_labels: f
+                .attributes
+                .kubernetes
+                .resource_labels
+                .take()
+                .unwrap_or_default(),
             own_namespace: setting(env, vars::KUBE_NAMESPACE),
             in_cluster: setting(env, vars::KUBERNETES_SERVICE_HOST).is_some(),
         };

@@ -13,12 +13,16 @@
 //! # service.name and service.namespace (OBI's rule, the OpenTelemetry convention)
 //!
 //! `service.name`, first found of: the pod annotation
-//! `resource.opentelemetry.io/service.name`; the pod label `app.kubernetes.io/name`;
-//! the top owner's name (Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, CronJob);
-//! the pod name. `service.namespace`: the annotation
-//! `resource.opentelemetry.io/service.namespace`; the label `app.kubernetes.io/part-of`;
-//! the pod's namespace. Every other `resource.opentelemetry.io/<key>` annotation
-//! becomes the resource attribute `<key>`.
+//! `resource.opentelemetry.io/service.name`; the pod labels of
+//! `resource_labels["service.name"]` (default `app.kubernetes.io/instance`, then
+//! `app.kubernetes.io/name`); the top owner's name (Deployment, ReplicaSet,
+//! StatefulSet, DaemonSet, Job, CronJob); the pod name. `service.namespace`: the
+//! annotation `resource.opentelemetry.io/service.namespace`; the labels of
+//! `resource_labels["service.namespace"]` (default `app.kubernetes.io/part-of`); the
+//! pod's namespace. Every other `resource.opentelemetry.io/<key>` annotation becomes
+//! the resource attribute `<key>`, and every other entry of `resource_labels`
+//! (default `service.version`: `app.kubernetes.io/version`) the attribute from the
+//! first of its labels the pod has, unless an annotation gave it.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -29,10 +33,26 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 
 /// Annotation prefix of resource attributes (OpenTelemetry convention).
 pub const RESOURCE_ANNOTATION_PREFIX: &str = "resource.opentelemetry.io/";
-/// Label giving `service.name` when no annotation does.
-pub const SERVICE_NAME_LABEL: &str = "app.kubernetes.io/name";
-/// Label giving `service.namespace` when no annotation does.
-pub const SERVICE_NAMESPACE_LABEL: &str = "app.kubernetes.io/part-of";
+/// `attributes.kubernetes.resource_labels`: resource attribute → the pod labels that
+/// give it, first found wins.
+pub type ResourceLabels = BTreeMap<String, Vec<String>>;
+
+/// OBI's default [`ResourceLabels`], with the keys of `configured` replacing theirs.
+pub fn resource_labels(configured: &ResourceLabels) -> ResourceLabels {
+    let mut labels: ResourceLabels = [
+        (
+            "service.name",
+            &["app.kubernetes.io/instance", "app.kubernetes.io/name"][..],
+        ),
+        ("service.namespace", &["app.kubernetes.io/part-of"][..]),
+        ("service.version", &["app.kubernetes.io/version"][..]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+    .collect();
+    labels.extend(configured.clone());
+    labels
+}
 /// Label of the pods of a Deployment's ReplicaSet (the ReplicaSet name's suffix).
 pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 /// Annotations longer than this are not kept (e.g. `last-applied-configuration`).
@@ -265,6 +285,7 @@ pub fn container_attributes(
     container_name: Option<&str>,
     owners: &Owners,
     cluster_name: Option<&str>,
+    resource_labels: &ResourceLabels,
 ) -> BTreeMap<String, String> {
     let mut a = BTreeMap::new();
     let mut put = |k: &str, v: Option<&str>| {
@@ -293,10 +314,26 @@ pub fn container_attributes(
             }
         }
     }
+    let label_of = |attr: &str| {
+        resource_labels
+            .get(attr)
+            .into_iter()
+            .flatten()
+            .find_map(|l| pod.labels.get(l).filter(|v| !v.is_empty()))
+    };
+    for attr in resource_labels.keys() {
+        if attr == "service.name" || attr == "service.namespace" || a.contains_key(attr) {
+            continue;
+        }
+        if let Some(v) = label_of(attr) {
+            a.insert(attr.clone(), v.clone());
+        }
+    }
     let service_name = pod
         .annotations
         .get(&format!("{RESOURCE_ANNOTATION_PREFIX}service.name"))
-        .or_else(|| pod.labels.get(SERVICE_NAME_LABEL))
+        .filter(|v| !v.is_empty())
+        .or_else(|| label_of("service.name"))
         .filter(|v| !v.is_empty())
         .cloned()
         .or_else(|| owners.top.clone())
@@ -304,7 +341,8 @@ pub fn container_attributes(
     let service_namespace = pod
         .annotations
         .get(&format!("{RESOURCE_ANNOTATION_PREFIX}service.namespace"))
-        .or_else(|| pod.labels.get(SERVICE_NAMESPACE_LABEL))
+        .filter(|v| !v.is_empty())
+        .or_else(|| label_of("service.namespace"))
         .filter(|v| !v.is_empty())
         .cloned()
         .unwrap_or_else(|| pod.namespace.clone());
@@ -388,12 +426,53 @@ mod tests {
         assert_eq!(o.replicaset.as_deref(), Some("checkout-7d9f8b6c5d"));
     }
 
+    /// OBI's `resource_labels`: `app.kubernetes.io/instance` before `name`, the
+    /// version label, and a configured list replacing a default one.
+    #[test]
+    fn resource_labels_name_services() {
+        let p = PodMeta::from_pod(&pod_json(
+            serde_json::json!({"labels": {
+                "app.kubernetes.io/name": "checkout",
+                "app.kubernetes.io/instance": "checkout-eu",
+                "app.kubernetes.io/version": "1.4.2",
+                "team": "payments",
+            }}),
+            None,
+        ))
+        .unwrap();
+        let o = Owners::resolve(&p, |_| None);
+        let a = container_attributes(&p, None, &o, None, &resource_labels(&ResourceLabels::new()));
+        assert_eq!(a["service.name"], "checkout-eu");
+        assert_eq!(a["service.version"], "1.4.2");
+        let configured: ResourceLabels = [
+            (
+                "service.name".to_string(),
+                vec!["app.kubernetes.io/name".to_string()],
+            ),
+            ("service.namespace".to_string(), vec!["team".to_string()]),
+        ]
+        .into();
+        let a = container_attributes(&p, None, &o, None, &resource_labels(&configured));
+        assert_eq!(a["service.name"], "checkout");
+        assert_eq!(a["service.namespace"], "payments");
+        assert_eq!(
+            a["service.version"], "1.4.2",
+            "defaults not configured stay"
+        );
+    }
+
     #[test]
     fn service_name_rules() {
         let attrs = |extra: serde_json::Value, owner| {
             let p = PodMeta::from_pod(&pod_json(extra, owner)).unwrap();
             let o = Owners::resolve(&p, |_| None);
-            container_attributes(&p, Some("app"), &o, Some("prod"))
+            container_attributes(
+                &p,
+                Some("app"),
+                &o,
+                Some("prod"),
+                &resource_labels(&ResourceLabels::new()),
+            )
         };
         // Owner.
         let a = attrs(serde_json::json!({}), Some(("StatefulSet", "db")));

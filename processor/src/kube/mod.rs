@@ -120,7 +120,10 @@ impl Kube {
         let config = client_config(k).await?;
         let cluster_url = config.cluster_url.to_string();
         let client = kube::Client::try_from(config)?;
-        let store = Arc::new(Store::new(k.cluster_name.clone()));
+        let store = Arc::new(Store::with_resource_labels(
+            k.cluster_name.clone(),
+            &k.resource_labels,
+        ));
         let resync = k.informers_resync_period;
         let mut tasks = Vec::new();
 

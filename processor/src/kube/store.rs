@@ -94,15 +94,26 @@ pub struct Store {
     version: AtomicU64,
     configured_cluster_name: Option<String>,
     pub overflow: Overflow,
+    /// `attributes.kubernetes.resource_labels`, merged over OBI's defaults.
+    resource_labels: super::meta::ResourceLabels,
 }
 
 impl Store {
     pub fn new(configured_cluster_name: Option<String>) -> Self {
+        Self::with_resource_labels(configured_cluster_name, &Default::default())
+    }
+
+    /// A store naming services with `resource_labels` (merged over OBI's defaults).
+    pub fn with_resource_labels(
+        configured_cluster_name: Option<String>,
+        resource_labels: &super::meta::ResourceLabels,
+    ) -> Self {
         Store {
             inner: RwLock::new(Inner::default()),
             version: AtomicU64::new(0),
             configured_cluster_name,
             overflow: Overflow::default(),
+            resource_labels: super::meta::resource_labels(resource_labels),
         }
     }
 
@@ -280,6 +291,7 @@ impl Store {
             pod.container_name(container_id),
             &owners,
             cluster,
+            &self.resource_labels,
         ))
     }
 
