@@ -170,6 +170,8 @@ pub struct ExportSettings {
     /// `discovery.exclude_otel_instrumented_services` (OBI's default `true`): a
     /// process seen exporting OTLP itself gets no spans or metrics from tandem.
     pub exclude_otel_instrumented: bool,
+    /// `filter.application` (see `pipeline::filter`).
+    pub filter: BTreeMap<String, crate::pipeline::filter::Rule>,
 }
 
 impl Default for ExportSettings {
@@ -197,6 +199,7 @@ impl Default for ExportSettings {
             metrics_features: MetricsFeatures::default(),
             buckets: Buckets::default(),
             exclude_otel_instrumented: true,
+            filter: BTreeMap::new(),
         }
     }
 }

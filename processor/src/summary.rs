@@ -73,7 +73,7 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "  made    {} transactions ({}); spans {} sampled, {} not sampled, {} not built (no span sink), {} ignored by route, {} off by instrumentation, {} of {} OpenTelemetry-instrumented processes left alone",
+            "  made    {} transactions ({}); spans {} sampled, {} not sampled, {} not built (no span sink), {} ignored by route, {} off by instrumentation, {} of {} OpenTelemetry-instrumented processes left alone, {} filtered out",
             thousands(self.transactions_total()),
             list(self.transactions.iter().map(|(k, v)| (*k, *v))),
             thousands(p.spans_sampled),
@@ -83,6 +83,7 @@ impl fmt::Display for Summary {
             thousands(p.disabled_traces),
             thousands(p.excluded_otel_instrumented),
             thousands(p.otel_instrumented_processes),
+            thousands(p.filtered),
         )?;
         writeln!(
             f,

@@ -22,7 +22,7 @@ pub const IGNORED_KEYS: &[&str] = &[
     // Top level.
     "ebpf",
     "network",
-    "filter",
+    "filter.network",
     "name_resolver",
     "shutdown_timeout",
     "enforce_sys_caps",
@@ -120,8 +120,7 @@ pub(crate) struct FileConfig {
     _ebpf: Ignored,
     #[serde(rename = "network")]
     _network: Ignored,
-    #[serde(rename = "filter")]
-    _filter: Ignored,
+    pub filter: FilterSection,
     #[serde(rename = "name_resolver")]
     _name_resolver: Ignored,
     pub internal_metrics: InternalMetricsSection,
@@ -289,6 +288,25 @@ pub(crate) struct BucketsSection {
     pub duration_histogram: Option<Vec<f64>>,
     pub request_size_histogram: Option<Vec<f64>>,
     pub response_size_histogram: Option<Vec<f64>>,
+}
+
+/// `filter`: OBI's attribute filters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct FilterSection {
+    /// Attribute → rule, for application spans and metrics.
+    pub application: BTreeMap<String, FilterRule>,
+    #[serde(rename = "network")]
+    _network: Ignored,
+}
+
+/// One attribute's filter rule.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct FilterRule {
+    #[serde(rename = "match")]
+    pub matches: Option<String>,
+    pub not_match: Option<String>,
 }
 
 /// `routes`.

@@ -408,6 +408,21 @@ impl Config {
             (None, None) => (MetricsFeatures::default(), Vec::new()),
         };
         let metrics_features_ignored = ignored_features;
+        let filter: BTreeMap<String, crate::pipeline::filter::Rule> =
+            std::mem::take(&mut f.filter.application)
+                .into_iter()
+                .map(|(k, r)| {
+                    (
+                        k,
+                        crate::pipeline::filter::Rule {
+                            matches: r.matches,
+                            not_matches: r.not_match,
+                        },
+                    )
+                })
+                .collect();
+        crate::pipeline::filter::Filter::new(&filter)
+            .map_err(|m| ConfigError::file_key(file.clone(), "filter.application", m))?;
         let buckets = resolve_buckets(
             f.otel_metrics_export.buckets.take(),
             f.prometheus_export.buckets.take(),
@@ -471,6 +486,7 @@ impl Config {
                 .unwrap_or_default(),
             metrics_features,
             buckets,
+            filter,
             exclude_otel_instrumented: from_env::<bool>(
                 env,
                 vars::EXCLUDE_OTEL_INSTRUMENTED_SERVICES,

@@ -570,12 +570,24 @@ otel_traces_export:
     let c = ok(yaml, &NO_ENV);
     assert_eq!(
         c.ignored_keys,
-        vec![
-            "ebpf",
-            "network",
-            "filter",
-            "otel_traces_export.reporters_cache_len"
-        ]
+        vec!["ebpf", "network", "otel_traces_export.reporters_cache_len"]
+    );
+    // `filter.application` is acted on (`pipeline::filter`).
+    assert_eq!(
+        c.export
+            .filter
+            .get("url_path")
+            .and_then(|r| r.not_matches.as_deref()),
+        Some("/health")
+    );
+    let e = file_error(
+        "filter:\n  application:\n    k8s_pod_name:\n      match: x\n",
+        &NO_ENV,
+    );
+    assert_eq!(e.key.as_deref(), Some("filter.application"));
+    assert!(
+        e.message.contains("not an attribute tandem can filter on"),
+        "{e}"
     );
 }
 

@@ -5,6 +5,7 @@
 //! (trace printer, OTLP traces; the metric sinks read the registry).
 
 pub mod db;
+pub mod filter;
 pub mod grpc;
 pub mod metrics;
 pub mod resource;
@@ -66,6 +67,8 @@ pub struct PipelineStats {
     /// (`exclude_otel_instrumented_services`), and such processes seen.
     pub excluded_otel_instrumented: u64,
     pub otel_instrumented_processes: u64,
+    /// Transactions `filter.application` dropped.
+    pub filtered: u64,
 }
 
 impl PipelineStats {
@@ -149,6 +152,8 @@ pub struct Pipeline {
     metrics_instrumentations: Instrumentations,
     metrics_features: MetricsFeatures,
     exclude_otel_instrumented: bool,
+    /// `filter.application`.
+    filter: filter::Filter,
     /// Processes seen exporting OTLP themselves (bounded; see `on_transaction`).
     otel_instrumented: std::collections::HashSet<u32>,
 }
@@ -270,6 +275,10 @@ impl Pipeline {
             metrics_instrumentations: export.metrics_instrumentations.clone(),
             metrics_features: export.metrics_features,
             exclude_otel_instrumented: export.exclude_otel_instrumented,
+            filter: filter::Filter::new(&export.filter).unwrap_or_else(|e| {
+                tracing::warn!("filter.application not used: {e}");
+                filter::Filter::default()
+            }),
             otel_instrumented: std::collections::HashSet::new(),
         })
     }
@@ -333,6 +342,10 @@ impl Pipeline {
             Exchange::Db(_) => None,
         };
         let route = routed.as_ref().and_then(|r| r.route.as_ref());
+        if !self.filter.is_empty() && !self.filter.keeps(tx, route.map(|r| &**r)) {
+            self.stats.filtered += 1;
+            return;
+        }
         let process = self.processes.get(tx.pid);
         let kind = tx.instrumentation();
         if !self.metrics_instrumentations.is_enabled(kind) {
@@ -561,6 +574,33 @@ mod instrumentation_tests {
             );
             p.shutdown().await;
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn filter_application_drops_and_counts() {
+        let export = ExportSettings {
+            filter: [(
+                "url.path".to_string(),
+                filter::Rule {
+                    matches: None,
+                    not_matches: Some("/health".into()),
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let mut p = Pipeline::with_printer(
+            &RoutesSettings::default(),
+            &export,
+            "box".into(),
+            Printer::new(TracePrinter::Json, Box::new(std::io::sink())),
+        )
+        .expect("pipeline");
+        p.on_transaction(&tx(Side::Server, "GET", "/health", Some(200)));
+        p.on_transaction(&tx(Side::Server, "GET", "/users/1", Some(200)));
+        let s = p.stats();
+        assert_eq!((s.filtered, s.spans_sampled), (1, 1));
+        p.shutdown().await;
     }
 
     fn db_tx(system: DbSystem) -> Transaction {
