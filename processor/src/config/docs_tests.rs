@@ -12,7 +12,7 @@ use super::*;
 
 /// The sections of the file, as a YAML prefix that opens them (a key under the
 /// prefix at the indentation given is inside the section) and their dotted path.
-const SECTIONS: [(&str, &str, &str); 15] = [
+const SECTIONS: [(&str, &str, &str); 16] = [
     ("", "", ""),
     ("otel_traces_export", "otel_traces_export:\n", "  "),
     (
@@ -34,6 +34,7 @@ const SECTIONS: [(&str, &str, &str); 15] = [
     ),
     ("metrics", "metrics:\n", "  "),
     ("routes", "routes:\n", "  "),
+    ("filter", "filter:\n", "  "),
     ("discovery", "discovery:\n", "  "),
     (
         "discovery.instrument[]",
