@@ -20,6 +20,7 @@ headers (gRPC metadata), and for HTTP "content_encoding":
                "bucket_counts": [...]}]}
 Runs until killed (SIGTERM, SIGKILL).
 """
+import base64
 import gzip
 import json
 import os
@@ -30,6 +31,7 @@ from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
+from google.protobuf import json_format
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
@@ -41,7 +43,7 @@ local = threading.local()
 
 def emit(obj):
     obj["headers"] = getattr(local, "headers", {})
-    if obj["transport"] == "http":
+    if obj["transport"] in ("http", "http/json"):
         obj["content_encoding"] = getattr(local, "content_encoding", "")
     with lock:
         sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
@@ -119,11 +121,37 @@ class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
 
+HEX_ID_KEYS = ("traceId", "spanId", "parentSpanId")
+
+
+def hex_ids_to_base64(node):
+    # OTLP/JSON writes trace and span ids as hex, where protobuf's JSON mapping
+    # expects base64: convert them before parsing.
+    if isinstance(node, dict):
+        for k, v in list(node.items()):
+            if k in HEX_ID_KEYS and isinstance(v, str):
+                node[k] = base64.b64encode(bytes.fromhex(v)).decode()
+            else:
+                hex_ids_to_base64(v)
+    elif isinstance(node, list):
+        for v in node:
+            hex_ids_to_base64(v)
+
+
+def parse(req, body, as_json):
+    if as_json:
+        tree = json.loads(body)
+        hex_ids_to_base64(tree)
+        json_format.ParseDict(tree, req)
+    else:
+        req.ParseFromString(body)
+
+
 class Http(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
         ctype = self.headers.get("content-type", "")
-        if ctype != "application/x-protobuf":
+        if ctype not in ("application/x-protobuf", "application/json"):
             self.send_response(415)
             self.end_headers()
             return
@@ -135,23 +163,25 @@ class Http(BaseHTTPRequestHandler):
             self.send_response(415)
             self.end_headers()
             return
+        as_json = ctype == "application/json"
+        transport = "http/json" if as_json else "http"
         if self.path == "/v1/traces":
             req = trace_service_pb2.ExportTraceServiceRequest()
-            req.ParseFromString(body)
-            traces(req, "http")
+            parse(req, body, as_json)
+            traces(req, transport)
             resp = trace_service_pb2.ExportTraceServiceResponse()
         elif self.path == "/v1/metrics":
             req = metrics_service_pb2.ExportMetricsServiceRequest()
-            req.ParseFromString(body)
-            metrics(req, "http")
+            parse(req, body, as_json)
+            metrics(req, transport)
             resp = metrics_service_pb2.ExportMetricsServiceResponse()
         else:
             self.send_response(404)
             self.end_headers()
             return
-        out = resp.SerializeToString()
+        out = json_format.MessageToJson(resp).encode() if as_json else resp.SerializeToString()
         self.send_response(200)
-        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-type", "application/json" if as_json else "application/x-protobuf")
         self.send_header("content-length", str(len(out)))
         self.end_headers()
         self.wfile.write(out)

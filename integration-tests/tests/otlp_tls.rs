@@ -173,3 +173,40 @@ fn an_untrusted_collector_is_refused() {
         p.stop();
     }
 }
+
+/// `http/json` (the OTLP JSON mapping) over TLS: every span arrives, decoded by the
+/// receiver from JSON (hex ids), the metrics too.
+#[test]
+fn http_json_over_tls() {
+    let (_d, pki) = pki();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut receiver = Receiver::start_tls(&pki.server_cert, &pki.server_key, None);
+    let mut env = ca_env(&pki);
+    env.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".to_string()));
+    let (_loader, p) = replay(
+        dir.path(),
+        Protocol::HttpProtobuf,
+        https_endpoint(&receiver, Protocol::HttpProtobuf),
+        &env,
+    );
+    receiver.until(
+        "every span and a metric over http/json",
+        EXPORT_PATIENCE,
+        &|| format!("processor stderr:\n{}", p.stderr.text()),
+        |r| {
+            spans(r).len() as u64 >= REQUESTS
+                && r.iter()
+                    .any(|m| m["signal"] == "metrics" && m["transport"] == "http/json")
+        },
+    );
+    receiver.settle(Duration::from_millis(1500));
+    let spans = receiver.spans();
+    assert_eq!(spans.len() as u64, REQUESTS, "{}", receiver.dump());
+    assert!(spans.iter().all(|s| s["transport"] == "http/json"));
+    // Ids survived the hex mapping: 32 and 16 hex digits, not all zero.
+    for s in &spans {
+        let t = s["trace_id"].as_str().unwrap_or("");
+        assert!(t.len() == 32 && t.chars().any(|c| c != '0'), "{s}");
+        assert_eq!(s["span_id"].as_str().map(str::len), Some(16), "{s}");
+    }
+}

@@ -71,6 +71,8 @@ pub enum Sampler {
 pub enum OtlpProtocol {
     Grpc,
     HttpProtobuf,
+    /// OTLP/HTTP with JSON bodies (the OTLP JSON mapping: hex ids, camelCase).
+    HttpJson,
 }
 
 /// Request body compression (`OTEL_EXPORTER_OTLP_COMPRESSION`, `compression`).

@@ -97,7 +97,12 @@ pub(super) fn resolve_signal(
         None => explicit,
     };
     let endpoint = endpoint.map(|e| {
-        if generic && protocol == Some(OtlpProtocol::HttpProtobuf) {
+        if generic
+            && matches!(
+                protocol,
+                Some(OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson)
+            )
+        {
             format!("{}{}", e.0.trim_end_matches('/'), v.http_path)
         } else {
             e.0

@@ -347,10 +347,10 @@ fn bad_values_name_their_key_and_what_is_allowed() {
             "not an OTLP endpoint URL",
         ),
         (
-            "otel_metrics_export:\n  protocol: http/json\n",
+            "otel_metrics_export:\n  protocol: debug\n",
             "otel_metrics_export.protocol",
             2,
-            "expected one of grpc, http/protobuf",
+            "expected one of grpc, http/protobuf, http/json",
         ),
         (
             "otel_metrics_export:\n  interval: 5\n",
@@ -810,8 +810,8 @@ fn bad_environment_values_name_the_variable() {
         (vars::TRACES_SAMPLER_ARG, "2", "between 0 and 1"),
         (
             vars::OTLP_PROTOCOL,
-            "http/json",
-            "expected one of grpc, http/protobuf",
+            "http/xml",
+            "expected one of grpc, http/protobuf, http/json",
         ),
         (
             vars::OTLP_ENDPOINT,

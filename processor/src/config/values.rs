@@ -142,19 +142,21 @@ impl ParseValue for InternalExporter {
 }
 
 impl ParseValue for OtlpProtocol {
-    const EXPECTING: &'static str = "an OTLP protocol (grpc, http/protobuf)";
+    const EXPECTING: &'static str = "an OTLP protocol (grpc, http/protobuf, http/json)";
     fn parse_value(text: &str) -> Result<Self, String> {
-        if ["http/json", "debug"].contains(&text.trim()) {
-            return Err(format!(
-                "OTLP protocol `{}` is not supported by tandem, expected one of grpc, http/protobuf",
-                text.trim()
-            ));
+        if text.trim() == "debug" {
+            return Err(
+                "OTLP protocol `debug` is not supported by tandem, expected one of grpc, \
+                 http/protobuf, http/json (use trace_printer for local output)"
+                    .to_string(),
+            );
         }
         one_of(
             text,
             &[
                 ("grpc", OtlpProtocol::Grpc),
                 ("http/protobuf", OtlpProtocol::HttpProtobuf),
+                ("http/json", OtlpProtocol::HttpJson),
             ],
         )
     }

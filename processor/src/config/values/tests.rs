@@ -73,7 +73,11 @@ fn named_values_list_what_is_allowed() {
          parentbased_always_on, parentbased_always_off, parentbased_traceidratio"
     );
     assert_eq!(LogLevel::parse_value("DEBUG"), Ok(LogLevel::Debug));
-    assert!(OtlpProtocol::parse_value("http/json")
+    assert_eq!(
+        OtlpProtocol::parse_value("http/json"),
+        Ok(OtlpProtocol::HttpJson)
+    );
+    assert!(OtlpProtocol::parse_value("debug")
         .unwrap_err()
         .contains("not supported"));
     assert_eq!(Ratio::parse_value("0.01"), Ok(Ratio(0.01)));

@@ -30,6 +30,8 @@ pub(super) struct HttpClient {
     uri: Uri,
     headers: HeaderMap,
     gzip: bool,
+    /// `http/json`: the protobuf body is sent in the OTLP JSON mapping.
+    json: bool,
 }
 
 impl HttpClient {
@@ -72,9 +74,14 @@ impl HttpClient {
                 .map_err(|e| bad(format!("not a valid HTTP header value ({e})")))?;
             headers.append(key, value);
         }
+        let json = s.protocol == crate::settings::OtlpProtocol::HttpJson;
         headers.insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-protobuf"),
+            HeaderValue::from_static(if json {
+                "application/json"
+            } else {
+                "application/x-protobuf"
+            }),
         );
         if gzip {
             headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -89,11 +96,17 @@ impl HttpClient {
             uri,
             headers,
             gzip,
+            json,
         })
     }
 
     /// The body as sent: compressed when gzip is on (off the async threads).
     pub(super) async fn prepare(&self, body: Bytes) -> Result<Bytes, String> {
+        let body = if self.json {
+            to_json(self.signal, &body)?
+        } else {
+            body
+        };
         if !self.gzip {
             return Ok(body);
         }
@@ -147,6 +160,10 @@ impl HttpClient {
                 }
             }
         };
+        if status.is_success() && self.json {
+            let (rejected, message) = json_partial_success(self.signal, &body);
+            return Attempt::Accepted { rejected, message };
+        }
         if status.is_success() {
             let (rejected, message) = partial_success(self.signal, &body);
             return Attempt::Accepted { rejected, message };
@@ -193,6 +210,41 @@ fn client(s: &TransportSettings, https: bool) -> Result<HyperClient, String> {
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(s.max_in_flight)
         .build(connector))
+}
+
+/// The OTLP JSON mapping of an encoded export request (`opentelemetry-proto`'s serde
+/// support: camelCase names, hex trace and span ids).
+fn to_json(signal: Signal, body: &[u8]) -> Result<Bytes, String> {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let text = match signal {
+        Signal::Traces => ExportTraceServiceRequest::decode(body)
+            .map_err(|e| e.to_string())
+            .and_then(|r| serde_json::to_vec(&r).map_err(|e| e.to_string())),
+        Signal::Metrics => ExportMetricsServiceRequest::decode(body)
+            .map_err(|e| e.to_string())
+            .and_then(|r| serde_json::to_vec(&r).map_err(|e| e.to_string())),
+    }
+    .map_err(|e| format!("cannot write the {signal} request as JSON: {e}"))?;
+    Ok(Bytes::from(text))
+}
+
+/// `partialSuccess` of a JSON response: rejected items and message (0 and empty for
+/// an empty or unreadable body: the collector said yes).
+fn json_partial_success(signal: Signal, body: &[u8]) -> (i64, String) {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let p = &v["partialSuccess"];
+    let key = match signal {
+        Signal::Traces => "rejectedSpans",
+        Signal::Metrics => "rejectedDataPoints",
+    };
+    let rejected = p[key]
+        .as_i64()
+        .or_else(|| p[key].as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(0);
+    let message = p["errorMessage"].as_str().unwrap_or_default().to_owned();
+    (rejected, message)
 }
 
 fn gzip(body: &[u8]) -> Result<Bytes, String> {

@@ -384,7 +384,7 @@ impl Transport {
         }
         let client = match settings.protocol {
             OtlpProtocol::Grpc => Client::Grpc(grpc::GrpcClient::new(signal, &settings)?),
-            OtlpProtocol::HttpProtobuf => {
+            OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
                 Client::Http(Box::new(http::HttpClient::new(signal, &settings)?))
             }
         };

@@ -1,16 +1,18 @@
 //! Exact delivery to the Python receiver (grpcio and `http.server` with the
 //! opentelemetry-proto messages): every span and data point arrives once, as encoded,
-//! over gRPC and HTTP/protobuf, with and without gzip, with the configured headers.
+//! over gRPC, HTTP/protobuf and HTTP/JSON, with and without gzip, with the configured headers.
 
 use serde_json::{json, Map, Value};
 
 use super::*;
 
-const CASES: [(OtlpProtocol, Option<Compression>); 4] = [
+const CASES: [(OtlpProtocol, Option<Compression>); 6] = [
     (OtlpProtocol::Grpc, None),
     (OtlpProtocol::Grpc, Some(Compression::Gzip)),
     (OtlpProtocol::HttpProtobuf, None),
     (OtlpProtocol::HttpProtobuf, Some(Compression::Gzip)),
+    (OtlpProtocol::HttpJson, None),
+    (OtlpProtocol::HttpJson, Some(Compression::Gzip)),
 ];
 
 fn transport_for(r: &Receiver, signal: Signal, case: usize) -> (Transport, &'static str) {
@@ -20,6 +22,10 @@ fn transport_for(r: &Receiver, signal: Signal, case: usize) -> (Transport, &'sta
         OtlpProtocol::HttpProtobuf => (
             format!("http://127.0.0.1:{}{}", r.http_port, signal.http_path()),
             "http",
+        ),
+        OtlpProtocol::HttpJson => (
+            format!("http://127.0.0.1:{}{}", r.http_port, signal.http_path()),
+            "http/json",
         ),
     };
     let mut s = settings(endpoint, protocol);
@@ -64,7 +70,7 @@ fn expected_span(i: u64, service: &str, label: &str, case: usize) -> Value {
         "start": sp.start_time_unix_nano, "end": sp.end_time_unix_nano,
         "headers": {"x-tandem-case": case.to_string(), "x-tandem-token": "secret value"},
     });
-    if label == "http" {
+    if label.starts_with("http") {
         let encoding = if CASES[case].1.is_some() { "gzip" } else { "" };
         v["content_encoding"] = json!(encoding);
     }
@@ -144,7 +150,7 @@ async fn metrics_arrive_exactly_over_grpc_and_http_with_and_without_gzip() {
                    "temporality": 0, "points": [{"attributes": {}, "value": 17}],
                    "headers": headers}),
         ];
-        if label == "http" {
+        if label.starts_with("http") {
             let encoding = if how.1.is_some() { "gzip" } else { "" };
             for w in &mut want {
                 w["content_encoding"] = json!(encoding);

@@ -97,7 +97,9 @@ async fn transport_throughput_against_rotel() {
     for (name, protocol, compression) in cases {
         let endpoint = match protocol {
             OtlpProtocol::Grpc => format!("http://127.0.0.1:{grpc_port}"),
-            OtlpProtocol::HttpProtobuf => format!("http://127.0.0.1:{http_port}/v1/traces"),
+            OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
+                format!("http://127.0.0.1:{http_port}/v1/traces")
+            }
         };
         let mut s = TransportSettings::new(endpoint, protocol);
         s.compression = compression;
