@@ -493,9 +493,14 @@ mod instrumentation_tests {
             metrics_instrumentations: Instrumentations::parse_list(metrics).expect("list"),
             ..Default::default()
         };
+        printing_pipeline(&export)
+    }
+
+    /// A pipeline with `export` whose JSON printer (into nothing) reads the spans.
+    fn printing_pipeline(export: &ExportSettings) -> Pipeline {
         Pipeline::with_printer(
             &RoutesSettings::default(),
-            &export,
+            export,
             "box".into(),
             Printer::new(TracePrinter::Json, Box::new(std::io::sink())),
         )
@@ -538,13 +543,7 @@ mod instrumentation_tests {
                 exclude_otel_instrumented: exclude,
                 ..Default::default()
             };
-            let mut p = Pipeline::with_printer(
-                &RoutesSettings::default(),
-                &export,
-                "box".into(),
-                Printer::new(TracePrinter::Json, Box::new(std::io::sink())),
-            )
-            .expect("pipeline");
+            let mut p = printing_pipeline(&export);
             let mut served = tx(Side::Server, "GET", "/x", Some(200));
             served.pid = 9;
             let mut export_call = tx(Side::Client, "POST", "/v1/traces", Some(200));
@@ -589,13 +588,7 @@ mod instrumentation_tests {
             .into(),
             ..Default::default()
         };
-        let mut p = Pipeline::with_printer(
-            &RoutesSettings::default(),
-            &export,
-            "box".into(),
-            Printer::new(TracePrinter::Json, Box::new(std::io::sink())),
-        )
-        .expect("pipeline");
+        let mut p = printing_pipeline(&export);
         p.on_transaction(&tx(Side::Server, "GET", "/health", Some(200)));
         p.on_transaction(&tx(Side::Server, "GET", "/users/1", Some(200)));
         let s = p.stats();

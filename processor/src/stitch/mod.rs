@@ -46,6 +46,7 @@ mod db;
 mod http1;
 mod http2;
 pub mod link;
+mod link_rules;
 mod session;
 mod table;
 
