@@ -3,6 +3,7 @@
 
 pub mod db;
 pub mod fake_apiserver;
+pub mod gateway;
 pub mod otlp;
 pub mod pki;
 

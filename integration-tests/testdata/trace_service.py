@@ -25,6 +25,7 @@ parser.add_argument("--downstream", type=int)
 parser.add_argument("--redis", type=int)
 parser.add_argument("--postgres", type=int)
 parser.add_argument("--delay-ms", type=int, default=0)
+parser.add_argument("--role", default="", help="only part of the command line (selection tests)")
 parser.add_argument("--otlp-traces", help="GET /export POSTs an (empty) OTLP export here, as an SDK would")
 args = parser.parse_args()
 

@@ -7,13 +7,14 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use tandem_proto::v1::LossLocation;
+use tandem_proto::v1::{LossLocation, Role};
 use tandem_proto::{Event, EventBatch, EventKind};
 use tracing::{info, warn};
 
 use crate::model::Transaction;
 use crate::pipeline::Pipeline;
 use crate::printer::Printer;
+use crate::select::Selector;
 use crate::stats::{SeqCheck, Stats};
 use crate::stitch::Stitcher;
 use crate::summary::Summary;
@@ -31,6 +32,8 @@ pub struct Engine {
     by_protocol: BTreeMap<&'static str, u64>,
     /// Live processes (seen starting, not yet exited) by pid: their executable's name.
     processes: BTreeMap<u32, String>,
+    /// The exact process selection (`crate::select`); `None`: every event passes.
+    selector: Option<Selector>,
     started: Instant,
 }
 
@@ -49,8 +52,19 @@ impl Engine {
             scratch: Vec::new(),
             by_protocol: BTreeMap::new(),
             processes: BTreeMap::new(),
+            selector: None,
             started: Instant::now(),
         }
+    }
+
+    /// Judges every process with `selector`: events of processes it does not
+    /// select are dropped before stitching.
+    pub fn set_selector(&mut self, selector: Selector) {
+        self.selector = Some(selector);
+    }
+
+    pub fn selector_mut(&mut self) -> Option<&mut Selector> {
+        self.selector.as_mut()
     }
 
     pub fn pipeline_mut(&mut self) -> &mut Pipeline {
@@ -123,7 +137,17 @@ impl Engine {
             Some(EventKind::ProcessExited(p)) => {
                 self.processes.remove(&p.pid);
             }
+            // An accepted connection's local address, before any of its requests
+            // (and before the client calls they make) is reported.
+            Some(EventKind::ConnectionOpened(c)) if c.role() == Role::Server => {
+                if let Some(local) = c.local.as_ref().and_then(crate::stitch::socket_addr) {
+                    self.pipeline.on_accepted(c.pid, local.ip());
+                }
+            }
             _ => {}
+        }
+        if !self.admits(event) {
+            return;
         }
         self.stitcher.push(event, offset, &mut self.scratch);
         for tx in self.scratch.drain(..) {
@@ -136,6 +160,32 @@ impl Engine {
         }
     }
 
+    /// Whether the selector lets `event` through (process events always pass:
+    /// a process's facts are needed to judge it).
+    fn admits(&mut self, event: &Event) -> bool {
+        let Some(sel) = &mut self.selector else {
+            return true;
+        };
+        let pid = match &event.kind {
+            Some(EventKind::ProcessStarted(p)) => {
+                sel.on_started(p);
+                return true;
+            }
+            Some(EventKind::ProcessExited(p)) => {
+                sel.on_exited(p.pid);
+                return true;
+            }
+            Some(EventKind::ConnectionOpened(c)) => {
+                sel.on_connection(c);
+                c.pid
+            }
+            Some(EventKind::ConnectionClosed(c)) => c.pid,
+            Some(EventKind::Data(d)) => d.pid,
+            Some(EventKind::Loss(_)) | None => return true,
+        };
+        sel.admits(pid)
+    }
+
     fn print_raw(&self, events: &[Event], offset: i64) {
         if let Err(e) = self.raw.print(events, offset) {
             warn!("cannot write to stdout: {e}");
@@ -145,8 +195,10 @@ impl Engine {
     /// Everything counted so far.
     pub fn summary(&self) -> Summary {
         let mut processes: BTreeMap<String, u64> = BTreeMap::new();
-        for name in self.processes.values() {
-            *processes.entry(name.clone()).or_default() += 1;
+        for (pid, name) in &self.processes {
+            if self.selector.as_ref().is_none_or(|s| s.is_selected(*pid)) {
+                *processes.entry(name.clone()).or_default() += 1;
+            }
         }
         Summary {
             uptime: self.started.elapsed(),
@@ -156,6 +208,11 @@ impl Engine {
             connections: self.stitcher.connections(),
             transactions: self.by_protocol.clone(),
             pipeline: self.pipeline.stats(),
+            selection: self
+                .selector
+                .as_ref()
+                .map(Selector::stats)
+                .unwrap_or_default(),
             processes,
         }
     }

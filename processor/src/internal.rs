@@ -114,6 +114,16 @@ const UNLINKED: Descriptor = counter(
     "{span}",
     "Spans left as roots without a traceparent, by span kind and reason.",
 );
+const SELECTION_DROPPED: Descriptor = counter(
+    "tandem.selection.dropped.events",
+    "{event}",
+    "Events of processes the exact selection (discovery.*) does not select, dropped before stitching.",
+);
+const SELECTION_PROCESSES: Descriptor = gauge(
+    "tandem.selection.processes",
+    "{process}",
+    "Processes judged by the exact selection, by verdict (selected, excluded, not_matching).",
+);
 const PROCESSES: Descriptor = gauge(
     "tandem.instrumented.processes",
     "{process}",
@@ -261,6 +271,21 @@ impl InternalMetrics {
                     .collect()
             }),
             one(
+                SELECTION_DROPPED,
+                vec![(vec![], s.selection.events_dropped)],
+            ),
+            one(
+                SELECTION_PROCESSES,
+                by(
+                    "verdict",
+                    vec![
+                        ("selected".to_string(), s.selection.selected),
+                        ("excluded".to_string(), s.selection.excluded),
+                        ("not_matching".to_string(), s.selection.not_matching),
+                    ],
+                ),
+            ),
+            one(
                 PROCESSES,
                 by("process_name", s.processes.clone().into_iter().collect()),
             ),
@@ -289,10 +314,7 @@ impl InternalMetrics {
             let me = self.clone();
             internal.routes.push((
                 settings.prometheus_port,
-                Route {
-                    path: settings.prometheus_path.clone(),
-                    source: Arc::new(move || render(&[me.snapshot()])),
-                },
+                Route::text(&settings.prometheus_path, move || render(&[me.snapshot()])),
             ));
         }
         if settings.exporter == InternalExporter::Otel {

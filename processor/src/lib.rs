@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod printer;
 pub mod protocols;
 pub mod run;
+pub mod select;
 pub mod settings;
 pub mod stats;
 pub mod stitch;

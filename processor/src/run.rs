@@ -112,6 +112,11 @@ pub async fn run(
         pipeline.set_kubernetes(k.store.clone());
     }
     let mut engine = Engine::new(pipeline, RawPrinter::new(opts.print));
+    let mut selector = crate::select::Selector::new(&config.discovery, &opts.extra_selection);
+    if let Some(k) = &kube {
+        selector.set_kubernetes(k.store.clone());
+    }
+    engine.set_selector(selector);
     let (posture_tx, mut posture_rx) = tokio::sync::watch::channel(None);
     let client_config = ClientConfig {
         socket: opts.socket.clone(),

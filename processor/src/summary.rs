@@ -8,6 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::pipeline::PipelineStats;
+use crate::select::SelectStats;
 use crate::stats::Stats;
 use crate::stitch::link::{LinkStats, Unlinked};
 use crate::stitch::StitchStats;
@@ -25,6 +26,8 @@ pub struct Summary {
     /// Transactions by protocol (`http1`, `http2`, `grpc`, `postgresql`, ...).
     pub transactions: BTreeMap<&'static str, u64>,
     pub pipeline: PipelineStats,
+    /// The exact process selection (`crate::select`).
+    pub selection: SelectStats,
     /// Live instrumented processes by executable name.
     pub processes: BTreeMap<String, u64>,
 }
@@ -58,7 +61,7 @@ impl Summary {
 }
 
 impl fmt::Display for Summary {
-    /// Six lines, each starting with its subject, values aligned after it.
+    /// Seven lines, each starting with its subject, values aligned after it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.input;
         let p = &self.pipeline;
@@ -103,6 +106,16 @@ impl fmt::Display for Summary {
             thousands(i.total_lost()),
             list(i.lost.iter().map(|(k, v)| (*k, *v))),
             thousands(e.lost()),
+        )?;
+        let sel = &self.selection;
+        writeln!(
+            f,
+            "  select  processes {} selected, {} excluded, {} not matching; {} events of unselected processes dropped, {} of unknown processes passed",
+            thousands(sel.selected),
+            thousands(sel.excluded),
+            thousands(sel.not_matching),
+            thousands(sel.events_dropped),
+            thousands(sel.unjudged_events),
         )?;
         let l = &self.links;
         writeln!(
@@ -154,7 +167,7 @@ mod tests {
         s.processes.insert("nginx".into(), 3);
         let text = s.to_string();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 6, "{text}");
+        assert_eq!(lines.len(), 7, "{text}");
         assert!(
             lines[0].starts_with("  in      800001 events (data 400000); 3 processes"),
             "{text}"
@@ -175,10 +188,14 @@ mod tests {
         );
         assert_eq!(
             lines[4],
+            "  select  processes 0 selected, 0 excluded, 0 not matching; 0 events of unselected processes dropped, 0 of unknown processes passed",
+        );
+        assert_eq!(
+            lines[5],
             "  links   server spans 0 by connection, 0 by traceparent, 0 roots; client spans 0 by thread, 0 by traceparent, 0 unlinked (none)",
         );
         assert!(
-            lines[5].starts_with("  stitch  0 connections open"),
+            lines[6].starts_with("  stitch  0 connections open"),
             "{text}"
         );
     }

@@ -16,7 +16,7 @@ use super::values::{
 use crate::settings::{IgnoreMode, Instrumentations, OtlpProtocol, TracePrinter, Unmatched};
 
 /// Keys OBI documents that tandem accepts and ignores, as dotted paths (`[]` is any
-/// element of a list). Keep in step with the `_x` fields below (a test checks that
+/// element of a list, `<name>` any key of a map). Keep in step with the `_x` fields below (a test checks that
 /// every entry parses).
 pub const IGNORED_KEYS: &[&str] = &[
     // Top level.
@@ -46,7 +46,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "prometheus_export.exemplar_filter",
     "prometheus_export.extra_span_resource_attributes",
     "otel_metrics_export.exponential_histogram",
-    "discovery.instrument[].cmd_args",
     // otel_traces_export
     "otel_traces_export.reporters_cache_len",
     "otel_traces_export.otel_sdk_log_level",
@@ -63,6 +62,16 @@ pub const IGNORED_KEYS: &[&str] = &[
     "prometheus_export.service_cache_size",
     "prometheus_export.allow_service_graph_self_references",
     "prometheus_export.extra_resource_attributes",
+    // buckets (the TCP round-trip histogram of the `stats_tcp_rtt` feature)
+    "otel_metrics_export.buckets.stat_tcp_rtt_histogram",
+    "prometheus_export.buckets.stat_tcp_rtt_histogram",
+    // filter: OBI's numeric rules (`<attribute>` is any attribute)
+    "filter.application.<attribute>.equals",
+    "filter.application.<attribute>.not_equals",
+    "filter.application.<attribute>.greater_than",
+    "filter.application.<attribute>.greater_equals",
+    "filter.application.<attribute>.less_than",
+    "filter.application.<attribute>.less_equals",
     // metrics
     // attributes
     "attributes.instance_id",
@@ -84,6 +93,8 @@ pub const IGNORED_KEYS: &[&str] = &[
     "discovery.route_harvester_timeout",
     "discovery.disabled_route_harvesters",
     "discovery.route_harvester_advanced",
+    // Documented by OBI's service discovery page, absent from its schema (OBI drops it).
+    "discovery.rules",
     "discovery.instrument[].exports",
     "discovery.instrument[].sampler",
     "discovery.instrument[].routes",
@@ -288,6 +299,8 @@ pub(crate) struct BucketsSection {
     pub duration_histogram: Option<Vec<f64>>,
     pub request_size_histogram: Option<Vec<f64>>,
     pub response_size_histogram: Option<Vec<f64>>,
+    #[serde(rename = "stat_tcp_rtt_histogram")]
+    _stat_tcp_rtt_histogram: Ignored,
 }
 
 /// `filter`: OBI's attribute filters.
@@ -300,13 +313,44 @@ pub(crate) struct FilterSection {
     _network: Ignored,
 }
 
-/// One attribute's filter rule.
+/// One attribute's filter rule: globs, and OBI's numeric comparisons (accepted and
+/// ignored).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct FilterRule {
     #[serde(rename = "match")]
     pub matches: Option<String>,
     pub not_match: Option<String>,
+    #[serde(rename = "equals")]
+    _equals: Ignored,
+    #[serde(rename = "not_equals")]
+    _not_equals: Ignored,
+    #[serde(rename = "greater_than")]
+    _greater_than: Ignored,
+    #[serde(rename = "greater_equals")]
+    _greater_equals: Ignored,
+    #[serde(rename = "less_than")]
+    _less_than: Ignored,
+    #[serde(rename = "less_equals")]
+    _less_equals: Ignored,
+}
+
+impl FilterRule {
+    /// Whether the rule has only numeric comparisons (ignored): nothing to apply.
+    pub fn only_numeric(&self) -> bool {
+        self.matches.is_none()
+            && self.not_match.is_none()
+            && [
+                &self._equals,
+                &self._not_equals,
+                &self._greater_than,
+                &self._greater_equals,
+                &self._less_than,
+                &self._less_equals,
+            ]
+            .iter()
+            .any(|c| c.is_some())
+    }
 }
 
 /// `routes`.
@@ -413,6 +457,8 @@ pub(crate) struct DiscoverySection {
     _disabled_route_harvesters: Ignored,
     #[serde(rename = "route_harvester_advanced")]
     _route_harvester_advanced: Ignored,
+    #[serde(rename = "rules")]
+    _rules: Ignored,
 }
 
 /// One entry of `discovery.instrument` (or `exclude_instrument`): OBI's glob selector.
@@ -445,14 +491,16 @@ pub struct InstrumentSelector {
     pub k8s_owner_name: Option<String>,
     pub k8s_container_name: Option<String>,
     pub container_name: Option<String>,
+    /// Globs over the command-line arguments after the executable, joined by
+    /// single spaces (`*--port 8080*`): one glob, or a list of which any may match.
+    #[serde(deserialize_with = "globs")]
+    pub cmd_args: Vec<String>,
     /// Label name to value glob.
     pub k8s_pod_labels: BTreeMap<String, String>,
     /// Annotation name to value glob.
     pub k8s_pod_annotations: BTreeMap<String, String>,
     #[serde(rename = "exports")]
     _exports: Ignored,
-    #[serde(rename = "cmd_args")]
-    _cmd_args: Ignored,
     #[serde(rename = "sampler")]
     _sampler: Ignored,
     #[serde(rename = "routes")]
@@ -493,10 +541,26 @@ impl InstrumentSelector {
     fn has_any_criteria(&self) -> bool {
         self.has_loader_criteria()
             || self.languages.is_some()
+            || !self.cmd_args.is_empty()
             || self.containers_only
             || self.container_name.is_some()
             || self.has_kubernetes_criteria()
     }
+}
+
+/// One glob or a list of globs.
+fn globs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => Vec::new(),
+        Some(OneOrMany::One(g)) => vec![g],
+        Some(OneOrMany::Many(v)) => v,
+    })
 }
 
 fn ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<tandem_proto::v1::PortRange>, D::Error> {
@@ -514,7 +578,7 @@ fn checked_selectors<'de, D: Deserializer<'de>>(
     if let Some(i) = list.iter().flatten().position(|s| !s.has_any_criteria()) {
         return Err(de::Error::custom(format!(
             "{FIELD_MARK}{field}[{i}]{FIELD_MARK}this entry has no selection criterion (give \
-             open_ports, exe_path, target_pids, languages, containers_only or a k8s_* attribute)"
+             open_ports, exe_path, target_pids, cmd_args, languages, containers_only, container_name or a k8s_* attribute)"
         )));
     }
     Ok(list)

@@ -52,6 +52,8 @@ mod yaml;
 #[cfg(test)]
 mod docs_tests;
 #[cfg(test)]
+mod obi_docs_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
@@ -74,7 +76,7 @@ use env::setting;
 use file::FileConfig;
 use otlp::{resolve_signal, Millis, SignalFile, SIGNAL_METRICS, SIGNAL_TRACES};
 use values::{GoDuration, ParseValue, Pids, Ports, Ratio, SamplerName};
-use yaml::{present_keys, yaml_error};
+use yaml::{present_keys, yaml_error, KeyTree};
 
 /// Default metrics export interval (OBI's, and OpenTelemetry's).
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
@@ -252,8 +254,9 @@ impl Config {
         })?;
         let parsed: FileConfig = yaml_serde::from_str(&text)
             .map_err(|e| ConfigError::File(yaml_error(path, &text, &e)))?;
-        // Parsing succeeded, so this does too; it only serves to find ignored keys.
-        let tree: yaml_serde::Value = yaml_serde::from_str(&text).unwrap_or_default();
+        // Parsing succeeded, so this does too (a `KeyTree` takes any YAML, repeated keys
+        // included); it only serves to find ignored keys.
+        let tree: KeyTree = yaml_serde::from_str(&text).unwrap_or_default();
         let ignored = IGNORED_KEYS
             .iter()
             .flat_map(|k| present_keys(&tree, k))
@@ -399,18 +402,19 @@ impl Config {
                     .map(|v| ("prometheus_export.features", v))
             });
         let (metrics_features, ignored_features) = match (&feature_env, &file_features) {
-            (Some((name, text)), _) => MetricsFeatures::parse_list([text.as_str()])
-                .map_err(|m| ConfigError::env(name, m))?,
-            (None, Some((key, list))) => {
-                MetricsFeatures::parse_list(list.iter().map(String::as_str))
-                    .map_err(|m| ConfigError::file_key(file.clone(), key, m))?
+            (Some((name, text)), _) => {
+                parse_features([text.as_str()]).map_err(|m| ConfigError::env(name, m))?
             }
+            (None, Some((key, list))) => parse_features(list.iter().map(String::as_str))
+                .map_err(|m| ConfigError::file_key(file.clone(), key, m))?,
             (None, None) => (MetricsFeatures::default(), Vec::new()),
         };
         let metrics_features_ignored = ignored_features;
         let filter: BTreeMap<String, crate::pipeline::filter::Rule> =
             std::mem::take(&mut f.filter.application)
                 .into_iter()
+                // A rule of OBI's numeric comparisons only: ignored (and warned about).
+                .filter(|(_, r)| !r.only_numeric())
                 .map(|(k, r)| {
                     (
                         k,
@@ -608,7 +612,7 @@ impl Config {
     /// Things the user should know, one line each: ignored keys present in the file,
     /// and `discovery.instrument` entries the loader selection cannot express.
     pub fn warnings(&self) -> Vec<String> {
-        self.warnings_for(false)
+        self.warnings_for(self.kubernetes.enable != KubeEnable::False)
     }
 
     /// [`Config::warnings`]; with `kubernetes_discovery` (Kubernetes metadata on),
@@ -634,18 +638,71 @@ impl Config {
             ));
         }
         for (i, e) in self.discovery.instrument.iter().enumerate() {
-            if kubernetes_discovery && e.has_kubernetes_criteria() {
-                continue;
-            }
-            if !e.has_loader_criteria() {
+            let kube = e.has_kubernetes_criteria() || e.container_name.is_some();
+            if kube && !kubernetes_discovery {
+                out.push(format!(
+                    "{file}: discovery.instrument[{i}] has Kubernetes criteria but Kubernetes \
+                     metadata is off: it matches no process"
+                ));
+            } else if !e.has_loader_criteria() && !kube {
                 out.push(format!(
                     "{file}: discovery.instrument[{i}] has no open_ports, exe_path or target_pids, \
-                     which the loader cannot select on: subscribing to every process"
+                     which the loader cannot select on: the loader reports every process and \
+                     the processor selects"
                 ));
+            }
+            if let Some(l) = &e.languages {
+                let known = globset::Glob::new(l)
+                    .map(|g| g.compile_matcher())
+                    .is_ok_and(|g| crate::select::LANGUAGES.iter().any(|name| g.is_match(name)));
+                if !known {
+                    out.push(format!(
+                        "{file}: discovery.instrument[{i}].languages `{l}` matches none of the \
+                         languages tandem recognises ({}): this entry matches no process",
+                        crate::select::LANGUAGES.join(", ")
+                    ));
+                }
             }
         }
         out
     }
+}
+
+/// OBI metrics features (its export data page) that [`MetricsFeatures`] does not
+/// know: accepted, and warned about as not made, like its `NOT_IMPLEMENTED`.
+const OTHER_OBI_FEATURES: [&str; 8] = [
+    "application_runtime",
+    "application_jvm",
+    "network_flow_packets",
+    "stats",
+    "stats_tcp_rtt",
+    "stats_tcp_failed_connections",
+    "stats_tcp_retransmits",
+    "stats_tcp_io",
+];
+
+/// [`MetricsFeatures::parse_list`], with [`OTHER_OBI_FEATURES`] accepted and returned
+/// among the features to warn about.
+fn parse_features<'a>(
+    items: impl IntoIterator<Item = &'a str>,
+) -> Result<(MetricsFeatures, Vec<String>), String> {
+    let mut other = Vec::new();
+    let known: Vec<&str> = items
+        .into_iter()
+        .flat_map(|i| i.split(','))
+        .map(str::trim)
+        .filter(|item| {
+            let name = item.to_ascii_lowercase();
+            let is_other = OTHER_OBI_FEATURES.contains(&name.as_str());
+            if is_other {
+                other.push(name);
+            }
+            !is_other
+        })
+        .collect();
+    let (features, mut ignored) = MetricsFeatures::parse_list(known)?;
+    ignored.extend(other);
+    Ok((features, ignored))
 }
 
 /// The environment variable `name` parsed, or `None` when unset or empty.

@@ -262,6 +262,63 @@ fn metrics_features_from_the_variable_and_the_file() {
     assert!(e.message.contains("application_service_graph"), "{e}");
 }
 
+#[test]
+fn every_metrics_feature_obi_documents_is_accepted_and_warned_about() {
+    use crate::settings::MetricsFeatures;
+    // OBI's export data page: `metrics: {features: [application_jvm]}`.
+    let c = ok("metrics:\n  features: [application_jvm]\n", &NO_ENV);
+    assert!(
+        !c.export.metrics_features.any(),
+        "OBI makes only JVM metrics"
+    );
+    assert_eq!(c.metrics_features_ignored, vec!["application_jvm"]);
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.contains("metrics feature `application_jvm`")),
+        "{:?}",
+        c.warnings()
+    );
+    let c = ok(
+        "metrics:\n  features: [application, Stats_TCP_RTT, application_runtime]\n",
+        &[(
+            "OTEL_EBPF_METRICS_FEATURES",
+            "application_span,network_flow_packets, stats",
+        )],
+    );
+    assert_eq!(
+        c.export.metrics_features,
+        MetricsFeatures {
+            application: false,
+            span: true,
+            service_graph: false
+        }
+    );
+    assert_eq!(
+        c.metrics_features_ignored,
+        vec!["network_flow_packets", "stats"]
+    );
+    let c = ok(
+        "metrics:\n  features: [application, Stats_TCP_RTT, application_runtime]\n",
+        &NO_ENV,
+    );
+    assert!(c.export.metrics_features.application);
+    assert_eq!(
+        c.metrics_features_ignored,
+        vec!["stats_tcp_rtt", "application_runtime"]
+    );
+    for feature in [
+        "stats_tcp_failed_connections",
+        "stats_tcp_retransmits",
+        "stats_tcp_io",
+    ] {
+        let c = ok(&format!("metrics:\n  features: [{feature}]\n"), &NO_ENV);
+        assert_eq!(c.metrics_features_ignored, vec![feature]);
+    }
+    let e = file_error("metrics:\n  features: [stats_tcp_bogus]\n", &NO_ENV);
+    assert!(e.message.contains("unknown metrics feature"), "{e}");
+}
+
 // --- errors in the file --------------------------------------------------------
 
 #[test]
@@ -589,6 +646,81 @@ otel_traces_export:
         e.message.contains("not an attribute tandem can filter on"),
         "{e}"
     );
+}
+
+#[test]
+fn obi_numeric_filter_rules_are_accepted_and_warned_about() {
+    // OBI's filter page: `filter.application.server.port.greater_equals: 8000`.
+    let yaml = "\
+filter:
+  application:
+    server.port:
+      greater_equals: 8000
+    url.path:
+      match: /api/*
+      less_than: 3
+";
+    let c = ok(yaml, &NO_ENV);
+    assert_eq!(
+        c.ignored_keys,
+        vec![
+            "filter.application.server.port.greater_equals",
+            "filter.application.url.path.less_than",
+        ]
+    );
+    // The numeric-only rule is dropped; the glob beside a comparison still applies.
+    assert!(!c.export.filter.contains_key("server.port"));
+    assert_eq!(
+        c.export
+            .filter
+            .get("url.path")
+            .and_then(|r| r.matches.as_deref()),
+        Some("/api/*")
+    );
+    let w = c.warnings();
+    assert!(
+        w.iter().any(|l| l.contains(
+            "`filter.application.server.port.greater_equals` is an OBI setting tandem does \
+             not implement yet"
+        )),
+        "{w:?}"
+    );
+    // A rule with neither a glob nor a comparison is still refused.
+    let e = file_error("filter:\n  application:\n    url.path: {}\n", &NO_ENV);
+    assert!(e.message.contains("give `match` or `not_match`"), "{e}");
+    let e = file_error(
+        "filter:\n  application:\n    url.path:\n      greater: 1\n",
+        &NO_ENV,
+    );
+    assert!(e.message.contains("unknown key `greater`"), "{e}");
+}
+
+#[test]
+fn a_repeated_key_inside_an_ignored_section_loads_and_is_warned_about() {
+    // OBI's service discovery page repeats `exe_path` under `discovery.rules`, which
+    // OBI does not read (nor check).
+    let yaml = "\
+discovery:
+  rules:
+    - match:
+        open_ports: 80,443,8080
+      exclude:
+        exe_path: '*prometheus*'
+        exe_path: '*grafana*'
+";
+    let c = ok(yaml, &NO_ENV);
+    assert_eq!(c.ignored_keys, vec!["discovery.rules"]);
+    assert!(
+        c.warnings().iter().any(|w| w.contains("`discovery.rules`")),
+        "{:?}",
+        c.warnings()
+    );
+    // Repeated where tandem reads it, a key is refused.
+    let e = file_error(
+        "otel_traces_export:\n  endpoint: http://a:4318\n  endpoint: http://b:4318\n",
+        &NO_ENV,
+    );
+    assert!(e.message.contains("duplicate"), "{e}");
 }
 
 #[test]
@@ -1052,14 +1184,51 @@ discovery:
       k8s_deployment_name: 'checkout-*'
 ";
     let c = ok(yaml, &NO_ENV);
+    // The loader cannot select on Kubernetes criteria: it reports every process (the
+    // processor's exact selection decides, `crate::select`).
     assert!(c.selection().is_empty());
-    let w = c.warnings();
+    // Kubernetes metadata autodetected: resolved at run time, nothing to say.
+    assert_eq!(c.warnings(), Vec::<String>::new());
+    // Kubernetes metadata off: the entry can match nothing, and the user is told.
+    let off = ok(
+        &format!("{yaml}attributes:\n  kubernetes:\n    enable: false\n"),
+        &NO_ENV,
+    );
+    let w = off.warnings();
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(w[0].contains("discovery.instrument[1]"), "{w:?}");
-    assert!(w[0].contains("every process"), "{w:?}");
+    assert!(w[0].contains("matches no process"), "{w:?}");
     assert_eq!(
         c.discovery.instrument[1].k8s_deployment_name.as_deref(),
         Some("checkout-*")
+    );
+}
+
+#[test]
+fn entries_the_loader_cannot_express_and_unknown_languages_are_reported() {
+    let yaml = "\
+discovery:
+  instrument:
+    - cmd_args: '*--serve*'
+    - languages: go
+    - languages: '{python,nodejs}'
+      cmd_args: ['*app.py*', '*server.js*']
+";
+    let c = ok(yaml, &NO_ENV);
+    assert!(c.selection().is_empty());
+    let w = c.warnings();
+    assert_eq!(w.len(), 4, "{w:?}");
+    assert!(
+        w[0].contains("instrument[0]") && w[0].contains("processor selects"),
+        "{w:?}"
+    );
+    assert!(
+        w[2].contains("instrument[1].languages `go`") && w[2].contains("matches no process"),
+        "{w:?}"
+    );
+    assert_eq!(
+        c.discovery.instrument[2].cmd_args,
+        vec!["*app.py*", "*server.js*"]
     );
 }
 
@@ -1253,7 +1422,7 @@ fn kubernetes_entries_leave_the_rest_of_the_selection() {
     )
     .unwrap();
     assert!(only_k8s.selection_without_kubernetes_entries().is_empty());
-    assert_eq!(only_k8s.warnings().len(), 1);
+    assert_eq!(only_k8s.warnings_for(false).len(), 1);
     assert!(only_k8s.warnings_for(true).is_empty());
 }
 
@@ -1298,7 +1467,7 @@ fn beyla_variables_log_format_target_pids_and_the_queue_size() {
 }
 
 /// Keys of OBI's current reference tandem does not act on load, each named once in
-/// a warning.
+/// a warning (`cmd_args`, in the file too, is acted on: `crate::select`).
 #[test]
 fn current_obi_keys_load_with_a_warning() {
     let yaml = [
@@ -1343,7 +1512,6 @@ fn current_obi_keys_load_with_a_warning() {
         "prometheus_export.exemplar_filter",
         "prometheus_export.extra_span_resource_attributes",
         "otel_metrics_export.exponential_histogram",
-        "discovery.instrument[0].cmd_args",
     ] {
         let n = warnings
             .iter()

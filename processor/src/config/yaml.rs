@@ -6,11 +6,145 @@ use std::path::Path;
 
 use super::{file, FileError};
 
-/// Dotted paths of `pattern` (`a.b`, `a.list[].c`) present in `tree`.
-pub(super) fn present_keys(tree: &yaml_serde::Value, pattern: &str) -> Vec<String> {
-    fn walk(node: &yaml_serde::Value, segs: &[&str], prefix: String, out: &mut Vec<String>) {
+/// The keys of a parsed file, for [`present_keys`]: mappings keep every entry in
+/// order, duplicates included (OBI's decoder does not look inside the sections it
+/// ignores, so a repeated key there, as in an example of its service discovery page,
+/// loads). Keys that are not scalars are left out.
+#[derive(Debug, Default)]
+pub(super) enum KeyTree {
+    Map(Vec<(String, KeyTree)>),
+    Seq(Vec<KeyTree>),
+    #[default]
+    Leaf,
+}
+
+impl<'de> serde::Deserialize<'de> for KeyTree {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{EnumAccess, IgnoredAny, MapAccess, SeqAccess, VariantAccess, Visitor};
+
+        /// A mapping key: a scalar as text, anything else `None`.
+        struct Key(Option<String>);
+        impl<'de> serde::Deserialize<'de> for Key {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = Key;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a mapping key")
+                    }
+                    fn visit_str<E>(self, v: &str) -> Result<Key, E> {
+                        Ok(Key(Some(v.to_string())))
+                    }
+                    fn visit_bool<E>(self, v: bool) -> Result<Key, E> {
+                        Ok(Key(Some(v.to_string())))
+                    }
+                    fn visit_i64<E>(self, v: i64) -> Result<Key, E> {
+                        Ok(Key(Some(v.to_string())))
+                    }
+                    fn visit_u64<E>(self, v: u64) -> Result<Key, E> {
+                        Ok(Key(Some(v.to_string())))
+                    }
+                    fn visit_f64<E>(self, v: f64) -> Result<Key, E> {
+                        Ok(Key(Some(v.to_string())))
+                    }
+                    fn visit_unit<E>(self) -> Result<Key, E> {
+                        Ok(Key(None))
+                    }
+                    fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Key, A::Error> {
+                        while a.next_element::<IgnoredAny>()?.is_some() {}
+                        Ok(Key(None))
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Key, A::Error> {
+                        while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                        Ok(Key(None))
+                    }
+                    fn visit_enum<A: EnumAccess<'de>>(self, a: A) -> Result<Key, A::Error> {
+                        a.variant::<IgnoredAny>()?
+                            .1
+                            .newtype_variant::<IgnoredAny>()?;
+                        Ok(Key(None))
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeyTree;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any YAML value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<KeyTree, E> {
+                Ok(KeyTree::Leaf)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<KeyTree, E> {
+                Ok(KeyTree::Leaf)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<KeyTree, E> {
+                Ok(KeyTree::Leaf)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<KeyTree, E> {
+                Ok(KeyTree::Leaf)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<KeyTree, E> {
+                Ok(KeyTree::Leaf)
+            }
+            fn visit_unit<E>(self) -> Result<KeyTree, E> {
+                Ok(KeyTree::Leaf)
+            }
+            fn visit_none<E>(self) -> Result<KeyTree, E> {
+                Ok(KeyTree::Leaf)
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<KeyTree, D::Error> {
+                <KeyTree as serde::Deserialize>::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<KeyTree, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = a.next_element()? {
+                    items.push(item);
+                }
+                Ok(KeyTree::Seq(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<KeyTree, A::Error> {
+                let mut entries = Vec::new();
+                while let Some((Key(key), value)) = a.next_entry::<Key, KeyTree>()? {
+                    if let Some(key) = key {
+                        entries.push((key, value));
+                    }
+                }
+                Ok(KeyTree::Map(entries))
+            }
+            // A tagged value (`!tag value`).
+            fn visit_enum<A: EnumAccess<'de>>(self, a: A) -> Result<KeyTree, A::Error> {
+                a.variant::<IgnoredAny>()?.1.newtype_variant()
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl KeyTree {
+    /// The values of the entries named `key` (every one, if repeated).
+    fn entries<'a>(&'a self, key: &'a str) -> impl Iterator<Item = (&'a str, &'a KeyTree)> {
+        let all = match self {
+            KeyTree::Map(entries) => entries.as_slice(),
+            _ => &[],
+        };
+        all.iter()
+            .filter(move |(k, _)| k == key || (key.starts_with('<') && key.ends_with('>')))
+            .map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+/// Dotted paths of `pattern` (`a.b`, `a.list[].c`, `a.<name>.c` for any key of `a`)
+/// present in `tree`, each once.
+pub(super) fn present_keys(tree: &KeyTree, pattern: &str) -> Vec<String> {
+    fn walk(node: &KeyTree, segs: &[&str], prefix: String, out: &mut Vec<String>) {
         let Some((seg, rest)) = segs.split_first() else {
-            out.push(prefix);
+            if !out.contains(&prefix) {
+                out.push(prefix);
+            }
             return;
         };
         let join = |k: &str| {
@@ -22,15 +156,17 @@ pub(super) fn present_keys(tree: &yaml_serde::Value, pattern: &str) -> Vec<Strin
         };
         match seg.strip_suffix("[]") {
             Some(list) => {
-                if let Some(yaml_serde::Value::Sequence(items)) = node.get(list) {
-                    for (i, item) in items.iter().enumerate() {
-                        walk(item, rest, format!("{}[{i}]", join(list)), out);
+                for (key, child) in node.entries(list) {
+                    if let KeyTree::Seq(items) = child {
+                        for (i, item) in items.iter().enumerate() {
+                            walk(item, rest, format!("{}[{i}]", join(key)), out);
+                        }
                     }
                 }
             }
             None => {
-                if let Some(child) = node.get(*seg) {
-                    walk(child, rest, join(seg), out);
+                for (key, child) in node.entries(seg) {
+                    walk(child, rest, join(key), out);
                 }
             }
         }

@@ -8,8 +8,10 @@
 //! `k8s_owner_name` matches any owner (ReplicaSet, Deployment, StatefulSet, DaemonSet,
 //! Job, CronJob). `k8s_container_name` (or `container_name`) matches the container.
 //! Other criteria of an entry that also has `k8s_*` ones (ports, `exe_path`) are not
-//! applied: the entry selects its pods' containers whole. A container matching a
-//! `discovery.exclude_instrument` entry with `k8s_*` criteria is left out.
+//! part of the loader's selection: the entry selects its pods' containers whole, and
+//! the processor's exact selection (`crate::select`) applies them per process. A
+//! container matching a `discovery.exclude_instrument` entry with `k8s_*` criteria is
+//! left out.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,13 +24,13 @@ use crate::config::InstrumentSelector;
 
 /// One glob criterion; an invalid glob matches only its exact text.
 #[derive(Debug, Clone)]
-struct Pattern {
+pub(crate) struct Pattern {
     text: String,
     glob: Option<GlobMatcher>,
 }
 
 impl Pattern {
-    fn new(text: &str, key: &str) -> Pattern {
+    pub(crate) fn new(text: &str, key: &str) -> Pattern {
         let glob = match Glob::new(text) {
             Ok(g) => Some(g.compile_matcher()),
             Err(e) => {
@@ -44,7 +46,7 @@ impl Pattern {
         }
     }
 
-    fn matches(&self, value: &str) -> bool {
+    pub(crate) fn matches(&self, value: &str) -> bool {
         match &self.glob {
             Some(g) => g.is_match(value),
             None => self.text == value,

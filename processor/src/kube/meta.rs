@@ -277,7 +277,8 @@ impl Owners {
     }
 }
 
-/// The resource attributes of a container of `pod`: every `k8s.*` attribute,
+/// The resource attributes of a container of `pod`: every `k8s.*` attribute
+/// (`k8s.pod.ip` from `status.podIP`),
 /// `service.name` and `service.namespace` (see the module doc), and the
 /// `resource.opentelemetry.io/*` annotations.
 pub fn container_attributes(
@@ -296,6 +297,9 @@ pub fn container_attributes(
     put("k8s.namespace.name", Some(&pod.namespace));
     put("k8s.pod.name", Some(&pod.name));
     put("k8s.pod.uid", Some(&pod.uid));
+    // `status.podIP` (the first of `ips`); none for a pod on the host's network.
+    let ip = pod.ips.first().map(ToString::to_string);
+    put("k8s.pod.ip", ip.as_deref());
     put("k8s.node.name", Some(&pod.node_name));
     put("k8s.pod.start_time", pod.start_time.as_deref());
     put("k8s.container.name", container_name);
@@ -481,6 +485,7 @@ mod tests {
         assert_eq!(a["k8s.statefulset.name"], "db");
         assert_eq!(a["k8s.cluster.name"], "prod");
         assert_eq!(a["k8s.container.name"], "app");
+        assert_eq!(a["k8s.pod.ip"], "10.1.2.3", "status.podIP");
         assert!(!a.contains_key("k8s.deployment.name"));
         // No owner: the pod name.
         let a = attrs(serde_json::json!({}), None);

@@ -323,6 +323,12 @@ impl Pipeline {
         self.processes.on_started(p);
     }
 
+    /// Process `pid` accepted a connection on local address `local`: evidence of its
+    /// pod's IP when it runs in a container (`k8s.pod.ip`, see `resource`).
+    pub fn on_accepted(&mut self, pid: u32, local: std::net::IpAddr) {
+        self.processes.on_served(pid, local);
+    }
+
     /// Processes whose resource is known now.
     pub fn processes(&self) -> usize {
         self.processes.len()
@@ -345,6 +351,10 @@ impl Pipeline {
         if !self.filter.is_empty() && !self.filter.keeps(tx, route.map(|r| &**r)) {
             self.stats.filtered += 1;
             return;
+        }
+        if let (crate::model::Side::Server, Some(local)) = (tx.side, tx.local) {
+            // Evidence of the process's pod IP (once per process; see `resource`).
+            self.processes.on_served(tx.pid, local.ip());
         }
         let process = self.processes.get(tx.pid);
         let kind = tx.instrumentation();

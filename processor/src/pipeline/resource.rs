@@ -14,6 +14,15 @@
 //!    annotations; looked up again whenever the Kubernetes store changed, so a pod
 //!    learnt late (API server down at start) decorates the next spans;
 //!
+//!    2a. otherwise (decoration off, or no pod found for the process): `k8s.pod.ip`
+//!    from evidence only (see [`pod_ip_evidence`]): the process is in a container
+//!    and accepted a connection on a local, non-loopback address, which then is its
+//!    pod's IP (the address a gateway collector's `k8sattributes` processor
+//!    associates pods by, see docs/gateway.md). Without that evidence, no
+//!    attribute: a process on the host's network or serving only on loopback gets
+//!    none, rather than a guess. The first such address is kept for the process's
+//!    life, and its resource built again once;
+//!
 //!    2b. what the process declares itself in its own environment (forwarded by the
 //!    loader): its `OTEL_RESOURCE_ATTRIBUTES`, then its `OTEL_SERVICE_NAME` as
 //!    `service.name` (an application's own name wins over its executable's and its
@@ -27,6 +36,7 @@
 //! its own. The command line is not reported (it may hold secrets).
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use opentelemetry::{Key, KeyValue, Value};
@@ -139,6 +149,27 @@ impl ProcessResource {
     }
 }
 
+/// `k8s.pod.ip` as resource attribute key.
+pub const POD_IP: &str = "k8s.pod.ip";
+
+/// The pod IP that a connection accepted on local address `local` shows, for a
+/// process in a container (`in_container`: the loader gave a container id): the
+/// address itself (an IPv4-mapped IPv6 address as IPv4), unless it is loopback,
+/// unspecified, link-local or multicast (none of which is ever a pod's IP). `None`:
+/// no evidence. A process outside a container gets none: its addresses are the
+/// host's.
+pub fn pod_ip_evidence(in_container: bool, local: IpAddr) -> Option<IpAddr> {
+    if !in_container {
+        return None;
+    }
+    let ip = local.to_canonical();
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    };
+    (!(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || link_local)).then_some(ip)
+}
+
 /// What the loader said of a process.
 #[derive(Debug, Clone, Default)]
 struct Started {
@@ -178,6 +209,8 @@ struct Entry {
     /// Kubernetes store version last looked at, and what it gave.
     kube_version: u64,
     kube_attrs: Option<BTreeMap<String, String>>,
+    /// `k8s.pod.ip` from evidence ([`pod_ip_evidence`]), once found.
+    pod_ip: Option<IpAddr>,
 }
 
 /// What is known of each process, fed from `ProcessStarted` events.
@@ -217,7 +250,7 @@ impl ProcessMap {
             own: own_attributes(&p.otel_env),
         };
         let (kube_version, kube_attrs) = self.kube_lookup(Some(&started));
-        let resource = Arc::new(self.build(p.pid, Some(&started), kube_attrs.as_ref()));
+        let resource = Arc::new(self.build(p.pid, Some(&started), kube_attrs.as_ref(), None));
         self.insert(
             p.pid,
             Entry {
@@ -225,8 +258,41 @@ impl ProcessMap {
                 resource,
                 kube_version,
                 kube_attrs,
+                pod_ip: None,
             },
         );
+    }
+
+    /// Process `pid` accepted a connection on local address `local` (it is the
+    /// server): evidence of its pod's IP when it is in a container (see
+    /// [`pod_ip_evidence`]). The first evidence is kept and the resource built again
+    /// once; after that, or for a process without a container (or not seen
+    /// starting), this is one map lookup.
+    pub fn on_served(&mut self, pid: u32, local: IpAddr) {
+        let Some(e) = self.by_pid.get(&pid) else {
+            return;
+        };
+        if e.pod_ip.is_some() {
+            return;
+        }
+        let in_container = e
+            .started
+            .as_ref()
+            .is_some_and(|s| !s.container_id.is_empty());
+        let Some(ip) = pod_ip_evidence(in_container, local) else {
+            return;
+        };
+        // A decorated resource has the pod's own IP already: kept as it is.
+        let resource = e
+            .kube_attrs
+            .is_none()
+            .then(|| Arc::new(self.build(pid, e.started.as_ref(), None, Some(ip))));
+        if let Some(e) = self.by_pid.get_mut(&pid) {
+            e.pod_ip = Some(ip);
+            if let Some(r) = resource {
+                e.resource = r;
+            }
+        }
     }
 
     fn kube_lookup(&self, started: Option<&Started>) -> (u64, Option<BTreeMap<String, String>>) {
@@ -273,10 +339,11 @@ impl ProcessMap {
                 return e.resource.clone();
             }
             let started = e.started.clone();
+            let pod_ip = e.pod_ip;
             let (v, attrs) = self.kube_lookup(started.as_ref());
             let rebuild = attrs != e.kube_attrs;
             let resource = if rebuild {
-                Arc::new(self.build(pid, started.as_ref(), attrs.as_ref()))
+                Arc::new(self.build(pid, started.as_ref(), attrs.as_ref(), pod_ip))
             } else {
                 e.resource.clone()
             };
@@ -287,7 +354,7 @@ impl ProcessMap {
             }
             return resource;
         }
-        let res = Arc::new(self.build(pid, None, None));
+        let res = Arc::new(self.build(pid, None, None, None));
         self.insert(
             pid,
             Entry {
@@ -295,6 +362,7 @@ impl ProcessMap {
                 resource: res.clone(),
                 kube_version: kube_version.unwrap_or(0),
                 kube_attrs: None,
+                pod_ip: None,
             },
         );
         res
@@ -319,6 +387,7 @@ impl ProcessMap {
         pid: u32,
         p: Option<&Started>,
         kube: Option<&BTreeMap<String, String>>,
+        pod_ip: Option<IpAddr>,
     ) -> ProcessResource {
         let s = &self.settings;
         let mut attrs: BTreeMap<String, String> = BTreeMap::new();
@@ -360,6 +429,10 @@ impl ProcessMap {
         }
         for (k, v) in self.loader.iter().chain(kube.into_iter().flatten()) {
             attrs.insert(k.clone(), v.clone());
+        }
+        // The pod's own IP when decoration found the pod; the evidence otherwise.
+        if let (None, Some(ip)) = (kube, pod_ip) {
+            attrs.insert(POD_IP.into(), ip.to_string());
         }
         for (k, v) in p.into_iter().flat_map(|p| &p.own) {
             attrs.insert(k.clone(), v.clone());
@@ -589,5 +662,151 @@ mod own_env_tests {
             ..Default::default()
         });
         assert_eq!(m.get(5).service_name, "forced");
+    }
+}
+
+#[cfg(test)]
+mod pod_ip_tests {
+    use super::*;
+    use opentelemetry::Key;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    fn pod_ip(r: &ProcessResource) -> Option<String> {
+        r.resource
+            .get(&Key::from_static_str(POD_IP))
+            .map(|v| v.to_string())
+    }
+
+    /// A map knowing pid 5 in container `cid` ("" = not in a container).
+    fn map_with(cid: &str) -> ProcessMap {
+        let mut m = ProcessMap::new(ResourceSettings {
+            host_name: "box".into(),
+            ..Default::default()
+        });
+        m.on_started(&ProcessStarted {
+            pid: 5,
+            exe_path: "/usr/bin/server".into(),
+            container_id: cid.into(),
+            ..Default::default()
+        });
+        m
+    }
+
+    #[test]
+    fn the_rule_needs_a_container_and_a_routable_local_address() {
+        assert_eq!(pod_ip_evidence(true, ip("10.1.2.3")), Some(ip("10.1.2.3")));
+        assert_eq!(pod_ip_evidence(true, ip("fd00::7")), Some(ip("fd00::7")));
+        // A dual-stack listener's view of an IPv4 connection.
+        assert_eq!(
+            pod_ip_evidence(true, ip("::ffff:10.1.2.3")),
+            Some(ip("10.1.2.3"))
+        );
+        for none in [
+            "127.0.0.1",
+            "127.0.0.2",
+            "::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+            "::",
+            "169.254.1.1",
+            "fe80::1",
+            "224.0.0.1",
+        ] {
+            assert_eq!(pod_ip_evidence(true, ip(none)), None, "{none}");
+        }
+        // Outside a container the addresses are the host's: no evidence.
+        assert_eq!(pod_ip_evidence(false, ip("10.1.2.3")), None);
+    }
+
+    #[test]
+    fn a_container_serving_on_a_non_loopback_address_gets_k8s_pod_ip_once() {
+        let mut m = map_with("abc123");
+        assert_eq!(pod_ip(&m.get(5)), None, "no evidence yet");
+        m.on_served(5, ip("127.0.0.1"));
+        assert_eq!(pod_ip(&m.get(5)), None, "loopback is no evidence");
+        m.on_served(5, ip("10.244.0.7"));
+        let r = m.get(5);
+        assert_eq!(pod_ip(&r).as_deref(), Some("10.244.0.7"));
+        assert_eq!(r.service_name, "server");
+        // Built once: later connections (any address) change nothing.
+        m.on_served(5, ip("10.244.0.7"));
+        m.on_served(5, ip("10.9.9.9"));
+        assert!(Arc::ptr_eq(&r, &m.get(5)));
+        // A new process with that pid starts without it.
+        m.on_started(&ProcessStarted {
+            pid: 5,
+            exe_path: "/usr/bin/other".into(),
+            container_id: "abc123".into(),
+            ..Default::default()
+        });
+        assert_eq!(pod_ip(&m.get(5)), None);
+    }
+
+    #[test]
+    fn no_k8s_pod_ip_outside_a_container_or_for_an_unknown_process() {
+        let mut m = map_with("");
+        m.on_served(5, ip("10.244.0.7"));
+        assert_eq!(pod_ip(&m.get(5)), None, "not in a container");
+        // Never seen starting: nothing known of its container.
+        m.on_served(6, ip("10.244.0.7"));
+        assert_eq!(pod_ip(&m.get(6)), None);
+        m.on_served(6, ip("10.244.0.7"));
+        assert_eq!(pod_ip(&m.get(6)), None);
+    }
+
+    #[test]
+    fn decoration_gives_the_pods_own_ip_and_evidence_fills_in_when_no_pod_is_found() {
+        use crate::kube::meta::PodMeta;
+        let store = Arc::new(Store::new(None));
+        let mut m = map_with("abc123");
+        m.set_kubernetes(store.clone());
+        m.on_started(&ProcessStarted {
+            pid: 5,
+            exe_path: "/usr/bin/server".into(),
+            container_id: "abc123".into(),
+            ..Default::default()
+        });
+        // Decoration on, no pod known for the container: the evidence.
+        m.on_served(5, ip("192.0.2.9"));
+        assert_eq!(pod_ip(&m.get(5)).as_deref(), Some("192.0.2.9"));
+        // A pod decorating a process first, evidence later: the resource stays.
+        m.on_started(&ProcessStarted {
+            pid: 6,
+            exe_path: "/usr/bin/server".into(),
+            container_id: "def456".into(),
+            ..Default::default()
+        });
+        // The pod is learnt: its status IP, as the rest of its metadata.
+        store.pod_apply(PodMeta {
+            uid: "u".into(),
+            name: "web-0".into(),
+            namespace: "shop".into(),
+            node_name: "n1".into(),
+            start_time: None,
+            owner: None,
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            containers: vec![
+                ("abc123".into(), "app".into()),
+                ("def456".into(), "side".into()),
+            ],
+            ips: vec![ip("10.244.0.7")],
+        });
+        let r = m.get(5);
+        let decorated = m.get(6);
+        assert_eq!(pod_ip(&decorated).as_deref(), Some("10.244.0.7"));
+        m.on_served(6, ip("10.244.0.7"));
+        assert!(Arc::ptr_eq(&decorated, &m.get(6)), "not built again");
+        assert_eq!(pod_ip(&r).as_deref(), Some("10.244.0.7"));
+        assert_eq!(
+            r.resource
+                .get(&Key::from_static_str("k8s.pod.name"))
+                .map(|v| v.to_string())
+                .as_deref(),
+            Some("web-0")
+        );
     }
 }

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -70,8 +70,17 @@ pub enum PrometheusError {
     SamePath { port: u16, path: String },
 }
 
-/// What one path of the endpoint serves: the text it renders now.
-pub type Source = Arc<dyn Fn() -> String + Send + Sync>;
+/// What a path answers now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// Status line after `HTTP/1.1 ` (`200 OK`).
+    pub status: &'static str,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+/// What one path of the endpoint serves: its answer now.
+pub type Source = Arc<dyn Fn() -> Answer + Send + Sync>;
 
 /// One path and its source.
 #[derive(Clone)]
@@ -87,21 +96,26 @@ impl std::fmt::Debug for Route {
 }
 
 impl Route {
+    /// `path` answering `200` with the text exposition of what `text` renders.
+    pub fn text(path: &str, text: impl Fn() -> String + Send + Sync + 'static) -> Route {
+        Route {
+            path: path.to_string(),
+            source: Arc::new(move || Answer {
+                status: "200 OK",
+                content_type: CONTENT_TYPE,
+                body: text(),
+            }),
+        }
+    }
+
     /// `path` (empty: [`DEFAULT_PATH`]) serving the applications' metrics of
     /// `registry`.
     pub fn registry(path: &str, registry: Arc<Mutex<MetricsRegistry>>) -> Route {
-        let source: Source = Arc::new(move || match registry.lock() {
+        let path = if path.is_empty() { DEFAULT_PATH } else { path };
+        Route::text(path, move || match registry.lock() {
             Ok(r) => render(&r.snapshot()),
             Err(_) => String::new(),
-        });
-        Route {
-            path: if path.is_empty() {
-                DEFAULT_PATH.to_string()
-            } else {
-                path.to_string()
-            },
-            source,
-        }
+        })
     }
 }
 
@@ -126,36 +140,37 @@ impl PrometheusEndpoint {
 
     /// Listens on `0.0.0.0:port` and serves each route at its path.
     pub fn serve_routes(port: u16, routes: Vec<Route>) -> Result<Self, PrometheusError> {
-        for (i, r) in routes.iter().enumerate() {
-            let path = r.path.as_str();
-            if !path.starts_with('/') || path.contains(['?', '#', ' ', '\r', '\n', '\t']) {
-                return Err(PrometheusError::BadPath {
-                    path: path.to_string(),
-                });
-            }
-            if routes[..i].iter().any(|o| o.path == r.path) {
-                return Err(PrometheusError::SamePath {
-                    port,
-                    path: path.to_string(),
-                });
-            }
-        }
-        let paths: Vec<String> = routes.iter().map(|r| r.path.clone()).collect();
-        let path = paths.join(",");
+        check_routes(port, &routes)?;
         let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
         let bind = |source| PrometheusError::Bind { addr, source };
         let listener = StdTcpListener::bind(addr).map_err(bind)?;
         listener.set_nonblocking(true).map_err(bind)?;
         let listener = TcpListener::from_std(listener).map_err(bind)?;
         let addr = listener.local_addr().map_err(bind)?;
+        let endpoint = Self::serve_on(Listener::Tcp(listener), addr, routes, "Prometheus");
+        Ok(endpoint)
+    }
+
+    /// Serves `routes` on `listener` (`addr` is what it listens on, for the log).
+    pub fn serve_on(
+        listener: Listener,
+        addr: SocketAddr,
+        routes: Vec<Route>,
+        what: &'static str,
+    ) -> Self {
+        let paths: Vec<String> = routes.iter().map(|r| r.path.clone()).collect();
+        let path = paths.join(",");
         let stop = CancellationToken::new();
         let task = tokio::spawn(serve(listener, Arc::new(routes), stop.clone()));
-        info!(%addr, paths = %path, "Prometheus endpoint listening");
-        Ok(PrometheusEndpoint {
+        match what {
+            "Prometheus" => info!(%addr, paths = %path, "Prometheus endpoint listening"),
+            _ => info!(%addr, paths = %path, "{what} endpoint listening"),
+        }
+        PrometheusEndpoint {
             addr,
             stop,
             task: Some(task),
-        })
+        }
     }
 
     /// The address listened on.
@@ -180,7 +195,52 @@ impl Drop for PrometheusEndpoint {
     }
 }
 
-async fn serve(listener: TcpListener, routes: Arc<Vec<Route>>, stop: CancellationToken) {
+/// Every path well formed and served once.
+fn check_routes(port: u16, routes: &[Route]) -> Result<(), PrometheusError> {
+    for (i, r) in routes.iter().enumerate() {
+        let path = r.path.as_str();
+        if !path.starts_with('/') || path.contains(['?', '#', ' ', '\r', '\n', '\t']) {
+            return Err(PrometheusError::BadPath {
+                path: path.to_string(),
+            });
+        }
+        if routes[..i].iter().any(|o| o.path == r.path) {
+            return Err(PrometheusError::SamePath {
+                port,
+                path: path.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A bound listening socket.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<(Box<dyn Stream>, String)> {
+        match self {
+            Listener::Tcp(l) => l
+                .accept()
+                .await
+                .map(|(s, peer)| (Box::new(s) as Box<dyn Stream>, peer.to_string())),
+            Listener::Unix(l) => l
+                .accept()
+                .await
+                .map(|(s, _)| (Box::new(s) as Box<dyn Stream>, "unix socket".to_string())),
+        }
+    }
+}
+
+/// A connection of either kind.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+async fn serve(listener: Listener, routes: Arc<Vec<Route>>, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
@@ -229,7 +289,7 @@ enum Request {
 }
 
 /// Reads one request head (bounded in size and time) and answers it.
-async fn answer(mut stream: TcpStream, routes: &[Route]) -> std::io::Result<()> {
+async fn answer(mut stream: Box<dyn Stream>, routes: &[Route]) -> std::io::Result<()> {
     let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
         Ok(Ok(Some(head))) => head,
         Ok(Ok(None)) => return Ok(()),
@@ -240,13 +300,20 @@ async fn answer(mut stream: TcpStream, routes: &[Route]) -> std::io::Result<()> 
         Head::Complete(bytes) => parse(&bytes, routes),
         Head::TooLarge => Request::TooLarge,
     };
+    let mut content_type = "text/plain; charset=utf-8";
     let (status, extra, body, head_only) = match request {
         Request::Metrics { route, head_only } => {
             let source = routes.get(route).map(|r| r.source.clone());
-            let text = tokio::task::spawn_blocking(move || source.map(|s| s()).unwrap_or_default())
+            let a = tokio::task::spawn_blocking(move || source.map(|s| s()))
                 .await
-                .map_err(std::io::Error::other)?;
-            ("200 OK", "", text, head_only)
+                .map_err(std::io::Error::other)?
+                .unwrap_or(Answer {
+                    status: "404 Not Found",
+                    content_type: "text/plain; charset=utf-8",
+                    body: String::new(),
+                });
+            content_type = a.content_type;
+            (a.status, "", a.body, head_only)
         }
         Request::NotFound => {
             let paths: Vec<&str> = routes.iter().map(|r| r.path.as_str()).collect();
@@ -272,12 +339,7 @@ async fn answer(mut stream: TcpStream, routes: &[Route]) -> std::io::Result<()> 
         ),
     };
     let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
-        if status.starts_with("200") {
-            CONTENT_TYPE
-        } else {
-            "text/plain; charset=utf-8"
-        },
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
@@ -321,7 +383,7 @@ enum Head {
 }
 
 /// The bytes up to the end of the request head; `None` if the client went away first.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Head>> {
+async fn read_head(stream: &mut Box<dyn Stream>) -> std::io::Result<Option<Head>> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {

@@ -354,7 +354,8 @@ async fn down_then_up(http2: bool) {
     });
     let server = serve(&format!("127.0.0.1:{port}"), http2, answer).await;
     let done = pending.await.expect("task").expect("exported once up");
-    assert!(done.attempts >= 4, "{done:?}");
+    // The attempt in flight when the server came up may be the one that succeeds.
+    assert!(done.attempts >= 3, "{done:?}");
     assert_eq!(server.record.requests(), 1);
     let st = t2.stats();
     assert_eq!(
