@@ -1,26 +1,14 @@
-//! Helpers for the gateway-topology test (`tests/gateway.rs`, docs/gateway.md): a
-//! server in a fake container reached over one of the host's own addresses, and rotel
-//! collectors forwarding OTLP, one as the node-local agent, one as the gateway.
+//! Helpers for the gateway-topology test (`tests/gateway.rs`, docs/gateway.md): one of
+//! the host's own addresses, for the server in a fake container
+//! (`crate::container::ContainerServer`) to listen on, and rotel collectors forwarding
+//! OTLP, one as the node-local agent, one as the gateway.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use crate::otlp::{parse_rotel_spans, rotel_agent, CurlRun, RotelSpan};
+use crate::otlp::{parse_rotel_spans, rotel_agent, RotelSpan};
 use crate::{free_port, wait_listening, Running, PATIENCE};
-
-/// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a
-/// hybrid hierarchy).
-pub fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .expect("no cgroup2 mount: these tests need cgroup v2 (unified or hybrid)")
-}
 
 /// One of this host's own non-loopback addresses (what a pod's IP is to the pod):
 /// the first global-scope IPv4 address `ip -o addr` lists, else the first global
@@ -52,94 +40,6 @@ pub fn host_address() -> Option<IpAddr> {
         .find(|ip| ip.is_ipv4())
         .or_else(|| addrs.first())
         .copied()
-}
-
-/// `ip` as the host part of a URL (`[...]` around IPv6).
-pub fn url_host(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("[{v6}]"),
-    }
-}
-
-/// A python HTTP server inside a cgroup v2 directory named like docker's
-/// (`tandem-test-<pid>-<name>.slice/docker-<64 hex>.scope`): a container, as the
-/// loader sees it (the id is taken from the cgroup path). It listens on `bind:port`
-/// only. Dropping it stops the server and removes the cgroup directories.
-pub struct ContainerServer {
-    server: Option<Running>,
-    cgroup: PathBuf,
-    pub bind: IpAddr,
-    pub port: u16,
-    _www: tempfile::TempDir,
-}
-
-impl ContainerServer {
-    /// Serves `pages` (path under the document root, content) on `bind`, in the
-    /// cgroup of container `cid`.
-    pub fn start(cid: &str, bind: IpAddr, name: &str, pages: &[(&str, &str)]) -> ContainerServer {
-        let port = free_port();
-        let www = tempfile::tempdir().expect("temp dir");
-        for (path, content) in pages {
-            let file = www.path().join(path.trim_start_matches('/'));
-            if let Some(parent) = file.parent() {
-                std::fs::create_dir_all(parent).expect("create the page's directory");
-            }
-            std::fs::write(&file, content).expect("write page");
-        }
-        // One slice per server: removing it never races with another test's server.
-        let slice = cgroup2_root().join(format!(
-            "tandem-test-{}-{name}-{port}.slice",
-            std::process::id()
-        ));
-        let cgroup = slice.join(format!("docker-{cid}.scope"));
-        std::fs::create_dir_all(&cgroup)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", cgroup.display()));
-        // The shell moves itself into the cgroup, then becomes the server: the server
-        // never runs outside it, and the loader reads the container id at its start.
-        let script = format!(
-            "echo $$ > {}/cgroup.procs && exec python3 -u -m http.server {port} --bind {bind} --directory {}",
-            cgroup.display(),
-            www.path().display()
-        );
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", &script]);
-        let mut server = Running::spawn(cmd, &format!("container server {name}"));
-        wait_listening(&mut server, port, PATIENCE);
-        let cg = std::fs::read_to_string(format!("/proc/{}/cgroup", server.pid()))
-            .expect("read the server's cgroup");
-        assert!(cg.contains(cid), "the server is not in its cgroup: {cg}");
-        ContainerServer {
-            server: Some(server),
-            cgroup,
-            bind,
-            port,
-            _www: www,
-        }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.server.as_ref().expect("running").pid()
-    }
-
-    /// `curl` of `path` at the server's address, with `headers`.
-    pub fn get(&self, path: &str, headers: &[&str]) -> CurlRun {
-        crate::otlp::curl_get(
-            &format!("http://{}:{}{path}", url_host(self.bind), self.port),
-            headers,
-        )
-    }
-}
-
-impl Drop for ContainerServer {
-    fn drop(&mut self) {
-        // The server first: a cgroup directory holding a process cannot be removed.
-        drop(self.server.take());
-        let _ = std::fs::remove_dir(&self.cgroup);
-        if let Some(slice) = self.cgroup.parent() {
-            let _ = std::fs::remove_dir(slice);
-        }
-    }
 }
 
 /// A rotel collector receiving OTLP on 127.0.0.1 (gRPC and HTTP) and forwarding

@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: build and start the real binaries, read
 //! their output, and talk to the loader over its real Unix socket.
 
+pub mod container;
 pub mod db;
 pub mod fake_apiserver;
 pub mod gateway;

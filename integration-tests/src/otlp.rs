@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::{processor_bin, Running, PATIENCE};
 
@@ -283,6 +283,28 @@ pub fn host_name() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// The resource the processor exports a live process's spans and metrics under, with
+/// tandem's own decoration off: its executable (read from /proc now), pid and host.
+pub fn process_resource(pid: i32) -> Value {
+    let exe = exe_of(pid);
+    let name = exe
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("exe name")
+        .to_string();
+    let host = host_name();
+    json!({
+        "host.name": host,
+        "process.executable.name": name,
+        "process.executable.path": exe.to_str().expect("exe path"),
+        "process.pid": pid,
+        "service.instance.id": format!("{host}-{pid}"),
+        "service.name": name,
+        "telemetry.sdk.name": "tandem",
+        "telemetry.sdk.version": env!("CARGO_PKG_VERSION"),
+    })
 }
 
 /// What one curl run did.

@@ -1812,7 +1812,12 @@ fn daemon_set_security_contexts_let_exactly_the_processor_subscribe() {
         cmd.env("OTEL_EBPF_CONFIG_PATH", &config_path)
             // No Kubernetes API and no collector here.
             .env("OTEL_EBPF_KUBE_METADATA_ENABLE", "false")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            // Two processors on one host: a health check port each.
+            .env(
+                "OTEL_EBPF_HEALTH_CHECK_PORT",
+                tandem_integration_tests::free_port().to_string(),
+            );
         cmd
     };
     let p = Running::spawn(
@@ -2098,31 +2103,14 @@ fn every_environment_variable_set_is_one_the_binaries_read() {
     let mut processor_known = help_env_names(&processor_bin());
     processor_known.extend(processor_source_env_names());
 
-    let mut pods: Vec<(String, PodSpec)> = Vec::new();
-    let plain = daemon_set_objects();
-    pods.push(("daemonset.yaml".into(), plain.daemon_set_pod().clone()));
-    let sidecar = Objects::load(&["sidecar.yaml"]);
-    pods.push((
-        "sidecar.yaml".into(),
-        sidecar.deployments[0]
-            .spec
-            .template
-            .spec
-            .clone()
-            .expect("pod spec"),
-    ));
-    let chart = Objects::parse(
-        &helm_template(&[
-            "--set",
-            "selection.exeGlob=*/x",
-            "--set",
-            "otlp.protocol=grpc",
-            "--set",
-            "kubernetes.clusterName=c",
-        ]),
-        "helm template",
-    );
-    pods.push(("helm template".into(), chart.daemon_set_pod().clone()));
+    let pods = every_pod(&[
+        "--set",
+        "selection.exeGlob=*/x",
+        "--set",
+        "otlp.protocol=grpc",
+        "--set",
+        "kubernetes.clusterName=c",
+    ]);
     for (origin, spec) in &pods {
         for (name, known) in [("loader", &loader_known), ("processor", &processor_known)] {
             let c = container(spec, name).expect("container");
@@ -2147,4 +2135,68 @@ fn every_environment_variable_set_is_one_the_binaries_read() {
             }
         }
     }
+}
+
+/// Issue 14 (`health_check`): every processor container's probes ask the health
+/// check the same container turns on — the port named by the probes is the port of
+/// `OTEL_EBPF_HEALTH_CHECK_PORT`, on every interface, liveness on `/healthz` and
+/// readiness on `/readyz`. (What those paths answer is tested in
+/// `processor/src/health.rs` and `tests/health.rs`.)
+#[test]
+fn processor_probes_reach_the_health_check_it_enables() {
+    let pods = every_pod(&[]);
+    for (origin, spec) in &pods {
+        let c = container(spec, "processor").expect("processor container");
+        let port: i32 = env_value(c, "OTEL_EBPF_HEALTH_CHECK_PORT")
+            .unwrap_or_else(|| panic!("{origin}: no OTEL_EBPF_HEALTH_CHECK_PORT"))
+            .parse()
+            .expect("a port");
+        assert_eq!(
+            env_value(c, "OTEL_EBPF_HEALTH_CHECK_LISTEN_ADDRESS"),
+            Some("0.0.0.0"),
+            "{origin}: the kubelet probes the pod's address"
+        );
+        let named = c
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("health"))
+            .unwrap_or_else(|| panic!("{origin}: no port named health"));
+        assert_eq!(named.container_port, port, "{origin}");
+        for (probe, path) in [
+            (c.liveness_probe.as_ref(), "/healthz"),
+            (c.readiness_probe.as_ref(), "/readyz"),
+        ] {
+            let get = probe
+                .and_then(|p| p.http_get.as_ref())
+                .unwrap_or_else(|| panic!("{origin}: no httpGet probe for {path}"));
+            assert_eq!(get.path.as_deref(), Some(path), "{origin}");
+            assert_eq!(
+                get.port,
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("health".into()),
+                "{origin}"
+            );
+        }
+    }
+}
+
+/// The pod specs of the DaemonSet manifest, the sidecar manifest and the chart
+/// rendered with `chart_args`.
+fn every_pod(chart_args: &[&str]) -> Vec<(String, PodSpec)> {
+    let plain = daemon_set_objects();
+    let sidecar = Objects::load(&["sidecar.yaml"]);
+    let chart = Objects::parse(&helm_template(chart_args), "helm template");
+    vec![
+        ("daemonset.yaml".into(), plain.daemon_set_pod().clone()),
+        (
+            "sidecar.yaml".into(),
+            sidecar.deployments[0]
+                .spec
+                .template
+                .spec
+                .clone()
+                .expect("pod spec"),
+        ),
+        ("helm template".into(), chart.daemon_set_pod().clone()),
+    ]
 }

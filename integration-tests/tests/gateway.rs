@@ -17,12 +17,12 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tandem_integration_tests::container::{ContainerServer, Runtime};
 use tandem_integration_tests::fake_apiserver::objects::container_id;
-use tandem_integration_tests::gateway::{host_address, Collector, ContainerServer};
+use tandem_integration_tests::gateway::{host_address, Collector};
 use tandem_integration_tests::otlp::*;
 use tandem_integration_tests::{require_root_bpf, start_ebpf_loader, wait_instrumenting, Running};
 
-const VERSION: &str = env!("CARGO_PKG_VERSION");
 const USER_AGENT: &str = "tandem-gateway-test/1";
 /// OTLP span kind SERVER.
 const SERVER: i64 = 2;
@@ -70,6 +70,7 @@ fn spans_reach_the_backend_through_agent_and_gateway_with_the_pod_ip() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cid = container_id("gateway-web");
     let server = ContainerServer::start(
+        Runtime::Docker,
         &cid,
         pod_ip,
         "gateway-web",
@@ -122,26 +123,10 @@ fn spans_reach_the_backend_through_agent_and_gateway_with_the_pod_ip() {
 
     // The resource: the process's identity, its container, and the pod IP the
     // clients called (tandem's decoration is off: evidence only).
-    let exe = exe_of(server.pid());
-    let name = exe
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("exe name")
-        .to_string();
-    let host = host_name();
-    let want_resource = json!({
-        "container.id": cid,
-        "host.name": host,
-        "k8s.pod.ip": pod_ip.to_string(),
-        "process.executable.name": name,
-        "process.executable.path": exe.to_str().expect("exe path"),
-        "process.pid": pid,
-        "service.instance.id": format!("{host}-{pid}"),
-        "service.name": name,
-        "telemetry.sdk.name": "tandem",
-        "telemetry.sdk.version": VERSION,
-    });
     let addr = pod_ip.to_string();
+    let mut want_resource = process_resource(server.pid());
+    want_resource["container.id"] = json!(cid);
+    want_resource["k8s.pod.ip"] = json!(addr);
     for (path, run, status) in [
         ("/shop/items.txt", &found, 200),
         ("/shop/missing.txt", &missing, 404),

@@ -11,19 +11,18 @@
 //! `containerStatuses[].containerID` is `containerd://<the same id>`. The loader
 //! captures with eBPF (root), the processor exports to a real OTLP receiver.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tandem_integration_tests::container::{ContainerServer, Runtime};
 use tandem_integration_tests::fake_apiserver::objects::{
     container_id, node, pod, replicaset, service,
 };
 use tandem_integration_tests::fake_apiserver::{FakeApiServer, Kind};
 use tandem_integration_tests::otlp::*;
 use tandem_integration_tests::{
-    free_port, require_root_bpf, start_ebpf_loader, wait_instrumenting, wait_listening, Running,
-    PATIENCE,
+    free_port, require_root_bpf, start_ebpf_loader, wait_instrumenting, Running, PATIENCE,
 };
 
 const SERVER: i64 = 2;
@@ -31,90 +30,24 @@ const CLIENT: i64 = 3;
 const NODE: &str = "node-a";
 const EXPORT_PATIENCE: Duration = Duration::from_secs(30);
 
-/// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a
-/// hybrid hierarchy).
-fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .expect("no cgroup2 mount: these tests need cgroup v2 (unified or hybrid)")
+/// A fake pod's container (containerd's cgroup naming) serving `/<name>.txt` on
+/// `addr`.
+fn pod_server(cid: &str, addr: &str, name: &str) -> ContainerServer {
+    ContainerServer::start(
+        Runtime::Containerd,
+        cid,
+        addr.parse().expect("an IP address"),
+        name,
+        &[(&format!("/{name}.txt"), &format!("{name}\n"))],
+    )
 }
 
-/// A python HTTP server running inside a containerd-style cgroup: a fake pod's
-/// container, as the loader sees it.
-struct PodServer {
-    server: Option<Running>,
-    cgroup: PathBuf,
-    port: u16,
-    addr: String,
-    _www: tempfile::TempDir,
-}
-
-impl PodServer {
-    /// Serves `/<name>.txt` on `addr:port`, in the cgroup of container `cid`.
-    fn start(cid: &str, addr: &str, name: &str) -> PodServer {
-        let port = free_port();
-        let www = tempfile::tempdir().expect("temp dir");
-        std::fs::write(www.path().join(format!("{name}.txt")), format!("{name}\n"))
-            .expect("write page");
-        // One slice per server: removing it never races with another test's server.
-        let slice = cgroup2_root().join(format!(
-            "tandem-test-{}-{name}-{port}.slice",
-            std::process::id()
-        ));
-        let cgroup = slice.join(format!("cri-containerd-{cid}.scope"));
-        std::fs::create_dir_all(&cgroup)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", cgroup.display()));
-        // The shell moves itself into the cgroup, then becomes the server: the server
-        // never runs outside it.
-        let script = format!(
-            "echo $$ > {}/cgroup.procs && exec python3 -u -m http.server {port} --bind {addr} --directory {}",
-            cgroup.display(),
-            www.path().display()
-        );
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", &script]);
-        let mut server = Running::spawn(cmd, &format!("pod server {name}"));
-        wait_listening(&mut server, port, PATIENCE);
-        let cg = std::fs::read_to_string(format!("/proc/{}/cgroup", server.pid()))
-            .expect("read the server's cgroup");
-        assert!(cg.contains(cid), "the server is not in its cgroup: {cg}");
-        PodServer {
-            server: Some(server),
-            cgroup,
-            port,
-            addr: addr.to_owned(),
-            _www: www,
-        }
-    }
-
-    fn pid(&self) -> i64 {
-        i64::from(self.server.as_ref().expect("running").pid())
-    }
-
-    fn get(&self, name: &str) -> CurlRun {
-        let run = curl_get(
-            &format!("http://{}:{}/{name}.txt", self.addr, self.port),
-            &[],
-        );
-        assert_eq!(run.status, 200, "{run:?}");
-        assert_eq!(run.body, format!("{name}\n"));
-        run
-    }
-}
-
-impl Drop for PodServer {
-    fn drop(&mut self) {
-        drop(self.server.take());
-        let _ = std::fs::remove_dir(&self.cgroup);
-        if let Some(slice) = self.cgroup.parent() {
-            let _ = std::fs::remove_dir(slice);
-        }
-    }
+/// `curl` of `/<name>.txt` at `server`, which serves it (`<name>\n`).
+fn get_page(server: &ContainerServer, name: &str) -> CurlRun {
+    let run = server.get(&format!("/{name}.txt"), &[]);
+    assert_eq!(run.status, 200, "{run:?}");
+    assert_eq!(run.body, format!("{name}\n"));
+    run
 }
 
 /// A processor with Kubernetes metadata on, reading `kubeconfig`, exporting to
@@ -162,7 +95,14 @@ fn spans_of<'a>(records: &'a [Value], kind: i64, pid: i64, path: &str) -> Vec<&'
 }
 
 /// Waits for a span of `kind`, process `pid`, `path`; returns it.
-fn wait_span(receiver: &mut Receiver, p: &Running, kind: i64, pid: i64, path: &str) -> Value {
+fn wait_span(
+    receiver: &mut Receiver,
+    p: &Running,
+    kind: i64,
+    pid: impl Into<i64>,
+    path: &str,
+) -> Value {
+    let pid = pid.into();
     receiver.until(
         &format!("a span of kind {kind} from pid {pid} for {path}"),
         EXPORT_PATIENCE,
@@ -282,8 +222,9 @@ fn spans_carry_the_pods_metadata() {
     api.apply(Kind::Service, service("data", "db", "127.0.0.4"));
     api.apply(
         Kind::Pod,
+        // Not kube-system: OBI's default_exclude_instrument leaves that namespace out.
         pod(
-            "kube-system",
+            "node-agents",
             "node-agent-x1",
             NODE,
             Some(("DaemonSet", "node-agent")),
@@ -311,9 +252,9 @@ fn spans_carry_the_pods_metadata() {
     );
     let kubeconfig = api.write_kubeconfig(dir.path());
 
-    let web = PodServer::start(&cid_web, "127.0.0.2", "web");
-    let db = PodServer::start(&cid_db, "127.0.0.4", "db");
-    let agent = PodServer::start(&cid_agent, "127.0.0.5", "agent");
+    let web = pod_server(&cid_web, "127.0.0.2", "web");
+    let db = pod_server(&cid_db, "127.0.0.4", "db");
+    let agent = pod_server(&cid_agent, "127.0.0.5", "agent");
     let socket = dir.path().join("loader.sock");
     let loader = start_ebpf_loader(&socket, &[]);
     let mut receiver = Receiver::start();
@@ -332,9 +273,9 @@ fn spans_carry_the_pods_metadata() {
     wait_logged(&p, "kubernetes: replicasets synced", 1);
     wait_logged(&p, "kubernetes: node synced", 1);
 
-    let curl_web = web.get("web");
-    db.get("db");
-    agent.get("agent");
+    let curl_web = get_page(&web, "web");
+    get_page(&db, "db");
+    get_page(&agent, "agent");
 
     let s = wait_span(&mut receiver, &p, SERVER, web.pid(), "/web.txt");
     assert_attrs(
@@ -379,12 +320,12 @@ fn spans_carry_the_pods_metadata() {
     assert_attrs(
         &s["resource"],
         &json!({
-            "k8s.namespace.name": "kube-system",
+            "k8s.namespace.name": "node-agents",
             "k8s.pod.name": "node-agent-x1",
             "k8s.daemonset.name": "node-agent",
             "k8s.container.name": "agent",
             "service.name": "agent",
-            "service.namespace": "kube-system",
+            "service.namespace": "node-agents",
         }),
     );
 
@@ -421,8 +362,8 @@ fn spans_carry_the_pods_metadata() {
     // The pod is deleted; a request that comes after is still decorated (grace).
     api.delete(Kind::Pod, "shop", "checkout-5f7b9c-abcde");
     std::thread::sleep(Duration::from_millis(1500));
-    std::fs::write(web._www.path().join("late.txt"), "late\n").expect("page");
-    web.get("late");
+    web.add_page("/late.txt", "late\n");
+    get_page(&web, "late");
     let s = wait_span(&mut receiver, &p, SERVER, web.pid(), "/late.txt");
     assert_attrs(
         &s["resource"],
@@ -467,9 +408,9 @@ fn api_server_outages_do_not_stop_spans() {
         deployment_pod("shop", "cart-6d8f-q1w2e", "cart-6d8f", &cid, "10.244.0.20"),
     );
     let kubeconfig = api.write_kubeconfig(dir.path());
-    let web = PodServer::start(&cid, "127.0.0.1", "one");
-    std::fs::write(web._www.path().join("two.txt"), "two\n").expect("page");
-    std::fs::write(web._www.path().join("three.txt"), "three\n").expect("page");
+    let web = pod_server(&cid, "127.0.0.1", "one");
+    web.add_page("/two.txt", "two\n");
+    web.add_page("/three.txt", "three\n");
     let socket = dir.path().join("loader.sock");
     let loader = start_ebpf_loader(&socket, &[]);
     let mut receiver = Receiver::start();
@@ -485,7 +426,7 @@ fn api_server_outages_do_not_stop_spans() {
     wait_instrumenting(&loader, &format!("ports {}", web.port));
     wait_logged(&p, "kubernetes: pods watch failing", 1);
 
-    web.get("one");
+    get_page(&web, "one");
     let s = wait_span(&mut receiver, &p, SERVER, web.pid(), "/one.txt");
     assert!(s["resource"]["k8s.pod.name"].is_null(), "undecorated: {s}");
     assert!(
@@ -498,7 +439,7 @@ fn api_server_outages_do_not_stop_spans() {
 
     api.start();
     wait_logged(&p, "kubernetes: pods watch recovered", 1);
-    web.get("two");
+    get_page(&web, "two");
     let s = wait_span(&mut receiver, &p, SERVER, web.pid(), "/two.txt");
     assert_attrs(
         &s["resource"],
@@ -516,7 +457,7 @@ fn api_server_outages_do_not_stop_spans() {
     let before = api.requests().len();
     api.start();
     wait_logged(&p, "kubernetes: pods watch recovered", 2);
-    web.get("three");
+    get_page(&web, "three");
     let s = wait_span(&mut receiver, &p, SERVER, web.pid(), "/three.txt");
     assert_attrs(
         &s["resource"],
@@ -590,9 +531,9 @@ fn kubernetes_discovery_selects_matching_pods() {
     );
     api.apply(Kind::Pod, pod_b("cart"));
     let kubeconfig = api.write_kubeconfig(dir.path());
-    let a = PodServer::start(&cid_a, "127.0.0.1", "a");
-    let b = PodServer::start(&cid_b, "127.0.0.1", "b");
-    std::fs::write(b._www.path().join("b2.txt"), "b2\n").expect("page");
+    let a = pod_server(&cid_a, "127.0.0.1", "a");
+    let b = pod_server(&cid_b, "127.0.0.1", "b");
+    b.add_page("/b2.txt", "b2\n");
     let socket = dir.path().join("loader.sock");
     let loader = start_ebpf_loader(&socket, &[]);
     let mut receiver = Receiver::start();
@@ -606,8 +547,8 @@ fn kubernetes_discovery_selects_matching_pods() {
         &[],
     );
     wait_selected(&loader, &p, &cid_a);
-    a.get("a");
-    b.get("b");
+    get_page(&a, "a");
+    get_page(&b, "b");
     wait_span(&mut receiver, &p, SERVER, a.pid(), "/a.txt");
     receiver.settle(Duration::from_secs(3));
     let from_b: Vec<&Value> = spans(&receiver.records)
@@ -629,7 +570,7 @@ fn kubernetes_discovery_selects_matching_pods() {
         .stderr
         .text()
         .contains("selection changed; subscribing again under the same name"));
-    b.get("b2");
+    get_page(&b, "b2");
     let s = wait_span(&mut receiver, &p, SERVER, b.pid(), "/b2.txt");
     assert_attrs(
         &s["resource"],

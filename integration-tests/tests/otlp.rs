@@ -122,24 +122,7 @@ impl Live {
 
     /// The resource of the python server's spans and metrics, exactly.
     fn server_resource(&self) -> Value {
-        let exe = exe_of(self.server.pid());
-        let name = exe
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("exe name")
-            .to_string();
-        let host = host_name();
-        let pid = self.server_pid();
-        json!({
-            "host.name": host,
-            "process.executable.name": name,
-            "process.executable.path": exe.to_str().expect("exe path"),
-            "process.pid": pid,
-            "service.instance.id": format!("{host}-{pid}"),
-            "service.name": name,
-            "telemetry.sdk.name": "tandem",
-            "telemetry.sdk.version": VERSION,
-        })
+        process_resource(self.server.pid())
     }
 
     /// The server span's attributes for a GET of `path` by `client`, exactly.

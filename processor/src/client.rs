@@ -39,9 +39,18 @@ pub struct ClientConfig {
     /// change re-subscribes under the same name, so the loader keeps the
     /// subscription's queue and resends what was not acknowledged.
     pub selection_updates: Option<watch::Receiver<Selection>>,
+    /// Told whether the processor is subscribed now (the health endpoint).
+    pub health: Option<std::sync::Arc<crate::health::Health>>,
 }
 
 impl ClientConfig {
+    fn set_connected(&self, connected: bool) {
+        if let Some(h) = &self.health {
+            h.connected
+                .store(connected, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     fn current_selection(&self) -> Selection {
         match &self.selection_updates {
             Some(rx) => rx.borrow().clone(),
@@ -112,8 +121,9 @@ where
             &mut backoff,
             &mut on_batch,
         )
-        .await?;
-        let reason = match end {
+        .await;
+        config.set_connected(false);
+        let reason = match end? {
             SessionEnd::Shutdown => return Ok(()),
             SessionEnd::Resubscribe => {
                 info!(
@@ -200,6 +210,7 @@ where
         );
         *state = State::Connected;
     }
+    config.set_connected(true);
     *backoff = BACKOFF_MIN;
     // Acknowledgements go out from their own task, coalesced: only the latest
     // processed position matters (acks are cumulative).

@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod engine;
 pub mod export;
+pub mod health;
 pub mod internal;
 pub mod kube;
 pub mod model;

@@ -118,12 +118,15 @@ pub async fn run(
     }
     engine.set_selector(selector);
     let (posture_tx, mut posture_rx) = tokio::sync::watch::channel(None);
+    let health = std::sync::Arc::new(crate::health::Health::default());
+    let health_endpoint = crate::health::start(&config.health_check, health.clone())?;
     let client_config = ClientConfig {
         socket: opts.socket.clone(),
         name: opts.name.clone(),
         selection,
         posture: Some(posture_tx),
         selection_updates,
+        health: Some(health),
     };
     let interval = opts.summary_interval;
     let mut next_summary = (!interval.is_zero()).then(|| tokio::time::Instant::now() + interval);
@@ -162,6 +165,9 @@ pub async fn run(
     .await;
     let summary = engine.finish().await;
     internal.update(summary.clone());
+    if let Some(h) = health_endpoint {
+        h.shutdown().await;
+    }
     if let Some(k) = &kube {
         let (pods, deleted, replicasets, services) = k.store.sizes();
         info!(

@@ -174,6 +174,35 @@ pub struct ExportSettings {
     pub exclude_otel_instrumented: bool,
     /// `filter.application` (see `pipeline::filter`).
     pub filter: BTreeMap<String, crate::pipeline::filter::Rule>,
+    /// `attributes.select`: which attributes each metric family reports.
+    pub attribute_select: AttributeSelect,
+    /// `attributes.metric_span_names_limit` (OBI's default 100): most distinct
+    /// `span.name` values per service in span metrics, the rest reported as
+    /// `AGGREGATED`; 0 is no limit.
+    pub metric_span_names_limit: usize,
+}
+
+/// OBI's default `attributes.metric_span_names_limit`.
+pub const DEFAULT_METRIC_SPAN_NAMES_LIMIT: usize = 100;
+
+/// `attributes.select`: metric name glob → attribute globs to add or remove (OBI's
+/// names: Prometheus `http_server_request_duration` or OpenTelemetry
+/// `http.server.request.duration`, `_` and `.` alike). Resolved per metric family
+/// once, by `pipeline::metrics::select`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AttributeSelect {
+    pub rules: Vec<AttributeRule>,
+}
+
+/// One entry of `attributes.select`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AttributeRule {
+    /// Glob over metric names.
+    pub metric: String,
+    /// Globs over attribute names to report besides the default ones.
+    pub include: Vec<String>,
+    /// Globs over attribute names not to report (default ones too).
+    pub exclude: Vec<String>,
 }
 
 impl Default for ExportSettings {
@@ -202,6 +231,8 @@ impl Default for ExportSettings {
             buckets: Buckets::default(),
             exclude_otel_instrumented: true,
             filter: BTreeMap::new(),
+            attribute_select: AttributeSelect::default(),
+            metric_span_names_limit: DEFAULT_METRIC_SPAN_NAMES_LIMIT,
         }
     }
 }

@@ -76,7 +76,7 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "  made    {} transactions ({}); spans {} sampled, {} not sampled, {} not built (no span sink), {} ignored by route, {} off by instrumentation, {} of {} OpenTelemetry-instrumented processes left alone, {} filtered out",
+            "  made    {} transactions ({}); spans {} sampled, {} not sampled, {} not built (no span sink), {} ignored by route, {} off by instrumentation, {} of {} OpenTelemetry-instrumented processes left alone, {} filtered out{}",
             thousands(self.transactions_total()),
             list(self.transactions.iter().map(|(k, v)| (*k, *v))),
             thousands(p.spans_sampled),
@@ -87,7 +87,17 @@ impl fmt::Display for Summary {
             thousands(p.excluded_otel_instrumented),
             thousands(p.otel_instrumented_processes),
             thousands(p.filtered),
+            // Only when it happened: the line stays as it was otherwise.
+            if p.span_names_aggregated > 0 {
+                format!(
+                    "; span metrics: {} span names reported as AGGREGATED (metric_span_names_limit)",
+                    thousands(p.span_names_aggregated)
+                )
+            } else {
+                String::new()
+            },
         )?;
+
         writeln!(
             f,
             "  out     spans queued {}, exported {}, dropped {} (queue full), failed {}, abandoned {}; metric exports {} ok, {} failed; printed {}",
@@ -196,6 +206,22 @@ mod tests {
         );
         assert!(
             lines[6].starts_with("  stitch  0 connections open"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn aggregated_span_names_show_in_the_made_line_only_when_there_are_some() {
+        let mut s = Summary::default();
+        assert!(!s.to_string().contains("AGGREGATED"));
+        s.pipeline.span_names_aggregated = 12;
+        let text = s.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 7, "{text}");
+        assert!(
+            lines[1].ends_with(
+                "; span metrics: 12 span names reported as AGGREGATED (metric_span_names_limit)"
+            ),
             "{text}"
         );
     }

@@ -12,7 +12,7 @@ use super::*;
 
 /// The sections of the file, as a YAML prefix that opens them (a key under the
 /// prefix at the indentation given is inside the section) and their dotted path.
-const SECTIONS: [(&str, &str, &str); 16] = [
+const SECTIONS: [(&str, &str, &str); 17] = [
     ("", "", ""),
     ("otel_traces_export", "otel_traces_export:\n", "  "),
     (
@@ -33,6 +33,7 @@ const SECTIONS: [(&str, &str, &str); 16] = [
         "    ",
     ),
     ("metrics", "metrics:\n", "  "),
+    ("health_check", "health_check:\n", "  "),
     ("routes", "routes:\n", "  "),
     ("filter", "filter:\n", "  "),
     ("discovery", "discovery:\n", "  "),

@@ -33,11 +33,9 @@ pub const IGNORED_KEYS: &[&str] = &[
     "javaagent",
     "injector",
     "stats",
-    "health_check",
     "jvm_runtime_metrics",
     "excluded_linux_system_paths",
     "file_format",
-    "attributes.metric_span_names_limit",
     "attributes.rename_unresolved_hosts",
     "attributes.sensitive_query_params",
     "attributes.metadata_retry",
@@ -75,7 +73,9 @@ pub const IGNORED_KEYS: &[&str] = &[
     // metrics
     // attributes
     "attributes.instance_id",
-    "attributes.select",
+    // `attributes.select` entries OBI treats specially (not metric names).
+    "attributes.select.resource",
+    "attributes.select.traces",
     "attributes.host_id",
     "attributes.extra_group_attributes",
     "attributes.kubernetes.drop_external",
@@ -153,8 +153,7 @@ pub(crate) struct FileConfig {
     _injector: Ignored,
     #[serde(rename = "stats")]
     _stats: Ignored,
-    #[serde(rename = "health_check")]
-    _health_check: Ignored,
+    pub health_check: HealthCheckSection,
     #[serde(rename = "jvm_runtime_metrics")]
     _jvm_runtime_metrics: Ignored,
     #[serde(rename = "excluded_linux_system_paths")]
@@ -242,6 +241,15 @@ pub(crate) struct MetricsSection {
 pub(crate) struct InternalMetricsSection {
     pub exporter: Option<V<crate::settings::InternalExporter>>,
     pub prometheus: InternalPrometheusSection,
+}
+
+/// `health_check` (OBI's health endpoint).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct HealthCheckSection {
+    pub port: Option<V<u16>>,
+    pub listen_address: Option<V<std::net::IpAddr>>,
+    pub unix_socket_path: Option<String>,
 }
 
 /// `internal_metrics.prometheus`.
@@ -372,20 +380,60 @@ pub(crate) struct AttributesSection {
     pub kubernetes: KubernetesSection,
     #[serde(rename = "instance_id")]
     _instance_id: Ignored,
-    #[serde(rename = "select")]
-    _select: Ignored,
+    /// Metric name glob → attribute globs (`resource` and `traces` ignored).
+    #[serde(deserialize_with = "select")]
+    pub select: Vec<(String, SelectEntry)>,
     #[serde(rename = "host_id")]
     _host_id: Ignored,
     #[serde(rename = "extra_group_attributes")]
     _extra_group_attributes: Ignored,
-    #[serde(rename = "metric_span_names_limit")]
-    _metric_span_names_limit: Ignored,
+    /// Span names per service in span metrics; 0 or negative: no limit.
+    pub metric_span_names_limit: Option<V<super::values::SpanNamesLimit>>,
     #[serde(rename = "rename_unresolved_hosts")]
     _rename_unresolved_hosts: Ignored,
     #[serde(rename = "sensitive_query_params")]
     _sensitive_query_params: Ignored,
     #[serde(rename = "metadata_retry")]
     _metadata_retry: Ignored,
+}
+
+/// One entry of `attributes.select`: attribute globs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct SelectEntry {
+    #[serde(deserialize_with = "globs")]
+    pub include: Vec<String>,
+    #[serde(deserialize_with = "globs")]
+    pub exclude: Vec<String>,
+}
+
+/// `attributes.select`: a map of metric name globs to [`SelectEntry`], in file
+/// order; OBI's special entries `resource` and `traces` take any value (ignored,
+/// warned about through [`IGNORED_KEYS`]).
+fn select<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, SelectEntry)>, D::Error> {
+    struct Select;
+    impl<'de> de::Visitor<'de> for Select {
+        type Value = Vec<(String, SelectEntry)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of metric names to `include` / `exclude` lists")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "resource" || key == "traces" {
+                    map.next_value::<IgnoredAny>()?;
+                } else {
+                    let entry = map.next_value::<Option<SelectEntry>>()?;
+                    out.push((key, entry.unwrap_or_default()));
+                }
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Select)
 }
 
 /// `attributes.kubernetes`.

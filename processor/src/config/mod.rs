@@ -50,6 +50,8 @@ mod values;
 mod yaml;
 
 #[cfg(test)]
+mod attributes_tests;
+#[cfg(test)]
 mod docs_tests;
 #[cfg(test)]
 mod obi_docs_tests;
@@ -70,12 +72,13 @@ pub(crate) use values::parse_key_values;
 pub use values::{KubeEnable, LogLevel};
 
 use crate::settings::{
-    ExportSettings, InternalMetricsSettings, MetricsFeatures, RoutesSettings, Sampler, TracePrinter,
+    AttributeRule, AttributeSelect, ExportSettings, InternalMetricsSettings, MetricsFeatures,
+    RoutesSettings, Sampler, TracePrinter, DEFAULT_METRIC_SPAN_NAMES_LIMIT,
 };
 use env::setting;
 use file::FileConfig;
 use otlp::{resolve_signal, Millis, SignalFile, SIGNAL_METRICS, SIGNAL_TRACES};
-use values::{GoDuration, ParseValue, Pids, Ports, Ratio, SamplerName};
+use values::{GoDuration, ParseValue, Pids, Ports, Ratio, SamplerName, SpanNamesLimit};
 use yaml::{present_keys, yaml_error, KeyTree};
 
 /// Default metrics export interval (OBI's, and OpenTelemetry's).
@@ -118,6 +121,8 @@ pub struct Config {
     /// `log_format` / `OTEL_EBPF_LOG_FORMAT` (the `--log-format` flag and
     /// `TANDEM_LOG_FORMAT` win).
     pub log_format: Option<tandem_proto::process::LogFormat>,
+    /// `health_check`: where `/healthz` and `/readyz` are served (off by default).
+    pub health_check: crate::health::HealthSettings,
     /// Accepted-but-ignored keys present in the file, as dotted paths.
     pub ignored_keys: Vec<String>,
 }
@@ -211,6 +216,7 @@ impl Default for Config {
             kubernetes: Kubernetes::default(),
             log_level: None,
             log_format: None,
+            health_check: Default::default(),
             ignored_keys: Vec::new(),
         }
     }
@@ -437,6 +443,30 @@ impl Config {
             .or(f.prometheus_export.port.map(|v| v.0))
             .filter(|p| *p != 0);
 
+        // `attributes.select`: checked here (an invalid glob names its key), resolved
+        // per metric family when the pipeline starts.
+        let attribute_select = AttributeSelect {
+            rules: std::mem::take(&mut f.attributes.select)
+                .into_iter()
+                .map(|(metric, e)| AttributeRule {
+                    metric,
+                    include: e.include,
+                    exclude: e.exclude,
+                })
+                .collect(),
+        };
+        crate::pipeline::metrics::select::resolve(&attribute_select).map_err(|e| {
+            let key = match e.key {
+                Some(k) => format!("attributes.select.{}.{k}", e.metric),
+                None => format!("attributes.select.{}", e.metric),
+            };
+            ConfigError::file_key(file.clone(), &key, e.message)
+        })?;
+        let metric_span_names_limit =
+            from_env::<SpanNamesLimit>(env, vars::METRIC_SPAN_NAMES_LIMIT)?
+                .or(f.attributes.metric_span_names_limit.take().map(|v| v.0))
+                .map_or(DEFAULT_METRIC_SPAN_NAMES_LIMIT, |l| l.0);
+
         let export = ExportSettings {
             traces,
             metrics,
@@ -497,6 +527,8 @@ impl Config {
             )?
             .or(f.discovery.exclude_otel_instrumented_services)
             .unwrap_or(true),
+            attribute_select,
+            metric_span_names_limit,
         };
 
         let kubernetes = Kubernetes {
@@ -551,6 +583,19 @@ impl Config {
             log_level: from_env::<LogLevel>(env, vars::LOG_LEVEL)?.or(f.log_level.map(|v| v.0)),
             log_format: from_env::<tandem_proto::process::LogFormat>(env, vars::LOG_FORMAT)?
                 .or(f.log_format.map(|v| v.0)),
+            health_check: crate::health::HealthSettings {
+                port: from_env::<u16>(env, vars::HEALTH_CHECK_PORT)?
+                    .or(f.health_check.port.map(|v| v.0))
+                    .unwrap_or(0),
+                listen_address: from_env::<std::net::IpAddr>(
+                    env,
+                    vars::HEALTH_CHECK_LISTEN_ADDRESS,
+                )?
+                .or(f.health_check.listen_address.map(|v| v.0))
+                .unwrap_or(crate::health::DEFAULT_LISTEN_ADDRESS),
+                unix_socket_path: setting(env, vars::HEALTH_CHECK_UNIX_SOCKET_PATH)
+                    .or(f.health_check.unix_socket_path),
+            },
             ignored_keys,
         })
     }

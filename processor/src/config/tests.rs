@@ -1498,12 +1498,11 @@ fn current_obi_keys_load_with_a_warning() {
     .join("\n");
     let c = ok(&yaml, &[("X", "")]);
     let warnings = c.warnings();
+    assert_eq!(c.health_check.port, 8080, "health_check is acted on");
     for key in [
-        "health_check",
         "jvm_runtime_metrics",
         "excluded_linux_system_paths",
         "file_format",
-        "attributes.metric_span_names_limit",
         "attributes.rename_unresolved_hosts",
         "attributes.sensitive_query_params",
         "attributes.metadata_retry",
@@ -1548,4 +1547,32 @@ fn histogram_buckets_are_obis_and_configurable() {
         Some("prometheus_export.buckets.response_size_histogram")
     );
     assert!(e.message.contains("ascending"), "{e}");
+}
+
+#[test]
+fn health_check_from_the_file_and_the_environment() {
+    let c = ok("", &NO_ENV);
+    assert!(!c.health_check.enabled(), "off by default, as OBI");
+    let yaml = "health_check:\n  port: 8080\n  listen_address: 0.0.0.0\n";
+    let c = ok(yaml, &NO_ENV);
+    assert_eq!(c.health_check.port, 8080);
+    assert_eq!(c.health_check.listen_address.to_string(), "0.0.0.0");
+    let c = ok(
+        yaml,
+        &[
+            ("OTEL_EBPF_HEALTH_CHECK_PORT", "9091"),
+            ("OTEL_EBPF_HEALTH_CHECK_UNIX_SOCKET_PATH", "@tandem-health"),
+        ],
+    );
+    assert_eq!(c.health_check.port, 9091);
+    assert_eq!(
+        c.health_check.unix_socket_path.as_deref(),
+        Some("@tandem-health")
+    );
+    let (var, message) = env_error(
+        "",
+        &[("OTEL_EBPF_HEALTH_CHECK_LISTEN_ADDRESS", "localhost")],
+    );
+    assert_eq!(var, "OTEL_EBPF_HEALTH_CHECK_LISTEN_ADDRESS");
+    assert!(message.contains("not an IP address"), "{message}");
 }

@@ -373,6 +373,19 @@ impl ParseValue for u16 {
     }
 }
 
+/// An IP address (`127.0.0.1`, `0.0.0.0`, `::`).
+impl ParseValue for std::net::IpAddr {
+    const EXPECTING: &'static str = "an IP address (127.0.0.1, 0.0.0.0, ::)";
+    fn parse_value(text: &str) -> Result<Self, String> {
+        text.trim().parse().map_err(|_| {
+            format!(
+                "`{}` is not an IP address (e.g. 127.0.0.1, 0.0.0.0)",
+                text.trim()
+            )
+        })
+    }
+}
+
 /// A count (queue sizes, cardinalities).
 impl ParseValue for usize {
     const EXPECTING: &'static str = "a positive whole number";
@@ -380,6 +393,26 @@ impl ParseValue for usize {
         match text.trim().parse() {
             Ok(n) if n > 0 => Ok(n),
             _ => Err(format!("`{}` is not a positive whole number", text.trim())),
+        }
+    }
+}
+
+/// `attributes.metric_span_names_limit`: a whole number; 0 or negative is no limit
+/// (as in OBI), kept as 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SpanNamesLimit(pub usize);
+
+impl ParseValue for SpanNamesLimit {
+    const EXPECTING: &'static str = "a whole number (0 or negative: no limit)";
+    fn parse_value(text: &str) -> Result<Self, String> {
+        match text.trim().parse::<i64>() {
+            Ok(n) => Ok(SpanNamesLimit(
+                usize::try_from(n.max(0)).unwrap_or(usize::MAX),
+            )),
+            Err(_) => Err(format!(
+                "`{}` is not a whole number (0 or negative: no limit)",
+                text.trim()
+            )),
         }
     }
 }

@@ -22,7 +22,6 @@ use opentelemetry::trace::Status;
 use opentelemetry::KeyValue;
 
 use crate::model::{HttpExchange, Side, Transaction};
-use crate::pipeline::span::host_of;
 
 /// Status code names (grpc/status.proto), by code.
 const STATUS_NAMES: [&str; 17] = [
@@ -112,12 +111,7 @@ fn server_address(tx: &Transaction, h: &HttpExchange) -> Option<String> {
         Side::Server => tx.local,
         Side::Client => tx.peer,
     };
-    h.request
-        .header("host")
-        .map(host_of)
-        .filter(|h| !h.is_empty())
-        .map(str::to_string)
-        .or_else(|| server_end.map(|s| crate::model::ip_text(s.ip())))
+    crate::pipeline::span::server_address(h, server_end)
 }
 
 fn rpc_attributes(call: &GrpcCall) -> Vec<KeyValue> {

@@ -69,6 +69,9 @@ pub struct PipelineStats {
     pub otel_instrumented_processes: u64,
     /// Transactions `filter.application` dropped.
     pub filtered: u64,
+    /// Span metric observations whose span name was reported as `AGGREGATED`
+    /// (`attributes.metric_span_names_limit`).
+    pub span_names_aggregated: u64,
 }
 
 impl PipelineStats {
@@ -248,6 +251,14 @@ impl Pipeline {
             if let Ok(mut m) = m.lock() {
                 m.set_features(export.metrics_features);
                 m.set_buckets(export.buckets);
+                m.set_span_names_limit(export.metric_span_names_limit);
+                if let Err(e) = m.set_attribute_select(&export.attribute_select) {
+                    tracing::warn!(
+                        metric = %e.metric,
+                        "attributes.select not used: {}",
+                        e.message
+                    );
+                }
             }
         }
         let prometheus = sinks.iter().find_map(|s| s.local_addr());
@@ -453,6 +464,11 @@ impl Pipeline {
     pub fn stats(&self) -> PipelineStats {
         let mut s = self.stats;
         s.routes_overflowed = self.router.overflowed();
+        if let Some(m) = &self.metrics {
+            if let Ok(m) = m.lock() {
+                s.span_names_aggregated = m.span_names_aggregated();
+            }
+        }
         self.sinks
             .iter()
             .fold(s, |acc, sink| acc.with(sink.report()))

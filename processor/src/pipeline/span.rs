@@ -184,6 +184,17 @@ pub fn host_of(host_header: &str) -> &str {
     }
 }
 
+/// `server.address` of an HTTP exchange: the `Host` header's host, else the IP of
+/// `server_end` (the server's socket address).
+pub(crate) fn server_address(h: &HttpExchange, server_end: Option<SocketAddr>) -> Option<String> {
+    h.request
+        .header("host")
+        .map(host_of)
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+        .or_else(|| server_end.map(|s| crate::model::ip_text(s.ip())))
+}
+
 /// Builds the span of `tx`, any protocol. `route` is an HTTP request's `http.route`
 /// (server spans only).
 pub fn build_span(
@@ -242,13 +253,7 @@ fn http_span(
     if let Some(code) = status_code {
         attrs.push(KeyValue::new("http.response.status_code", i64::from(code)));
     }
-    let server_address = req
-        .header("host")
-        .map(host_of)
-        .filter(|h| !h.is_empty())
-        .map(str::to_string)
-        .or_else(|| server_end.map(|s| crate::model::ip_text(s.ip())));
-    if let Some(a) = server_address {
+    if let Some(a) = server_address(h, server_end) {
         attrs.push(KeyValue::new("server.address", a));
     }
     if let Some(s) = server_end {

@@ -16,7 +16,7 @@
 //! same values the OTLP push sends) and, when `internal_metrics` asks for them on
 //! this port, tandem's own at their path; [`render`] says how they are named.
 
-mod render;
+pub(crate) mod render;
 #[cfg(test)]
 mod tests;
 

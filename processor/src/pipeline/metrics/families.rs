@@ -15,7 +15,12 @@
 //! `traces_service_graph_request_client` (the client's span), once in `_server`
 //! (the server's) and twice in `_total`.
 //!
-//! The raw path never is an attribute. Every transaction counts, sampled or not;
+//! `attributes.select` ([`super::select`]) removes any of these per family and adds
+//! optional ones (`url.path`, `client.address`, `server.address` of HTTP servers;
+//! `url.path` of HTTP clients), and `attributes.metric_span_names_limit`
+//! ([`super::span_names`]) bounds the span names of span metrics.
+//!
+//! Without a selection the raw path never is an attribute. Every transaction counts, sampled or not;
 //! database operations are measured on the client side only (the conventions define
 //! no server-side database metric).
 

@@ -18,6 +18,8 @@
 
 pub mod data;
 pub mod families;
+pub mod select;
+pub mod span_names;
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -32,7 +34,7 @@ use opentelemetry::{KeyValue, Value};
 use crate::export::encode::unix_nanos;
 use crate::model::Transaction;
 use crate::pipeline::resource::{ProcessResource, Resource};
-use crate::settings::{Buckets, MetricsFeatures};
+use crate::settings::{AttributeSelect, Buckets, MetricsFeatures};
 use crate::stitch::{FastMap, KeyHasher};
 
 pub use data::{
@@ -243,6 +245,12 @@ pub struct MetricsRegistry {
     features: MetricsFeatures,
     /// Histogram boundaries (`buckets`).
     buckets: Buckets,
+    /// `attributes.select`, resolved per family.
+    selection: [select::FamilySelection; FAMILIES],
+    /// Some family's selection is not the default one.
+    selected: bool,
+    /// `attributes.metric_span_names_limit`.
+    span_names: span_names::SpanNameLimiter,
 }
 
 fn now_unix_ns() -> u64 {
@@ -268,6 +276,29 @@ impl MetricsRegistry {
         self.buckets = buckets;
     }
 
+    /// The attributes each family reports from now on (`attributes.select`); an
+    /// invalid glob is an error (the configuration checks them first).
+    pub fn set_attribute_select(
+        &mut self,
+        select: &AttributeSelect,
+    ) -> Result<(), select::SelectError> {
+        self.selection = select::resolve(select)?;
+        self.selected = self.selection.iter().any(|s| !s.is_default());
+        Ok(())
+    }
+
+    /// Most distinct span names per service in span metrics from now on
+    /// (`attributes.metric_span_names_limit`; 0: no limit). Forgets the names seen.
+    pub fn set_span_names_limit(&mut self, limit: usize) {
+        self.span_names = span_names::SpanNameLimiter::new(limit);
+    }
+
+    /// Span metric observations whose span name was reported as `AGGREGATED`
+    /// (`attributes.metric_span_names_limit`).
+    pub fn span_names_aggregated(&self) -> u64 {
+        self.span_names.aggregated()
+    }
+
     /// Records one transaction of `process`, any protocol (`route`: an HTTP
     /// server request's `http.route`).
     pub fn record(
@@ -291,6 +322,7 @@ impl MetricsRegistry {
         let mut attrs = std::mem::take(&mut self.scratch);
         if self.features.application {
             if let Some(obs) = families::observe(tx, route, &mut attrs) {
+                self.select(obs.family, tx, &mut attrs);
                 self.add(process, tx, &obs, &attrs);
             }
         }
@@ -300,11 +332,25 @@ impl MetricsRegistry {
         ] {
             if on {
                 let obs = families::observe_span(family, tx, route, process, peer, &mut attrs);
+                self.select(family, tx, &mut attrs);
+                if family == Family::SpanMetrics {
+                    self.span_names.apply(&mut attrs);
+                }
                 self.add(process, tx, &obs, &attrs);
             }
         }
         attrs.clear();
         self.scratch = attrs;
+    }
+
+    /// Applies `attributes.select` to `attrs`, the default attributes of `family`.
+    fn select(&self, family: Family, tx: &Transaction, attrs: &mut Vec<KeyValue>) {
+        if self.selected {
+            let s = &self.selection[family.index()];
+            if !s.is_default() {
+                s.apply(tx, attrs);
+            }
+        }
     }
 
     fn add(

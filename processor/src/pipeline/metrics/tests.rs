@@ -313,3 +313,279 @@ fn span_metrics_and_service_graph_follow_the_features() {
         "{text}"
     );
 }
+
+/// The attribute keys of `metric`'s only series after recording `t` with the
+/// selection `rules` (metric glob, include, exclude).
+fn keys_with(rules: &[(&str, &[&str], &[&str])], t: &Transaction, metric: &str) -> Vec<String> {
+    let select = crate::settings::AttributeSelect {
+        rules: rules
+            .iter()
+            .map(|(m, i, e)| crate::settings::AttributeRule {
+                metric: m.to_string(),
+                include: i.iter().map(|s| s.to_string()).collect(),
+                exclude: e.iter().map(|s| s.to_string()).collect(),
+            })
+            .collect(),
+    };
+    let mut procs = ProcessMap::new(ResourceSettings::default());
+    let mut reg = MetricsRegistry::default();
+    reg.set_attribute_select(&select).expect("valid selection");
+    reg.record(&procs.get(42), t, Some(&"/users/{id}".into()));
+    let all = reg.collect();
+    let h = histograms(&all[0]);
+    let points = find(&h, metric);
+    assert_eq!(points.len(), 1);
+    let mut keys: Vec<String> = points[0].0.iter().map(|kv| kv.key.to_string()).collect();
+    keys.sort();
+    keys
+}
+
+fn server_tx() -> Transaction {
+    tx(Side::Server, "GET", "/users/1", Some(200))
+}
+
+#[test]
+fn select_exclude_removes_a_default_attribute() {
+    let keys = keys_with(
+        &[("http.server.request.duration", &[], &["http.route"])],
+        &server_tx(),
+        "http.server.request.duration",
+    );
+    assert_eq!(
+        keys,
+        [
+            "http.request.method",
+            "http.response.status_code",
+            "server.port"
+        ]
+    );
+    // One family, one attribute set: the body size histograms too.
+    let keys = keys_with(
+        &[("http.server.request.duration", &[], &["http.route"])],
+        &server_tx(),
+        "http.server.request.body.size",
+    );
+    assert!(!keys.contains(&"http.route".to_string()), "{keys:?}");
+}
+
+#[test]
+fn select_include_adds_optional_attributes() {
+    let t = server_tx();
+    let mut procs = ProcessMap::new(ResourceSettings::default());
+    let mut reg = MetricsRegistry::default();
+    reg.set_attribute_select(&crate::settings::AttributeSelect {
+        rules: vec![crate::settings::AttributeRule {
+            metric: "http.server.*".into(),
+            include: vec!["url.path".into(), "client_address".into()],
+            exclude: vec![],
+        }],
+    })
+    .expect("valid");
+    reg.record(&procs.get(42), &t, Some(&"/users/{id}".into()));
+    let all = reg.collect();
+    let h = histograms(&all[0]);
+    let attrs = &find(&h, "http.server.request.duration")[0].0;
+    assert!(
+        attrs.contains(&KeyValue::new("url.path", "/users/1")),
+        "{attrs:?}"
+    );
+    assert!(
+        attrs.contains(&KeyValue::new("client.address", "10.0.0.2")),
+        "{attrs:?}"
+    );
+    assert!(attrs.iter().all(|kv| kv.key.as_str() != "server.address"));
+    // The query string never is an attribute.
+    assert!(attrs.iter().all(|kv| !kv.value.as_str().contains("secret")));
+    // Client metrics are another family: unchanged.
+    let keys = keys_with(
+        &[("http.server.*", &["url.path"], &[])],
+        &tx(Side::Client, "POST", "/pay", Some(200)),
+        "http.client.request.duration",
+    );
+    assert_eq!(
+        keys,
+        [
+            "http.request.method",
+            "http.response.status_code",
+            "server.address",
+            "server.port"
+        ]
+    );
+}
+
+#[test]
+fn select_star_includes_every_optional_attribute() {
+    let keys = keys_with(
+        &[("*", &["*"], &[])],
+        &server_tx(),
+        "http.server.request.duration",
+    );
+    assert_eq!(
+        keys,
+        [
+            "client.address",
+            "http.request.method",
+            "http.response.status_code",
+            "http.route",
+            "server.address",
+            "server.port",
+            "url.path"
+        ]
+    );
+    let mut procs = ProcessMap::new(ResourceSettings::default());
+    let mut reg = MetricsRegistry::default();
+    reg.set_attribute_select(&crate::settings::AttributeSelect {
+        rules: vec![crate::settings::AttributeRule {
+            metric: "*".into(),
+            include: vec!["*".into()],
+            exclude: vec![],
+        }],
+    })
+    .expect("valid");
+    reg.record(&procs.get(42), &server_tx(), None);
+    let h = histograms(&reg.collect()[0]);
+    let attrs = &find(&h, "http.server.request.duration")[0].0;
+    assert!(
+        attrs.contains(&KeyValue::new("server.address", "shop.example")),
+        "{attrs:?}"
+    );
+}
+
+#[test]
+fn an_exact_selector_wins_over_a_wildcard_one() {
+    // The wildcard excludes url.path after including everything; the exact one
+    // includes it back and excludes the route. In either order in the file.
+    let wildcard: (&str, &[&str], &[&str]) = ("http_*", &["*"], &["url_path", "client.address"]);
+    let exact: (&str, &[&str], &[&str]) = (
+        "http_server_request_duration",
+        &["url.path"],
+        &["http.route"],
+    );
+    for rules in [[wildcard, exact], [exact, wildcard]] {
+        let keys = keys_with(&rules, &server_tx(), "http.server.request.duration");
+        assert_eq!(
+            keys,
+            [
+                "http.request.method",
+                "http.response.status_code",
+                "server.address",
+                "server.port",
+                "url.path"
+            ],
+            "{rules:?}"
+        );
+    }
+    // The client family matches only the wildcard.
+    let keys = keys_with(
+        &[wildcard, exact],
+        &tx(Side::Client, "GET", "/x", Some(200)),
+        "http.client.request.duration",
+    );
+    assert!(!keys.contains(&"url.path".to_string()), "{keys:?}");
+    assert!(keys.contains(&"server.address".to_string()), "{keys:?}");
+}
+
+#[test]
+fn select_takes_prometheus_names_with_and_without_unit_suffix() {
+    for metric in [
+        "http_server_request_duration",
+        "http_server_request_duration_seconds",
+        "http.server.request.duration",
+        "http_server_response_body_size_bytes",
+    ] {
+        let keys = keys_with(
+            &[(metric, &["url_path"], &["http_request_method"])],
+            &server_tx(),
+            "http.server.request.duration",
+        );
+        assert!(keys.contains(&"url.path".to_string()), "{metric}: {keys:?}");
+        assert!(
+            !keys.contains(&"http.request.method".to_string()),
+            "{metric}: {keys:?}"
+        );
+    }
+    // A name of no family changes nothing.
+    let keys = keys_with(
+        &[("http_server_request_duration_total", &["*"], &["*"])],
+        &server_tx(),
+        "http.server.request.duration",
+    );
+    assert_eq!(keys.len(), 4, "{keys:?}");
+}
+
+#[test]
+fn an_invalid_glob_is_refused() {
+    let mut reg = MetricsRegistry::default();
+    let e = reg
+        .set_attribute_select(&crate::settings::AttributeSelect {
+            rules: vec![crate::settings::AttributeRule {
+                metric: "http_*".into(),
+                include: vec![],
+                exclude: vec!["a[".into()],
+            }],
+        })
+        .unwrap_err();
+    assert_eq!((e.metric.as_str(), e.key), ("http_*", Some("exclude")));
+}
+
+#[test]
+fn span_metrics_span_names_are_limited_per_service() {
+    let mut procs = ProcessMap::new(ResourceSettings::default());
+    for (pid, exe) in [(42, "/srv/frontend"), (7, "/srv/backend")] {
+        procs.on_started(&tandem_proto::v1::ProcessStarted {
+            pid,
+            exe_path: exe.into(),
+            ..Default::default()
+        });
+    }
+    let mut reg = MetricsRegistry::with_features(MetricsFeatures {
+        application: true,
+        span: true,
+        service_graph: false,
+    });
+    reg.set_span_names_limit(2);
+    for route in ["/a", "/b", "/c", "/a"] {
+        let r: Arc<str> = route.into();
+        reg.record(&procs.get(42), &server_tx(), Some(&r));
+    }
+    let r: Arc<str> = "/c".into();
+    reg.record(&procs.get(7), &server_tx(), Some(&r));
+    assert_eq!(reg.span_names_aggregated(), 1);
+    for rm in reg.collect() {
+        let calls = rm.metric("traces_spanmetrics_calls_total").expect("calls");
+        let mut names: Vec<(String, f64)> = calls
+            .series
+            .iter()
+            .map(|s| {
+                let n = s
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == "span.name")
+                    .map(|kv| kv.value.to_string())
+                    .unwrap_or_default();
+                match s.point {
+                    super::Point::Counter(v) => (n, v),
+                    _ => panic!("a counter"),
+                }
+            })
+            .collect();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        match service_name(&rm).map(|v| v.to_string()).as_deref() {
+            Some("frontend") => assert_eq!(
+                names,
+                [
+                    ("AGGREGATED".to_string(), 1.0),
+                    ("GET /a".to_string(), 2.0),
+                    ("GET /b".to_string(), 1.0)
+                ]
+            ),
+            Some("backend") => assert_eq!(names, [("GET /c".to_string(), 1.0)]),
+            other => panic!("{other:?}"),
+        }
+        // The application metrics keep their routes.
+        let h = histograms(&rm);
+        assert!(find(&h, "http.server.request.duration")
+            .iter()
+            .all(|(a, _, _)| a.iter().any(|kv| kv.key.as_str() == "http.route")));
+    }
+}
