@@ -1,5 +1,6 @@
 //! `tandem-loader`: the privileged half of tandem.
 
+mod analyse;
 mod cli;
 mod hub;
 mod posture;
@@ -13,6 +14,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // The sandboxed ELF analyser (`analyse`): before anything else runs.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(analyse::CHILD_ARG) {
+        analyse::child_main(&args[1..]);
+    }
     let cli = cli::Cli::parse();
     if let Some(cli::Command::Capabilities(args)) = &cli.command {
         return cli::capabilities(args);

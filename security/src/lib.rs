@@ -219,12 +219,15 @@ pub const FEATURES: &[Feature] = &[
     },
     Feature {
         id: "tls_uprobes",
-        description: "uprobe_multi links on libssl SSL_read/SSL_write: plaintext of TLS traffic",
+        description: "uprobe_multi links on SSL_read/SSL_write of libssl and of executables with OpenSSL linked in: plaintext of TLS traffic; the binaries' symbols are read by a sandboxed child (no capabilities, no_new_privs, seccomp)",
         capabilities: &[Bpf, Perfmon, SysPtrace, CheckpointRestore],
         runtime_capabilities: &[SysPtrace, CheckpointRestore],
         why: "BPF and PERFMON load the programs (no SYS_ADMIN needed); SYS_PTRACE \
               reads /proc/<pid>/maps and root of other users' processes; CHECKPOINT_RESTORE \
-              opens /proc/<pid>/map_files to find the exact libssl mapped. Libraries found \
+              opens /proc/<pid>/map_files to find the exact libssl mapped. The loader never \
+              parses a target's ELF itself: it hands the open file to a re-executed child \
+              that drops every capability, sets no_new_privs and a seccomp filter first \
+              (loader/src/analyse.rs), and checks the offsets it answers. Libraries found \
               later get links from the programs already loaded, which needs no BPF or \
               PERFMON (measured on Linux 6.18): SYS_PTRACE and CHECKPOINT_RESTORE stay.",
         facilities: &[Facility::UprobeMulti, Facility::Btf, Facility::RingBuffer, Facility::Procfs],

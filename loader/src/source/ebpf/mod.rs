@@ -217,6 +217,7 @@ impl EbpfSource {
             probes_total = total,
             traced_processes = tracker.traced(),
             tls_libraries = tracker.tls().attached(),
+            tls_analysis_errors = tracker.tls().analysis_errors(),
             capture_bytes = self.args.capture_bytes,
             "ebpf source ready"
         );

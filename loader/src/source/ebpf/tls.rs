@@ -11,7 +11,6 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectSegment, ObjectSymbol};
 use tandem_ebpf_common::ssl_fn;
 use tandem_proto::v1::AttachedProbe;
 use tracing::{debug, info, warn};
@@ -21,8 +20,8 @@ use crate::source::probe;
 
 /// Most distinct library files probed (each costs two links).
 pub const MAX_LIBRARIES: usize = 64;
-/// Largest library file read for its symbols.
-const MAX_LIBRARY_BYTES: u64 = 64 << 20;
+/// Most executables remembered as analysed (with or without OpenSSL inside).
+const MAX_EXECUTABLES: usize = 4096;
 /// Most (pid, start time) pairs remembered as scanned.
 const MAX_SCANNED: usize = 65_536;
 
@@ -61,8 +60,15 @@ pub struct Mapping {
     pub path: String,
 }
 
-/// The libssl mappings of a `/proc/<pid>/maps` text (one per distinct file).
-pub fn parse_maps_libssl(text: &str) -> Vec<Mapping> {
+/// Whether a mapped path (maybe ` (deleted)`) is a libssl.
+pub fn is_libssl_path(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or_default();
+    is_libssl(name.trim_end_matches(" (deleted)"))
+}
+
+/// The file-backed mappings of a `/proc/<pid>/maps` text whose path `keep` accepts
+/// (one per distinct file).
+pub fn parse_maps(text: &str, keep: impl Fn(&str) -> bool) -> Vec<Mapping> {
     let mut out: Vec<Mapping> = Vec::new();
     for line in text.lines() {
         let mut parts = line.split_whitespace();
@@ -77,11 +83,7 @@ pub fn parse_maps_libssl(text: &str) -> Vec<Mapping> {
         };
         let path: Vec<&str> = parts.collect();
         let path = path.join(" ");
-        if !path.starts_with('/') {
-            continue;
-        }
-        let name = path.rsplit('/').next().unwrap_or_default();
-        if !is_libssl(name.trim_end_matches(" (deleted)")) {
+        if !path.starts_with('/') || !keep(&path) {
             continue;
         }
         let Some((start, end)) = range.split_once('-') else {
@@ -125,44 +127,50 @@ pub fn dev_parts(dev: u64) -> (u32, u32) {
 }
 
 /// File offsets of the probed `SSL_*` functions in an ELF file, with their cookies
-/// (`ssl_fn`). Dynamic symbols first, then the static symbol table.
+/// (`ssl_fn`). Dynamic symbols first, then the static symbol table. Tests only: the
+/// loader has target files analysed by the sandboxed child (`crate::analyse`).
+#[cfg(test)]
 pub fn ssl_offsets(data: &[u8]) -> Result<Vec<(&'static str, u64, u64)>, String> {
-    let file = object::File::parse(data).map_err(|e| format!("not an ELF file: {e}"))?;
-    let segments: Vec<(u64, u64, u64)> = file
-        .segments()
-        .filter_map(|s| {
-            let (offset, size) = s.file_range();
-            (size > 0).then_some((s.address(), offset, size))
+    let names: Vec<String> = ssl_fn::PROBED.iter().map(|(n, _)| n.to_string()).collect();
+    let text = crate::analyse::find_symbols(data, &names)?;
+    let found: Vec<(&'static str, u64, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.split(' ').skip(1);
+            let (name, off) = (p.next()?, p.next()?.parse().ok()?);
+            let (n, c) = ssl_fn::PROBED.iter().find(|(n, _)| *n == name)?;
+            Some((*n, off, u64::from(*c)))
         })
         .collect();
-    let mut found: Vec<(&'static str, u64, u64)> = Vec::new();
-    for symbol in file.dynamic_symbols().chain(file.symbols()) {
-        if symbol.is_undefined() || symbol.address() == 0 {
-            continue;
-        }
-        let Ok(name) = symbol.name() else { continue };
-        let Some((wanted, cookie)) = ssl_fn::PROBED.iter().find(|(n, _)| *n == name) else {
-            continue;
-        };
-        if found.iter().any(|(n, _, _)| n == wanted) {
-            continue;
-        }
-        let va = symbol.address();
-        let Some(offset) = segments
-            .iter()
-            .find(|(addr, _, size)| va >= *addr && va < addr + size)
-            .map(|(addr, off, _)| va - addr + off)
-        else {
-            continue;
-        };
-        found.push((wanted, offset, u64::from(*cookie)));
-    }
     let has = |n: &str| found.iter().any(|(f, _, _)| *f == n);
     if !(has("SSL_read") || has("SSL_read_ex")) || !(has("SSL_write") || has("SSL_write_ex")) {
-        return Err("no SSL_read/SSL_write symbols (not OpenSSL's libssl?)".into());
+        return Err(NO_SSL.into());
     }
     Ok(found)
 }
+
+/// The probed `SSL_*` functions of `file` with their cookies, from the sandboxed
+/// analyser (`crate::analyse`); an error unless both a read and a write function exist.
+pub fn probed_offsets(file: fs::File) -> Result<Vec<(&'static str, u64, u64)>, String> {
+    let names: Vec<&str> = ssl_fn::PROBED.iter().map(|(n, _)| *n).collect();
+    let found: Vec<(&'static str, u64, u64)> = crate::analyse::symbols(file, &names)?
+        .iter()
+        .filter_map(|(name, off)| {
+            ssl_fn::PROBED
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(n, c)| (*n, *off, u64::from(*c)))
+        })
+        .collect();
+    let has = |n: &str| found.iter().any(|(f, _, _)| *f == n);
+    if !(has("SSL_read") || has("SSL_read_ex")) || !(has("SSL_write") || has("SSL_write_ex")) {
+        return Err(NO_SSL.into());
+    }
+    Ok(found)
+}
+
+/// The error of a file without OpenSSL's functions.
+const NO_SSL: &str = "no SSL_read/SSL_write symbols (not OpenSSL's libssl?)";
 
 /// State of one library file (key: device and inode).
 struct Library {
@@ -177,6 +185,7 @@ pub struct Tls {
     scanned: HashSet<(u32, u64, u8)>,
     new_probes: Vec<AttachedProbe>,
     warned_full: bool,
+    analysis_errors: u64,
     /// Root of the /proc to read (tests may point elsewhere).
     proc_root: PathBuf,
 }
@@ -196,6 +205,7 @@ impl Tls {
             scanned: HashSet::new(),
             new_probes: Vec::new(),
             warned_full: false,
+            analysis_errors: 0,
             proc_root: PathBuf::from("/proc"),
         }
     }
@@ -283,7 +293,14 @@ impl Tls {
                 return;
             }
         };
-        for m in parse_maps_libssl(&text) {
+        // The executable too: OpenSSL may be linked into it (Node.js, static builds).
+        let exe = fs::read_link(dir.join("exe"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mappings = parse_maps(&text, |path| {
+            is_libssl_path(path) || (!exe.is_empty() && path == exe)
+        });
+        for m in mappings {
             let key = (m.dev, m.inode);
             if self.libraries.contains_key(&key) {
                 continue;
@@ -304,8 +321,46 @@ impl Tls {
                 in_root
             };
             let shown = format!("{} (pid {pid})", m.path);
-            self.attach_file(key, &path, &shown);
+            if m.path == exe {
+                self.attach_executable(key, &path, &shown);
+            } else {
+                self.attach_file(key, &path, &shown);
+            }
         }
+    }
+
+    /// An executable: probed like a libssl when OpenSSL is linked into it; one
+    /// without (most) is remembered quietly.
+    fn attach_executable(&mut self, key: ((u32, u32), u64), path: &Path, shown: &str) {
+        if self.libraries.len() >= MAX_EXECUTABLES + MAX_LIBRARIES {
+            return;
+        }
+        let found = fs::File::open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))
+            .and_then(probed_offsets);
+        match found {
+            Err(e) if e == NO_SSL => {
+                debug!(executable = shown, "no OpenSSL linked in");
+                self.libraries.insert(key, None);
+            }
+            Err(e) => {
+                self.analysis_errors += 1;
+                warn!(
+                    executable = shown,
+                    errors = self.analysis_errors,
+                    "cannot analyse the executable for OpenSSL: {e}"
+                );
+                let name = format!("analyse:{shown}");
+                self.new_probes.push(probe(&name, "elf_analysis", Err(e)));
+                self.libraries.insert(key, None);
+            }
+            Ok(_) => self.attach_file(key, path, shown),
+        }
+    }
+
+    /// Analyses that failed (garbage or truncated binaries, a killed analyser).
+    pub fn analysis_errors(&self) -> u64 {
+        self.analysis_errors
     }
 
     fn attach_file(&mut self, key: ((u32, u32), u64), path: &Path, shown: &str) {
@@ -313,7 +368,7 @@ impl Tls {
             return;
         }
         let name = format!("uprobe_multi:{shown}:SSL_*");
-        if self.libraries.len() >= MAX_LIBRARIES {
+        if self.attached() >= MAX_LIBRARIES {
             if !self.warned_full {
                 self.warned_full = true;
                 warn!(
@@ -344,15 +399,8 @@ impl Tls {
 
     fn attach_path(&self, path: &Path) -> Result<Vec<OwnedFd>, String> {
         let (entry, ret) = self.programs.as_ref().map_err(Clone::clone)?;
-        let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if meta.len() > MAX_LIBRARY_BYTES {
-            return Err(format!(
-                "{} is larger than {MAX_LIBRARY_BYTES} bytes",
-                path.display()
-            ));
-        }
-        let data = fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        let found = ssl_offsets(&data)?;
+        let file = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let found = probed_offsets(file)?;
         let offsets: Vec<u64> = found.iter().map(|(_, o, _)| *o).collect();
         let cookies: Vec<u64> = found.iter().map(|(_, _, c)| *c).collect();
         let names: Vec<&str> = found.iter().map(|(n, _, _)| *n).collect();
@@ -389,7 +437,7 @@ mod tests {
 7f0000300000-7f0000400000 r-xp 00000000 fd:01 99 /usr/lib/x86_64-linux-gnu/libcrypto.so.3
 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
 ";
-        let libs = parse_maps_libssl(text);
+        let libs = parse_maps(text, is_libssl_path);
         assert_eq!(libs.len(), 2, "{libs:?}");
         assert_eq!(libs[0].dev, (0xfd, 1));
         assert_eq!(libs[0].inode, 5555);
