@@ -93,6 +93,12 @@ static SSL_ACTIVE: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16_38
 #[map]
 static SSL_CONNS: LruHashMap<SslKey, SslConn> = LruHashMap::with_max_entries(65_536, 0);
 
+/// The socket of the last TLS record a thread of an OpenSSL-using process read
+/// outside any `SSL_*` call (pid_tgid -> socket): OpenSSL over memory BIOs (Node.js)
+/// reads the ciphertext itself, then calls `SSL_read` on that connection's `SSL *`.
+#[map]
+static SSL_LAST_READ: LruHashMap<u64, SslConn> = LruHashMap::with_max_entries(16_384, 0);
+
 /// Records for user space. Resized by the loader (`--ring-buffer-kib`). Records are
 /// written with BPF_RB_NO_WAKEUP; user space polls every few milliseconds.
 #[map]
@@ -680,6 +686,21 @@ fn on_sock_io(ctx: &BtfTracePointContext, dir: u8) -> u32 {
         bump(counter::TLS_CIPHERTEXT_SKIPPED);
         return 0;
     }
+    if uses_ssl && is_tls_record(kind, buf, ret) {
+        // A TLS record moved outside the probed calls (OpenSSL over memory BIOs, as
+        // Node.js uses it): never data; a read is remembered for the `SSL_read` that
+        // follows on this thread.
+        if let Some(c) = known {
+            // SAFETY: pointer to a live map value; fields are plain integers.
+            unsafe { (*c).flags |= conn_flags::TLS };
+        }
+        if dir == direction::INGRESS {
+            let conn = SslConn { sk, fd, _pad: 0 };
+            let _ = SSL_LAST_READ.insert(&global, &conn, BPF_ANY as u64);
+        }
+        bump(counter::TLS_CIPHERTEXT_SKIPPED);
+        return 0;
+    }
     let (conn_id, flags) = connection_of(known, sk, id, fd, false);
     if flags & conn_flags::TLS != 0 {
         // TLS records outside the probed calls (e.g. a handshake step of a function
@@ -725,6 +746,35 @@ fn on_sock_io(ctx: &BtfTracePointContext, dir: u8) -> u32 {
         left -= total;
     }
     0
+}
+
+/// Whether the bytes a syscall moved begin with a TLS record header: content type
+/// 20-23 (change_cipher_spec, alert, handshake, application_data), version 3.x
+/// (x <= 4), a length of at most 2^14 + 2048.
+#[inline(always)]
+fn is_tls_record(kind: u8, buf: u64, moved: u64) -> bool {
+    if moved < 5 {
+        return false;
+    }
+    let start = match iovec_array(kind, buf) {
+        None => buf,
+        Some(0) => return false,
+        Some(iov) => {
+            let mut base: u64 = 0;
+            // SAFETY: bpf_probe_read_user checks the address.
+            if unsafe { bpf_probe_read_user(ptr::addr_of_mut!(base).cast(), 8, iov as *const _) } != 0 {
+                return false;
+            }
+            base
+        }
+    };
+    let mut h = [0u8; 5];
+    // SAFETY: bpf_probe_read_user checks the address.
+    if start == 0 || unsafe { bpf_probe_read_user(h.as_mut_ptr().cast(), 5, start as *const _) } != 0 {
+        return false;
+    }
+    let len = (u16::from(h[3]) << 8) | u16::from(h[4]);
+    (20..=23).contains(&h[0]) && h[1] == 3 && h[2] <= 4 && len > 0 && len <= 18_432
 }
 
 /// Most iovecs of one readv/writev/recvmsg/sendmsg given a record each.
@@ -1005,8 +1055,23 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     } else {
         // Served from OpenSSL's buffers without a syscall: the socket this SSL
         // object used before.
+        // OpenSSL over memory BIOs (Node.js): an `SSL_read` follows the read of its
+        // own connection's TLS record on this thread. That fresh evidence wins over
+        // `SSL_CONNS` (whose entry may be of a freed `SSL *` reused for a new
+        // connection); it is taken once.
+        let last_read = if matches!(call.func, ssl_fn::READ | ssl_fn::READ_EX) {
+            // SAFETY: the value is copied out at once.
+            let c = unsafe { SSL_LAST_READ.get(&global) }.copied();
+            if let Some(c) = c {
+                let _ = SSL_LAST_READ.remove(&global);
+                let _ = SSL_CONNS.insert(&key, &c, BPF_ANY as u64);
+            }
+            c
+        } else {
+            None
+        };
         // SAFETY: the value is copied out at once.
-        match unsafe { SSL_CONNS.get(&key) }.copied() {
+        match last_read.or_else(|| unsafe { SSL_CONNS.get(&key) }.copied()) {
             Some(c) => (c.sk, c.fd),
             None => {
                 if call.func != ssl_fn::OTHER {

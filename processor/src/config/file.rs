@@ -11,9 +11,10 @@ use serde::de::{self, Deserializer, IgnoredAny};
 use serde::Deserialize;
 
 use super::values::{
-    CompressionName, Endpoint, GoDuration, KubeEnable, LogLevel, Pids, Ports, Ratio, SamplerName, V,
+    CompressionName, Endpoint, FileProtocol, GoDuration, KubeEnable, LogLevel, Pids, Ports, Ratio,
+    SamplerName, V,
 };
-use crate::settings::{IgnoreMode, Instrumentations, OtlpProtocol, TracePrinter, Unmatched};
+use crate::settings::{IgnoreMode, Instrumentations, TracePrinter, Unmatched};
 
 /// Keys OBI documents that tandem accepts and ignores, as dotted paths (`[]` is any
 /// element of a list, `<name>` any key of a map). Keep in step with the `_x` fields below (a test checks that
@@ -36,7 +37,14 @@ pub const IGNORED_KEYS: &[&str] = &[
     "jvm_runtime_metrics",
     "excluded_linux_system_paths",
     "file_format",
+    // In OBI's schema (its Go field names, which OBI's YAML decoder does not read).
+    "AutoTargetExe",
+    "AutoTargetLanguage",
+    "channel_send_timeout",
+    "channel_send_timeout_panic",
     "attributes.rename_unresolved_hosts",
+    "attributes.rename_unresolved_hosts_incoming",
+    "attributes.rename_unresolved_hosts_outgoing",
     "attributes.sensitive_query_params",
     "attributes.metadata_retry",
     "attributes.kubernetes.reconnect_initial_interval",
@@ -44,6 +52,33 @@ pub const IGNORED_KEYS: &[&str] = &[
     "prometheus_export.exemplar_filter",
     "prometheus_export.extra_span_resource_attributes",
     "otel_metrics_export.exponential_histogram",
+    "otel_metrics_export.OTELIntervalMS",
+    // metrics: OBI's schema gives it every key of `otel_metrics_export`; tandem acts
+    // on `features` and `instrumentations` there.
+    "metrics.OTELIntervalMS",
+    "metrics.allow_service_graph_self_references",
+    "metrics.buckets",
+    "metrics.endpoint",
+    "metrics.extra_span_resource_attributes",
+    "metrics.histogram_aggregation",
+    "metrics.insecure_skip_verify",
+    "metrics.interval",
+    "metrics.otel_sdk_log_level",
+    "metrics.protocol",
+    "metrics.reporters_cache_len",
+    "metrics.ttl",
+    // internal_metrics: OBI's schema gives `prometheus` every key of
+    // `prometheus_export`; tandem acts on `port` and `path` there.
+    "internal_metrics.bpf_metric_scrape_interval",
+    "internal_metrics.prometheus.allow_service_graph_self_references",
+    "internal_metrics.prometheus.buckets",
+    "internal_metrics.prometheus.disable_build_info",
+    "internal_metrics.prometheus.extra_resource_attributes",
+    "internal_metrics.prometheus.extra_span_resource_attributes",
+    "internal_metrics.prometheus.features",
+    "internal_metrics.prometheus.instrumentations",
+    "internal_metrics.prometheus.service_cache_size",
+    "internal_metrics.prometheus.ttl",
     // otel_traces_export
     "otel_traces_export.reporters_cache_len",
     "otel_traces_export.otel_sdk_log_level",
@@ -93,12 +128,21 @@ pub const IGNORED_KEYS: &[&str] = &[
     "discovery.route_harvester_timeout",
     "discovery.disabled_route_harvesters",
     "discovery.route_harvester_advanced",
+    "discovery.excluded_linux_system_paths",
     // Documented by OBI's service discovery page, absent from its schema (OBI drops it).
     "discovery.rules",
     "discovery.instrument[].exports",
     "discovery.instrument[].sampler",
     "discovery.instrument[].routes",
     "discovery.instrument[].metrics",
+    "discovery.exclude_instrument[].exports",
+    "discovery.exclude_instrument[].sampler",
+    "discovery.exclude_instrument[].routes",
+    "discovery.exclude_instrument[].metrics",
+    "discovery.default_exclude_instrument[].exports",
+    "discovery.default_exclude_instrument[].sampler",
+    "discovery.default_exclude_instrument[].routes",
+    "discovery.default_exclude_instrument[].metrics",
 ];
 
 type Ignored = Option<IgnoredAny>;
@@ -160,6 +204,14 @@ pub(crate) struct FileConfig {
     _excluded_linux_system_paths: Ignored,
     #[serde(rename = "file_format")]
     _file_format: Ignored,
+    #[serde(rename = "AutoTargetExe")]
+    _auto_target_exe: Ignored,
+    #[serde(rename = "AutoTargetLanguage")]
+    _auto_target_language: Ignored,
+    #[serde(rename = "channel_send_timeout")]
+    _channel_send_timeout: Ignored,
+    #[serde(rename = "channel_send_timeout_panic")]
+    _channel_send_timeout_panic: Ignored,
 }
 
 /// `otel_traces_export`.
@@ -167,7 +219,8 @@ pub(crate) struct FileConfig {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct TracesSection {
     pub endpoint: Option<V<Endpoint>>,
-    pub protocol: Option<V<OtlpProtocol>>,
+    /// OBI's empty string: none given.
+    pub protocol: Option<V<FileProtocol>>,
     /// tandem extension (OBI reads headers from the environment only).
     pub headers: BTreeMap<String, String>,
     pub sampler: SamplerSection,
@@ -206,7 +259,8 @@ pub(crate) struct SamplerSection {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct MetricsSection {
     pub endpoint: Option<V<Endpoint>>,
-    pub protocol: Option<V<OtlpProtocol>>,
+    /// OBI's empty string: none given.
+    pub protocol: Option<V<FileProtocol>>,
     /// tandem extension (OBI reads headers from the environment only).
     pub headers: BTreeMap<String, String>,
     pub interval: Option<V<GoDuration>>,
@@ -220,6 +274,8 @@ pub(crate) struct MetricsSection {
     _histogram_aggregation: Ignored,
     #[serde(rename = "exponential_histogram")]
     _exponential_histogram: Ignored,
+    #[serde(rename = "OTELIntervalMS")]
+    _otel_interval_ms: Ignored,
     #[serde(rename = "reporters_cache_len")]
     _reporters_cache_len: Ignored,
     #[serde(rename = "otel_sdk_log_level")]
@@ -241,6 +297,8 @@ pub(crate) struct MetricsSection {
 pub(crate) struct InternalMetricsSection {
     pub exporter: Option<V<crate::settings::InternalExporter>>,
     pub prometheus: InternalPrometheusSection,
+    #[serde(rename = "bpf_metric_scrape_interval")]
+    _bpf_metric_scrape_interval: Ignored,
 }
 
 /// `health_check` (OBI's health endpoint).
@@ -258,6 +316,24 @@ pub(crate) struct HealthCheckSection {
 pub(crate) struct InternalPrometheusSection {
     pub port: Option<V<u16>>,
     pub path: Option<String>,
+    #[serde(rename = "allow_service_graph_self_references")]
+    _allow_service_graph_self_references: Ignored,
+    #[serde(rename = "buckets")]
+    _buckets: Ignored,
+    #[serde(rename = "disable_build_info")]
+    _disable_build_info: Ignored,
+    #[serde(rename = "extra_resource_attributes")]
+    _extra_resource_attributes: Ignored,
+    #[serde(rename = "extra_span_resource_attributes")]
+    _extra_span_resource_attributes: Ignored,
+    #[serde(rename = "features")]
+    _features: Ignored,
+    #[serde(rename = "instrumentations")]
+    _instrumentations: Ignored,
+    #[serde(rename = "service_cache_size")]
+    _service_cache_size: Ignored,
+    #[serde(rename = "ttl")]
+    _ttl: Ignored,
 }
 
 /// `metrics` (OBI's section common to OTLP and Prometheus metrics).
@@ -267,6 +343,30 @@ pub(crate) struct MetricsCommonSection {
     pub features: Option<Vec<String>>,
     /// OBI's instrumentation switches.
     pub instrumentations: Option<V<Instrumentations>>,
+    #[serde(rename = "OTELIntervalMS")]
+    _otel_interval_ms: Ignored,
+    #[serde(rename = "allow_service_graph_self_references")]
+    _allow_service_graph_self_references: Ignored,
+    #[serde(rename = "buckets")]
+    _buckets: Ignored,
+    #[serde(rename = "endpoint")]
+    _endpoint: Ignored,
+    #[serde(rename = "extra_span_resource_attributes")]
+    _extra_span_resource_attributes: Ignored,
+    #[serde(rename = "histogram_aggregation")]
+    _histogram_aggregation: Ignored,
+    #[serde(rename = "insecure_skip_verify")]
+    _insecure_skip_verify: Ignored,
+    #[serde(rename = "interval")]
+    _interval: Ignored,
+    #[serde(rename = "otel_sdk_log_level")]
+    _otel_sdk_log_level: Ignored,
+    #[serde(rename = "protocol")]
+    _protocol: Ignored,
+    #[serde(rename = "reporters_cache_len")]
+    _reporters_cache_len: Ignored,
+    #[serde(rename = "ttl")]
+    _ttl: Ignored,
 }
 
 /// `prometheus_export`.
@@ -391,6 +491,10 @@ pub(crate) struct AttributesSection {
     pub metric_span_names_limit: Option<V<super::values::SpanNamesLimit>>,
     #[serde(rename = "rename_unresolved_hosts")]
     _rename_unresolved_hosts: Ignored,
+    #[serde(rename = "rename_unresolved_hosts_incoming")]
+    _rename_unresolved_hosts_incoming: Ignored,
+    #[serde(rename = "rename_unresolved_hosts_outgoing")]
+    _rename_unresolved_hosts_outgoing: Ignored,
     #[serde(rename = "sensitive_query_params")]
     _sensitive_query_params: Ignored,
     #[serde(rename = "metadata_retry")]
@@ -507,6 +611,8 @@ pub(crate) struct DiscoverySection {
     _route_harvester_advanced: Ignored,
     #[serde(rename = "rules")]
     _rules: Ignored,
+    #[serde(rename = "excluded_linux_system_paths")]
+    _excluded_linux_system_paths: Ignored,
 }
 
 /// One entry of `discovery.instrument` (or `exclude_instrument`): OBI's glob selector.
@@ -593,6 +699,20 @@ impl InstrumentSelector {
             || self.containers_only
             || self.container_name.is_some()
             || self.has_kubernetes_criteria()
+    }
+}
+
+#[cfg(test)]
+impl InstrumentSelector {
+    /// The entry without its accepted-but-ignored keys (parsed, never acted on).
+    pub(crate) fn without_ignored(&self) -> Self {
+        InstrumentSelector {
+            _exports: None,
+            _sampler: None,
+            _routes: None,
+            _metrics: None,
+            ..self.clone()
+        }
     }
 }
 

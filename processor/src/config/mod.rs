@@ -40,10 +40,13 @@
 //! `default_exclude_services`) are refused with directions to the glob selectors:
 //! a regular expression cannot be matched by the loader, and ignoring a selector would
 //! instrument other processes than the user asked for.
+//! OBI environment variables tandem does not read (`obi_env::OBI_ENV_VARS`, from
+//! OBI's schema) are accepted too: each one set is listed by [`Config::warnings`].
 
 mod env;
 mod error;
 mod file;
+mod obi_env;
 mod otlp;
 mod substitute;
 mod values;
@@ -55,6 +58,8 @@ mod attributes_tests;
 mod docs_tests;
 #[cfg(test)]
 mod obi_docs_tests;
+#[cfg(test)]
+mod obi_schema_tests;
 #[cfg(test)]
 mod tests;
 
@@ -125,6 +130,9 @@ pub struct Config {
     pub health_check: crate::health::HealthSettings,
     /// Accepted-but-ignored keys present in the file, as dotted paths.
     pub ignored_keys: Vec<String>,
+    /// OBI environment variables tandem does not read that were set at load (an
+    /// `OTEL_EBPF_*` one under its `BEYLA_*` name when only that was set).
+    pub ignored_env: Vec<String>,
 }
 
 /// Process selection: OBI's `open_port`, `OTEL_EBPF_AUTO_TARGET_EXE` and `discovery`.
@@ -218,6 +226,7 @@ impl Default for Config {
             log_format: None,
             health_check: Default::default(),
             ignored_keys: Vec::new(),
+            ignored_env: Vec::new(),
         }
     }
 }
@@ -330,7 +339,7 @@ impl Config {
             &SIGNAL_TRACES,
             SignalFile {
                 endpoint: t.endpoint.take().map(|v| v.0),
-                protocol: t.protocol.take().map(|v| v.0),
+                protocol: t.protocol.take().and_then(|v| v.0 .0),
                 headers: std::mem::take(&mut t.headers),
                 compression: t.compression.take().map(|v| v.0),
                 backoff: [
@@ -347,7 +356,7 @@ impl Config {
             &SIGNAL_METRICS,
             SignalFile {
                 endpoint: m.endpoint.take().map(|v| v.0),
-                protocol: m.protocol.take().map(|v| v.0),
+                protocol: m.protocol.take().and_then(|v| v.0 .0),
                 headers: std::mem::take(&mut m.headers),
                 compression: m.compression.take().map(|v| v.0),
                 backoff: [None, None, None],
@@ -597,6 +606,7 @@ impl Config {
                     .or(f.health_check.unix_socket_path),
             },
             ignored_keys,
+            ignored_env: obi_env::ignored_vars(env),
         })
     }
 
@@ -655,7 +665,7 @@ impl Config {
     }
 
     /// Things the user should know, one line each: ignored keys present in the file,
-    /// and `discovery.instrument` entries the loader selection cannot express.
+    /// OBI environment variables set that tandem ignores, and `discovery.instrument` entries the loader selection cannot express.
     pub fn warnings(&self) -> Vec<String> {
         self.warnings_for(self.kubernetes.enable != KubeEnable::False)
     }
@@ -676,6 +686,7 @@ impl Config {
                 format!("{file}: `{k}` is an OBI setting tandem does not implement yet; ignored")
             })
             .collect();
+        out.extend(self.ignored_env.iter().map(|v| obi_env::warning(v)));
         for feature in &self.metrics_features_ignored {
             out.push(format!(
                 "metrics feature `{feature}` is an OBI feature tandem does not implement yet; \
@@ -726,8 +737,21 @@ const OTHER_OBI_FEATURES: [&str; 8] = [
     "stats_tcp_io",
 ];
 
+/// What OBI's `*` / `all` feature stands for: every feature of its schema's list.
+const ALL_OBI_FEATURES: [&str; 9] = [
+    "application",
+    "application_host",
+    "application_service_graph",
+    "application_span",
+    "application_span_otel",
+    "application_span_sizes",
+    "ebpf",
+    "network",
+    "network_inter_zone",
+];
+
 /// [`MetricsFeatures::parse_list`], with [`OTHER_OBI_FEATURES`] accepted and returned
-/// among the features to warn about.
+/// among the features to warn about, and OBI's `*` / `all` as [`ALL_OBI_FEATURES`].
 fn parse_features<'a>(
     items: impl IntoIterator<Item = &'a str>,
 ) -> Result<(MetricsFeatures, Vec<String>), String> {
@@ -736,6 +760,10 @@ fn parse_features<'a>(
         .into_iter()
         .flat_map(|i| i.split(','))
         .map(str::trim)
+        .flat_map(|item| match item.to_ascii_lowercase().as_str() {
+            "*" | "all" => ALL_OBI_FEATURES.to_vec(),
+            _ => vec![item],
+        })
         .filter(|item| {
             let name = item.to_ascii_lowercase();
             let is_other = OTHER_OBI_FEATURES.contains(&name.as_str());

@@ -1056,6 +1056,49 @@ fn signal_endpoint_in_the_file_beats_the_generic_variable() {
 }
 
 #[test]
+fn empty_protocol_in_the_file_means_none_given_like_obi() {
+    // OBI's schema lists "" among the protocols: none given, inferred from the port.
+    let c = ok(
+        "otel_traces_export:\n  endpoint: http://c:4317\n  protocol: \"\"\n\
+         otel_metrics_export:\n  endpoint: http://c:4318/v1/metrics\n  protocol: ''\n",
+        &NO_ENV,
+    );
+    assert_eq!(c.export.traces.protocol, Some(OtlpProtocol::Grpc));
+    assert_eq!(c.export.metrics.protocol, Some(OtlpProtocol::HttpProtobuf));
+    let e = file_error("otel_traces_export:\n  protocol: smoke\n", &NO_ENV);
+    assert_eq!(e.key.as_deref(), Some("otel_traces_export.protocol"));
+}
+
+#[test]
+fn metrics_features_all_and_star_are_every_obi_feature() {
+    use crate::settings::MetricsFeatures;
+    let every = MetricsFeatures {
+        application: true,
+        span: true,
+        service_graph: true,
+    };
+    for yaml in [
+        "metrics:\n  features: ['*']\n",
+        "metrics:\n  features: [all]\n",
+        "otel_metrics_export:\n  features: [ALL]\n",
+        "prometheus_export:\n  features: ['*', application]\n",
+    ] {
+        let c = ok(yaml, &NO_ENV);
+        assert_eq!(c.export.metrics_features, every, "{yaml}");
+        // What tandem does not make is warned about, as when named one by one.
+        for f in ["network", "network_inter_zone", "application_host", "ebpf"] {
+            assert!(
+                c.metrics_features_ignored.iter().any(|i| i == f),
+                "{yaml}: {:?}",
+                c.metrics_features_ignored
+            );
+        }
+    }
+    let c = ok("", &[("OTEL_EBPF_METRICS_FEATURES", "*")]);
+    assert_eq!(c.export.metrics_features, every);
+}
+
+#[test]
 fn protocol_precedence() {
     let yaml = "otel_traces_export:\n  endpoint: http://c:4317\n  protocol: http/protobuf\n";
     assert_eq!(

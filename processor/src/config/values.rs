@@ -162,6 +162,21 @@ impl ParseValue for OtlpProtocol {
     }
 }
 
+/// A file's `protocol`: OBI's empty string means none given (then it is inferred
+/// from the endpoint's port, as with no `protocol` at all).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct FileProtocol(pub Option<OtlpProtocol>);
+
+impl ParseValue for FileProtocol {
+    const EXPECTING: &'static str = OtlpProtocol::EXPECTING;
+    fn parse_value(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(FileProtocol(None));
+        }
+        OtlpProtocol::parse_value(text).map(|p| FileProtocol(Some(p)))
+    }
+}
+
 impl ParseValue for Unmatched {
     const EXPECTING: &'static str = "an unmatched-route policy";
     fn parse_value(text: &str) -> Result<Self, String> {
