@@ -2,7 +2,7 @@
 # The main job on this host, in one command: sets up prerequisites, builds tandem,
 # starts two real Python HTTP services (a frontend that calls a backend for every
 # request; integration-tests/testdata/trace_service.py), the loader (uid 65534 with
-# exactly its six capabilities) and the processor (uid 65534, no capabilities,
+# exactly its five capabilities) and the processor (uid 65534, no capabilities,
 # configured with OBI's YAML keys and variables), sends requests with curl, and prints
 # the spans the processor made of them: curl → frontend → backend, one trace per
 # request, linked without any header injected. Needs root (to install packages and to
@@ -32,7 +32,7 @@ RUN=$(mktemp -d /tmp/tandem-demo.XXXXXX)
 chmod 0755 "$RUN"
 install -d -o 65534 -g 65534 -m 0750 "$RUN/sock"
 BIN=target/release
-CAPS=bpf,perfmon,dac_read_search,sys_ptrace,net_raw,checkpoint_restore
+CAPS=bpf,perfmon,dac_read_search,sys_ptrace,checkpoint_restore
 plus() { printf '+%s' "${1//,/,+}"; }
 
 pids=()

@@ -27,8 +27,8 @@ FROM gcr.io/distroless/cc-debian12 AS runtime
 COPY --from=builder /src/target/release/tandem-loader /usr/local/bin/tandem-loader
 # uid 0 on purpose: container runtimes give added capabilities to uid 0 only (no
 # ambient capabilities through Kubernetes). Run it with every capability dropped and
-# the six of deploy/kubernetes/daemonset.yaml added, never privileged:
+# the five of deploy/kubernetes/daemonset.yaml added, never privileged:
 #   docker run --cap-drop ALL --cap-add BPF --cap-add PERFMON --cap-add SYS_PTRACE \
-#     --cap-add NET_RAW --cap-add CHECKPOINT_RESTORE --cap-add DAC_READ_SEARCH --pid host ...
+#     --cap-add CHECKPOINT_RESTORE --cap-add DAC_READ_SEARCH --pid host ...
 USER 0:0
 ENTRYPOINT ["/usr/local/bin/tandem-loader"]

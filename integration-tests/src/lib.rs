@@ -5,6 +5,7 @@ pub mod container;
 pub mod db;
 pub mod fake_apiserver;
 pub mod gateway;
+pub mod golang;
 pub mod otlp;
 pub mod pki;
 
@@ -725,7 +726,7 @@ impl Drop for Nginx {
 }
 
 /// The capabilities the loader is deployed with, from the capability model
-/// (`tandem_security::loader_capabilities`), spelled as setpriv takes them (`NET_RAW`).
+/// (`tandem_security::loader_capabilities`), spelled as setpriv takes them (`SYS_PTRACE`).
 pub fn loader_caps() -> Vec<&'static str> {
     tandem_security::loader_capabilities()
         .into_iter()

@@ -181,3 +181,84 @@ fn a_loader_meeting_a_garbage_libssl_keeps_working() {
         "loader still answers"
     );
 }
+
+/// The `func`/`ret` lines of the analyser's Go answer, by function.
+fn go_answer(file: &Path) -> (String, Vec<(String, u64, Vec<u64>)>) {
+    let out = analyse(
+        file,
+        &[
+            "--go",
+            "crypto/tls.(*Conn).Read",
+            "crypto/tls.(*Conn).Write",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut version = String::new();
+    let mut funcs: Vec<(String, u64, Vec<u64>)> = Vec::new();
+    for l in text.lines() {
+        let p: Vec<&str> = l.split(' ').collect();
+        match p.as_slice() {
+            ["go", v] => version = v.to_string(),
+            ["func", n, e, _] => {
+                funcs.push((n.to_string(), e.parse().expect("entry offset"), vec![]))
+            }
+            ["ret", n, o] => funcs
+                .iter_mut()
+                .find(|f| f.0 == *n)
+                .expect("announced")
+                .2
+                .push(o.parse().expect("return offset")),
+            _ => panic!("unexpected line {l:?}"),
+        }
+    }
+    funcs.sort();
+    (version, funcs)
+}
+
+/// Issue 15: Go's crypto/tls functions, their entries and every RET (uprobes go
+/// there: Go moves goroutine stacks, so no uretprobe), from `.symtab` and — for a
+/// stripped binary — from `.gopclntab`, identically.
+#[test]
+fn go_tls_functions_and_their_returns_from_symtab_and_pclntab() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = golang::build(dir.path(), golang::HTTPS_SERVER, "server", "");
+    let stripped = golang::build(dir.path(), golang::HTTPS_SERVER, "server-stripped", "-s -w");
+    let (version, funcs) = go_answer(&plain);
+    assert!(version.starts_with("go1."), "{version}");
+    assert_eq!(
+        funcs.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(),
+        ["crypto/tls.(*Conn).Read", "crypto/tls.(*Conn).Write"]
+    );
+    let code = std::fs::read(&plain).unwrap();
+    for (name, entry, rets) in &funcs {
+        assert!(!rets.is_empty(), "{name} has returns");
+        for r in rets {
+            assert!(r > entry, "{name}");
+            if cfg!(target_arch = "x86_64") {
+                assert_eq!(code[*r as usize], 0xc3, "{name}: RET at {r:#x}");
+            }
+        }
+    }
+    let (v2, from_pclntab) = go_answer(&stripped);
+    assert_eq!(v2, version);
+    assert_eq!(
+        from_pclntab, funcs,
+        "stripped: the same functions and returns"
+    );
+    // A stripped binary has no symbol table: the answer came from .gopclntab.
+    let nm = analyse(&stripped, &["crypto/tls.(*Conn).Read"], &[]);
+    assert!(
+        String::from_utf8_lossy(&nm.stdout).is_empty(),
+        "no symbol table left"
+    );
+    // Not a Go binary: a clear error.
+    let out = analyse(&host_libssl(), &["--go", "crypto/tls.(*Conn).Read"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a Go binary"));
+}

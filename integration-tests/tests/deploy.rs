@@ -762,7 +762,6 @@ fn daemon_set_has_the_modelled_posture() {
             "BPF",
             "PERFMON",
             "SYS_PTRACE",
-            "NET_RAW",
             "CHECKPOINT_RESTORE",
             "DAC_READ_SEARCH"
         ]
@@ -859,8 +858,12 @@ fn loader_caps_mut(o: &mut Objects) -> &mut Vec<String> {
 }
 
 const MUTATIONS: &[Mutation] = &[
-    ("loader loses NET_RAW", |o| {
-        loader_caps_mut(o).retain(|c| c != "NET_RAW")
+    ("loader loses DAC_READ_SEARCH", |o| {
+        loader_caps_mut(o).retain(|c| c != "DAC_READ_SEARCH")
+    }),
+    // No feature of the model opens raw or packet sockets.
+    ("loader gains NET_RAW", |o| {
+        loader_caps_mut(o).push("NET_RAW".into())
     }),
     ("loader gains SYS_ADMIN", |o| {
         loader_caps_mut(o).push("SYS_ADMIN".into())

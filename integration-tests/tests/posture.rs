@@ -67,11 +67,10 @@ fn strings(v: &Value) -> Vec<String> {
         .collect()
 }
 
-const FEATURES: [&str; 5] = [
+const FEATURES: [&str; 4] = [
     "syscall_capture",
     "sock_tracepoints",
     "process_discovery",
-    "socket_filter",
     "tls_uprobes",
 ];
 
@@ -82,9 +81,9 @@ fn the_report_names_missing_and_excess_capabilities_and_strict_fails_on_them() {
     ) {
         return;
     }
-    // Exactly the six: every feature available, nothing excess, strict passes.
+    // Exactly the model's set: every feature available, nothing excess, strict passes.
     let (code, r) = report_with(&loader_caps());
-    assert_eq!(code, 0, "strict with the six capabilities: {r:#}");
+    assert_eq!(code, 0, "strict with the model's capabilities: {r:#}");
     assert_eq!(r["process"]["uid"][1], 65534);
     let mut eff = strings(&r["process"]["capabilities"]["effective"]);
     eff.sort();
@@ -94,7 +93,6 @@ fn the_report_names_missing_and_excess_capabilities_and_strict_fails_on_them() {
             "CAP_BPF",
             "CAP_CHECKPOINT_RESTORE",
             "CAP_DAC_READ_SEARCH",
-            "CAP_NET_RAW",
             "CAP_PERFMON",
             "CAP_SYS_PTRACE"
         ]
@@ -119,20 +117,42 @@ fn the_report_names_missing_and_excess_capabilities_and_strict_fails_on_them() {
     assert_eq!(r["process"]["no_new_privs"], false);
     assert!(r["process"]["seccomp"].is_string());
 
-    // Without NET_RAW: the socket filter is unavailable and names CAP_NET_RAW.
+    // Without CHECKPOINT_RESTORE: TLS is unavailable and names it.
     let without: Vec<&str> = loader_caps()
         .into_iter()
-        .filter(|c| *c != "NET_RAW")
+        .filter(|c| *c != "CHECKPOINT_RESTORE")
         .collect();
     let (code, r) = report_with(&without);
     assert_ne!(code, 0, "strict must fail when a feature is unavailable");
-    let sf = feature(&r, "socket_filter");
-    assert_eq!(sf["available"], false);
-    assert_eq!(strings(&sf["missing_capabilities"]), ["CAP_NET_RAW"]);
-    for id in FEATURES.iter().filter(|id| **id != "socket_filter") {
+    let tls = feature(&r, "tls_uprobes");
+    assert_eq!(tls["available"], false);
+    assert_eq!(
+        strings(&tls["missing_capabilities"]),
+        ["CAP_CHECKPOINT_RESTORE"]
+    );
+    for id in FEATURES.iter().filter(|id| **id != "tls_uprobes") {
         assert_eq!(feature(&r, id)["available"], true, "{id}");
     }
     assert_eq!(r["excess"].as_array().map(Vec::len), Some(0));
+
+    // With NET_RAW added (no feature opens raw or packet sockets; the model has no
+    // socket filter): excess, with its risk note, but not privileged-equivalent.
+    let mut with: Vec<&str> = loader_caps();
+    with.push("NET_RAW");
+    let (code, r) = report_with(&with);
+    assert_ne!(
+        code, 0,
+        "strict must fail on CAP_NET_RAW, which no feature needs"
+    );
+    for id in FEATURES {
+        assert_eq!(feature(&r, id)["available"], true, "{id}");
+    }
+    let excess = r["excess"].as_array().expect("excess");
+    assert_eq!(excess.len(), 1, "{excess:?}");
+    assert_eq!(excess[0]["capability"], "CAP_NET_RAW");
+    let risk = excess[0]["risk"].as_str().expect("risk note");
+    assert!(risk.contains("packet sockets"), "{risk}");
+    assert!(r["privileged"].is_null());
 
     // With SYS_ADMIN added: excess, with a risk note, and privileged-equivalent.
     let mut with: Vec<&str> = loader_caps();
@@ -242,16 +262,21 @@ fn the_serving_loader_drops_what_it_no_longer_needs_after_attaching() {
         threads >= 2,
         "a multi-threaded loader, got {threads} thread(s)"
     );
-    // Without CAP_SETPCAP the bounding set stays as it was (the six).
+    // Without CAP_SETPCAP the bounding set stays as it was (the model's set).
     let status = std::fs::read_to_string(format!("/proc/{}/status", loader.pid())).expect("status");
-    assert_eq!(field(&status, "CapBnd"), "000001c000082004", "{status}");
+    let model_mask: u64 = loader_caps().into_iter().map(cap_bit).sum();
+    assert_eq!(
+        field(&status, "CapBnd"),
+        format!("{model_mask:016x}"),
+        "{status}"
+    );
     let log = loader.stderr.text();
     assert!(
         log.contains("dropped the capabilities no longer needed after attaching"),
         "{log}"
     );
 
-    // The same over gRPC: before (six) and after (three).
+    // The same over gRPC: before (the model's five) and after (three).
     let r = capability_report(&socket);
     let current = r.current.expect("current summary");
     assert_eq!(current.uid, 65534);
@@ -264,7 +289,7 @@ fn the_serving_loader_drops_what_it_no_longer_needs_after_attaching() {
     assert!(current.strict_ok);
     let mut dropped = r.dropped.clone();
     dropped.sort();
-    assert_eq!(dropped, ["CAP_BPF", "CAP_NET_RAW", "CAP_PERFMON"]);
+    assert_eq!(dropped, ["CAP_BPF", "CAP_PERFMON"]);
     assert_eq!(r.allowed_uids, [0]);
     let before: Value = serde_json::from_str(&r.before_json).expect("before_json");
     let after: Value = serde_json::from_str(&r.after_json).expect("after_json");
@@ -272,18 +297,21 @@ fn the_serving_loader_drops_what_it_no_longer_needs_after_attaching() {
     assert_eq!(after["stage"], "running");
     assert_eq!(
         strings(&before["process"]["capabilities"]["effective"]).len(),
-        6,
+        loader_caps().len(),
         "{before}"
     );
-    // At start-up, the capabilities of features this loader does not use are excess.
-    let mut before_excess: Vec<String> = before["excess"]
+    // At start-up this loader uses every feature of the model: nothing is excess.
+    let before_excess: Vec<String> = before["excess"]
         .as_array()
         .expect("excess")
         .iter()
         .map(|e| e["capability"].as_str().expect("name").to_owned())
         .collect();
-    before_excess.sort();
-    assert_eq!(before_excess, ["CAP_NET_RAW"]);
+    assert!(before_excess.is_empty(), "{before_excess:?}");
+    assert!(
+        before["problems"].as_array().expect("problems").is_empty(),
+        "{before}"
+    );
     assert_eq!(before["process"]["no_new_privs"], false);
     assert_eq!(after["process"]["no_new_privs"], true);
     assert_eq!(after["socket_allowlist"]["uids"], serde_json::json!([0]));

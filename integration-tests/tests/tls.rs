@@ -5,7 +5,7 @@
 //! as ordinary data events of the right connections (addresses, role), never the
 //! TLS records, so the processor parses HTTP and exports spans as for plain HTTP.
 //!
-//! Root tests (eBPF); one runs the loader as uid 65534 with exactly its six
+//! Root tests (eBPF); one runs the loader as uid 65534 with exactly the model's
 //! capabilities (no CAP_SYS_ADMIN, which perf-event uprobes would need).
 
 use std::os::unix::fs::PermissionsExt;
@@ -387,9 +387,9 @@ fn https_plaintext_of_curl_and_a_python_server_becomes_spans() {
 }
 
 #[test]
-fn https_plaintext_with_exactly_six_capabilities_and_no_sys_admin() {
+fn https_plaintext_with_exactly_the_modelled_capabilities_and_no_sys_admin() {
     https_exchange(
-        "https_plaintext_with_exactly_six_capabilities_and_no_sys_admin",
+        "https_plaintext_with_exactly_the_modelled_capabilities_and_no_sys_admin",
         Some(&loader_caps()),
         false,
         true,

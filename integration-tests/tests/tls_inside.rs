@@ -42,6 +42,69 @@ fn start_node_https(dir: &Path, port: u16) -> Running {
     s
 }
 
+/// A loader (eBPF) and an exporting processor selecting `port`, with `route`.
+struct Setup {
+    dir: tempfile::TempDir,
+    port: u16,
+    socket: std::path::PathBuf,
+    loader: Running,
+    receiver: Receiver,
+    exporter: Running,
+}
+
+impl Setup {
+    fn start(test: &str, route: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let socket = dir.path().join("loader.sock");
+        let loader = start_ebpf_loader(&socket, &[]);
+        let receiver = Receiver::start();
+        let config = write_config(
+            dir.path(),
+            &format!("routes:\n  patterns:\n    - {route}\n"),
+        );
+        let env = vec![
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                receiver.endpoint(Protocol::Grpc),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()),
+            ("OTEL_EBPF_OPEN_PORT", port.to_string()),
+        ];
+        let exporter = start_exporting_processor(&socket, test, &config, &env);
+        wait_instrumenting(&loader, &format!("ports {port}"));
+        Setup {
+            dir,
+            port,
+            socket,
+            loader,
+            receiver,
+            exporter,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Waits until the server spans of `pid` satisfy `done`.
+    fn until(&mut self, what: &str, pid: i64, done: impl Fn(&[Value]) -> bool) {
+        let (loader, exporter) = (&self.loader, &self.exporter);
+        self.receiver.until(
+            what,
+            Duration::from_secs(30),
+            &|| {
+                format!(
+                    "loader:\n{}\nprocessor:\n{}",
+                    loader.stderr.text(),
+                    exporter.stderr.text()
+                )
+            },
+            |r| done(&server_spans(r, pid)),
+        );
+    }
+}
+
 fn server_spans(records: &[Value], pid: i64) -> Vec<Value> {
     spans(records)
         .into_iter()
@@ -60,27 +123,13 @@ fn node_https_server_with_openssl_linked_in_gives_exact_spans() {
         Path::new(NODE).is_file(),
         "{NODE} is installed by scripts/setup.sh"
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let socket = dir.path().join("loader.sock");
-    let loader = start_ebpf_loader(&socket, &[]);
-    let mut receiver = Receiver::start();
-    let config = write_config(dir.path(), "routes:\n  patterns:\n    - /hello.txt\n");
-    let env = vec![
-        (
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            receiver.endpoint(Protocol::Grpc),
-        ),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()),
-        ("OTEL_EBPF_OPEN_PORT", port.to_string()),
-    ];
-    let exporter = start_exporting_processor(&socket, test, &config, &env);
-    wait_instrumenting(&loader, &format!("ports {port}"));
-    let server = start_node_https(dir.path(), port);
+    let mut t = Setup::start(test, "/hello.txt");
+    let (port, loader) = (t.port, &t.loader);
+    let server = start_node_https(t.dir.path(), port);
     let pid = i64::from(server.pid());
     // The first request selects node (its port); the analysed executable is probed
     // from its first connection on; the requests after it are captured.
-    let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    let url = |path: &str| t.url(path);
     let _ = curl_with(&url("/warm-up"), &["-k"]);
     loader
         .stderr
@@ -92,24 +141,12 @@ fn node_https_server_with_openssl_linked_in_gives_exact_spans() {
     assert_eq!((ok.status, ok.body.as_str()), (200, BODY));
     let missing = curl_with(&url("/missing"), &["-k"]);
     assert_eq!(missing.status, 404);
-    receiver.until(
-        "node's server spans",
-        Duration::from_secs(30),
-        &|| {
-            format!(
-                "loader:\n{}\nprocessor:\n{}",
-                loader.stderr.text(),
-                exporter.stderr.text()
-            )
-        },
-        |r| {
-            let s = server_spans(r, pid);
-            s.iter().any(|s| s["attributes"]["url.path"] == "/missing")
-                && s.iter()
-                    .any(|s| s["attributes"]["url.path"] == "/hello.txt")
-        },
-    );
-    let all = server_spans(&receiver.records, pid);
+    t.until("node's server spans", pid, |s| {
+        s.iter().any(|s| s["attributes"]["url.path"] == "/missing")
+            && s.iter()
+                .any(|s| s["attributes"]["url.path"] == "/hello.txt")
+    });
+    let all = server_spans(&t.receiver.records, pid);
     let hello = all
         .iter()
         .find(|s| s["attributes"]["url.path"] == "/hello.txt")
@@ -135,7 +172,7 @@ fn node_https_server_with_openssl_linked_in_gives_exact_spans() {
         !maps.contains("libssl.so"),
         "node maps a libssl: the test proves nothing"
     );
-    let info = loader_info(&socket);
+    let info = loader_info(&t.socket);
     assert!(
         info.probes
             .iter()
@@ -143,4 +180,87 @@ fn node_https_server_with_openssl_linked_in_gives_exact_spans() {
         "{:?}",
         info.probes
     );
+}
+
+/// Issue 15: the seeds' example — a Go net/http server on HTTPS (Go 1.19 from
+/// Debian; crypto/tls is in the binary, no OpenSSL): uprobes at the entry and every
+/// RET of `crypto/tls.(*Conn).Read`/`Write` (found by the sandboxed analyser, from
+/// `.symtab`, or `.gopclntab` when stripped) give server spans with exact
+/// attributes, over HTTP/1.1 and HTTP/2 (ALPN h2).
+fn go_https(test: &str, ldflags: &str) {
+    if !require_root_bpf(test) {
+        return;
+    }
+    let mut t = Setup::start(test, "/hello");
+    let bin = golang::build(t.dir.path(), golang::HTTPS_SERVER, "goblog", ldflags);
+    let (port, loader) = (t.port, &t.loader);
+    let (cert, key) = make_certificate(t.dir.path());
+    let mut cmd = Command::new(&bin);
+    cmd.arg(port.to_string()).arg(&cert).arg(&key);
+    let mut server = Running::spawn(cmd, &format!("go https server :{port}"));
+    wait_listening(&mut server, port, PATIENCE);
+    let pid = i64::from(server.pid());
+    let url = |path: &str| t.url(path);
+    let _ = curl_with(&url("/warm-up"), &["-k", "--http1.1"]);
+    loader
+        .stderr
+        .wait_for("Go crypto/tls uprobes attached", PATIENCE);
+    let h1 = curl_with(
+        &url("/hello"),
+        &["-k", "--http1.1", "-H", "User-Agent: tandem-go-test/1"],
+    );
+    assert_eq!((h1.status, h1.body.as_str()), (200, golang::HELLO_BODY));
+    let h2 = curl_with(
+        &url("/hello"),
+        &["-k", "--http2", "-H", "User-Agent: tandem-go-test/2"],
+    );
+    assert_eq!(h2.status, 200);
+    let missing = curl_with(&url("/missing"), &["-k", "--http1.1"]);
+    assert_eq!(missing.status, 404);
+    t.until("the Go server's spans", pid, |s| {
+        s.iter().any(|s| s["attributes"]["url.path"] == "/missing")
+            && s.iter()
+                .filter(|s| s["attributes"]["url.path"] == "/hello")
+                .count()
+                >= 2
+    });
+    let all = server_spans(&t.receiver.records, pid);
+    for (agent, version) in [("tandem-go-test/1", "1.1"), ("tandem-go-test/2", "2")] {
+        let s = all
+            .iter()
+            .find(|s| s["attributes"]["user_agent.original"] == agent)
+            .unwrap_or_else(|| panic!("the {agent} span: {}", t.receiver.dump()));
+        let a = &s["attributes"];
+        assert_eq!(s["name"], "GET /hello", "{s}");
+        assert_eq!(a["http.request.method"], "GET", "{s}");
+        assert_eq!(a["url.path"], "/hello", "{s}");
+        assert_eq!(a["http.route"], "/hello", "{s}");
+        assert_eq!(a["http.response.status_code"], 200, "{s}");
+        assert_eq!(a["network.protocol.version"], version, "{s}");
+        assert_eq!(a["server.port"], port, "{s}");
+        assert_eq!(s["resource"]["service.name"], "goblog", "{s}");
+    }
+    let m = all
+        .iter()
+        .find(|s| s["attributes"]["url.path"] == "/missing")
+        .expect("404 span");
+    assert_eq!(m["attributes"]["http.response.status_code"], 404, "{m}");
+    let info = loader_info(&t.socket);
+    assert!(
+        info.probes
+            .iter()
+            .any(|p| p.attached && p.name.ends_with(":crypto/tls")),
+        "{:?}",
+        info.probes
+    );
+}
+
+#[test]
+fn go_https_server_gives_exact_spans() {
+    go_https("go_https_server_gives_exact_spans", "");
+}
+
+#[test]
+fn stripped_go_https_server_gives_exact_spans() {
+    go_https("stripped_go_https_server_gives_exact_spans", "-s -w");
 }

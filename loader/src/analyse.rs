@@ -46,6 +46,93 @@ pub fn symbols(file: File, wanted: &[&str]) -> Result<Symbols, String> {
     parse_answer(&out, wanted, &ranges)
 }
 
+/// The child's argument asking for Go functions (`analyse/go.rs`).
+pub const GO_MODE: &str = "--go";
+
+/// A Go binary's version and the wanted functions found in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoBinary {
+    pub version: String,
+    pub functions: Vec<GoFunction>,
+}
+
+/// A function's entry and the file offsets of its `RET` instructions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoFunction {
+    pub name: String,
+    pub entry: u64,
+    pub returns: Vec<u64>,
+}
+
+/// Asks the sandboxed child for the Go version of `file` and the entry and return
+/// offsets of the `wanted` functions; every offset is checked to lie in an
+/// executable segment, and every return inside its function.
+pub fn go_functions(file: File, wanted: &[&str]) -> Result<GoBinary, String> {
+    let ranges = exec_ranges(&file)?;
+    let mut args = vec![GO_MODE];
+    args.extend_from_slice(wanted);
+    let out = run_child(file, &args)?;
+    parse_go_answer(&out, wanted, &ranges)
+}
+
+/// The child's Go answer, checked.
+pub fn parse_go_answer(
+    text: &str,
+    wanted: &[&str],
+    ranges: &[(u64, u64)],
+) -> Result<GoBinary, String> {
+    let inside = |off: u64| {
+        ranges
+            .iter()
+            .any(|(start, len)| off >= *start && off < start + len)
+    };
+    let mut version = None;
+    let mut functions: Vec<(GoFunction, u64)> = Vec::new();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let known = |name: &str| wanted.contains(&name);
+        let num = |t: &str| {
+            t.parse::<u64>()
+                .map_err(|_| format!("bad number in {line:?}"))
+        };
+        match parts.as_slice() {
+            ["go", v] if v.starts_with("go") && v.len() < 64 => version = Some(v.to_string()),
+            ["func", name, entry, size] if known(name) => {
+                let (entry, size) = (num(entry)?, num(size)?);
+                if !inside(entry) || !inside(entry + size.max(1) - 1) {
+                    return Err(format!(
+                        "{name} at {entry:#x} (+{size}) is outside the executable segments"
+                    ));
+                }
+                if !functions.iter().any(|(f, _)| f.name == *name) {
+                    let f = GoFunction {
+                        name: name.to_string(),
+                        entry,
+                        returns: Vec::new(),
+                    };
+                    functions.push((f, size));
+                }
+            }
+            ["ret", name, off] => {
+                let off = num(off)?;
+                let Some((f, size)) = functions.iter_mut().find(|(f, _)| f.name == *name) else {
+                    return Err(format!("a return of an unannounced function in {line:?}"));
+                };
+                if off < f.entry || off >= f.entry + *size {
+                    return Err(format!("a return of {name} outside it: {off:#x}"));
+                }
+                f.returns.push(off);
+            }
+            _ => return Err(format!("the analyser answered a malformed line {line:?}")),
+        }
+    }
+    let version = version.ok_or("the analyser found no Go version")?;
+    Ok(GoBinary {
+        version,
+        functions: functions.into_iter().map(|(f, _)| f).collect(),
+    })
+}
+
 /// Unit tests have no loader binary to re-execute: they parse in-process (the child
 /// runs in `integration-tests/tests/analyser.rs`).
 #[cfg(test)]
@@ -53,7 +140,10 @@ fn run_child(mut file: File, wanted: &[&str]) -> Result<String, String> {
     let mut data = Vec::new();
     file.read_to_end(&mut data).map_err(|e| e.to_string())?;
     let wanted: Vec<String> = wanted.iter().map(|w| w.to_string()).collect();
-    find_symbols(&data, &wanted)
+    match wanted.split_first() {
+        Some((mode, names)) if mode == GO_MODE => go::answer(&data, names),
+        _ => find_symbols(&data, &wanted),
+    }
 }
 
 /// The child's answer for `file` (stdin of `/proc/self/exe __analyse-elf`).
@@ -204,7 +294,11 @@ fn answer(wanted: &[String]) -> Result<(), String> {
         unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
         return Err("socket(2) was allowed".into());
     }
-    let out = find_symbols(map_stdin()?, wanted)?;
+    let data = map_stdin()?;
+    let out = match wanted.split_first() {
+        Some((mode, names)) if mode == GO_MODE => go::answer(data, names)?,
+        _ => find_symbols(data, wanted)?,
+    };
     use std::io::Write;
     std::io::stdout()
         .write_all(out.as_bytes())
@@ -214,14 +308,8 @@ fn answer(wanted: &[String]) -> Result<(), String> {
 /// `sym <name> <file offset>` lines for the `wanted` symbols of an ELF image.
 pub(crate) fn find_symbols(data: &[u8], wanted: &[String]) -> Result<String, String> {
     let file = object::File::parse(data).map_err(|e| format!("not an ELF file: {e}"))?;
-    use object::{Object, ObjectSegment, ObjectSymbol};
-    let segments: Vec<(u64, u64, u64)> = file
-        .segments()
-        .filter_map(|s| {
-            let (offset, size) = s.file_range();
-            (size > 0).then_some((s.address(), offset, size))
-        })
-        .collect();
+    use object::{Object, ObjectSymbol};
+    let segments = Segments::of(&file);
     let mut out = String::new();
     let mut seen: Vec<&str> = Vec::new();
     for symbol in file.dynamic_symbols().chain(file.symbols()) {
@@ -232,13 +320,37 @@ pub(crate) fn find_symbols(data: &[u8], wanted: &[String]) -> Result<String, Str
         if seen.contains(&name) || !wanted.iter().any(|w| w == name) {
             continue;
         }
-        let va = symbol.address();
-        if let Some((addr, off, _)) = segments.iter().find(|(a, _, s)| va >= *a && va < a + s) {
+        if let Some(off) = segments.offset(symbol.address()) {
             seen.push(name);
-            out.push_str(&format!("sym {name} {}\n", va - addr + off));
+            out.push_str(&format!("sym {name} {off}\n"));
         }
     }
     Ok(out)
+}
+
+/// The file-backed segments of an ELF image: (address, file offset, size).
+pub(crate) struct Segments(Vec<(u64, u64, u64)>);
+
+impl Segments {
+    pub(crate) fn of(file: &object::File) -> Self {
+        use object::{Object, ObjectSegment};
+        Segments(
+            file.segments()
+                .filter_map(|s| {
+                    let (offset, size) = s.file_range();
+                    (size > 0).then_some((s.address(), offset, size))
+                })
+                .collect(),
+        )
+    }
+
+    /// The file offset of virtual address `va`.
+    pub(crate) fn offset(&self, va: u64) -> Option<u64> {
+        self.0
+            .iter()
+            .find(|(a, _, s)| va >= *a && va < a + s)
+            .map(|(a, o, _)| va - a + o)
+    }
 }
 
 /// The whole of stdin, mapped read-only.
@@ -395,6 +507,8 @@ fn install_seccomp() -> Result<(), String> {
     }
     Ok(())
 }
+
+mod go;
 
 #[cfg(test)]
 mod tests;

@@ -93,7 +93,7 @@ pub struct CapabilitiesArgs {
     pub strict: bool,
 
     /// Features to check (repeat or comma-separate): syscall_capture,
-    /// sock_tracepoints, process_discovery, socket_filter, tls_uprobes [default: all].
+    /// sock_tracepoints, process_discovery, tls_uprobes [default: all].
     #[arg(long = "feature", value_delimiter = ',', value_name = "ID")]
     pub features: Vec<String>,
 

@@ -23,18 +23,16 @@ pub enum Capability {
     Bpf,
     Perfmon,
     SysPtrace,
-    NetRaw,
     CheckpointRestore,
     DacReadSearch,
 }
 
 impl Capability {
     /// Every capability the model knows, in a stable order.
-    pub const ALL: [Capability; 6] = [
+    pub const ALL: [Capability; 5] = [
         Capability::Bpf,
         Capability::Perfmon,
         Capability::SysPtrace,
-        Capability::NetRaw,
         Capability::CheckpointRestore,
         Capability::DacReadSearch,
     ];
@@ -45,7 +43,6 @@ impl Capability {
             Capability::Bpf => "BPF",
             Capability::Perfmon => "PERFMON",
             Capability::SysPtrace => "SYS_PTRACE",
-            Capability::NetRaw => "NET_RAW",
             Capability::CheckpointRestore => "CHECKPOINT_RESTORE",
             Capability::DacReadSearch => "DAC_READ_SEARCH",
         }
@@ -57,7 +54,6 @@ impl Capability {
             Capability::Bpf => caps::Capability::CAP_BPF,
             Capability::Perfmon => caps::Capability::CAP_PERFMON,
             Capability::SysPtrace => caps::Capability::CAP_SYS_PTRACE,
-            Capability::NetRaw => caps::Capability::CAP_NET_RAW,
             Capability::CheckpointRestore => caps::Capability::CAP_CHECKPOINT_RESTORE,
             Capability::DacReadSearch => caps::Capability::CAP_DAC_READ_SEARCH,
         }
@@ -73,7 +69,6 @@ impl Capability {
             Capability::SysPtrace => {
                 "read /proc/<pid>/exe, maps, root and fd of processes owned by other users"
             }
-            Capability::NetRaw => "open AF_PACKET sockets for the socket-filter capture",
             Capability::CheckpointRestore => {
                 "read /proc/<pid>/map_files to find the exact libraries a process mapped"
             }
@@ -209,15 +204,6 @@ pub const FEATURES: &[Feature] = &[
         facilities: &[Facility::Tracefs, Facility::Procfs, Facility::RingBuffer],
     },
     Feature {
-        id: "socket_filter",
-        description: "AF_PACKET socket filter: packet-level view of selected ports",
-        capabilities: &[Bpf, Perfmon, NetRaw],
-        runtime_capabilities: &[],
-        why: "BPF loads the filter; PERFMON lets the verifier accept its pointer arithmetic; \
-              NET_RAW opens the AF_PACKET socket (once, at attach time).",
-        facilities: &[Facility::RingBuffer],
-    },
-    Feature {
         id: "tls_uprobes",
         description: "uprobe_multi links on SSL_read/SSL_write of libssl and of executables with OpenSSL linked in: plaintext of TLS traffic; the binaries' symbols are read by a sandboxed child (no capabilities, no_new_privs, seccomp)",
         capabilities: &[Bpf, Perfmon, SysPtrace, CheckpointRestore],
@@ -323,7 +309,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_loader_set_is_exactly_the_six_capabilities() {
+    fn the_loader_set_is_exactly_the_modelled_capabilities() {
         let names: Vec<&str> = loader_capabilities().iter().map(|c| c.name()).collect();
         assert_eq!(
             names,
@@ -331,18 +317,19 @@ mod tests {
                 "BPF",
                 "PERFMON",
                 "SYS_PTRACE",
-                "NET_RAW",
                 "CHECKPOINT_RESTORE",
                 "DAC_READ_SEARCH"
             ]
         );
+        // Every capability the model names is one a feature needs: none for nothing.
+        assert_eq!(loader_capabilities(), Capability::ALL.into_iter().collect());
     }
 
     #[test]
     fn missing_names_only_what_is_absent() {
-        let f = feature("socket_filter").unwrap();
-        let held: BTreeSet<_> = [Bpf, Perfmon].into_iter().collect();
-        assert_eq!(missing(f, &held), vec![NetRaw]);
+        let f = feature("tls_uprobes").unwrap();
+        let held: BTreeSet<_> = [Bpf, Perfmon, SysPtrace].into_iter().collect();
+        assert_eq!(missing(f, &held), vec![CheckpointRestore]);
         let all = loader_capabilities();
         assert!(FEATURES.iter().all(|f| missing(f, &all).is_empty()));
     }
@@ -368,7 +355,12 @@ mod tests {
             }
             assert!(!f.facilities.is_empty(), "{}", f.id);
         }
-        assert_eq!(capability("cap_net_raw"), Some(NetRaw));
+        assert_eq!(
+            capability("cap_checkpoint_restore"),
+            Some(CheckpointRestore)
+        );
+        // Not in the model (no feature opens raw or packet sockets): held, it is excess.
+        assert_eq!(capability("NET_RAW"), None);
         assert_eq!(capability("BPF"), Some(Bpf));
         assert_eq!(capability("SYS_ADMIN"), None);
     }

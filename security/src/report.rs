@@ -404,7 +404,8 @@ mod tests {
         p
     }
 
-    fn six() -> Vec<String> {
+    /// The model's capability set (`crate::loader_capabilities`), `CAP_` names.
+    fn modelled() -> Vec<String> {
         crate::loader_capabilities()
             .iter()
             .map(|c| c.to_string())
@@ -417,8 +418,8 @@ mod tests {
     }
 
     #[test]
-    fn exactly_the_six_capabilities_pass_strict() {
-        let r = build(&six(), (6, 18), &Options::all_features());
+    fn exactly_the_modelled_capabilities_pass_strict() {
+        let r = build(&modelled(), (6, 18), &Options::all_features());
         assert!(r.features.iter().all(|f| f.available), "{r:#?}");
         assert!(r.excess.is_empty());
         assert!(r.strict_ok(), "{:?}", r.problems);
@@ -427,18 +428,35 @@ mod tests {
 
     #[test]
     fn a_missing_capability_is_named_per_feature() {
-        let caps: Vec<String> = six().into_iter().filter(|c| c != "CAP_NET_RAW").collect();
+        let caps: Vec<String> = modelled()
+            .into_iter()
+            .filter(|c| c != "CAP_CHECKPOINT_RESTORE")
+            .collect();
         let r = build(&caps, (6, 18), &Options::all_features());
-        assert_eq!(r.unavailable(), ["socket_filter"]);
-        let sf = r.features.iter().find(|f| f.id == "socket_filter").unwrap();
-        assert_eq!(sf.missing_capabilities, ["CAP_NET_RAW"]);
+        assert_eq!(r.unavailable(), ["tls_uprobes"]);
+        let tls = r.features.iter().find(|f| f.id == "tls_uprobes").unwrap();
+        assert_eq!(tls.missing_capabilities, ["CAP_CHECKPOINT_RESTORE"]);
         assert!(!r.strict_ok());
-        assert!(r.problems[0].contains("CAP_NET_RAW"));
+        assert!(r.problems[0].contains("CAP_CHECKPOINT_RESTORE"));
+    }
+
+    /// No feature opens raw or packet sockets (there is no socket filter): a loader
+    /// granted CAP_NET_RAW holds it for nothing, and the report says so.
+    #[test]
+    fn net_raw_is_excess_with_its_risk() {
+        let mut caps = modelled();
+        caps.push("CAP_NET_RAW".into());
+        let r = build(&caps, (6, 18), &Options::all_features());
+        assert!(r.features.iter().all(|f| f.available), "{r:#?}");
+        assert_eq!(r.excess_names(), ["CAP_NET_RAW"]);
+        assert!(r.excess[0].risk.contains("packet sockets"), "{r:#?}");
+        assert!(!r.strict_ok());
+        assert_eq!(r.privileged, None);
     }
 
     #[test]
     fn sys_admin_is_excess_with_a_risk_note_and_privileged() {
-        let mut caps = six();
+        let mut caps = modelled();
         caps.push("CAP_SYS_ADMIN".into());
         let r = build(&caps, (6, 18), &Options::all_features());
         assert_eq!(r.excess_names(), ["CAP_SYS_ADMIN"]);
@@ -450,24 +468,28 @@ mod tests {
     #[test]
     fn sys_admin_stands_in_for_bpf_but_stays_excess() {
         let r = build(
-            &["CAP_SYS_ADMIN".to_owned(), "CAP_NET_RAW".to_owned()],
+            &["CAP_SYS_ADMIN".to_owned()],
             (6, 18),
             &Options {
-                enabled: vec!["socket_filter".into()],
+                enabled: vec!["syscall_capture".into()],
                 stage: Stage::Attach,
                 allowlist: None,
             },
         );
-        let sf = r.features.iter().find(|f| f.id == "socket_filter").unwrap();
-        assert!(sf.available);
-        assert_eq!(sf.via_sys_admin, ["CAP_BPF", "CAP_PERFMON"]);
+        let sc = r
+            .features
+            .iter()
+            .find(|f| f.id == "syscall_capture")
+            .unwrap();
+        assert!(sc.available);
+        assert_eq!(sc.via_sys_admin, ["CAP_BPF", "CAP_PERFMON"]);
         assert_eq!(r.excess_names(), ["CAP_SYS_ADMIN"]);
     }
 
     #[test]
     fn capabilities_of_disabled_features_are_excess() {
         let r = build(
-            &six(),
+            &modelled(),
             (6, 18),
             &Options {
                 enabled: vec!["syscall_capture".into(), "process_discovery".into()],
@@ -475,7 +497,7 @@ mod tests {
                 allowlist: None,
             },
         );
-        assert_eq!(r.excess_names(), ["CAP_CHECKPOINT_RESTORE", "CAP_NET_RAW"]);
+        assert_eq!(r.excess_names(), ["CAP_CHECKPOINT_RESTORE"]);
     }
 
     #[test]
@@ -499,22 +521,17 @@ mod tests {
         ];
         let r = build(&kept, (6, 18), &opts);
         assert!(r.strict_ok(), "{:?}", r.problems);
-        let r = build(&six(), (6, 18), &opts);
+        let r = build(&modelled(), (6, 18), &opts);
         assert_eq!(
             r.excess_names(),
-            [
-                "CAP_BPF",
-                "CAP_CHECKPOINT_RESTORE",
-                "CAP_NET_RAW",
-                "CAP_PERFMON"
-            ]
+            ["CAP_BPF", "CAP_CHECKPOINT_RESTORE", "CAP_PERFMON"]
         );
         assert!(r.to_text().contains("uids [0, 1000]"));
     }
 
     #[test]
     fn old_kernel_names_the_missing_facility() {
-        let r = build(&six(), (6, 1), &Options::all_features());
+        let r = build(&modelled(), (6, 1), &Options::all_features());
         let tls = r.features.iter().find(|f| f.id == "tls_uprobes").unwrap();
         assert_eq!(tls.missing_facilities, ["uprobe_multi"]);
         assert_eq!(r.unavailable(), ["tls_uprobes"]);
@@ -523,7 +540,7 @@ mod tests {
     #[test]
     fn unknown_features_fail_strict_and_json_has_the_sections() {
         let r = build(
-            &six(),
+            &modelled(),
             (6, 18),
             &Options {
                 enabled: vec!["nope".into()],

@@ -114,6 +114,37 @@ pub mod counter {
     pub const COUNT: u32 = 8;
 }
 
+/// Which point of Go's crypto/tls the `go_tls` uprobe fired at: the uprobe_multi
+/// cookie of each attached offset (entries and every `RET` of the functions).
+pub mod go_fn {
+    /// Entry of `crypto/tls.(*Conn).Read(b []byte) (int, error)`.
+    pub const READ_ENTRY: u64 = 1;
+    /// Entry of `crypto/tls.(*Conn).Write(b []byte) (int, error)`.
+    pub const WRITE_ENTRY: u64 = 2;
+    /// A `RET` of `Read` (`n` in the first result register).
+    pub const READ_RETURN: u64 = 3;
+    /// A `RET` of `Write`.
+    pub const WRITE_RETURN: u64 = 4;
+    /// Entry of `crypto/tls.(*Conn).handshakeContext` (the handshake: its TLS
+    /// records are suppressed, no plaintext).
+    pub const HANDSHAKE_ENTRY: u64 = 5;
+    /// A `RET` of `handshakeContext`.
+    pub const HANDSHAKE_RETURN: u64 = 6;
+    /// The functions probed, with their entry and return cookies (the first two are
+    /// required; the handshake is probed when found).
+    pub const PROBED: [(&str, u64, u64); 3] = [
+        ("crypto/tls.(*Conn).Read", READ_ENTRY, READ_RETURN),
+        ("crypto/tls.(*Conn).Write", WRITE_ENTRY, WRITE_RETURN),
+        (
+            "crypto/tls.(*Conn).handshakeContext",
+            HANDSHAKE_ENTRY,
+            HANDSHAKE_RETURN,
+        ),
+    ];
+    /// How many of [`PROBED`] a binary must have.
+    pub const REQUIRED: usize = 2;
+}
+
 /// Which OpenSSL function a TLS uprobe fired for: the uprobe_multi cookie of each
 /// attached offset ([`SslCall::func`]).
 pub mod ssl_fn {

@@ -38,7 +38,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tandem_ebpf_common::{
-    config_flags, conn_flags, counter, direction, kind, port_how, reason, role, ssl_fn, syscall,
+    config_flags, conn_flags, counter, direction, go_fn, kind, port_how, reason, role, ssl_fn, syscall,
     CloseEvent, Config, ConnEvent, ConnInfo, Header, PortSelectEvent, ProcessEvent, SslCall,
     SslConn, SslKey, DATA_OFFSET, MAX_CAPTURE_BYTES,
 };
@@ -93,6 +93,16 @@ static SSL_ACTIVE: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16_38
 #[map]
 static SSL_CONNS: LruHashMap<SslKey, SslConn> = LruHashMap::with_max_entries(65_536, 0);
 
+/// Go crypto/tls calls in flight, by goroutine: (tgid, g) -> the call. Keyed by the
+/// goroutine, not the thread: a goroutine blocked in the netpoller resumes on any
+/// thread.
+#[map]
+static GO_ACTIVE: LruHashMap<SslKey, SslCall> = LruHashMap::with_max_entries(16_384, 0);
+
+/// The socket each `*tls.Conn` of a Go process was last seen using.
+#[map]
+static GO_CONNS: LruHashMap<SslKey, SslConn> = LruHashMap::with_max_entries(65_536, 0);
+
 /// The socket of the last TLS record a thread of an OpenSSL-using process read
 /// outside any `SSL_*` call (pid_tgid -> socket): OpenSSL over memory BIOs (Node.js)
 /// reads the ciphertext itself, then calls `SSL_read` on that connection's `SSL *`.
@@ -135,6 +145,10 @@ fn is_traced(tgid: u32) -> bool {
 /// socket syscall): only then do the data programs look for an OpenSSL call in
 /// flight (`SSL_ACTIVE`).
 const PIDS_USES_SSL: u32 = 1 << 31;
+
+/// Set in a `PIDS` value by `go_tls`: the data programs look for a crypto/tls call
+/// of the current goroutine in flight (`GO_ACTIVE`).
+const PIDS_USES_GO_TLS: u32 = 1 << 30;
 
 #[inline(always)]
 fn config() -> Option<&'static Config> {
@@ -504,6 +518,12 @@ mod arch {
     pub const ARG0: usize = 112;
     pub const ARG1: usize = 104;
     pub const ARG2: usize = 96;
+    /// Go's register ABI (Go >= 1.17): `ax` (receiver / first result), `bx`,
+    /// `cx` (a slice's pointer and length), and `r14` (the goroutine, `g`).
+    pub const GO_ARG0: usize = 80;
+    pub const GO_ARG1: usize = 40;
+    pub const GO_ARG2: usize = 88;
+    pub const GO_G: usize = 8;
     #[inline(always)]
     pub fn syscall(nr: u64) -> u8 {
         match nr {
@@ -531,6 +551,11 @@ mod arch {
     pub const ARG0: usize = 272;
     pub const ARG1: usize = 8;
     pub const ARG2: usize = 16;
+    /// Go's register ABI: `x0`, `x1`, `x2`; the goroutine in `x28`.
+    pub const GO_ARG0: usize = 0;
+    pub const GO_ARG1: usize = 8;
+    pub const GO_ARG2: usize = 16;
+    pub const GO_G: usize = 224;
     #[inline(always)]
     pub fn syscall(nr: u64) -> u8 {
         match nr & 0xffff_ffff {
@@ -555,6 +580,10 @@ mod arch {
     pub const ARG0: usize = 0;
     pub const ARG1: usize = 0;
     pub const ARG2: usize = 0;
+    pub const GO_ARG0: usize = 0;
+    pub const GO_ARG1: usize = 0;
+    pub const GO_ARG2: usize = 0;
+    pub const GO_G: usize = 0;
     /// Syscall arguments are not decoded on this architecture: no data records.
     #[inline(always)]
     pub fn syscall(_nr: u64) -> u8 {
@@ -594,6 +623,18 @@ fn syscall_args() -> (u8, i32, u64) {
                 (kind, fd as i32, buf)
             }
         }
+    }
+}
+
+/// The goroutine (`g`) register the task saved on entering the kernel: in a Go
+/// process's syscall it is the goroutine making it (Go's syscall stubs keep it).
+#[inline(always)]
+fn current_goroutine() -> u64 {
+    // SAFETY: as in `syscall_args`.
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const u8;
+        ptr::read_volatile(regs.add(arch::GO_G).cast::<u64>())
     }
 }
 
@@ -669,10 +710,23 @@ fn on_sock_io(ctx: &BtfTracePointContext, dir: u8) -> u32 {
     let ret = ret as u64;
     // SAFETY: pointer to a live map value (a plain integer).
     let uses_ssl = unsafe { *traced } & PIDS_USES_SSL != 0;
-    // Inside an OpenSSL call of this thread: these are TLS records; remember the
-    // socket for the call's plaintext record, emitted when the call returns.
-    if let Some(call) = uses_ssl.then(|| SSL_ACTIVE.get_ptr_mut(&global)).flatten() {
-        // SAFETY: pointer to a live map value of this thread's key.
+    // Inside an OpenSSL call of this thread, or a Go crypto/tls call of this
+    // goroutine: these are TLS records; remember the socket for the call's
+    // plaintext record, emitted when the call returns.
+    let in_call = uses_ssl.then(|| SSL_ACTIVE.get_ptr_mut(&global)).flatten().or_else(|| {
+        // SAFETY: pointer to a live map value (a plain integer).
+        let go = unsafe { *traced } & PIDS_USES_GO_TLS != 0;
+        go.then(|| {
+            GO_ACTIVE.get_ptr_mut(&SslKey {
+                tgid: (id >> 32) as u32,
+                _pad: 0,
+                ssl: current_goroutine(),
+            })
+        })
+        .flatten()
+    });
+    if let Some(call) = in_call {
+        // SAFETY: pointer to a live map value of this thread's (goroutine's) key.
         unsafe {
             (*call).sk = sk;
             (*call).fd = fd;
@@ -686,7 +740,9 @@ fn on_sock_io(ctx: &BtfTracePointContext, dir: u8) -> u32 {
         bump(counter::TLS_CIPHERTEXT_SKIPPED);
         return 0;
     }
-    if uses_ssl && is_tls_record(kind, buf, ret) {
+    // SAFETY: pointer to a live map value (a plain integer).
+    let uses_go_tls = unsafe { *traced } & PIDS_USES_GO_TLS != 0;
+    if (uses_ssl || uses_go_tls) && is_tls_record(kind, buf, ret) {
         // A TLS record moved outside the probed calls (OpenSSL over memory BIOs, as
         // Node.js uses it): never data; a read is remembered for the `SSL_read` that
         // follows on this thread.
@@ -1019,21 +1075,27 @@ pub fn ssl_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// The call of an in-flight entry (`SSL_ACTIVE`, `GO_ACTIVE`) at its outermost
+/// return; `None` at a nested call's return, which only counts down.
+#[inline(always)]
+fn outermost(p: *mut SslCall) -> Option<SslCall> {
+    // SAFETY: pointer to a live map value of this thread's (goroutine's) key.
+    unsafe {
+        if (*p).depth > 0 {
+            (*p).depth -= 1;
+            return None;
+        }
+        Some(*p)
+    }
+}
+
 /// Return of an `SSL_*` function: emit the plaintext it moved as a data record of
 /// the connection its socket belongs to.
 #[uretprobe]
 pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     let global = bpf_get_current_pid_tgid();
-    let Some(p) = SSL_ACTIVE.get_ptr_mut(&global) else {
+    let Some(call) = SSL_ACTIVE.get_ptr_mut(&global).and_then(outermost) else {
         return 0;
-    };
-    // SAFETY: pointer to a live map value of this thread's key.
-    let call = unsafe {
-        if (*p).depth > 0 {
-            (*p).depth -= 1;
-            return 0;
-        }
-        *p
     };
     let _ = SSL_ACTIVE.remove(&global);
     let Some(id) = current_id(global) else {
@@ -1112,6 +1174,131 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     };
     let (conn_id, _) = connection(sk, id, fd, true);
     emit_data(id, conn_id, moved, call.buf, moved, direction, syscall);
+    0
+}
+
+// ---------------------------------------------------------------------------
+// Go crypto/tls: one uprobe program at the entry and at every RET of
+// `(*Conn).Read` and `(*Conn).Write` (the cookie says which, `go_fn`): Go moves
+// goroutine stacks, so no uretprobe. Registers per Go's ABI (`arch::GO_*`).
+// ---------------------------------------------------------------------------
+
+/// Entry: remember the call by goroutine. Return: emit the plaintext moved.
+#[uprobe]
+pub fn go_tls(ctx: ProbeContext) -> u32 {
+    let global = bpf_get_current_pid_tgid();
+    let Some(id) = current_id(global) else {
+        return 0;
+    };
+    let tgid = (id >> 32) as u32;
+    let Some(traced) = PIDS.get_ptr_mut(&tgid) else {
+        return 0;
+    };
+    let regs = ctx.regs as *const u8;
+    // SAFETY: fixed offsets of this program's context (the user registers).
+    let reg = |off: usize| unsafe { ptr::read_volatile(regs.add(off).cast::<u64>()) };
+    let key = SslKey {
+        tgid,
+        _pad: 0,
+        ssl: reg(arch::GO_G),
+    };
+    // SAFETY: the context pointer of this program.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    if cookie == go_fn::READ_ENTRY || cookie == go_fn::WRITE_ENTRY || cookie == go_fn::HANDSHAKE_ENTRY {
+        // SAFETY: pointer to a live map value (a plain integer).
+        unsafe {
+            if *traced & PIDS_USES_GO_TLS == 0 {
+                *traced |= PIDS_USES_GO_TLS;
+            }
+        }
+        if let Some(call) = GO_ACTIVE.get_ptr_mut(&key) {
+            // Nested (Read calls the handshake): the outermost call is reported.
+            // SAFETY: pointer to a live map value of this goroutine's key.
+            unsafe { (*call).depth = (*call).depth.saturating_add(1) };
+            return 0;
+        }
+        let mut call = SslCall {
+            ssl: reg(arch::GO_ARG0),
+            buf: reg(arch::GO_ARG1),
+            len_ptr: 0,
+            sk: 0,
+            fd: 0,
+            func: cookie as u8,
+            depth: 0,
+            _pad: 0,
+        };
+        if cookie == go_fn::WRITE_ENTRY {
+            // A write of a known connection is emitted now, before its bytes reach
+            // the peer (at the return, the peer may have answered or closed first).
+            let conn_key = SslKey {
+                tgid,
+                _pad: 0,
+                ssl: call.ssl,
+            };
+            // SAFETY: the value is copied out at once.
+            if let Some(c) = unsafe { GO_CONNS.get(&conn_key) }.copied() {
+                let len = reg(arch::GO_ARG2);
+                if len > 0 && len < 1 << 31 {
+                    let (conn_id, _) = connection(c.sk, id, c.fd, true);
+                    emit_data(id, conn_id, len, call.buf, len, direction::EGRESS, syscall::SSL_WRITE);
+                }
+                // Marks the call as reported.
+                call.len_ptr = 1;
+            }
+        }
+        let _ = GO_ACTIVE.insert(&key, &call, BPF_ANY as u64);
+        return 0;
+    }
+    let Some(call) = GO_ACTIVE.get_ptr_mut(&key).and_then(outermost) else {
+        return 0;
+    };
+    let _ = GO_ACTIVE.remove(&key);
+    let conn_key = SslKey {
+        tgid,
+        _pad: 0,
+        ssl: call.ssl,
+    };
+    if call.sk != 0 {
+        let conn = SslConn {
+            sk: call.sk,
+            fd: call.fd,
+            _pad: 0,
+        };
+        let _ = GO_CONNS.insert(&conn_key, &conn, BPF_ANY as u64);
+    }
+    if u64::from(call.func) == go_fn::HANDSHAKE_ENTRY {
+        // Its TLS records were suppressed; it moves no plaintext (but its socket is
+        // now known: the first request may come in with the handshake's last read).
+        return 0;
+    }
+    if call.len_ptr == 1 {
+        // A write reported at its entry.
+        return 0;
+    }
+    let (sk, fd) = if call.sk != 0 {
+        (call.sk, call.fd)
+    } else {
+        // Served from crypto/tls's buffer without a syscall.
+        // SAFETY: the value is copied out at once.
+        match unsafe { GO_CONNS.get(&conn_key) }.copied() {
+            Some(c) => (c.sk, c.fd),
+            None => {
+                bump(counter::TLS_UNKNOWN_CONNECTION);
+                return 0;
+            }
+        }
+    };
+    let n = reg(arch::GO_ARG0) as i64;
+    if n <= 0 {
+        return 0;
+    }
+    let (direction, syscall) = if u64::from(call.func) == go_fn::READ_ENTRY {
+        (direction::INGRESS, syscall::SSL_READ)
+    } else {
+        (direction::EGRESS, syscall::SSL_WRITE)
+    };
+    let (conn_id, _) = connection(sk, id, fd, true);
+    emit_data(id, conn_id, n as u64, call.buf, n as u64, direction, syscall);
     0
 }
 

@@ -185,6 +185,8 @@ pub struct Kernel {
     /// The TLS uprobe programs (`ssl_enter`, `ssl_return`), loaded for uprobe_multi
     /// links, or why not; taken by [`Self::take_tls_programs`].
     tls_programs: Option<Result<(OwnedFd, OwnedFd), String>>,
+    /// The Go crypto/tls program (`go_tls`), or why not; [`Self::take_go_program`].
+    go_program: Option<Result<OwnedFd, String>>,
     /// The kernel's BTF, read when the first BTF tracepoint is loaded.
     btf: Option<Result<aya::Btf, String>>,
     /// Edge-triggered epoll on the ring buffer: ready when a record was submitted
@@ -214,16 +216,28 @@ fn map_fd(map: &aya::maps::Map) -> Option<RawFd> {
 
 /// Loads the TLS programs of the object for uprobe_multi links (see
 /// `uprobe_multi.rs`), sharing the maps aya created.
-fn load_tls_programs(ebpf: &Ebpf) -> Result<(OwnedFd, OwnedFd), String> {
+/// The third program is Go's crypto/tls one (`go_tls`), loaded on its own: its
+/// failure leaves OpenSSL capture working.
+type TlsPrograms = (Result<(OwnedFd, OwnedFd), String>, Result<OwnedFd, String>);
+
+fn load_tls_programs(ebpf: &Ebpf) -> TlsPrograms {
     let maps: std::collections::HashMap<String, RawFd> = ebpf
         .maps()
         .filter_map(|(name, map)| map_fd(map).map(|fd| (name.to_owned(), fd)))
         .collect();
-    let names = [super::tls::ENTRY_PROGRAM, super::tls::RETURN_PROGRAM];
-    let relocated = super::uprobe_multi::relocate(OBJECT, &maps, &names)?;
-    let entry = relocated.load(names[0])?;
-    let ret = relocated.load(names[1])?;
-    Ok((entry, ret))
+    let names = [
+        super::tls::ENTRY_PROGRAM,
+        super::tls::RETURN_PROGRAM,
+        super::tls::GO_PROGRAM,
+    ];
+    let relocated = match super::uprobe_multi::relocate(OBJECT, &maps, &names) {
+        Ok(r) => r,
+        Err(e) => return (Err(e.clone()), Err(e)),
+    };
+    let ssl = relocated
+        .load(names[0])
+        .and_then(|entry| Ok((entry, relocated.load(names[1])?)));
+    (ssl, relocated.load(names[2]))
 }
 
 /// Sizes fixed at load time.
@@ -276,7 +290,8 @@ impl Kernel {
                 };
                 anyhow::anyhow!("cannot load the eBPF object: {}{hint}", chain(&e))
             })?;
-        let tls_programs = Some(load_tls_programs(&ebpf));
+        let (ssl_programs, go_program) = load_tls_programs(&ebpf);
+        let (tls_programs, go_program) = (Some(ssl_programs), Some(go_program));
         let pids = take(&mut ebpf, "PIDS")?;
         let mut config: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?;
         let ports = take(&mut ebpf, "PORTS")?;
@@ -303,6 +318,7 @@ impl Kernel {
             ports_written: vec![0; 1024],
             config_written: opts.config,
             tls_programs,
+            go_program,
             btf: None,
             ring_epoll,
         })
@@ -319,6 +335,13 @@ impl Kernel {
         self.tls_programs
             .take()
             .unwrap_or_else(|| Err("the TLS programs were taken already".into()))
+    }
+
+    /// The loaded Go crypto/tls program, or why it could not be loaded.
+    pub fn take_go_program(&mut self) -> Result<OwnedFd, String> {
+        self.go_program
+            .take()
+            .unwrap_or_else(|| Err("the Go TLS program was taken already".into()))
     }
 
     /// Loads and attaches every probe it can; returns the status of each.

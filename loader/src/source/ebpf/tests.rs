@@ -283,3 +283,11 @@ fn uprobe_multi_links_need_the_expected_attach_type() {
         .expect_err("the kernel refuses a uprobe_multi link without the expected attach type");
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
 }
+
+/// The capability model lists only features this source implements, so it grants no
+/// capability for nothing (a feature added to the model comes with its code).
+#[test]
+fn the_capability_model_lists_only_the_features_this_source_uses() {
+    let model: Vec<&str> = tandem_security::FEATURES.iter().map(|f| f.id).collect();
+    assert_eq!(model, super::USED_FEATURES);
+}

@@ -11,7 +11,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use tandem_ebpf_common::ssl_fn;
+use tandem_ebpf_common::{go_fn, ssl_fn};
 use tandem_proto::v1::AttachedProbe;
 use tracing::{debug, info, warn};
 
@@ -28,6 +28,8 @@ const MAX_SCANNED: usize = 65_536;
 /// Programs of the eBPF object used for TLS.
 pub const ENTRY_PROGRAM: &str = "ssl_enter";
 pub const RETURN_PROGRAM: &str = "ssl_return";
+/// The program of Go's crypto/tls (entries and returns, `go_fn`).
+pub const GO_PROGRAM: &str = "go_tls";
 
 /// Directories searched for the host's libssl at start-up.
 const HOST_LIBRARY_DIRS: &[&str] = &[
@@ -181,6 +183,7 @@ struct Library {
 /// Finds and probes libssl files.
 pub struct Tls {
     programs: Result<(OwnedFd, OwnedFd), String>,
+    go_program: Result<OwnedFd, String>,
     libraries: HashMap<((u32, u32), u64), Option<Library>>,
     scanned: HashSet<(u32, u64, u8)>,
     new_probes: Vec<AttachedProbe>,
@@ -192,7 +195,16 @@ pub struct Tls {
 
 impl Tls {
     /// `programs`: the loaded entry and return programs, or why they are not.
-    pub fn new(programs: Result<(OwnedFd, OwnedFd), String>) -> Tls {
+    pub fn new(
+        programs: Result<(OwnedFd, OwnedFd), String>,
+        go_program: Result<OwnedFd, String>,
+    ) -> Tls {
+        if let Err(e) = &go_program {
+            warn!(
+                feature = "tls_uprobes",
+                "Go crypto/tls plaintext capture is unavailable: {e}"
+            );
+        }
         if let Err(e) = &programs {
             warn!(
                 feature = "tls_uprobes",
@@ -201,6 +213,7 @@ impl Tls {
         }
         Tls {
             programs,
+            go_program,
             libraries: HashMap::new(),
             scanned: HashSet::new(),
             new_probes: Vec::new(),
@@ -339,10 +352,7 @@ impl Tls {
             .map_err(|e| format!("{}: {e}", path.display()))
             .and_then(probed_offsets);
         match found {
-            Err(e) if e == NO_SSL => {
-                debug!(executable = shown, "no OpenSSL linked in");
-                self.libraries.insert(key, None);
-            }
+            Err(e) if e == NO_SSL => self.attach_go(key, path, shown),
             Err(e) => {
                 self.analysis_errors += 1;
                 warn!(
@@ -356,6 +366,86 @@ impl Tls {
             }
             Ok(_) => self.attach_file(key, path, shown),
         }
+    }
+
+    /// A Go executable: uprobes at the entry and every return of crypto/tls's
+    /// `(*Conn).Read`/`Write`; anything else is remembered quietly.
+    fn attach_go(&mut self, key: ((u32, u32), u64), path: &Path, shown: &str) {
+        let names: Vec<&str> = go_fn::PROBED.iter().map(|(n, _, _)| *n).collect();
+        let found = fs::File::open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))
+            .and_then(|f| crate::analyse::go_functions(f, &names));
+        let go = match found {
+            Ok(go)
+                if go_fn::PROBED[..go_fn::REQUIRED]
+                    .iter()
+                    .all(|(n, _, _)| go.functions.iter().any(|f| f.name == *n)) =>
+            {
+                go
+            }
+            Ok(go) => {
+                debug!(executable = shown, version = %go.version, "Go without crypto/tls");
+                self.libraries.insert(key, None);
+                return;
+            }
+            Err(e) => {
+                debug!(executable = shown, "neither OpenSSL nor Go: {e}");
+                self.libraries.insert(key, None);
+                return;
+            }
+        };
+        let name = format!("uprobe_multi:{shown}:crypto/tls");
+        let result = self.link_go(path, &go);
+        match result {
+            Ok(link) => {
+                info!(executable = shown, version = %go.version, "Go crypto/tls uprobes attached");
+                self.libraries
+                    .insert(key, Some(Library { _links: vec![link] }));
+                self.new_probes.push(probe(&name, "uprobe_multi", Ok(())));
+            }
+            Err(e) => {
+                warn!(executable = shown, version = %go.version, feature = "tls_uprobes", "Go crypto/tls uprobes not attached: {e}");
+                self.libraries.insert(key, None);
+                self.new_probes.push(probe(&name, "uprobe_multi", Err(e)));
+            }
+        }
+    }
+
+    fn link_go(&self, path: &Path, go: &crate::analyse::GoBinary) -> Result<OwnedFd, String> {
+        let program = self.go_program.as_ref().map_err(Clone::clone)?;
+        let minor = go.version.strip_prefix("go1.").and_then(|v| {
+            v.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u32>()
+                .ok()
+        });
+        if minor.is_none_or(|m| m < 17) {
+            return Err(format!(
+                "{}: Go before 1.17 passes arguments on the stack (supported: Go 1.17 and later)",
+                go.version
+            ));
+        }
+        let (mut offsets, mut cookies) = (Vec::new(), Vec::new());
+        for f in &go.functions {
+            let Some((_, entry, ret)) = go_fn::PROBED.iter().find(|(n, _, _)| *n == f.name) else {
+                continue;
+            };
+            offsets.push(f.entry);
+            cookies.push(*entry);
+            for r in &f.returns {
+                offsets.push(*r);
+                cookies.push(*ret);
+            }
+        }
+        uprobe_multi::attach(
+            program,
+            &path.to_string_lossy(),
+            &offsets,
+            &cookies,
+            false,
+            0,
+        )
+        .map_err(|e| uprobe_multi::explain_attach_error(&e))
     }
 
     /// Analyses that failed (garbage or truncated binaries, a killed analyser).

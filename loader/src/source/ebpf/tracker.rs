@@ -87,7 +87,7 @@ const TLS_SCAN_FIRST_CONNECTION: u8 = 1;
 
 impl Tracker {
     pub fn new(mut kernel: Kernel, procfs: ProcFs, flags: Option<Selection>) -> Self {
-        let tls = Tls::new(kernel.take_tls_programs());
+        let tls = Tls::new(kernel.take_tls_programs(), kernel.take_go_program());
         Tracker {
             tls,
             kernel,
