@@ -1211,12 +1211,22 @@ pub fn go_tls(ctx: ProbeContext) -> u32 {
                 *traced |= PIDS_USES_GO_TLS;
             }
         }
-        if let Some(call) = GO_ACTIVE.get_ptr_mut(&key) {
-            // Nested (Read calls the handshake): the outermost call is reported.
-            // SAFETY: pointer to a live map value of this goroutine's key.
-            unsafe { (*call).depth = (*call).depth.saturating_add(1) };
-            return 0;
+        if cookie == go_fn::HANDSHAKE_ENTRY {
+            if let Some(call) = GO_ACTIVE.get_ptr_mut(&key) {
+                // SAFETY: pointer to a live map value of this goroutine's key.
+                unsafe {
+                    if u64::from((*call).func) != go_fn::HANDSHAKE_ENTRY {
+                        // Read and Write call the handshake: the outer call is
+                        // reported, this one only counts.
+                        (*call).depth = (*call).depth.saturating_add(1);
+                        return 0;
+                    }
+                }
+            }
         }
+        // Otherwise a new call: Read and Write never nest in one goroutine, and an
+        // entry seen again is the same call restarted after its stack grew (Go's
+        // prologue calls morestack, then jumps back to the entry): it replaces.
         let mut call = SslCall {
             ssl: reg(arch::GO_ARG0),
             buf: reg(arch::GO_ARG1),
