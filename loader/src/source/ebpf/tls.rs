@@ -348,11 +348,26 @@ impl Tls {
         if self.libraries.len() >= MAX_EXECUTABLES + MAX_LIBRARIES {
             return;
         }
-        let found = fs::File::open(path)
+        // Opened once: the process may exit meanwhile (a short-lived client), and a
+        // file that cannot be opened now is not remembered (a later process of the
+        // same executable is scanned again). The links go through this descriptor.
+        let file = match fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                debug!(executable = shown, "cannot open the executable: {e}");
+                return;
+            }
+        };
+        let by_fd = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&file)
+        ));
+        let found = file
+            .try_clone()
             .map_err(|e| format!("{}: {e}", path.display()))
             .and_then(probed_offsets);
         match found {
-            Err(e) if e == NO_SSL => self.attach_go(key, path, shown),
+            Err(e) if e == NO_SSL => self.attach_go(key, file, &by_fd, shown),
             Err(e) => {
                 self.analysis_errors += 1;
                 warn!(
@@ -364,15 +379,16 @@ impl Tls {
                 self.new_probes.push(probe(&name, "elf_analysis", Err(e)));
                 self.libraries.insert(key, None);
             }
-            Ok(_) => self.attach_file(key, path, shown),
+            Ok(_) => self.attach_file(key, &by_fd, shown),
         }
     }
 
     /// A Go executable: uprobes at the entry and every return of crypto/tls's
     /// `(*Conn).Read`/`Write`; anything else is remembered quietly.
-    fn attach_go(&mut self, key: ((u32, u32), u64), path: &Path, shown: &str) {
+    fn attach_go(&mut self, key: ((u32, u32), u64), file: fs::File, path: &Path, shown: &str) {
         let names: Vec<&str> = go_fn::PROBED.iter().map(|(n, _, _)| *n).collect();
-        let found = fs::File::open(path)
+        let found = file
+            .try_clone()
             .map_err(|e| format!("{}: {e}", path.display()))
             .and_then(|f| crate::analyse::go_functions(f, &names));
         let go = match found {
