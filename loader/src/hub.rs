@@ -435,6 +435,7 @@ impl Hub {
                 resend.append(&mut q.resend);
                 q.resend = resend;
                 drop(q);
+                resume_with_facts(&st, &s, self.realtime_offset_ns.load(Relaxed));
                 s
             }
             None => {
@@ -747,6 +748,50 @@ fn selected_by(
         .collect()
 }
 
+/// A resumed subscription begins with the `ProcessStarted` of every live process it
+/// selects: the processor now reading it may be a new one that never saw them (a
+/// restart), and without them its spans would be anonymous. They are given the
+/// positions just before what comes next (the first batch sent again, else the
+/// next new one), which the previous reader already processed: a processor that
+/// reads on skips them as sent again, a new one takes them. A young subscription
+/// (fewer positions than facts) sends its early ProcessStarted again anyway.
+fn resume_with_facts(st: &State, s: &Arc<Subscription>, realtime_offset_ns: i64) {
+    let mut facts: Vec<(u32, Event)> = st
+        .processes
+        .iter()
+        .filter(|(_, p)| p.exited_at.is_none() && p.selected_by.iter().any(|x| x.id == s.id))
+        .filter_map(|(pid, p)| p.started.clone().map(|e| (*pid, e)))
+        .collect();
+    if facts.is_empty() {
+        return;
+    }
+    facts.sort_by_key(|(pid, _)| *pid);
+    let mut facts: Vec<Event> = facts.into_iter().map(|(_, e)| e).collect();
+    let n = facts.len() as u64;
+    let mut q = lock(&s.queue);
+    match q.resend.front_mut() {
+        Some(first) if first.subscription_seq > n => {
+            facts.append(&mut first.events);
+            first.events = facts;
+            first.subscription_seq -= n;
+        }
+        Some(_) => return,
+        None => {
+            let next = s.next_subscription_seq.load(Relaxed);
+            if next <= n {
+                return;
+            }
+            q.resend.push_back(EventBatch {
+                subscription_seq: next - n,
+                events: facts,
+                realtime_offset_ns,
+                subscription_epoch: s.epoch,
+            });
+        }
+    }
+    q.held_events += n as usize;
+}
+
 fn subscriber_loss(count: u64) -> Event {
     Event::loss(
         monotonic_ns(),
@@ -1047,6 +1092,71 @@ mod tests {
         assert_eq!(payloads(&again), ["2", "3"]);
         assert_eq!(payloads(&batch(&h, &second)), ["4"]);
         assert_eq!(h.info().subscribers[0].connections, 2);
+    }
+
+    /// Issue 17: a resumed subscription (a processor restarted under the same name)
+    /// begins with the facts of the processes it selects, at positions the previous
+    /// reader already processed: a new reader takes them, the same one skips them.
+    #[test]
+    fn a_resumed_subscription_begins_with_the_facts_of_its_processes() {
+        let h = hub(100, 100);
+        let first = h
+            .attach("p", Selection::default(), true, Peer::default())
+            .unwrap();
+        let started = |pid: u32| Event {
+            seq: 0,
+            mono_ns: 0,
+            kind: Some(EventKind::ProcessStarted(ProcessStarted {
+                pid,
+                exe_path: format!("/usr/bin/server{pid}"),
+                ..Default::default()
+            })),
+        };
+        h.publish(vec![started(7), started(5), data(5, 0), data(7, 1)]);
+        let b = batch(&h, &first);
+        assert_eq!((b.subscription_seq, b.events.len()), (1, 4));
+        assert!(h.ack("p", b.subscription_epoch, 4));
+        h.detach(&first);
+        // Everything was acknowledged; a new processor resumes the subscription.
+        let second = h
+            .attach("p", Selection::default(), true, Peer::default())
+            .unwrap();
+        let facts = batch(&h, &second);
+        let pids: Vec<u32> = facts
+            .events
+            .iter()
+            .map(|e| match &e.kind {
+                Some(EventKind::ProcessStarted(p)) => p.pid,
+                other => panic!("only facts first: {other:?}"),
+            })
+            .collect();
+        assert_eq!(pids, [5, 7]);
+        // Just before the next new event's position (5): 3 and 4.
+        assert_eq!(facts.subscription_seq, 3);
+        h.publish(vec![data(5, 2)]);
+        let next = batch(&h, &second);
+        assert_eq!(
+            (next.subscription_seq, payloads(&next)),
+            (5, vec!["2".to_string()])
+        );
+        // With a batch to send again, the facts lead it.
+        h.detach(&second);
+        let third = h
+            .attach("p", Selection::default(), true, Peer::default())
+            .unwrap();
+        // Nothing of the second reader was acknowledged: its facts batch (3, 4) and
+        // the data (5) come again, the facts of now (1, 2) leading them.
+        let again = batch(&h, &third);
+        assert_eq!((again.subscription_seq, again.events.len()), (1, 4));
+        assert!(again
+            .events
+            .iter()
+            .all(|e| matches!(e.kind, Some(EventKind::ProcessStarted(_)))));
+        let then = batch(&h, &third);
+        assert_eq!(
+            (then.subscription_seq, payloads(&then)),
+            (5, vec!["2".to_string()])
+        );
     }
 
     #[test]
