@@ -48,6 +48,7 @@ mod error;
 mod file;
 mod obi_env;
 mod otlp;
+mod selector;
 mod substitute;
 mod values;
 mod yaml;
@@ -72,7 +73,8 @@ use tandem_proto::Selection;
 
 pub use env::{vars, Env, ProcessEnv};
 pub use error::{ConfigError, FileError};
-pub use file::{InstrumentSelector, IGNORED_KEYS};
+pub use file::IGNORED_KEYS;
+pub use selector::InstrumentSelector;
 pub(crate) use values::parse_key_values;
 pub use values::{KubeEnable, LogLevel};
 
