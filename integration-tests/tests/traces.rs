@@ -286,7 +286,7 @@ fn python_two_tier_with_redis_is_one_trace_per_request() {
     let links = links_line(&summary);
     assert!(
         links.starts_with(
-            "links   server spans 6 by connection, 0 by traceparent, 0 roots; client spans 6 by thread, 0 by traceparent, 3 unlinked ("
+            "links   server spans 6 by connection, 0 by traceparent, 0 roots; client spans 6 by thread, 0 by goroutine, 0 by traceparent, 3 unlinked ("
         ),
         "{summary}"
     );
@@ -498,7 +498,7 @@ fn an_async_server_leaves_its_client_calls_unlinked_and_counted() {
     let summary = stop_and_summary(&mut t.processor);
     let links = links_line(&summary);
     assert!(
-        links.contains("client spans 0 by thread, 0 by traceparent, 6 unlinked (")
+        links.contains("client spans 0 by thread, 0 by goroutine, 0 by traceparent, 6 unlinked (")
             && links.contains("runtime 3"),
         "{summary}"
     );

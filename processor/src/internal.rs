@@ -14,7 +14,7 @@
 //! | `tandem_spans_dropped_total` | counter | `reason` (queue_full, failed, abandoned) |
 //! | `tandem_otel_trace_exports_total`, `tandem_otel_metric_exports_total` | counter | |
 //! | `tandem_otel_metric_export_errors_total` | counter | |
-//! | `tandem_spans_linked_total` | counter | `kind` (server, client), `by` (connection, thread, traceparent) |
+//! | `tandem_spans_linked_total` | counter | `kind` (server, client), `by` (connection, thread, goroutine, traceparent) |
 //! | `tandem_spans_unlinked_total` | counter | `kind` (server, client), `reason` (server: `no_client_seen`; client: `no_server_request`, `ambiguous`, `runtime`, `multiplexing`, `unknown_process`) |
 //! | `tandem_instrumented_processes` | gauge | `process_name` |
 //! | `tandem_connections` | gauge | |
@@ -238,6 +238,7 @@ impl InternalMetrics {
                     ("server", "connection", l.server_by_connection),
                     ("server", "traceparent", l.server_by_traceparent),
                     ("client", "thread", l.client_by_thread),
+                    ("client", "goroutine", l.client_by_goroutine),
                     ("client", "traceparent", l.client_by_traceparent),
                 ]
                 .into_iter()

@@ -68,6 +68,9 @@ pub enum LinkKind {
     Thread,
     /// A server span: the client span on the other end of its connection.
     Connection,
+    /// A client span of a Go process: the server request in flight on the
+    /// goroutine it was sent for (or that goroutine's creator).
+    Goroutine,
 }
 
 impl LinkKind {
@@ -78,6 +81,7 @@ impl LinkKind {
             LinkKind::TraceParent => "traceparent",
             LinkKind::Thread => "thread",
             LinkKind::Connection => "connection",
+            LinkKind::Goroutine => "goroutine",
         }
     }
 }

@@ -262,6 +262,7 @@ mod tests {
                 total_len: 5000,
                 payload: b"GET / HTTP/1.1\r\n\x01".to_vec().into(),
                 truncated: true,
+                ..Default::default()
             })),
         };
         let line = text_line(&e, 1_700_000_000_000_000_000);

@@ -358,6 +358,7 @@ mod tests {
                 total_len: payload.len() as u64,
                 payload: payload.to_vec().into(),
                 truncated: false,
+                ..Default::default()
             })),
         }
     }

@@ -111,7 +111,9 @@ pub mod counter {
     /// Not a counter: `bpf_ktime_get_ns()` of this CPU's last forced wake-up of
     /// the loader.
     pub const WAKEUP_LAST_NS: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Goroutine ids handed out on this CPU (see `goroutines.rs` in the eBPF crate).
+    pub const GO_IDS: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// Which point of Go's crypto/tls the `go_tls` uprobe fired at: the uprobe_multi
@@ -143,6 +145,37 @@ pub mod go_fn {
     ];
     /// How many of [`PROBED`] a binary must have.
     pub const REQUIRED: usize = 2;
+
+    /// Entry of `runtime.newproc1(fn, callergp *g, callerpc) *g` (Go 1.18+: the
+    /// creating goroutine in the second argument register).
+    pub const NEWPROC_ENTRY: u64 = 7;
+    /// Entry of Go 1.17's `runtime.newproc1(fn, argp, narg, callergp, callerpc)`
+    /// (the creating goroutine in the fourth argument register).
+    pub const NEWPROC_ENTRY_ARG3: u64 = 8;
+    /// A `RET` of `runtime.newproc1` (the new goroutine in the first result
+    /// register).
+    pub const NEWPROC_RETURN: u64 = 9;
+    /// Entry of `net/http.(*persistConn).roundTrip(req *transportRequest)`, in the
+    /// goroutine making the client call (`*transportRequest` begins with the
+    /// `*Request` it sends).
+    pub const ROUNDTRIP_ENTRY: u64 = 10;
+    /// Entry of `net/http.(*Request).write`, in the connection's writer goroutine:
+    /// it writes the request for the goroutine that called `roundTrip`.
+    pub const REQUEST_WRITE_ENTRY: u64 = 11;
+    /// No return probe for this function.
+    pub const NO_RETURN: u64 = 0;
+    /// The functions the `go_goroutines` program is attached to (goroutine
+    /// ancestry and the net/http client's writer goroutine), with their entry
+    /// (Go 1.18+) and return cookies; each is probed when found.
+    pub const GOROUTINES: [(&str, u64, u64); 3] = [
+        ("runtime.newproc1", NEWPROC_ENTRY, NEWPROC_RETURN),
+        (
+            "net/http.(*persistConn).roundTrip",
+            ROUNDTRIP_ENTRY,
+            NO_RETURN,
+        ),
+        ("net/http.(*Request).write", REQUEST_WRITE_ENTRY, NO_RETURN),
+    ];
 }
 
 /// Which OpenSSL function a TLS uprobe fired for: the uprobe_multi cookie of each
@@ -260,7 +293,27 @@ pub struct DataEvent {
     /// One of [`syscall`], for diagnostics.
     pub syscall: u8,
     pub _pad: u16,
+    /// Go processes: the goroutine the bytes moved for — the caller of `roundTrip`
+    /// for a net/http client request written by the connection's writer goroutine
+    /// — and the goroutine that created it, as ids unique for the goroutines'
+    /// lifetimes (0: not a Go process, or not known).
+    pub goroutine: u64,
+    pub goroutine_parent: u64,
     pub data: [u8; MAX_CAPTURE_BYTES],
+}
+
+/// Byte offsets of [`DataEvent`]'s fields before `data` (user space decodes the
+/// records with them).
+pub mod data_offset {
+    use super::DataEvent;
+    use core::mem::offset_of;
+    pub const CONN_ID: usize = offset_of!(DataEvent, conn_id);
+    pub const TOTAL_LEN: usize = offset_of!(DataEvent, total_len);
+    pub const CAPTURED_LEN: usize = offset_of!(DataEvent, captured_len);
+    pub const DIRECTION: usize = offset_of!(DataEvent, direction);
+    pub const SYSCALL: usize = offset_of!(DataEvent, syscall);
+    pub const GOROUTINE: usize = offset_of!(DataEvent, goroutine);
+    pub const GOROUTINE_PARENT: usize = offset_of!(DataEvent, goroutine_parent);
 }
 
 /// Byte offset of [`DataEvent::data`].
@@ -420,7 +473,7 @@ mod tests {
             24 + 8 + 4 + 2 + 1 + 1 + 2 + 2 + 4 + 32
         );
         assert_eq!(size_of::<CloseEvent>(), 32);
-        assert_eq!(DATA_OFFSET, 24 + 8 + 8 + 4 + 1 + 1 + 2);
+        assert_eq!(DATA_OFFSET, 24 + 8 + 8 + 4 + 1 + 1 + 2 + 8 + 8);
         assert_eq!(size_of::<DataEvent>(), DATA_OFFSET + MAX_CAPTURE_BYTES);
         assert_eq!(
             size_of::<Config>(),

@@ -39,7 +39,7 @@ use aya_ebpf::{
 };
 use tandem_ebpf_common::{
     config_flags, conn_flags, counter, direction, go_fn, kind, port_how, reason, role, ssl_fn,
-    syscall, CloseEvent, Config, ConnEvent, ConnInfo, Header, PortSelectEvent, ProcessEvent,
+    syscall, data_offset, CloseEvent, Config, ConnEvent, ConnInfo, Header, PortSelectEvent, ProcessEvent,
     SslCall, SslConn, SslKey, DATA_OFFSET, MAX_CAPTURE_BYTES,
 };
 
@@ -149,6 +149,11 @@ const PIDS_USES_SSL: u32 = 1 << 31;
 /// Set in a `PIDS` value by `go_tls`: the data programs look for a crypto/tls call
 /// of the current goroutine in flight (`GO_ACTIVE`).
 const PIDS_USES_GO_TLS: u32 = 1 << 30;
+
+/// Set in a `PIDS` value by `go_goroutines` (every new goroutine sets it again): a
+/// Go process, whose data records say which goroutine moved the bytes
+/// (`goroutines::task`).
+const PIDS_GO: u32 = 1 << 29;
 
 #[inline(always)]
 fn config() -> Option<&'static Config> {
@@ -523,6 +528,8 @@ mod arch {
     pub const GO_ARG0: usize = 80;
     pub const GO_ARG1: usize = 40;
     pub const GO_ARG2: usize = 88;
+    /// `di`: Go 1.17's `newproc1` creating goroutine.
+    pub const GO_ARG3: usize = 112;
     pub const GO_G: usize = 8;
     #[inline(always)]
     pub fn syscall(nr: u64) -> u8 {
@@ -555,6 +562,7 @@ mod arch {
     pub const GO_ARG0: usize = 0;
     pub const GO_ARG1: usize = 8;
     pub const GO_ARG2: usize = 16;
+    pub const GO_ARG3: usize = 24;
     pub const GO_G: usize = 224;
     #[inline(always)]
     pub fn syscall(nr: u64) -> u8 {
@@ -583,6 +591,7 @@ mod arch {
     pub const GO_ARG0: usize = 0;
     pub const GO_ARG1: usize = 0;
     pub const GO_ARG2: usize = 0;
+    pub const GO_ARG3: usize = 0;
     pub const GO_G: usize = 0;
     /// Syscall arguments are not decoded on this architecture: no data records.
     #[inline(always)]
@@ -761,6 +770,12 @@ fn on_sock_io(ctx: &BtfTracePointContext, dir: u8) -> u32 {
         return 0;
     }
     let (conn_id, flags) = connection_of(known, sk, id, fd, false);
+    // SAFETY: pointer to a live map value (a plain integer).
+    let task = if unsafe { *traced } & (PIDS_GO | PIDS_USES_GO_TLS) != 0 {
+        goroutines::task((id >> 32) as u32, current_goroutine())
+    } else {
+        NO_TASK
+    };
     if flags & conn_flags::TLS != 0 {
         // TLS records outside the probed calls (e.g. a handshake step of a function
         // that is not probed): never delivered as data.
@@ -773,7 +788,7 @@ fn on_sock_io(ctx: &BtfTracePointContext, dir: u8) -> u32 {
             syscall::SENDFILE | syscall::SPLICE => 0,
             _ => buf,
         };
-        emit_data(id, conn_id, ret, src, ret, dir, kind);
+        emit_data(id, conn_id, ret, src, ret, dir, kind, task);
         return 0;
     };
     // readv/writev/recvmsg/sendmsg: one record per iovec (each captured up to
@@ -792,7 +807,7 @@ fn on_sock_io(ctx: &BtfTracePointContext, dir: u8) -> u32 {
         let r =
             unsafe { bpf_probe_read_user(v.as_mut_ptr().cast(), 16, (iov + 16 * i) as *const _) };
         if r != 0 {
-            emit_data(id, conn_id, left, 0, 0, dir, kind);
+            emit_data(id, conn_id, left, 0, 0, dir, kind, task);
             break;
         }
         let len = v[1].min(left);
@@ -800,7 +815,7 @@ fn on_sock_io(ctx: &BtfTracePointContext, dir: u8) -> u32 {
             continue;
         }
         let total = if i + 1 == MAX_IOVECS { left } else { len };
-        emit_data(id, conn_id, total, v[0], len, dir, kind);
+        emit_data(id, conn_id, total, v[0], len, dir, kind, task);
         left -= total;
     }
     0
@@ -907,17 +922,39 @@ struct DataRecord<const N: usize> {
     direction: u8,
     syscall: u8,
     _pad: u16,
+    goroutine: u64,
+    goroutine_parent: u64,
     data: [u8; N],
 }
 
 const _: () = assert!(core::mem::offset_of!(DataRecord<256>, data) == DATA_OFFSET);
+const _: () = assert!(
+    core::mem::offset_of!(DataRecord<256>, goroutine) == data_offset::GOROUTINE
+        && core::mem::offset_of!(DataRecord<256>, goroutine_parent)
+            == data_offset::GOROUTINE_PARENT
+);
+
+/// The goroutine a data record is for and its creator ([`DataEvent`]'s fields).
+type Task = (u64, u64);
+/// Not a Go process (or its goroutine unknown).
+const NO_TASK: Task = (0, 0);
 
 /// Emits a data record: `total` bytes moved, the first `min(avail, capture_bytes)`
 /// copied from the user memory at `src` straight into a ring buffer reservation
 /// of the smallest size class that holds them (256 B, 1 KiB, 4 KiB, 16 KiB: a
-/// reservation's size must be a constant).
+/// reservation's size must be a constant); `task`: see [`goroutines::task`].
 #[inline(always)]
-fn emit_data(id: u64, conn_id: u64, total: u64, src: u64, avail: u64, direction: u8, syscall: u8) {
+#[allow(clippy::too_many_arguments)]
+fn emit_data(
+    id: u64,
+    conn_id: u64,
+    total: u64,
+    src: u64,
+    avail: u64,
+    direction: u8,
+    syscall: u8,
+    task: Task,
+) {
     let (capture, wakeup) = config().map_or((0, 0), |c| {
         (u64::from(c.capture_bytes), u64::from(c.wakeup_bytes))
     });
@@ -948,7 +985,7 @@ fn emit_data(id: u64, conn_id: u64, total: u64, src: u64, avail: u64, direction:
             }
         }
     }
-    let r = (h, conn_id, total, src, n, direction, syscall, flags);
+    let r = (h, conn_id, total, src, n, direction, syscall, flags, task);
     if n <= 256 {
         emit_sized::<256>(r);
     } else if n <= 1024 {
@@ -964,12 +1001,14 @@ fn emit_data(id: u64, conn_id: u64, total: u64, src: u64, avail: u64, direction:
 const WAKEUP_GAP_NS: u64 = 1_000_000;
 
 /// What [`emit_sized`] writes: header, connection id, total bytes, source, bytes
-/// to copy, direction, syscall, ring buffer submit flags.
-type Emit = (Header, u64, u64, u64, u64, u8, u8, u64);
+/// to copy, direction, syscall, ring buffer submit flags, goroutines.
+type Emit = (Header, u64, u64, u64, u64, u8, u8, u64, Task);
 
 /// [`emit_data`] for one size class; `n <= N`, `N` a power of two.
 #[inline(always)]
-fn emit_sized<const N: usize>((header, conn_id, total, src, n, direction, syscall, flags): Emit) {
+fn emit_sized<const N: usize>(
+    (header, conn_id, total, src, n, direction, syscall, flags, task): Emit,
+) {
     let Some(mut entry) = EVENTS.reserve::<DataRecord<N>>(0) else {
         bump(counter::RINGBUF_LOST);
         return;
@@ -984,6 +1023,8 @@ fn emit_sized<const N: usize>((header, conn_id, total, src, n, direction, syscal
         (*rec).direction = direction;
         (*rec).syscall = syscall;
         (*rec)._pad = 0;
+        (*rec).goroutine = task.0;
+        (*rec).goroutine_parent = task.1;
         (*rec).captured_len = 0;
         if n > 0 {
             // In [1, N] by construction, which the verifier can see.
@@ -997,6 +1038,7 @@ fn emit_sized<const N: usize>((header, conn_id, total, src, n, direction, syscal
     entry.submit(flags);
 }
 
+mod goroutines;
 mod tls;
 
 #[cfg(not(test))]

@@ -185,7 +185,7 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         }
     };
     let (conn_id, _) = connection(sk, id, fd, true);
-    emit_data(id, conn_id, moved, call.buf, moved, direction, syscall);
+    emit_data(id, conn_id, moved, call.buf, moved, direction, syscall, NO_TASK);
     0
 }
 
@@ -273,6 +273,7 @@ pub fn go_tls(ctx: ProbeContext) -> u32 {
                         len,
                         direction::EGRESS,
                         syscall::SSL_WRITE,
+                        goroutines::task(tgid, key.ssl),
                     );
                 }
                 // Marks the call as reported.
@@ -332,7 +333,14 @@ pub fn go_tls(ctx: ProbeContext) -> u32 {
     };
     let (conn_id, _) = connection(sk, id, fd, true);
     emit_data(
-        id, conn_id, n as u64, call.buf, n as u64, direction, syscall,
+        id,
+        conn_id,
+        n as u64,
+        call.buf,
+        n as u64,
+        direction,
+        syscall,
+        goroutines::task(tgid, key.ssl),
     );
     0
 }

@@ -83,6 +83,7 @@ pub fn exchange(i: u64, mono_ns: u64) -> Vec<Event> {
         total_len: bytes.len() as u64,
         payload: bytes.into_bytes().into(),
         truncated: false,
+        ..Default::default()
     };
     vec![
         ev(

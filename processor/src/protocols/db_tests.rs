@@ -3,6 +3,7 @@
 use std::fmt::Debug;
 
 use crate::protocols::db::{DbSession, DbStats, Finished, Origin, Segment};
+use crate::protocols::Task;
 
 /// One segment to feed: whether the client sent it, and its bytes.
 pub type Step = (bool, Vec<u8>);
@@ -14,7 +15,7 @@ pub fn run(session: &mut impl DbSession, steps: &[Step]) -> (Vec<Finished>, DbSt
     for (i, (req, bytes)) in steps.iter().enumerate() {
         let origin = Origin {
             mono_ns: i as u64 + 1,
-            tid: 1,
+            task: Task::thread(1),
         };
         let seg = Segment::new(bytes, bytes.len() as u64, origin);
         session.feed(*req, &seg, &mut stats, &mut out);
@@ -124,7 +125,14 @@ impl<S: DbSession> Feed<S> {
 
     /// `captured` of `total` bytes the client (`request`) or the server wrote at `mono_ns`.
     pub fn send(&mut self, request: bool, captured: &[u8], total: u64, mono_ns: u64) {
-        let seg = Segment::new(captured, total, Origin { mono_ns, tid: 1 });
+        let seg = Segment::new(
+            captured,
+            total,
+            Origin {
+                mono_ns,
+                task: Task::thread(1),
+            },
+        );
         self.session
             .feed(request, &seg, &mut self.stats, &mut self.out);
     }

@@ -35,7 +35,27 @@ pub static REGISTRY: &[&dyn Protocol] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Origin {
     pub mono_ns: u64,
+    pub task: Task,
+}
+
+/// Who moved an event's bytes: the thread, and in a Go process the goroutine they
+/// moved for and its creator (ids from the loader, 0 when not known) — what the
+/// linker links a client call to its server request by (`stitch/link.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Task {
     pub tid: u32,
+    pub goroutine: u64,
+    pub goroutine_parent: u64,
+}
+
+impl Task {
+    /// A thread, no goroutine.
+    pub fn thread(tid: u32) -> Task {
+        Task {
+            tid,
+            ..Task::default()
+        }
+    }
 }
 
 /// One `Data` event: its captured bytes, then `unknown` bytes moved by the syscall

@@ -53,7 +53,7 @@ impl<S: DbSession> DbConn<S> {
         let system = self.inner.system();
         for f in self.scratch.drain(..) {
             let timing = Timing {
-                tid: f.origin.tid,
+                task: f.origin.task,
                 start_mono_ns: f.origin.mono_ns,
                 end_mono_ns: f.end_mono_ns,
                 // Given when reported (see `stitch/link.rs`).

@@ -172,7 +172,8 @@ impl Http1Session {
                     ctx.stats.untracked_requests += 1;
                 } else {
                     let traceparent = request.header("traceparent");
-                    let trace = ctx.begin(Side::Server, origin.tid, origin.mono_ns, 0, traceparent);
+                    let trace =
+                        ctx.begin(Side::Server, origin.task, origin.mono_ns, 0, traceparent);
                     self.pending.push_back(Pending {
                         request,
                         origin,
@@ -300,7 +301,7 @@ impl Http1Session {
             other => other,
         };
         let timing = Timing {
-            tid: pending.origin.tid,
+            task: pending.origin.task,
             start_mono_ns: pending.origin.mono_ns,
             end_mono_ns: end_ns,
             trace: pending.trace,

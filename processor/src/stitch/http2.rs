@@ -36,7 +36,7 @@ use crate::model::{
     Completion, Exchange, Header, HttpExchange, HttpRequest, HttpResponse, Side, TraceIds, HTTP_2,
 };
 use crate::protocols::http2::{self, FrameReader, H2Event};
-use crate::protocols::Segment;
+use crate::protocols::{Segment, Task};
 
 use super::session::{Ctx, Detected, Footprint, Probe, Protocol, Session, Timing};
 
@@ -92,7 +92,7 @@ impl Protocol for Http2Protocol {
 struct Stream {
     request: HttpRequest,
     start_mono_ns: u64,
-    tid: u32,
+    task: Task,
     response: Option<HttpResponse>,
     truncated: bool,
     /// Its span's ids, given when its request HEADERS were read.
@@ -215,7 +215,7 @@ impl Http2Session {
         let mut events = Vec::new();
         ctx.stats.skipped_bytes += reader.feed(payload, total, &mut events);
         for event in events {
-            self.on_event(direction, event, mono_ns, seg.origin.tid, ctx);
+            self.on_event(direction, event, mono_ns, seg.origin.task, ctx);
         }
     }
 
@@ -224,7 +224,7 @@ impl Http2Session {
         direction: Direction,
         event: H2Event,
         mono_ns: u64,
-        tid: u32,
+        task: Task,
         ctx: &mut Ctx<'_>,
     ) {
         match event {
@@ -252,7 +252,7 @@ impl Http2Session {
                     }
                 }
                 if Some(direction) == self.request_dir {
-                    self.on_request_headers(stream, &headers, end_stream, mono_ns, tid, ctx);
+                    self.on_request_headers(stream, &headers, end_stream, mono_ns, task, ctx);
                 } else {
                     self.on_response_headers(stream, &headers, end_stream, mono_ns, ctx);
                 }
@@ -312,7 +312,7 @@ impl Http2Session {
         headers: &[(String, String)],
         end_stream: bool,
         mono_ns: u64,
-        tid: u32,
+        task: Task,
         ctx: &mut Ctx<'_>,
     ) {
         let _ = end_stream;
@@ -343,13 +343,13 @@ impl Http2Session {
         }
         let side = self.side().unwrap_or(Side::Server);
         let traceparent = request.header("traceparent");
-        let trace = ctx.begin(side, tid, mono_ns, stream, traceparent);
+        let trace = ctx.begin(side, task, mono_ns, stream, traceparent);
         self.streams.insert(
             stream,
             Stream {
                 request,
                 start_mono_ns: mono_ns,
-                tid,
+                task,
                 response: None,
                 truncated: false,
                 trace: Some(trace),
@@ -413,7 +413,7 @@ impl Http2Session {
             other => other,
         };
         let timing = Timing {
-            tid: s.tid,
+            task: s.task,
             start_mono_ns: s.start_mono_ns,
             end_mono_ns: end_ns,
             trace: s.trace,

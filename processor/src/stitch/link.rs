@@ -32,7 +32,17 @@
 //!    response not finished) that began before it — then the client span is a child
 //!    of that server span ([`LinkKind::Thread`]). Only for processes whose runtime
 //!    serves a request on one thread from start to end ([`ThreadRule`]);
-//! 3. else a root, and the reason it was not linked is counted ([`Unlinked`]).
+//! 3. else, in a Go process, *the goroutine*: the request's bytes were written for
+//!    goroutine G (the loader names it: for a net/http client request written by
+//!    the connection's writer goroutine, the goroutine that called `roundTrip`),
+//!    and G, else the goroutine that created G, has exactly one server request of
+//!    the same process in flight that began before it (read by that goroutine:
+//!    net/http serves an HTTP/1.x connection's requests on one goroutine, grpc-go
+//!    reads a connection's frames on the goroutine that starts each handler) —
+//!    then the client span is a child of that server span ([`LinkKind::Goroutine`]).
+//!    Goroutine ids are unique for a goroutine's lifetime, so a goroutine that
+//!    outlives its creator never finds a newer one;
+//! 4. else a root, and the reason it was not linked is counted ([`Unlinked`]).
 //!
 //! Chains nest: a client span linked by thread is the parent a downstream server
 //! span finds on the connection, whose own client calls link by thread again.
@@ -74,6 +84,7 @@ use tandem_proto::v1::ProcessStarted;
 
 use crate::model::{LinkKind, Side, TraceIds};
 use crate::pipeline::span::{parse_traceparent, TraceParent};
+use crate::protocols::Task;
 
 pub use super::link_rules::{thread_rule, LinkStats, ThreadRule, Unlinked};
 use super::session::ConnMeta;
@@ -96,7 +107,25 @@ struct Process {
     container: u64,
 }
 
-/// A server request in flight on a thread.
+/// What server requests in flight are remembered by: the thread that read them,
+/// or in a Go process the goroutine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum On {
+    Thread(u32),
+    Goroutine(u64),
+}
+
+impl On {
+    fn of(task: Task) -> On {
+        if task.goroutine != 0 {
+            On::Goroutine(task.goroutine)
+        } else {
+            On::Thread(task.tid)
+        }
+    }
+}
+
+/// A server request in flight on a thread (or goroutine).
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
     conn: ConnKey,
@@ -130,7 +159,7 @@ struct Waiting {
 #[derive(Debug, Clone, Copy)]
 struct Awaiting {
     pid: u32,
-    tid: u32,
+    on: On,
     stream: u32,
     begin_ns: u64,
     span_id: u64,
@@ -150,8 +179,9 @@ type Ends = (SocketAddr, SocketAddr);
 #[derive(Debug)]
 pub struct Linker {
     processes: FastMap<u32, Process>,
-    /// Server requests in flight by `(pid, tid)` of the thread that read them.
-    threads: FastMap<(u32, u32), Vec<InFlight>>,
+    /// Server requests in flight by the process and the thread (goroutine) that
+    /// read them.
+    threads: FastMap<(u32, On), Vec<InFlight>>,
     /// Client requests in flight by the connection's ends.
     clients: SeededMap<Ends, VecDeque<Waiting>>,
     /// Server requests that began as roots in the last [`LATE_CLIENT_NS`], by the
@@ -277,7 +307,7 @@ impl Linker {
         })
     }
 
-    /// A request of connection `meta` began on thread `tid` at `begin_ns`, seen
+    /// A request of connection `meta` began on `task` at `begin_ns`, seen
     /// from `side`; `stream` is its HTTP/2 stream id (0 otherwise), `traceparent`
     /// the request's header if it has one. Returns the ids of its span; the
     /// transaction must be handed to [`Linker::end`] when it is reported.
@@ -285,7 +315,7 @@ impl Linker {
         &mut self,
         meta: &ConnMeta,
         side: Side,
-        tid: u32,
+        task: Task,
         begin_ns: u64,
         stream: u32,
         traceparent: Option<&str>,
@@ -298,15 +328,15 @@ impl Linker {
         }
         let tp = traceparent.and_then(parse_traceparent);
         match side {
-            Side::Server => self.begin_server(meta, tid, begin_ns, stream, tp),
-            Side::Client => self.begin_client(meta, tid, begin_ns, stream, tp),
+            Side::Server => self.begin_server(meta, On::of(task), begin_ns, stream, tp),
+            Side::Client => self.begin_client(meta, task, begin_ns, stream, tp),
         }
     }
 
     fn begin_server(
         &mut self,
         meta: &ConnMeta,
-        tid: u32,
+        on: On,
         begin_ns: u64,
         stream: u32,
         tp: Option<TraceParent>,
@@ -335,7 +365,7 @@ impl Linker {
                     (canonical(peer), canonical(local)),
                     Awaiting {
                         pid: meta.pid,
-                        tid,
+                        on,
                         stream,
                         begin_ns,
                         span_id: ids.span_id,
@@ -348,8 +378,10 @@ impl Linker {
             p.serves = true;
         }
         let conn = (meta.pid, meta.conn_id);
-        let on_thread = self.threads.entry((meta.pid, tid)).or_default();
-        let multiplexing = on_thread.iter().any(|f| f.conn != conn);
+        let on_thread = self.threads.entry((meta.pid, on)).or_default();
+        // A goroutine serves one connection (HTTP/2: its streams); a thread serving
+        // two at once is an event loop.
+        let multiplexing = matches!(on, On::Thread(_)) && on_thread.iter().any(|f| f.conn != conn);
         on_thread.push(InFlight {
             conn,
             begin_ns,
@@ -388,7 +420,7 @@ impl Linker {
     fn begin_client(
         &mut self,
         meta: &ConnMeta,
-        tid: u32,
+        task: Task,
         begin_ns: u64,
         stream: u32,
         tp: Option<TraceParent>,
@@ -397,10 +429,21 @@ impl Linker {
             self.stats.client_by_traceparent += 1;
             ids
         } else {
-            match self.server_on_thread(meta.pid, tid, begin_ns) {
-                Ok(server) => {
-                    self.stats.client_by_thread += 1;
-                    self.child_of(&server, LinkKind::Thread)
+            let found = if task.goroutine != 0 {
+                self.server_on_goroutine(meta.pid, task, begin_ns)
+                    .map(|s| (s, LinkKind::Goroutine))
+            } else {
+                self.server_on_thread(meta.pid, task.tid, begin_ns)
+                    .map(|s| (s, LinkKind::Thread))
+            };
+            match found {
+                Ok((server, link)) => {
+                    if link == LinkKind::Goroutine {
+                        self.stats.client_by_goroutine += 1;
+                    } else {
+                        self.stats.client_by_thread += 1;
+                    }
+                    self.child_of(&server, link)
                 }
                 Err(reason) => {
                     self.stats.client_unlinked[reason as usize] += 1;
@@ -454,7 +497,7 @@ impl Linker {
         self.awaiting.remove(&ends);
         let Some(server) = self
             .threads
-            .get_mut(&(a.pid, a.tid))
+            .get_mut(&(a.pid, a.on))
             .and_then(|v| v.iter_mut().find(|f| f.span_id() == a.span_id))
         else {
             return 0;
@@ -491,30 +534,65 @@ impl Linker {
             Some((ThreadRule::Multiplexing, _)) => return Err(Unlinked::Multiplexing),
             Some((ThreadRule::Linked, true)) => {}
         }
+        self.one_in_flight(pid, On::Thread(tid), begin_ns)
+            .unwrap_or(Err(Unlinked::NoServerRequest))
+    }
+
+    /// The one server request in flight on the goroutine of `task` (else on its
+    /// creator) that began before `begin_ns`.
+    fn server_on_goroutine(
+        &mut self,
+        pid: u32,
+        task: Task,
+        begin_ns: u64,
+    ) -> Result<TraceIds, Unlinked> {
+        match self.processes.get(&pid) {
+            None => return Err(Unlinked::UnknownProcess),
+            Some(p) if !p.serves => return Err(Unlinked::NoServerRequest),
+            Some(_) => {}
+        }
+        if let Some(found) = self.one_in_flight(pid, On::Goroutine(task.goroutine), begin_ns) {
+            return found;
+        }
+        if task.goroutine_parent == 0 {
+            return Err(Unlinked::NoServerRequest);
+        }
+        self.one_in_flight(pid, On::Goroutine(task.goroutine_parent), begin_ns)
+            .unwrap_or(Err(Unlinked::NoServerRequest))
+    }
+
+    /// The one server request in flight on `on` that began before `begin_ns`
+    /// (its child count bumped); `None`: none; `Ambiguous`: several.
+    fn one_in_flight(
+        &mut self,
+        pid: u32,
+        on: On,
+        begin_ns: u64,
+    ) -> Option<Result<TraceIds, Unlinked>> {
         let mut found = self
             .threads
-            .get_mut(&(pid, tid))
+            .get_mut(&(pid, on))
             .into_iter()
             .flatten()
             .filter(|f| f.begin_ns <= begin_ns);
         match (found.next(), found.next()) {
-            (None, _) => Err(Unlinked::NoServerRequest),
+            (None, _) => None,
             (Some(f), None) => {
                 f.children += 1;
-                Ok(f.ids)
+                Some(Ok(f.ids))
             }
-            (Some(_), Some(_)) => Err(Unlinked::Ambiguous),
+            (Some(_), Some(_)) => Some(Err(Unlinked::Ambiguous)),
         }
     }
 
-    /// A transaction that began with `ids` on thread `tid` of connection `meta` was
+    /// A transaction that began with `ids` on `task` of connection `meta` was
     /// reported (answered, closed, lost): it is no longer in flight. Returns its final
     /// ids: a server span may have been adopted by a late client since it began, and
     /// `peer_pid` says which traced process on the other end it was linked with.
-    pub fn end(&mut self, meta: &ConnMeta, side: Side, tid: u32, ids: &TraceIds) -> TraceIds {
+    pub fn end(&mut self, meta: &ConnMeta, side: Side, task: Task, ids: &TraceIds) -> TraceIds {
         match side {
             Side::Server => {
-                let key = (meta.pid, tid);
+                let key = (meta.pid, On::of(task));
                 let mut last = *ids;
                 if let Some(v) = self.threads.get_mut(&key) {
                     if let Some(at) = v.iter().position(|f| f.span_id() == ids.span_id) {

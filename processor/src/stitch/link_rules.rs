@@ -3,8 +3,8 @@
 /// Why a client span was not made a child of a server span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Unlinked {
-    /// Its process serves no requests (a plain client), or its thread had no server
-    /// request in flight (a background job).
+    /// Its process serves no requests (a plain client), or its thread (goroutine)
+    /// had no server request in flight (a background job).
     NoServerRequest,
     /// Its thread had several server requests in flight (HTTP/1.x pipelining,
     /// HTTP/2 streams served by one thread): the parent is ambiguous.
@@ -53,6 +53,9 @@ pub struct LinkStats {
     pub client_by_traceparent: u64,
     /// Client spans made children of the server request in flight on their thread.
     pub client_by_thread: u64,
+    /// Client spans made children of the server request in flight on their
+    /// goroutine (or its creator), in Go processes.
+    pub client_by_goroutine: u64,
     /// Client spans left as roots, by reason (indexed as [`Unlinked::ALL`]).
     pub client_unlinked: [u64; 5],
     /// Processes found multiplexing requests on a thread (no longer linked by thread).

@@ -59,6 +59,8 @@ mod tests_http2;
 #[cfg(test)]
 mod tests_link;
 #[cfg(test)]
+mod tests_link_go;
+#[cfg(test)]
 mod tests_session;
 #[cfg(test)]
 mod tests_toy;
@@ -71,7 +73,7 @@ use tandem_proto::v1::{self, Direction, Role};
 use tandem_proto::{Event, EventKind};
 
 use crate::model::{Completion, Side, Transaction};
-use crate::protocols::{http1 as http1_parser, Origin, Segment, REGISTRY};
+use crate::protocols::{http1 as http1_parser, Origin, Segment, Task, REGISTRY};
 
 pub use db::{DbConn, MySqlProtocol, PostgresProtocol, RedisProtocol};
 pub use http1::{Http1Protocol, Http1Session};
@@ -315,7 +317,11 @@ impl Stitcher {
             data.total_len,
             Origin {
                 mono_ns,
-                tid: data.tid,
+                task: Task {
+                    tid: data.tid,
+                    goroutine: data.goroutine,
+                    goroutine_parent: data.goroutine_parent,
+                },
             },
         );
         let direction = data.direction();

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use tandem_proto::v1::Direction;
 
 use crate::model::{Completion, Exchange, Side, TraceIds, Transaction};
-use crate::protocols::Segment;
+use crate::protocols::{Segment, Task};
 
 use super::link::Linker;
 use super::{Limits, StitchStats};
@@ -45,8 +45,8 @@ pub struct Ctx<'a> {
 /// The timing of one finished transaction, as a session found it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
-    /// The thread that carried the request's first byte.
-    pub tid: u32,
+    /// The task that carried the request's first byte.
+    pub task: Task,
     pub start_mono_ns: u64,
     pub end_mono_ns: u64,
     /// The ids [`Ctx::begin`] gave the request; `None` when the session did not
@@ -55,20 +55,20 @@ pub struct Timing {
 }
 
 impl Ctx<'_> {
-    /// A request began on thread `tid` at `mono_ns`, seen from `side` (the
+    /// A request began on `task` at `mono_ns`, seen from `side` (the
     /// connection's if known): its span's ids, to be handed back in [`Timing`].
     /// `stream` is its HTTP/2 stream id (0 otherwise), `traceparent` its header.
     pub fn begin(
         &mut self,
         side: Side,
-        tid: u32,
+        task: Task,
         mono_ns: u64,
         stream: u32,
         traceparent: Option<&str>,
     ) -> TraceIds {
         let side = self.meta.side.unwrap_or(side);
         self.linker
-            .begin(self.meta, side, tid, mono_ns, stream, traceparent)
+            .begin(self.meta, side, task, mono_ns, stream, traceparent)
     }
 
     /// Reports one transaction of this connection and counts it by completion.
@@ -98,12 +98,12 @@ impl Ctx<'_> {
             Some(t) => t,
             None => self
                 .linker
-                .begin(m, side, timing.tid, timing.start_mono_ns, 0, None),
+                .begin(m, side, timing.task, timing.start_mono_ns, 0, None),
         };
-        let trace = self.linker.end(m, side, timing.tid, &begun);
+        let trace = self.linker.end(m, side, timing.task, &begun);
         self.out.push(Transaction {
             pid: m.pid,
-            tid: timing.tid,
+            tid: timing.task.tid,
             conn_id: m.conn_id,
             side,
             local: m.local,

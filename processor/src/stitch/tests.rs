@@ -70,6 +70,7 @@ pub(super) fn data_cut(
             total_len: total,
             payload: bytes.to_vec().into(),
             truncated: (bytes.len() as u64) < total,
+            ..Data::default()
         }),
     )
 }

@@ -19,19 +19,19 @@ const LO: [u8; 4] = [127, 0, 0, 1];
 
 /// Builds events with increasing timestamps.
 #[derive(Default)]
-struct Script {
+pub(super) struct Script {
     t: u64,
     events: Vec<Event>,
 }
 
 impl Script {
-    fn push(&mut self, kind: EventKind) -> &mut Self {
+    pub(super) fn push(&mut self, kind: EventKind) -> &mut Self {
         self.t += 1000;
         self.events.push(event(self.t, kind));
         self
     }
 
-    fn process(&mut self, pid: u32, exe: &str, container: &str) -> &mut Self {
+    pub(super) fn process(&mut self, pid: u32, exe: &str, container: &str) -> &mut Self {
         self.push(EventKind::ProcessStarted(ProcessStarted {
             pid,
             exe_path: exe.into(),
@@ -42,7 +42,14 @@ impl Script {
     }
 
     /// A connection of `pid` from `local` to `peer` (ports on 127.0.0.1).
-    fn conn(&mut self, pid: u32, conn: u64, role: Role, local: u32, peer: u32) -> &mut Self {
+    pub(super) fn conn(
+        &mut self,
+        pid: u32,
+        conn: u64,
+        role: Role,
+        local: u32,
+        peer: u32,
+    ) -> &mut Self {
         self.push(EventKind::ConnectionOpened(ConnectionOpened {
             pid,
             tid: pid,
@@ -54,7 +61,27 @@ impl Script {
         }))
     }
 
-    fn data(&mut self, pid: u32, tid: u32, conn: u64, dir: Direction, bytes: &[u8]) -> &mut Self {
+    pub(super) fn data(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        conn: u64,
+        dir: Direction,
+        bytes: &[u8],
+    ) -> &mut Self {
+        self.go(pid, tid, (0, 0), conn, dir, bytes)
+    }
+
+    /// Data of a Go process moved for goroutine `go.0` (created by `go.1`).
+    pub(super) fn go(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        go: (u64, u64),
+        conn: u64,
+        dir: Direction,
+        bytes: &[u8],
+    ) -> &mut Self {
         self.push(EventKind::Data(Data {
             pid,
             tid,
@@ -63,10 +90,12 @@ impl Script {
             total_len: bytes.len() as u64,
             payload: bytes.to_vec().into(),
             truncated: false,
+            goroutine: go.0,
+            goroutine_parent: go.1,
         }))
     }
 
-    fn run(&self) -> (Vec<Transaction>, Stitcher) {
+    pub(super) fn run(&self) -> (Vec<Transaction>, Stitcher) {
         let mut s = Stitcher::new();
         let mut out = Vec::new();
         for e in &self.events {
@@ -76,17 +105,17 @@ impl Script {
     }
 }
 
-fn get(path: &str) -> Vec<u8> {
+pub(super) fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes()
 }
 
-const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+pub(super) const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
-fn ids(t: &Transaction) -> TraceIds {
+pub(super) fn ids(t: &Transaction) -> TraceIds {
     t.trace.expect("a stitched transaction has ids")
 }
 
-fn by_path<'a>(txs: &'a [Transaction], pid: u32, path: &str) -> &'a Transaction {
+pub(super) fn by_path<'a>(txs: &'a [Transaction], pid: u32, path: &str) -> &'a Transaction {
     txs.iter()
         .find(|t| t.pid == pid && t.http().is_some_and(|h| h.request.path == path))
         .unwrap_or_else(|| panic!("no transaction of pid {pid} for {path} in {txs:#?}"))

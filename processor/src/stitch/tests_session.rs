@@ -9,7 +9,7 @@ use super::*;
 use crate::model::{Exchange, Transaction};
 use crate::protocols::http2::testutil::{data as h2data, headers, settings};
 use crate::protocols::http2::PREFACE;
-use crate::protocols::{Origin, Segment};
+use crate::protocols::{Origin, Segment, Task};
 
 use tandem_proto::v1::Direction::{Egress, Ingress};
 
@@ -228,7 +228,14 @@ fn run(steps: &[Step], cut: Option<(usize, usize)>, end: End) -> (Vec<Transactio
         };
         for piece in pieces {
             t += 10;
-            let seg = Segment::new(piece, piece.len() as u64, Origin { mono_ns: t, tid: 9 });
+            let seg = Segment::new(
+                piece,
+                piece.len() as u64,
+                Origin {
+                    mono_ns: t,
+                    task: Task::thread(9),
+                },
+            );
             let mut ctx = Ctx {
                 meta: &mut meta,
                 out: &mut out,
@@ -360,7 +367,7 @@ fn footprints_are_empty_after_a_close() {
                 bytes.len() as u64,
                 Origin {
                     mono_ns: i as u64,
-                    tid: 1,
+                    task: Task::thread(1),
                 },
             );
             session.feed(&seg, *dir, &mut ctx);

@@ -138,7 +138,7 @@ impl Session for ToySession {
             return;
         };
         let timing = Timing {
-            tid: seg.origin.tid,
+            task: seg.origin.task,
             start_mono_ns: seg.origin.mono_ns,
             end_mono_ns: seg.origin.mono_ns,
             trace: None,

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use tandem_ebpf_common::{
-    conn_flags, direction, kind, role, CloseEvent, ConnEvent, Header, PortSelectEvent,
+    conn_flags, data_offset, direction, kind, role, CloseEvent, ConnEvent, Header, PortSelectEvent,
     ProcessEvent, DATA_OFFSET, MAX_CAPTURE_BYTES,
 };
 use tandem_proto::v1::{self, Direction, Role, SocketAddress};
@@ -34,6 +34,8 @@ pub struct DataRecord {
     pub total_len: u64,
     pub direction: u8,
     pub syscall: u8,
+    pub goroutine: u64,
+    pub goroutine_parent: u64,
     pub payload: Vec<u8>,
 }
 
@@ -89,7 +91,7 @@ pub fn parse(bytes: &[u8]) -> Result<Record, RecordError> {
                 u64::from_ne_bytes(b)
             };
             let mut cap = [0u8; 4];
-            cap.copy_from_slice(&bytes[40..44]);
+            cap.copy_from_slice(&bytes[data_offset::CAPTURED_LEN..data_offset::CAPTURED_LEN + 4]);
             let captured = u32::from_ne_bytes(cap) as usize;
             let available = bytes.len() - DATA_OFFSET;
             if captured > available || captured > MAX_CAPTURE_BYTES {
@@ -100,10 +102,12 @@ pub fn parse(bytes: &[u8]) -> Result<Record, RecordError> {
             }
             Record::Data(DataRecord {
                 header,
-                conn_id: u64_at(24),
-                total_len: u64_at(32),
-                direction: bytes[44],
-                syscall: bytes[45],
+                conn_id: u64_at(data_offset::CONN_ID),
+                total_len: u64_at(data_offset::TOTAL_LEN),
+                direction: bytes[data_offset::DIRECTION],
+                syscall: bytes[data_offset::SYSCALL],
+                goroutine: u64_at(data_offset::GOROUTINE),
+                goroutine_parent: u64_at(data_offset::GOROUTINE_PARENT),
                 payload: bytes[DATA_OFFSET..DATA_OFFSET + captured].to_vec(),
             })
         }
@@ -212,6 +216,8 @@ pub fn data(d: DataRecord) -> Event {
             total_len: d.total_len,
             payload: d.payload.into(),
             truncated,
+            goroutine: d.goroutine,
+            goroutine_parent: d.goroutine_parent,
         })),
     }
 }
@@ -278,6 +284,8 @@ mod tests {
             direction: direction::INGRESS,
             syscall: syscall::READ,
             _pad: 0,
+            goroutine: 0xc000_0a81a0,
+            goroutine_parent: 0xc000_0061a0,
             data: [0; MAX_CAPTURE_BYTES],
         });
         ev.data[..5].copy_from_slice(b"GET /");
@@ -289,6 +297,10 @@ mod tests {
         assert_eq!(
             (d.conn_id, d.total_len, d.syscall),
             (77, 4000, syscall::READ)
+        );
+        assert_eq!(
+            (d.goroutine, d.goroutine_parent),
+            (0xc000_0a81a0, 0xc000_0061a0)
         );
         let event = data(d);
         assert_eq!(event.mono_ns, 5_000);
@@ -311,6 +323,8 @@ mod tests {
             direction: direction::EGRESS,
             syscall: syscall::WRITE,
             _pad: 0,
+            goroutine: 0,
+            goroutine_parent: 0,
             data: [0; MAX_CAPTURE_BYTES],
         });
         ev.data[0] = b'x';
@@ -332,6 +346,8 @@ mod tests {
             total_len: 2,
             direction: direction::EGRESS,
             syscall: syscall::SENDTO,
+            goroutine: 0,
+            goroutine_parent: 0,
             payload: b"ok".to_vec(),
         };
         let Some(EventKind::Data(p)) = data(d).kind else {

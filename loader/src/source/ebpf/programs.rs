@@ -185,8 +185,9 @@ pub struct Kernel {
     /// The TLS uprobe programs (`ssl_enter`, `ssl_return`), loaded for uprobe_multi
     /// links, or why not; taken by [`Self::take_tls_programs`].
     tls_programs: Option<Result<(OwnedFd, OwnedFd), String>>,
-    /// The Go crypto/tls program (`go_tls`), or why not; [`Self::take_go_program`].
-    go_program: Option<Result<OwnedFd, String>>,
+    /// The Go programs (`go_tls`, `go_goroutines`), or why not;
+    /// [`Self::take_go_program`].
+    go_program: Option<GoPrograms>,
     /// The kernel's BTF, read when the first BTF tracepoint is loaded.
     btf: Option<Result<aya::Btf, String>>,
     /// Edge-triggered epoll on the ring buffer: ready when a record was submitted
@@ -216,9 +217,12 @@ fn map_fd(map: &aya::maps::Map) -> Option<RawFd> {
 
 /// Loads the TLS programs of the object for uprobe_multi links (see
 /// `uprobe_multi.rs`), sharing the maps aya created.
-/// The third program is Go's crypto/tls one (`go_tls`), loaded on its own: its
-/// failure leaves OpenSSL capture working.
-type TlsPrograms = (Result<(OwnedFd, OwnedFd), String>, Result<OwnedFd, String>);
+/// The third and fourth are the Go programs (`go_tls`, `go_goroutines`), loaded on
+/// their own: their failure leaves OpenSSL capture working.
+type TlsPrograms = (Result<(OwnedFd, OwnedFd), String>, GoPrograms);
+
+/// The Go programs (`go_tls`, `go_goroutines`), each loaded or why not.
+pub type GoPrograms = (Result<OwnedFd, String>, Result<OwnedFd, String>);
 
 fn load_tls_programs(ebpf: &Ebpf) -> TlsPrograms {
     let maps: std::collections::HashMap<String, RawFd> = ebpf
@@ -229,15 +233,16 @@ fn load_tls_programs(ebpf: &Ebpf) -> TlsPrograms {
         super::tls::ENTRY_PROGRAM,
         super::tls::RETURN_PROGRAM,
         super::tls::GO_PROGRAM,
+        super::tls::GOROUTINES_PROGRAM,
     ];
     let relocated = match super::uprobe_multi::relocate(OBJECT, &maps, &names) {
         Ok(r) => r,
-        Err(e) => return (Err(e.clone()), Err(e)),
+        Err(e) => return (Err(e.clone()), (Err(e.clone()), Err(e))),
     };
     let ssl = relocated
         .load(names[0])
         .and_then(|entry| Ok((entry, relocated.load(names[1])?)));
-    (ssl, relocated.load(names[2]))
+    (ssl, (relocated.load(names[2]), relocated.load(names[3])))
 }
 
 /// Sizes fixed at load time.
@@ -337,11 +342,13 @@ impl Kernel {
             .unwrap_or_else(|| Err("the TLS programs were taken already".into()))
     }
 
-    /// The loaded Go crypto/tls program, or why it could not be loaded.
-    pub fn take_go_program(&mut self) -> Result<OwnedFd, String> {
-        self.go_program
-            .take()
-            .unwrap_or_else(|| Err("the Go TLS program was taken already".into()))
+    /// The loaded Go programs (crypto/tls, goroutines), or why they could not be
+    /// loaded.
+    pub fn take_go_program(&mut self) -> GoPrograms {
+        self.go_program.take().unwrap_or_else(|| {
+            let taken = || Err("the Go programs were taken already".to_string());
+            (taken(), taken())
+        })
     }
 
     /// Loads and attaches every probe it can; returns the status of each.

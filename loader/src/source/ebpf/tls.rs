@@ -30,6 +30,8 @@ pub const ENTRY_PROGRAM: &str = "ssl_enter";
 pub const RETURN_PROGRAM: &str = "ssl_return";
 /// The program of Go's crypto/tls (entries and returns, `go_fn`).
 pub const GO_PROGRAM: &str = "go_tls";
+/// The program of Go's goroutines (ancestry, net/http's writer, `go_fn`).
+pub const GOROUTINES_PROGRAM: &str = "go_goroutines";
 
 /// Directories searched for the host's libssl at start-up.
 const HOST_LIBRARY_DIRS: &[&str] = &[
@@ -183,7 +185,7 @@ struct Library {
 /// Finds and probes libssl files.
 pub struct Tls {
     programs: Result<(OwnedFd, OwnedFd), String>,
-    go_program: Result<OwnedFd, String>,
+    go_program: super::programs::GoPrograms,
     libraries: HashMap<((u32, u32), u64), Option<Library>>,
     scanned: HashSet<(u32, u64, u8)>,
     new_probes: Vec<AttachedProbe>,
@@ -197,12 +199,18 @@ impl Tls {
     /// `programs`: the loaded entry and return programs, or why they are not.
     pub fn new(
         programs: Result<(OwnedFd, OwnedFd), String>,
-        go_program: Result<OwnedFd, String>,
+        go_program: super::programs::GoPrograms,
     ) -> Tls {
-        if let Err(e) = &go_program {
+        if let Err(e) = &go_program.0 {
             warn!(
                 feature = "tls_uprobes",
                 "Go crypto/tls plaintext capture is unavailable: {e}"
+            );
+        }
+        if let Err(e) = &go_program.1 {
+            warn!(
+                feature = "tls_uprobes",
+                "Go goroutines are not followed (Go client spans are not linked): {e}"
             );
         }
         if let Err(e) = &programs {
@@ -384,70 +392,105 @@ impl Tls {
     }
 
     /// A Go executable: uprobes at the entry and every return of crypto/tls's
-    /// `(*Conn).Read`/`Write`; anything else is remembered quietly.
+    /// `(*Conn).Read`/`Write` (plaintext), and at the functions that say which
+    /// goroutine bytes move for (`go_fn::GOROUTINES`: ancestry, the net/http
+    /// client's writer); anything else is remembered quietly.
     fn attach_go(&mut self, key: ((u32, u32), u64), file: fs::File, path: &Path, shown: &str) {
-        let names: Vec<&str> = go_fn::PROBED.iter().map(|(n, _, _)| *n).collect();
+        let names: Vec<&str> = go_fn::PROBED
+            .iter()
+            .chain(go_fn::GOROUTINES.iter())
+            .map(|(n, _, _)| *n)
+            .collect();
         let found = file
             .try_clone()
             .map_err(|e| format!("{}: {e}", path.display()))
             .and_then(|f| crate::analyse::go_functions(f, &names));
         let go = match found {
-            Ok(go)
-                if go_fn::PROBED[..go_fn::REQUIRED]
-                    .iter()
-                    .all(|(n, _, _)| go.functions.iter().any(|f| f.name == *n)) =>
-            {
-                go
-            }
-            Ok(go) => {
-                debug!(executable = shown, version = %go.version, "Go without crypto/tls");
-                self.libraries.insert(key, None);
-                return;
-            }
+            Ok(go) => go,
             Err(e) => {
                 debug!(executable = shown, "neither OpenSSL nor Go: {e}");
                 self.libraries.insert(key, None);
                 return;
             }
         };
-        let name = format!("uprobe_multi:{shown}:crypto/tls");
-        let result = self.link_go(path, &go);
-        match result {
-            Ok(link) => {
-                info!(executable = shown, version = %go.version, "Go crypto/tls uprobes attached");
-                self.libraries
-                    .insert(key, Some(Library { _links: vec![link] }));
-                self.new_probes.push(probe(&name, "uprobe_multi", Ok(())));
+        let has = |n: &str| go.functions.iter().any(|f| f.name == n);
+        let tls = go_fn::PROBED[..go_fn::REQUIRED]
+            .iter()
+            .all(|(n, _, _)| has(n));
+        let mut links = Vec::new();
+        let sets = [
+            (tls, "crypto/tls", &go_fn::PROBED[..], 0),
+            (
+                has(go_fn::GOROUTINES[0].0),
+                "goroutines",
+                &go_fn::GOROUTINES[..],
+                1,
+            ),
+        ];
+        for (wanted, what, table, program) in sets {
+            if !wanted {
+                debug!(executable = shown, version = %go.version, "Go without {what} functions");
+                continue;
             }
-            Err(e) => {
-                warn!(executable = shown, version = %go.version, feature = "tls_uprobes", "Go crypto/tls uprobes not attached: {e}");
-                self.libraries.insert(key, None);
-                self.new_probes.push(probe(&name, "uprobe_multi", Err(e)));
+            let name = format!("uprobe_multi:{shown}:{what}");
+            match self.link_go(path, &go, table, program) {
+                Ok(link) => {
+                    info!(executable = shown, version = %go.version, "Go {what} uprobes attached");
+                    links.push(link);
+                    self.new_probes.push(probe(&name, "uprobe_multi", Ok(())));
+                }
+                Err(e) => {
+                    warn!(executable = shown, version = %go.version, feature = "tls_uprobes", "Go {what} uprobes not attached: {e}");
+                    self.new_probes.push(probe(&name, "uprobe_multi", Err(e)));
+                }
             }
         }
+        let library = (!links.is_empty()).then_some(Library { _links: links });
+        self.libraries.insert(key, library);
     }
 
-    fn link_go(&self, path: &Path, go: &crate::analyse::GoBinary) -> Result<OwnedFd, String> {
-        let program = self.go_program.as_ref().map_err(Clone::clone)?;
+    /// One uprobe_multi link of Go program `program` (0: `go_tls`, 1:
+    /// `go_goroutines`) at the entries and returns of the functions of `table`
+    /// found in `go`.
+    fn link_go(
+        &self,
+        path: &Path,
+        go: &crate::analyse::GoBinary,
+        table: &[(&str, u64, u64)],
+        program: usize,
+    ) -> Result<OwnedFd, String> {
+        let program = if program == 0 {
+            &self.go_program.0
+        } else {
+            &self.go_program.1
+        };
+        let program = program.as_ref().map_err(Clone::clone)?;
         let minor = go.version.strip_prefix("go1.").and_then(|v| {
             v.split(|c: char| !c.is_ascii_digit())
                 .next()?
                 .parse::<u32>()
                 .ok()
         });
-        if minor.is_none_or(|m| m < 17) {
+        let Some(minor) = minor.filter(|m| *m >= 17) else {
             return Err(format!(
                 "{}: Go before 1.17 passes arguments on the stack (supported: Go 1.17 and later)",
                 go.version
             ));
-        }
+        };
         let (mut offsets, mut cookies) = (Vec::new(), Vec::new());
         for f in &go.functions {
-            let Some((_, entry, ret)) = go_fn::PROBED.iter().find(|(n, _, _)| *n == f.name) else {
+            let Some((_, entry, ret)) = table.iter().find(|(n, _, _)| *n == f.name) else {
                 continue;
             };
             offsets.push(f.entry);
-            cookies.push(*entry);
+            cookies.push(if *entry == go_fn::NEWPROC_ENTRY && minor == 17 {
+                go_fn::NEWPROC_ENTRY_ARG3
+            } else {
+                *entry
+            });
+            if *ret == go_fn::NO_RETURN {
+                continue;
+            }
             for r in &f.returns {
                 offsets.push(*r);
                 cookies.push(*ret);

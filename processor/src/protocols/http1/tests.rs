@@ -1,7 +1,11 @@
 use super::*;
+use crate::protocols::Task;
 
 fn origin(mono_ns: u64) -> Origin {
-    Origin { mono_ns, tid: 7 }
+    Origin {
+        mono_ns,
+        task: Task::thread(7),
+    }
 }
 
 /// Feeds `bytes` (captured) of a syscall of `total` bytes; returns the events.
