@@ -29,6 +29,8 @@ APT_PACKAGES=(
   ca-certificates      # OTLP over TLS: the system roots the exporter trusts by default
   nodejs               # chunked bodies (Node.js answers chunked by default), TLS tests
   golang-go            # Go TLS tests: Go 1.19 servers built offline (GOPROXY=off)
+  golang-google-grpc-dev # Go TLS tests: grpc-go (GOPATH mode, /usr/share/gocode)
+  golang-github-lib-pq-dev # Go linking tests: database/sql with lib/pq
   nghttp2-client       # mixed-capture bench: h2load (HTTP/2 load on the h2c server)
   python3-redis        # trace-linking tests: a Python service calling Redis
   python3-psycopg2     # trace-linking tests: a Python service calling PostgreSQL

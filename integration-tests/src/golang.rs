@@ -36,7 +36,11 @@ pub fn build(dir: &Path, source: &str, name: &str, ldflags: &str) -> PathBuf {
         .arg(&src)
         .env("GOPROXY", "off")
         .env("GO111MODULE", "off")
-        .env("GOCACHE", dir.join("gocache"))
+        // One build cache for every test (go locks it): grpc-go builds once.
+        .env(
+            "GOCACHE",
+            std::env::temp_dir().join("tandem-go-build-cache"),
+        )
         .env("GOPATH", "/usr/share/gocode")
         .env("HOME", dir)
         .output()

@@ -130,11 +130,12 @@ impl fmt::Display for Summary {
         let l = &self.links;
         writeln!(
             f,
-            "  links   server spans {} by connection, {} by traceparent, {} roots; client spans {} by thread, {} by traceparent, {} unlinked ({})",
+            "  links   server spans {} by connection, {} by traceparent, {} roots; client spans {} by thread, {} by goroutine, {} by traceparent, {} unlinked ({})",
             thousands(l.server_by_connection),
             thousands(l.server_by_traceparent),
             thousands(l.server_roots),
             thousands(l.client_by_thread),
+            thousands(l.client_by_goroutine),
             thousands(l.client_by_traceparent),
             thousands(l.unlinked_total()),
             list(
@@ -202,7 +203,7 @@ mod tests {
         );
         assert_eq!(
             lines[5],
-            "  links   server spans 0 by connection, 0 by traceparent, 0 roots; client spans 0 by thread, 0 by traceparent, 0 unlinked (none)",
+            "  links   server spans 0 by connection, 0 by traceparent, 0 roots; client spans 0 by thread, 0 by goroutine, 0 by traceparent, 0 unlinked (none)",
         );
         assert!(
             lines[6].starts_with("  stitch  0 connections open"),

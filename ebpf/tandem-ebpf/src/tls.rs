@@ -87,7 +87,7 @@ pub fn ssl_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// The call of an in-flight entry (`SSL_ACTIVE`, `GO_ACTIVE`) at its outermost
+/// The call of an in-flight entry (`SSL_ACTIVE`) at its outermost
 /// return; `None` at a nested call's return, which only counts down.
 #[inline(always)]
 fn outermost(p: *mut SslCall) -> Option<SslCall> {
@@ -232,8 +232,10 @@ pub fn go_tls(ctx: ProbeContext) -> u32 {
                 unsafe {
                     if u64::from((*call).func) != go_fn::HANDSHAKE_ENTRY {
                         // Read and Write call the handshake: the outer call is
-                        // reported, this one only counts.
-                        (*call).depth = (*call).depth.saturating_add(1);
+                        // reported, this one is only marked. Marked, not counted:
+                        // an entry may be seen twice for one call (restarted
+                        // after its stack grew), and it never recurses.
+                        (*call).depth = 1;
                         return 0;
                     }
                 }
@@ -283,9 +285,20 @@ pub fn go_tls(ctx: ProbeContext) -> u32 {
         let _ = GO_ACTIVE.insert(&key, &call, BPF_ANY as u64);
         return 0;
     }
-    let Some(call) = GO_ACTIVE.get_ptr_mut(&key).and_then(outermost) else {
+    let Some(p) = GO_ACTIVE.get_ptr_mut(&key) else {
         return 0;
     };
+    // SAFETY: pointer to a live map value of this goroutine's key.
+    let call = unsafe { *p };
+    let handshake_call = u64::from(call.func) == go_fn::HANDSHAKE_ENTRY;
+    if (cookie == go_fn::HANDSHAKE_RETURN) != handshake_call {
+        // The return says which function returns: the handshake inside a Read or
+        // Write (which goes on), or a Read/Write the handshake made (never: it
+        // reads records itself).
+        // SAFETY: as above.
+        unsafe { (*p).depth = 0 };
+        return 0;
+    }
     let _ = GO_ACTIVE.remove(&key);
     let conn_key = SslKey {
         tgid,
