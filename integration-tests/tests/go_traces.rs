@@ -10,22 +10,28 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
+use tandem_integration_tests::db::Postgres;
 use tandem_integration_tests::otlp::*;
 use tandem_integration_tests::*;
 
 /// `tiers front PORT CERT KEY DOWN_PORT`: HTTPS; `/front/N` calls
 /// `http://127.0.0.1:DOWN_PORT/down/N` itself, `/spawn/N` from a goroutine it
 /// starts (and waits for). `tiers down PORT`: plain HTTP; `/down/N` answers after
-/// 150 ms (so that front requests overlap).
+/// 150 ms (so that front requests overlap). `tiers pg PORT PG_PORT`: plain HTTP;
+/// `/pg/N` runs one query through database/sql (lib/pq, Debian's
+/// `golang-github-lib-pq-dev`), whose driver writes in the calling goroutine.
 const TIERS: &str = r#"package main
 
 import (
+	"database/sql"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"strings"
 	"time"
+
+	_ "github.com/lib/pq"
 )
 
 func call(down, n string) string {
@@ -40,6 +46,17 @@ func call(down, n string) string {
 
 func main() {
 	switch os.Args[1] {
+	case "pg":
+		db, err := sql.Open("postgres", "host=127.0.0.1 port="+os.Args[3]+" user=postgres dbname=postgres sslmode=disable")
+		if err != nil {
+			panic(err)
+		}
+		http.HandleFunc("/pg/", func(w http.ResponseWriter, r *http.Request) {
+			var name string
+			err := db.QueryRow("SELECT relname FROM pg_class WHERE relname = 'pg_type'").Scan(&name)
+			fmt.Fprint(w, name, err)
+		})
+		fmt.Println(http.ListenAndServe("127.0.0.1:"+os.Args[2], nil))
 	case "down":
 		http.HandleFunc("/down/", func(w http.ResponseWriter, r *http.Request) {
 			time.Sleep(150 * time.Millisecond)
@@ -210,4 +227,90 @@ fn go_client_calls_are_children_of_the_request_their_goroutine_serves() {
         summary.contains("client spans 0 by thread, 4 by goroutine,"),
         "{summary}"
     );
+}
+
+/// database/sql (lib/pq) from a net/http handler: the PostgreSQL client spans are
+/// children of the request's server span (the driver writes on the handler's
+/// goroutine, which resumes on any thread).
+#[test]
+fn go_database_sql_calls_are_children_of_the_request() {
+    let test = "go_database_sql_calls_are_children_of_the_request";
+    if !require_root_bpf(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pg = Postgres::start(dir.path());
+    let bin = golang::build(dir.path(), TIERS, "goblog", "");
+    let port = free_port();
+    let socket = dir.path().join("loader.sock");
+    let loader = start_ebpf_loader(&socket, &[]);
+    let mut receiver = Receiver::start();
+    let config = write_config(dir.path(), "routes:\n  patterns:\n    - /pg/{n}\n");
+    let env = vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            receiver.endpoint(Protocol::Grpc),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()),
+        ("OTEL_EBPF_OPEN_PORT", port.to_string()),
+    ];
+    let mut exporter = start_exporting_processor(&socket, test, &config, &env);
+    wait_instrumenting(&loader, &port.to_string());
+    let mut cmd = Command::new(&bin);
+    cmd.args(["pg", &port.to_string(), &pg.port.to_string()]);
+    let mut server = Running::spawn(cmd, &format!("go database/sql service :{port}"));
+    wait_listening(&mut server, port, PATIENCE);
+    let pid = i64::from(server.pid());
+    let url = |n: u32| format!("http://127.0.0.1:{port}/pg/{n}");
+    let warm = curl_with(&url(0), &[]);
+    assert_eq!((warm.status, warm.body.as_str()), (200, "pg_type<nil>"));
+    loader
+        .stderr
+        .wait_for("Go goroutines uprobes attached", PATIENCE);
+    std::thread::sleep(Duration::from_millis(300));
+    for n in 1..=3 {
+        let run = curl_with(&url(n), &[]);
+        assert_eq!((run.status, run.body.as_str()), (200, "pg_type<nil>"));
+    }
+    let is_select = |s: &Value| {
+        s["resource"]["process.pid"] == pid
+            && s["attributes"]["db.system.name"] == "postgresql"
+            && s["attributes"]["db.operation.name"] == "SELECT"
+    };
+    receiver.until(
+        "three requests and their SELECTs",
+        Duration::from_secs(30),
+        &|| {
+            format!(
+                "loader:\n{}\nprocessor:\n{}",
+                loader.stderr.text(),
+                exporter.stderr.text()
+            )
+        },
+        |r| {
+            let s = spans(r);
+            (1..=3).all(|n| {
+                s.iter()
+                    .any(|s| s["kind"] == 2 && path_of(s) == format!("/pg/{n}"))
+            }) && s.iter().filter(|s| is_select(s)).count() >= 4
+        },
+    );
+    let all = spans(&receiver.records);
+    for n in 1..=3 {
+        let server = one(&all, pid, 2, &format!("/pg/{n}"));
+        let selects: Vec<&&Value> = all
+            .iter()
+            .filter(|s| is_select(s) && str_of(s, "trace_id") == str_of(server, "trace_id"))
+            .collect();
+        assert_eq!(selects.len(), 1, "/pg/{n}: {}", receiver.dump());
+        assert_child(selects[0], server, &format!("the SELECT of /pg/{n}"));
+        assert_eq!(
+            selects[0]["attributes"]["db.query.text"],
+            "SELECT relname FROM pg_class WHERE relname = ?",
+            "{}",
+            selects[0]
+        );
+    }
+    let summary = stop_and_summary(&mut exporter);
+    assert!(summary.contains(" by goroutine,"), "{summary}");
 }
