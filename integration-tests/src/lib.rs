@@ -428,6 +428,53 @@ pub fn start_ebpf_loader(socket: &Path, args: &[&str]) -> Running {
     loader
 }
 
+/// A loader running as uid/gid 65534 with exactly `caps` (setpriv names, e.g.
+/// `SYS_PTRACE`; [`loader_caps`] for the model's), probes attached, checked: after
+/// attaching it keeps only what following new processes takes (SYS_PTRACE and
+/// DAC_READ_SEARCH for processes, CHECKPOINT_RESTORE for TLS libraries) and sets
+/// no_new_privs. Its socket directory is created by the loader under `dir`, which is
+/// made writable for uid 65534; the processors of the tests run as root (uid 0 is
+/// allowed explicitly).
+pub fn start_unprivileged_ebpf_loader(
+    caps: &[&str],
+    dir: &Path,
+    socket: &Path,
+    args: &[&str],
+) -> Running {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+        .expect("chmod 0777 the socket's parent directory");
+    let mut cmd = as_nobody(caps, &loader_bin());
+    cmd.arg("--socket")
+        .arg(socket)
+        .args(["--allow-uid", "0"])
+        .args(args);
+    let loader = Running::spawn(cmd, "tandem-loader (uid 65534)");
+    loader.stderr.wait_for("serving tandem.loader.v1", PATIENCE);
+    wait_ebpf_ready(&loader);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", loader.pid()))
+        .expect("read the loader's /proc status");
+    let line = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(line("Uid:"), ["65534"; 4], "{status}");
+    let want: u64 = caps
+        .iter()
+        .filter(|c| matches!(**c, "SYS_PTRACE" | "DAC_READ_SEARCH" | "CHECKPOINT_RESTORE"))
+        .map(|c| cap_bit(c))
+        .sum();
+    let eff = u64::from_str_radix(line("CapEff:")[0], 16).expect("CapEff hex");
+    assert_eq!(eff, want, "effective capabilities {eff:#x}, want {want:#x}");
+    assert_eq!(line("NoNewPrivs:"), ["1"], "{status}");
+    loader
+}
+
 /// A processor printing JSON lines, once it has subscribed.
 pub fn start_subscribed_processor(socket: &Path, name: &str, args: &[&str]) -> Running {
     let p = start_processor(socket, name, args);

@@ -302,45 +302,7 @@ enum LoaderAs {
 fn loader_as(who: &LoaderAs, dir: &Path, socket: &Path, args: &[&str]) -> Running {
     match who {
         LoaderAs::Root => start_ebpf_loader(socket, args),
-        LoaderAs::Unprivileged(caps) => {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
-                .expect("chmod 0777 the socket's parent directory");
-            let mut cmd = as_nobody(caps, &loader_bin());
-            cmd.arg("--socket")
-                .arg(socket)
-                // The processor runs as root in these tests; the default allowlist of a
-                // loader running as 65534 is 0 and 65534 already, this makes it explicit.
-                .args(["--allow-uid", "0"])
-                .args(args);
-            let loader = Running::spawn(cmd, "tandem-loader (uid 65534)");
-            loader.stderr.wait_for("serving tandem.loader.v1", PATIENCE);
-            wait_ebpf_ready(&loader);
-            // The loader runs as 65534 with exactly the requested capabilities.
-            let status = std::fs::read_to_string(format!("/proc/{}/status", loader.pid()))
-                .expect("read the loader's /proc status");
-            let line = |name: &str| {
-                status
-                    .lines()
-                    .find(|l| l.starts_with(name))
-                    .unwrap_or_default()
-                    .split_whitespace()
-                    .skip(1)
-                    .collect::<Vec<_>>()
-            };
-            assert_eq!(line("Uid:"), ["65534"; 4], "{status}");
-            // Once attached, the loader keeps only what following new processes takes
-            // (tandem_security: SYS_PTRACE and DAC_READ_SEARCH for processes,
-            // CHECKPOINT_RESTORE for TLS libraries) and sets no_new_privs.
-            let want: u64 = caps
-                .iter()
-                .filter(|c| matches!(**c, "SYS_PTRACE" | "DAC_READ_SEARCH" | "CHECKPOINT_RESTORE"))
-                .map(|c| cap_bit(c))
-                .sum();
-            let eff = u64::from_str_radix(line("CapEff:")[0], 16).expect("CapEff hex");
-            assert_eq!(eff, want, "effective capabilities {eff:#x}, want {want:#x}");
-            assert_eq!(line("NoNewPrivs:"), ["1"], "{status}");
-            loader
-        }
+        LoaderAs::Unprivileged(caps) => start_unprivileged_ebpf_loader(caps, dir, socket, args),
     }
 }
 

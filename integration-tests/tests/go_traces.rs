@@ -124,7 +124,7 @@ fn go_client_calls_are_children_of_the_request_their_goroutine_serves() {
     let bin = golang::build(dir.path(), TIERS, "goblog", "");
     let (front_port, down_port) = (free_port(), free_port());
     let socket = dir.path().join("loader.sock");
-    let loader = start_ebpf_loader(&socket, &[]);
+    let loader = start_unprivileged_ebpf_loader(&loader_caps(), dir.path(), &socket, &[]);
     let mut receiver = Receiver::start();
     let config = write_config(
         dir.path(),
@@ -201,10 +201,22 @@ fn go_client_calls_are_children_of_the_request_their_goroutine_serves() {
                         && s["resource"]["process.pid"] == down_pid
                         && path_of(s) == format!("/down/{n}")
                 })
-            }) && (1..=4).all(|n| {
-                s.iter()
-                    .any(|s| s["kind"] == 2 && path_of(s).ends_with(&format!("/{n}")))
-            })
+            }) && ["/front/1", "/front/2", "/front/3", "/spawn/4"]
+                .iter()
+                .all(|p| {
+                    s.iter().any(|s| {
+                        s["kind"] == 2
+                            && s["resource"]["process.pid"] == front_pid
+                            && path_of(s) == *p
+                    })
+                })
+                && (1..=4).all(|n| {
+                    s.iter().any(|s| {
+                        s["kind"] == 3
+                            && s["resource"]["process.pid"] == front_pid
+                            && path_of(s) == format!("/down/{n}")
+                    })
+                })
         },
     );
     let all = spans(&receiver.records);
@@ -243,7 +255,7 @@ fn go_database_sql_calls_are_children_of_the_request() {
     let bin = golang::build(dir.path(), TIERS, "goblog", "");
     let port = free_port();
     let socket = dir.path().join("loader.sock");
-    let loader = start_ebpf_loader(&socket, &[]);
+    let loader = start_unprivileged_ebpf_loader(&loader_caps(), dir.path(), &socket, &[]);
     let mut receiver = Receiver::start();
     let config = write_config(dir.path(), "routes:\n  patterns:\n    - /pg/{n}\n");
     let env = vec![

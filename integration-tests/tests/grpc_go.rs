@@ -81,7 +81,7 @@ fn grpc_go_over_tls_gives_rpc_spans_and_metrics() {
     let bin = golang::build(dir.path(), GRPC, "grpcdemo", "");
     let port = free_port();
     let socket = dir.path().join("loader.sock");
-    let loader = start_ebpf_loader(&socket, &[]);
+    let loader = start_unprivileged_ebpf_loader(&loader_caps(), dir.path(), &socket, &[]);
     let mut receiver = Receiver::start();
     let config = write_config(dir.path(), "routes:\n  unmatched: path\n");
     let env = vec![

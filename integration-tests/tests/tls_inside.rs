@@ -57,7 +57,7 @@ impl Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let socket = dir.path().join("loader.sock");
-        let loader = start_ebpf_loader(&socket, &[]);
+        let loader = start_unprivileged_ebpf_loader(&loader_caps(), dir.path(), &socket, &[]);
         let receiver = Receiver::start();
         let config = write_config(
             dir.path(),
