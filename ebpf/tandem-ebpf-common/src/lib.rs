@@ -231,6 +231,9 @@ pub struct ProcessEvent {
     /// EXIT: the code passed to exit/exit_group, or -1 when the process was killed
     /// by a signal.
     pub exit_code: i32,
+    /// The task's name (`comm`, NUL-padded) when the record was written: EXEC, the
+    /// new image's. The name of a process gone before /proc was read.
+    pub comm: [u8; 16],
 }
 
 /// [`kind::PORT_SELECTED`].
@@ -242,6 +245,8 @@ pub struct PortSelectEvent {
     /// One of [`port_how`].
     pub how: u16,
     pub _pad: u32,
+    /// The task's name (`comm`): see [`ProcessEvent::comm`].
+    pub comm: [u8; 16],
 }
 
 /// [`kind::CONN_OPEN`].
@@ -466,8 +471,8 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Header>(), 24);
-        assert_eq!(size_of::<ProcessEvent>(), 32);
-        assert_eq!(size_of::<PortSelectEvent>(), 32);
+        assert_eq!(size_of::<ProcessEvent>(), 48);
+        assert_eq!(size_of::<PortSelectEvent>(), 48);
         assert_eq!(
             size_of::<ConnEvent>(),
             24 + 8 + 4 + 2 + 1 + 1 + 2 + 2 + 4 + 32

@@ -25,7 +25,8 @@ use aya_ebpf::{
         BPF_RB_NO_WAKEUP,
     },
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
+        bpf_ktime_get_ns,
         generated::{
             bpf_get_attach_cookie, bpf_get_current_task, bpf_get_current_task_btf,
             bpf_get_ns_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
@@ -219,6 +220,12 @@ fn header(kind: u32, pid: u32, tid: u32) -> Header {
     }
 }
 
+/// The current task's name (`comm`), NUL-padded.
+#[inline(always)]
+fn comm() -> [u8; 16] {
+    bpf_get_current_comm().unwrap_or([0; 16])
+}
+
 /// A connection id unique for this loader run: `base + (n << 10 | cpu)`, where `n`
 /// counts ids handed out on this CPU.
 #[inline(always)]
@@ -266,6 +273,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         header: header(kind::EXEC, pid, id as u32),
         child_pid: 0,
         exit_code: 0,
+        comm: comm(),
     });
     0
 }
@@ -304,6 +312,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         header: header(kind::FORK, tgid, id as u32),
         child_pid: child,
         exit_code: 0,
+        comm: comm(),
     });
     0
 }
@@ -341,6 +350,7 @@ pub fn sys_exit_fork_child(ctx: TracePointContext) -> u32 {
         header: header(kind::FORK, (parent >> 32) as u32, parent as u32),
         child_pid: child,
         exit_code: 0,
+        comm: comm(),
     });
     0
 }
@@ -372,6 +382,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         header: header(kind::EXIT, tgid, tid),
         child_pid: 0,
         exit_code: exit_code(),
+        comm: comm(),
     });
     let _ = PIDS.remove(&tgid);
     0
@@ -440,6 +451,7 @@ fn select_by_port(port: u16, how: u16) {
         port,
         how,
         _pad: 0,
+        comm: comm(),
     });
 }
 

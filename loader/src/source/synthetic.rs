@@ -42,6 +42,7 @@ pub fn process_start(mono_ns: u64) -> Event {
             uid: 1000,
             preexisting: true,
             otel_env: Vec::new(),
+            comm: String::new(),
         })),
     }
 }

@@ -2,7 +2,8 @@
 //! from the loader's `ProcessStarted` events.
 //!
 //! Attributes, later ones overriding earlier ones:
-//! 1. `service.name` (the executable's file name, or `unknown_service` when tandem
+//! 1. `service.name` (the executable's file name; for a process that exited before
+//!    the loader read it, the kernel's task name; `unknown_service` when tandem
 //!    never saw the process start), `service.instance.id` (`<host.name>-<pid>`),
 //!    `host.name`, `process.pid`, `process.executable.path`,
 //!    `process.executable.name`, `container.id` (when in a container),
@@ -174,6 +175,8 @@ pub fn pod_ip_evidence(in_container: bool, local: IpAddr) -> Option<IpAddr> {
 #[derive(Debug, Clone, Default)]
 struct Started {
     exe_path: String,
+    /// The kernel's task name, for a process whose executable was not read.
+    comm: String,
     container_id: String,
     /// The process's own `OTEL_RESOURCE_ATTRIBUTES` then `OTEL_SERVICE_NAME`, as
     /// resource attributes (see the module documentation, step 2b).
@@ -246,6 +249,7 @@ impl ProcessMap {
     pub fn on_started(&mut self, p: &ProcessStarted) {
         let started = Started {
             exe_path: p.exe_path.clone(),
+            comm: p.comm.clone(),
             container_id: p.container_id.clone(),
             own: own_attributes(&p.otel_env),
         };
@@ -400,10 +404,14 @@ impl ProcessMap {
                     .to_string()
             })
             .filter(|n| !n.is_empty());
+        // A process gone before the loader read its executable (a short-lived
+        // client) is named by the kernel's task name.
+        let task_name = p.map(|p| p.comm.clone()).filter(|n| !n.is_empty());
         attrs.insert(
             "service.name".into(),
             exe_name
                 .clone()
+                .or_else(|| task_name.clone())
                 .unwrap_or_else(|| "unknown_service".to_string()),
         );
         attrs.insert(
@@ -420,7 +428,7 @@ impl ProcessMap {
             if !p.exe_path.is_empty() {
                 attrs.insert("process.executable.path".into(), p.exe_path.clone());
             }
-            if let Some(name) = exe_name {
+            if let Some(name) = exe_name.or(task_name) {
                 attrs.insert("process.executable.name".into(), name);
             }
             if !p.container_id.is_empty() {
@@ -557,6 +565,16 @@ mod tests {
         // A start seen later replaces the minimal entry.
         m.on_started(&started(9, "/bin/late"));
         assert_eq!(m.get(9).service_name, "late");
+
+        // Gone before its executable was read: the kernel's task name.
+        m.on_started(&ProcessStarted {
+            comm: "curl".into(),
+            ..started(10, "")
+        });
+        let r = m.get(10);
+        assert_eq!(r.service_name, "curl");
+        assert_eq!(get(&r, "process.executable.name"), Some("curl".into()));
+        assert_eq!(get(&r, "process.executable.path"), None);
     }
 
     #[test]

@@ -248,6 +248,7 @@ pub fn process_started(mono_ns: u64, info: &ProcessInfo, preexisting: bool) -> E
             uid: info.uid,
             preexisting,
             otel_env: info.otel_env.clone(),
+            comm: info.comm.clone(),
         })),
     }
 }
@@ -439,6 +440,7 @@ mod tests {
             header: header(kind::EXIT),
             child_pid: 0,
             exit_code: 3,
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
         };
         let raw = bytes_of(&ev, std::mem::size_of::<ProcessEvent>());
         assert_eq!(parse(&raw), Ok(Record::Exit(ev)));

@@ -52,6 +52,9 @@ pub struct ProcessInfo {
     pub exe_error: Option<io::ErrorKind>,
     /// The `OTEL_*` entries of its environment (see [`otel_env`]).
     pub otel_env: Vec<String>,
+    /// The kernel's name of the task (`comm`) from its exec or selection record:
+    /// the name of a process gone before /proc was read (empty when unknown).
+    pub comm: String,
 }
 
 /// Most `OTEL_*` environment entries forwarded per process, and most bytes of one.

@@ -69,6 +69,10 @@ pub struct Tracker {
     matcher: Option<Matcher>,
     trace_all: bool,
     procs: HashMap<u32, Proc>,
+    /// Task names (`comm`) from the kernel's exec and selection records, by pid,
+    /// for processes gone before /proc is read (at most [`MAX_NAMES`]; removed at
+    /// their exit).
+    names: HashMap<u32, String>,
     /// Inodes of TCP connections that existed at the first scan.
     startup_established: HashSet<u64>,
     first_scan_done: bool,
@@ -84,6 +88,8 @@ pub struct Tracker {
 /// `Tls::scan_process` stages.
 const TLS_SCAN_SELECTED: u8 = 0;
 const TLS_SCAN_FIRST_CONNECTION: u8 = 1;
+/// Most task names remembered for processes gone before /proc is read.
+const MAX_NAMES: usize = 4096;
 
 impl Tracker {
     pub fn new(mut kernel: Kernel, procfs: ProcFs, flags: Option<Selection>) -> Self {
@@ -97,6 +103,7 @@ impl Tracker {
             matcher: None,
             trace_all: false,
             procs: HashMap::new(),
+            names: HashMap::new(),
             startup_established: HashSet::new(),
             first_scan_done: false,
             warned_ptrace: false,
@@ -377,10 +384,17 @@ impl Tracker {
             let info = match self.procfs.process(pid) {
                 Ok(info) => info,
                 Err(_) => {
-                    let mut info = parent
-                        .and_then(|pp| self.procs.get(&pp))
-                        .map(|p| p.info.clone())
-                        .unwrap_or_default();
+                    // Gone already: its name from the kernel's record (a process
+                    // that ran an image of its own), else its parent's facts (a
+                    // forked worker).
+                    let name = self.names.get(&pid).cloned();
+                    let mut info = match &name {
+                        Some(_) => ProcessInfo::default(),
+                        None => parent
+                            .and_then(|pp| self.procs.get(&pp))
+                            .map(|p| p.info.clone())
+                            .unwrap_or_default(),
+                    };
                     info.pid = pid;
                     info.tgid = pid;
                     if let Some(pp) = parent {
@@ -389,6 +403,12 @@ impl Tracker {
                     info
                 }
             };
+            let mut info = info;
+            if info.comm.is_empty() {
+                // Also an exited process not reaped yet (its status readable, its
+                // executable not).
+                info.comm = self.names.get(&pid).cloned().unwrap_or_default();
+            }
             self.warn_unreadable(&info);
             self.procs.insert(pid, Proc::new(info, false));
         }
@@ -398,6 +418,23 @@ impl Tracker {
             p.announced = true;
             out.push(convert::process_started(ts, &p.info, p.preexisting));
         }
+    }
+
+    /// Remembers the task name of a kernel record for `pid` (see `names`).
+    fn remember_name(&mut self, pid: u32, comm: &[u8; 16]) {
+        let len = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+        let Ok(name) = std::str::from_utf8(&comm[..len]) else {
+            return;
+        };
+        if name.is_empty() {
+            return;
+        }
+        if self.names.len() >= MAX_NAMES && !self.names.contains_key(&pid) {
+            // Exits remove entries; a table full of processes whose exit was
+            // missed starts afresh.
+            self.names.clear();
+        }
+        self.names.insert(pid, name.to_string());
     }
 
     /// Drains the ring buffer (at most `max` records) into `out`.
@@ -428,10 +465,14 @@ impl Tracker {
     pub fn handle(&mut self, record: Record, out: &mut Vec<Event>) {
         self.stats.records += 1;
         match record {
-            Record::Exec(ev) => self.on_exec(ev.header.pid, ev.header.ts_ns, out),
+            Record::Exec(ev) => {
+                self.remember_name(ev.header.pid, &ev.comm);
+                self.on_exec(ev.header.pid, ev.header.ts_ns, out)
+            }
             Record::Fork(ev) => self.on_fork(ev.header.pid, ev.child_pid, ev.header.ts_ns, out),
             Record::Exit(ev) => {
                 let pid = ev.header.pid;
+                self.names.remove(&pid);
                 if let Some(p) = self.procs.remove(&pid) {
                     if p.announced {
                         out.push(convert::process_exited(&ev));
@@ -443,6 +484,7 @@ impl Tracker {
             }
             Record::PortSelected(ev) => {
                 let pid = ev.header.pid;
+                self.remember_name(pid, &ev.comm);
                 self.ensure_announced(pid, None, ev.header.ts_ns, out);
                 if let Some(p) = self.procs.get_mut(&pid) {
                     if !p.ports.contains(&ev.port) {
