@@ -18,6 +18,8 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo clippy: the loader image's build (no replay/synthetic/record code)" >&2
+cargo clippy -p tandem-loader --no-default-features --all-targets -- -D warnings
 echo "== cargo build" >&2
 cargo build --workspace --bins
 echo "== cargo test" >&2

@@ -19,8 +19,10 @@ RUN LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --version 0.13.0 --loc
       --no-default-features --features llvm-22
 WORKDIR /src
 COPY . .
+# Without the dev-sources feature: no replay/synthetic source, no `record` command
+# in the privileged binary (they are development tools).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    cargo build --release --locked -p tandem-loader --bin tandem-loader
+    cargo build --release --locked -p tandem-loader --bin tandem-loader --no-default-features
 
 # --- runtime: glibc and nothing else (no shell, no package manager) -----------------
 FROM gcr.io/distroless/cc-debian12 AS runtime

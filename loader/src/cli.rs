@@ -13,7 +13,9 @@ use crate::hub::{Hub, HubConfig};
 use crate::posture::Posture;
 use crate::server::{self, Allowlist, SocketConfig};
 use crate::source::ebpf::{EbpfArgs, EbpfSource};
+#[cfg(feature = "dev-sources")]
 use crate::source::replay::ReplaySource;
+#[cfg(feature = "dev-sources")]
 use crate::source::synthetic::SyntheticSource;
 use crate::source::{EventSource, SourceContext};
 use tandem_proto::process::{shutdown_on_signals, LogFormat};
@@ -70,6 +72,9 @@ pub enum Command {
     /// writer fills the kernel ring buffer, whose drops are counted and written as
     /// Loss events (location: kernel ring buffer), and the summary line says so
     /// (raise --ring-buffer-kib or lower --capture-bytes).
+    ///
+    /// Not in the loader image (built without the `dev-sources` feature).
+    #[cfg(feature = "dev-sources")]
     Record(RecordArgs),
     /// Report this process's capabilities against what each loader feature needs.
     ///
@@ -121,8 +126,10 @@ pub enum SourceKind {
     /// root or CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE).
     Ebpf,
     /// Events from a capture file (--replay).
+    #[cfg(feature = "dev-sources")]
     Replay,
     /// Deterministic demo HTTP traffic, for demos and benchmarks.
+    #[cfg(feature = "dev-sources")]
     Synthetic,
 }
 
@@ -138,11 +145,13 @@ pub struct SourceArgs {
     pub ebpf: EbpfArgs,
 
     /// Capture file for --source replay.
+    #[cfg(feature = "dev-sources")]
     #[arg(long, env = "TANDEM_REPLAY_FILE", value_name = "FILE")]
     pub replay: Option<PathBuf>,
 
     /// Events per second for --source replay, and requests per second for
     /// --source synthetic; 0 means as fast as possible.
+    #[cfg(feature = "dev-sources")]
     #[arg(long, env = "TANDEM_REPLAY_RATE", default_value_t = 0.0)]
     pub rate: f64,
 
@@ -151,6 +160,7 @@ pub struct SourceArgs {
     pub wait_subscribers: usize,
 
     /// HTTP exchanges produced by --source synthetic.
+    #[cfg(feature = "dev-sources")]
     #[arg(long, default_value_t = 1000)]
     pub synthetic_requests: u64,
 }
@@ -191,6 +201,7 @@ pub struct ServeArgs {
     pub retention_secs: u64,
 }
 
+#[cfg(feature = "dev-sources")]
 #[derive(Debug, Args, Clone)]
 pub struct RecordArgs {
     #[command(flatten)]
@@ -219,26 +230,31 @@ impl SourceArgs {
     pub fn features(&self) -> Vec<&'static str> {
         match self.kind() {
             SourceKind::Ebpf => crate::source::ebpf::used_features(&self.ebpf),
+            #[cfg(feature = "dev-sources")]
             SourceKind::Replay | SourceKind::Synthetic => Vec::new(),
         }
     }
 
     /// The chosen source: explicit, or implied by --replay, or ebpf.
     pub fn kind(&self) -> SourceKind {
-        match (self.source, &self.replay) {
-            (Some(kind), _) => kind,
-            (None, Some(_)) => SourceKind::Replay,
-            (None, None) => SourceKind::Ebpf,
+        #[cfg(feature = "dev-sources")]
+        if self.source.is_none() && self.replay.is_some() {
+            return SourceKind::Replay;
         }
+        self.source.unwrap_or(SourceKind::Ebpf)
     }
 
     /// Builds the chosen source, failing early on a bad file or option.
     pub fn build(&self, wait_subscribers: usize) -> anyhow::Result<Box<dyn EventSource>> {
+        #[cfg(feature = "dev-sources")]
         if !(self.rate >= 0.0 && self.rate.is_finite()) {
             anyhow::bail!("--rate must be a finite number >= 0, got {}", self.rate);
         }
+        #[cfg(not(feature = "dev-sources"))]
+        let _ = wait_subscribers;
         match self.kind() {
             SourceKind::Ebpf => Ok(Box::new(EbpfSource::new(&self.ebpf)?)),
+            #[cfg(feature = "dev-sources")]
             SourceKind::Replay => {
                 let Some(path) = &self.replay else {
                     anyhow::bail!(
@@ -251,6 +267,7 @@ impl SourceArgs {
                     wait_subscribers,
                 )?))
             }
+            #[cfg(feature = "dev-sources")]
             SourceKind::Synthetic => Ok(Box::new(SyntheticSource {
                 requests: self.synthetic_requests,
                 rate: self.rate,
@@ -352,6 +369,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => anyhow::bail!("capability report failed"),
             }
         }
+        #[cfg(feature = "dev-sources")]
         Some(Command::Record(args)) => crate::record::record(args).await,
         Some(Command::Serve(args)) => serve(args).await,
         None => serve(cli.serve).await,

@@ -213,11 +213,13 @@ impl Hub {
     }
 
     /// Follows the number of subscriptions (connected or retained).
+    #[cfg(feature = "dev-sources")]
     pub fn subscriber_count(&self) -> watch::Receiver<usize> {
         self.subscribers_tx.subscribe()
     }
 
     /// Sets the CLOCK_REALTIME - CLOCK_MONOTONIC offset stamped on batches.
+    #[cfg(feature = "dev-sources")]
     pub fn set_realtime_offset(&self, offset_ns: i64) {
         self.realtime_offset_ns.store(offset_ns, Relaxed);
     }

@@ -4,6 +4,7 @@ mod analyse;
 mod cli;
 mod hub;
 mod posture;
+#[cfg(feature = "dev-sources")]
 mod record;
 mod selection;
 mod server;

@@ -7,7 +7,9 @@
 //! events, and returns when it is done or when `shutdown` fires.
 
 pub mod ebpf;
+#[cfg(feature = "dev-sources")]
 pub mod replay;
+#[cfg(feature = "dev-sources")]
 pub mod synthetic;
 
 use std::sync::Arc;
@@ -58,6 +60,7 @@ pub fn probe(name: &str, kind: &str, result: Result<(), String>) -> AttachedProb
 
 /// Waits until at least `n` subscriptions exist. Returns false when shutdown fired
 /// first.
+#[cfg(feature = "dev-sources")]
 pub async fn wait_for_subscribers(ctx: &SourceContext, n: usize) -> anyhow::Result<bool> {
     let mut count = ctx.sink.subscriber_count();
     tokio::select! {
