@@ -311,7 +311,12 @@ fn loader_as(who: &LoaderAs, dir: &Path, socket: &Path, args: &[&str]) -> Runnin
 /// process, the connection (role server, right addresses) and the request and the
 /// response bytes, in order, then the close; and the same exchange from curl's
 /// side. Returns the loader (for log checks).
-fn python_request_response(test: &str, ip: &str, who: LoaderAs) -> Option<Running> {
+fn python_request_response(
+    test: &str,
+    ip: &str,
+    who: LoaderAs,
+    loader_args: &[&str],
+) -> Option<Running> {
     if !require_root_bpf(test) {
         return None;
     }
@@ -326,7 +331,7 @@ fn python_request_response(test: &str, ip: &str, who: LoaderAs) -> Option<Runnin
     let server_pid = i64::from(server.pid());
 
     let socket = socket_in(dir.path());
-    let loader = loader_as(&who, dir.path(), &socket, &[]);
+    let loader = loader_as(&who, dir.path(), &socket, loader_args);
     let p = start_subscribed_processor(&socket, test, &["--open-port", &port.to_string()]);
     wait_instrumenting(&loader, &format!("ports {port}"));
     // The rescan found the pre-existing server: its ProcessStarted was published.
@@ -434,7 +439,25 @@ fn python_server_request_and_response_over_ipv4() {
         "python_server_request_and_response_over_ipv4",
         "127.0.0.1",
         LoaderAs::Root,
+        &[],
     );
+}
+
+/// Issue 16: the syscall data path (kernels without the sock tracepoints, forced
+/// here) captures the same exchange exactly.
+#[test]
+fn python_server_request_and_response_on_the_syscall_data_path() {
+    let Some(loader) = python_request_response(
+        "python_server_request_and_response_on_the_syscall_data_path",
+        "127.0.0.1",
+        LoaderAs::Root,
+        &["--data-path", "syscalls"],
+    ) else {
+        return;
+    };
+    let log = loader.stderr.text();
+    assert!(log.contains("socket data path: syscalls"), "{log}");
+    assert!(!log.contains("probe not attached"), "{log}");
 }
 
 #[test]
@@ -443,6 +466,7 @@ fn python_server_request_and_response_over_ipv6() {
         "python_server_request_and_response_over_ipv6",
         "::1",
         LoaderAs::Root,
+        &[],
     );
 }
 
@@ -452,6 +476,7 @@ fn unprivileged_loader_with_exactly_the_modelled_capabilities_captures_python_se
         "unprivileged_loader_with_exactly_the_modelled_capabilities_captures_python_server",
         "127.0.0.1",
         LoaderAs::Unprivileged(loader_caps()),
+        &[],
     ) else {
         return;
     };
@@ -575,7 +600,7 @@ fn a_python_server_started_after_the_loader_is_selected_by_port() {
 /// `started_after`, nginx starts after the loader and the processor, and the loader
 /// polls its ring buffer every 200 ms (instead of 10): the master's exec is handled
 /// in user space well after nginx has forked its workers.
-fn nginx_keep_alive(test: &str, started_after: bool) {
+fn nginx_keep_alive(test: &str, started_after: bool, data_path: &str) {
     if !require_root_bpf(test) {
         return;
     }
@@ -605,12 +630,11 @@ fn nginx_keep_alive(test: &str, started_after: bool) {
     if !started_after {
         before = Some(Nginx::start(dir.path(), port));
     }
-    let loader_args: &[&str] = if started_after {
-        &["--poll-interval-ms", "200"]
-    } else {
-        &[]
-    };
-    let loader = start_ebpf_loader(&socket, loader_args);
+    let mut loader_args = vec!["--data-path", data_path];
+    if started_after {
+        loader_args.extend(["--poll-interval-ms", "200"]);
+    }
+    let loader = start_ebpf_loader(&socket, &loader_args);
     let p = start_subscribed_processor(&socket, test, &["--exe", &glob]);
     wait_instrumenting(&loader, &format!("executables {glob}"));
     let nginx = match before {
@@ -712,7 +736,22 @@ fn nginx_keep_alive(test: &str, started_after: bool) {
 
 #[test]
 fn nginx_keep_alive_requests_share_one_connection() {
-    nginx_keep_alive("nginx_keep_alive_requests_share_one_connection", false);
+    nginx_keep_alive(
+        "nginx_keep_alive_requests_share_one_connection",
+        false,
+        "auto",
+    );
+}
+
+/// The syscall data path (issue 16): nginx's keep-alive exchanges (writev heads,
+/// read requests) as exactly as on the sock tracepoints.
+#[test]
+fn nginx_keep_alive_on_the_syscall_data_path() {
+    nginx_keep_alive(
+        "nginx_keep_alive_on_the_syscall_data_path",
+        false,
+        "syscalls",
+    );
 }
 
 #[test]
@@ -720,6 +759,7 @@ fn an_nginx_started_after_the_loader_is_selected_by_exe_with_its_workers() {
     nginx_keep_alive(
         "an_nginx_started_after_the_loader_is_selected_by_exe_with_its_workers",
         true,
+        "auto",
     );
 }
 

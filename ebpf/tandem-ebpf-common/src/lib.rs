@@ -396,6 +396,28 @@ pub struct Config {
     /// wake-up and the loader finds them at its next poll. 0: never.
     pub wakeup_bytes: u32,
     pub _pad2: u32,
+    /// The syscall data path (`sys_enter_sock_io`/`sys_exit_sock_io`, for kernels
+    /// without the `sock_{send,recv}_length` tracepoints) finds the socket of a
+    /// file descriptor through these offsets from the kernel's BTF:
+    /// `task->files->fdt->fd[fd]`, that file's `f_inode->i_mode` (a socket?) and
+    /// `private_data` (its `struct socket`), whose `sk` is the sock. All 0 when
+    /// unknown (that path is then not attached).
+    pub fd_offsets: FdOffsets,
+}
+
+/// See [`Config::fd_offsets`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_fd: u32,
+    pub file_inode: u32,
+    pub file_private_data: u32,
+    pub inode_mode: u32,
+    pub socket_sk: u32,
+    /// `fdtable.max_fds` (unsigned int): descriptors at or past it are refused.
+    pub fdt_max_fds: u32,
 }
 
 /// Value of the `CONNS` map (key: the kernel `struct sock *`, never exported).
@@ -482,7 +504,7 @@ mod tests {
         assert_eq!(size_of::<DataEvent>(), DATA_OFFSET + MAX_CAPTURE_BYTES);
         assert_eq!(
             size_of::<Config>(),
-            4 + 4 + 8 + 4 + 4 + 8 + 8 + 4 + 4 + 4 + 4
+            4 + 4 + 8 + 4 + 4 + 8 + 8 + 4 + 4 + 4 + 4 + 8 * 4
         );
         assert_eq!(size_of::<ConnInfo>(), 8 + 4 + 2 + 1 + 1 + 2 + 2 + 4 + 32);
         assert_eq!(size_of::<SslCall>(), 40);

@@ -25,8 +25,7 @@ use aya_ebpf::{
         BPF_RB_NO_WAKEUP,
     },
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
-        bpf_ktime_get_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         generated::{
             bpf_get_attach_cookie, bpf_get_current_task, bpf_get_current_task_btf,
             bpf_get_ns_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
@@ -39,9 +38,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tandem_ebpf_common::{
-    config_flags, conn_flags, counter, direction, go_fn, kind, port_how, reason, role, ssl_fn,
-    syscall, data_offset, CloseEvent, Config, ConnEvent, ConnInfo, Header, PortSelectEvent, ProcessEvent,
-    SslCall, SslConn, SslKey, DATA_OFFSET, MAX_CAPTURE_BYTES,
+    config_flags, conn_flags, counter, data_offset, direction, go_fn, kind, port_how, reason, role,
+    ssl_fn, syscall, CloseEvent, Config, ConnEvent, ConnInfo, Header, PortSelectEvent,
+    ProcessEvent, SslCall, SslConn, SslKey, DATA_OFFSET, MAX_CAPTURE_BYTES,
 };
 
 const AF_INET: u16 = 2;
@@ -728,9 +727,58 @@ fn on_sock_io(ctx: &BtfTracePointContext, dir: u8) -> u32 {
         bump(counter::UNCAPTURED_SYSCALL);
         return 0;
     }
-    let ret = ret as u64;
     // SAFETY: pointer to a live map value (a plain integer).
-    let uses_ssl = unsafe { *traced } & PIDS_USES_SSL != 0;
+    let traced = unsafe { *traced };
+    let io = SockIo {
+        global,
+        id,
+        traced,
+        sk,
+        ret: ret as u64,
+        dir,
+        kind,
+        fd,
+        buf,
+    };
+    sock_io::<true>(&io, known)
+}
+
+/// One socket read or write of a traced process, as a data path found it.
+struct SockIo {
+    /// `bpf_get_current_pid_tgid()`, and the ids as the loader sees them.
+    global: u64,
+    id: u64,
+    /// The process's `PIDS` value.
+    traced: u32,
+    sk: u64,
+    /// Bytes moved (> 0).
+    ret: u64,
+    dir: u8,
+    /// One of [`syscall`]; the descriptor and the buffer (iovec array, msghdr).
+    kind: u8,
+    fd: i32,
+    buf: u64,
+}
+
+/// The data records of one socket read or write (both data paths). `BTF`: the
+/// task's saved user registers can be read (`bpf_task_pt_regs`, the BTF path's
+/// kernels): only then is the goroutine of a Go process known (the syscall path
+/// leaves Go's goroutines and crypto/tls calls unrecognised).
+#[inline(always)]
+fn sock_io<const BTF: bool>(io: &SockIo, known: Option<*mut ConnInfo>) -> u32 {
+    let SockIo {
+        global,
+        id,
+        traced,
+        sk,
+        ret,
+        dir,
+        kind,
+        fd,
+        buf,
+    } = *io;
+    let uses_ssl = traced & PIDS_USES_SSL != 0;
+    let uses_go_tls = traced & PIDS_USES_GO_TLS != 0;
     // Inside an OpenSSL call of this thread, or a Go crypto/tls call of this
     // goroutine: these are TLS records; remember the socket for the call's
     // plaintext record, emitted when the call returns.
@@ -738,16 +786,15 @@ fn on_sock_io(ctx: &BtfTracePointContext, dir: u8) -> u32 {
         .then(|| SSL_ACTIVE.get_ptr_mut(&global))
         .flatten()
         .or_else(|| {
-            // SAFETY: pointer to a live map value (a plain integer).
-            let go = unsafe { *traced } & PIDS_USES_GO_TLS != 0;
-            go.then(|| {
-                GO_ACTIVE.get_ptr_mut(&SslKey {
-                    tgid: (id >> 32) as u32,
-                    _pad: 0,
-                    ssl: current_goroutine(),
+            (BTF && uses_go_tls)
+                .then(|| {
+                    GO_ACTIVE.get_ptr_mut(&SslKey {
+                        tgid: (id >> 32) as u32,
+                        _pad: 0,
+                        ssl: current_goroutine(),
+                    })
                 })
-            })
-            .flatten()
+                .flatten()
         });
     if let Some(call) = in_call {
         // SAFETY: pointer to a live map value of this thread's (goroutine's) key.
@@ -764,8 +811,6 @@ fn on_sock_io(ctx: &BtfTracePointContext, dir: u8) -> u32 {
         bump(counter::TLS_CIPHERTEXT_SKIPPED);
         return 0;
     }
-    // SAFETY: pointer to a live map value (a plain integer).
-    let uses_go_tls = unsafe { *traced } & PIDS_USES_GO_TLS != 0;
     if (uses_ssl || uses_go_tls) && tls::is_tls_record(kind, buf, ret) {
         // A TLS record moved outside the probed calls (OpenSSL over memory BIOs, as
         // Node.js uses it): never data; a read is remembered for the `SSL_read` that
@@ -782,8 +827,7 @@ fn on_sock_io(ctx: &BtfTracePointContext, dir: u8) -> u32 {
         return 0;
     }
     let (conn_id, flags) = connection_of(known, sk, id, fd, false);
-    // SAFETY: pointer to a live map value (a plain integer).
-    let task = if unsafe { *traced } & (PIDS_GO | PIDS_USES_GO_TLS) != 0 {
+    let task = if BTF && traced & (PIDS_GO | PIDS_USES_GO_TLS) != 0 {
         goroutines::task((id >> 32) as u32, current_goroutine())
     } else {
         NO_TASK
@@ -1051,6 +1095,7 @@ fn emit_sized<const N: usize>(
 }
 
 mod goroutines;
+mod syscalls;
 mod tls;
 
 #[cfg(not(test))]

@@ -163,6 +163,21 @@ impl Structs {
         Structs::parse(&data).map_err(|e| format!("{VMLINUX}: {e}"))
     }
 
+    /// The byte offset of `strukt.member` (not a bitfield), of any type (a pointer
+    /// the programs follow).
+    pub fn member(&self, strukt: &str, member: &str) -> Result<u32, String> {
+        let m = self
+            .structs
+            .get(strukt)
+            .ok_or_else(|| format!("struct {strukt} is not in the kernel's BTF"))?
+            .get(member)
+            .ok_or_else(|| format!("struct {strukt} has no member {member}"))?;
+        if m.bitfield_bits != 0 {
+            return Err(format!("{strukt}.{member} is a bitfield"));
+        }
+        Ok(m.offset)
+    }
+
     /// The byte offset of `strukt.member`, checked to be a plain (not bitfield)
     /// integer of `size` bytes (through typedefs and qualifiers).
     pub fn int_member(&self, strukt: &str, member: &str, size: u32) -> Result<u32, String> {
@@ -274,6 +289,10 @@ mod tests {
             .unwrap_err()
             .contains("no member e"));
         assert!(s.int_member("nope", "a", 2).unwrap_err().contains("not in"));
+        // Any type (a pointer the programs follow), never a bitfield.
+        assert_eq!(s.member("demo", "d"), Ok(12));
+        assert!(s.member("demo", "c").unwrap_err().contains("bitfield"));
+        assert!(s.member("demo", "e").unwrap_err().contains("no member e"));
     }
 
     #[test]
@@ -302,5 +321,9 @@ mod tests {
             .int_member("task_struct", "exit_code", 4)
             .expect("exit_code");
         assert!(exit > 0, "{exit}");
+        // The syscall data path's walk from a descriptor to its socket.
+        let fd = super::super::fd_offsets().expect("fd offsets");
+        assert!(fd.task_files > 0 && fd.file_private_data > 0, "{fd:?}");
+        assert_eq!(s.int_member("fdtable", "max_fds", 4), Ok(fd.fdt_max_fds));
     }
 }

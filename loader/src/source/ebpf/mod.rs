@@ -25,12 +25,12 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tandem_ebpf_common::{counter, Config, DEFAULT_CAPTURE_BYTES, MAX_CAPTURE_BYTES};
+use tandem_ebpf_common::{counter, Config, FdOffsets, DEFAULT_CAPTURE_BYTES, MAX_CAPTURE_BYTES};
 use tandem_proto::v1::{AttachedProbe, LossLocation};
 use tandem_proto::Selection;
 use tracing::{debug, info, warn};
 
-use super::{EventSource, SourceContext};
+use super::{probe, EventSource, SourceContext};
 use crate::hub::monotonic_ns;
 use crate::selection::Matcher;
 use programs::{Kernel, LoadOptions};
@@ -97,6 +97,71 @@ pub struct EbpfArgs {
         value_name = "BOOL"
     )]
     pub tls: bool,
+
+    /// Which kernel hooks capture socket data: `sock` (the `sock_recv_length` /
+    /// `sock_send_length` BTF tracepoints, Linux 6.3+), `syscalls` (the socket
+    /// syscalls' tracepoints, any kernel: no sendfile/splice, no Go goroutines or Go
+    /// crypto/tls), or `auto` (`sock` where the kernel has them, else `syscalls`).
+    #[arg(long, env = "TANDEM_DATA_PATH", value_enum, default_value_t = DataPath::Auto)]
+    pub data_path: DataPath,
+}
+
+/// See [`EbpfArgs::data_path`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataPath {
+    Auto,
+    Sock,
+    Syscalls,
+}
+
+/// Attaches the data path `wanted` asks for; returns its name and its probes.
+fn attach_data_path(kernel: &mut Kernel, wanted: DataPath) -> (&'static str, Vec<AttachedProbe>) {
+    let syscalls = |kernel: &mut Kernel| match fd_offsets() {
+        Ok(fd_offsets) => {
+            let config = Config {
+                fd_offsets,
+                ..kernel.config()
+            };
+            if let Err(e) = kernel.set_config(config) {
+                warn!("{e:#}");
+            }
+            kernel.attach_specs(programs::syscall_data_specs())
+        }
+        Err(e) => {
+            let e = format!("the syscall data path needs these kernel struct offsets: {e}");
+            programs::syscall_data_specs()
+                .iter()
+                .map(|s| {
+                    probe(
+                        &format!("{}/{}", s.category, s.tracepoint),
+                        "tracepoint",
+                        Err(e.clone()),
+                    )
+                })
+                .collect()
+        }
+    };
+    match wanted {
+        DataPath::Sock => ("sock", kernel.attach_specs(programs::sock_data_specs())),
+        DataPath::Syscalls => ("syscalls", syscalls(kernel)),
+        DataPath::Auto => {
+            let sock = kernel.attach_specs(programs::sock_data_specs());
+            if sock.iter().all(|p| p.attached) {
+                return ("sock", sock);
+            }
+            let why = sock
+                .iter()
+                .find(|p| !p.attached)
+                .map(|p| p.error.clone())
+                .unwrap_or_default();
+            warn!(
+                "the sock_recv_length/sock_send_length tracepoints are not usable ({why}): \
+                 socket data is captured on the syscall tracepoints instead (Linux before \
+                 6.3; no sendfile/splice, no Go goroutines or Go crypto/tls)"
+            );
+            ("syscalls", syscalls(kernel))
+        }
+    }
 }
 
 impl EbpfArgs {
@@ -348,13 +413,17 @@ pub fn start(
         task_exit_code_offset,
         wakeup_bytes: (args.ring_buffer_kib * 1024 / WAKEUP_FRACTION).min(WAKEUP_MAX_BYTES),
         _pad2: 0,
+        fd_offsets: FdOffsets::default(),
     };
     let mut kernel = Kernel::load(LoadOptions {
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
         max_processes: args.max_traced_processes,
         config,
     })?;
-    let probes = kernel.attach();
+    let mut probes = kernel.attach();
+    let (data_path, data_probes) = attach_data_path(&mut kernel, args.data_path);
+    info!(data_path, "socket data path: {data_path} tracepoints");
+    probes.extend(data_probes);
     let total = probes.len();
     let attached = probes.iter().filter(|p| p.attached).count();
     if attached == 0 {
@@ -368,7 +437,6 @@ pub fn start(
         );
     }
     let mut tracker = Tracker::new(kernel, proc::ProcFs::default(), flags);
-    let mut probes = probes;
     if args.tls {
         tracker.tls().attach_host();
     } else {
@@ -376,6 +444,28 @@ pub fn start(
     }
     probes.extend(tracker.tls().take_probes());
     Ok((tracker, probes))
+}
+
+/// The offsets the syscall data path follows from a descriptor to its socket
+/// (`Config::fd_offsets`), from the kernel's BTF; all 0 (that path unavailable)
+/// when one is missing.
+pub fn fd_offsets() -> Result<FdOffsets, String> {
+    let s = btf::Structs::vmlinux()?;
+    let o = FdOffsets {
+        task_files: s.member("task_struct", "files")?,
+        files_fdt: s.member("files_struct", "fdt")?,
+        fdt_fd: s.member("fdtable", "fd")?,
+        file_inode: s.member("file", "f_inode")?,
+        file_private_data: s.member("file", "private_data")?,
+        inode_mode: s.int_member("inode", "i_mode", 2)?,
+        socket_sk: s.member("socket", "sk")?,
+        fdt_max_fds: s.int_member("fdtable", "max_fds", 4)?,
+    };
+    // A zero task_files means "unknown" to the programs; it never is one.
+    if o.task_files == 0 {
+        return Err("task_struct.files at offset 0".into());
+    }
+    Ok(o)
 }
 
 /// Offsets of `struct sock`'s `sk_protocol` and `struct task_struct`'s

@@ -94,23 +94,80 @@ pub fn probe_specs() -> Vec<ProbeSpec> {
             ],
             btf: false,
         },
-        ProbeSpec {
-            program: "sock_recv_length",
-            category: "sock",
-            tracepoint: "sock_recv_length",
-            feature: "syscall_capture",
-            fields: &[],
-            btf: true,
-        },
-        ProbeSpec {
-            program: "sock_send_length",
-            category: "sock",
-            tracepoint: "sock_send_length",
-            feature: "syscall_capture",
-            fields: &[],
-            btf: true,
-        },
     ]
+}
+
+/// The BTF data path: `sock_recv_length`/`sock_send_length` (Linux 6.3+), in the
+/// socket layer, for every read/write/send/recv call on a socket.
+pub fn sock_data_specs() -> Vec<ProbeSpec> {
+    ["sock_recv_length", "sock_send_length"]
+        .into_iter()
+        .map(|tp| ProbeSpec {
+            program: tp,
+            category: "sock",
+            tracepoint: tp,
+            feature: "syscall_capture",
+            fields: &[],
+            btf: true,
+        })
+        .collect()
+}
+
+/// The syscall data path (any kernel with syscall tracepoints): the entry and exit
+/// of each socket syscall, with the fields `sys_enter_sock_io` reads (the syscall
+/// number, the descriptor, the buffer, the flags of the receiving calls) and the
+/// return value `sys_exit_sock_io` reads.
+pub fn syscall_data_specs() -> Vec<ProbeSpec> {
+    const NR: Field = ("__syscall_nr", 8, 4);
+    const FD: Field = ("fd", 16, 8);
+    const ENTER: [(&str, &[Field]); 8] = [
+        // sys_enter_sock_io reads the first three arguments (recvmsg's flags);
+        // sys_enter_recvfrom the fourth (its flags).
+        ("sys_enter_read", &[NR, FD, ("buf", 24, 8)]),
+        ("sys_enter_write", &[NR, FD, ("buf", 24, 8)]),
+        ("sys_enter_readv", &[NR, FD, ("vec", 24, 8)]),
+        ("sys_enter_writev", &[NR, FD, ("vec", 24, 8)]),
+        (
+            "sys_enter_recvfrom",
+            &[NR, FD, ("ubuf", 24, 8), ("flags", 40, 8)],
+        ),
+        ("sys_enter_sendto", &[NR, FD, ("buff", 24, 8)]),
+        (
+            "sys_enter_recvmsg",
+            &[NR, FD, ("msg", 24, 8), ("flags", 32, 8)],
+        ),
+        ("sys_enter_sendmsg", &[NR, FD, ("msg", 24, 8)]),
+    ];
+    const EXIT: [&str; 8] = [
+        "sys_exit_read",
+        "sys_exit_write",
+        "sys_exit_readv",
+        "sys_exit_writev",
+        "sys_exit_recvfrom",
+        "sys_exit_sendto",
+        "sys_exit_recvmsg",
+        "sys_exit_sendmsg",
+    ];
+    let enter = ENTER.iter().map(|(tp, fields)| {
+        let program = if *tp == "sys_enter_recvfrom" {
+            "sys_enter_recvfrom"
+        } else {
+            "sys_enter_sock_io"
+        };
+        (program, *tp, *fields)
+    });
+    let exit = EXIT.iter().map(|tp| ("sys_exit_sock_io", *tp, SYS_EXIT));
+    enter
+        .chain(exit)
+        .map(|(program, tracepoint, fields)| ProbeSpec {
+            program,
+            category: "syscalls",
+            tracepoint,
+            feature: "syscall_capture",
+            fields,
+            btf: false,
+        })
+        .collect()
 }
 
 /// Pid-namespace mode only: the child side of every fork-like syscall, where a
@@ -353,15 +410,20 @@ impl Kernel {
 
     /// Loads and attaches every probe it can; returns the status of each.
     pub fn attach(&mut self) -> Vec<AttachedProbe> {
+        let mut specs = probe_specs();
+        if self.config_written.pidns_ino != 0 {
+            specs.extend(fork_child_specs());
+        }
+        self.attach_specs(specs)
+    }
+
+    /// Loads and attaches `specs`; returns the status of each.
+    pub fn attach_specs(&mut self, specs: Vec<ProbeSpec>) -> Vec<AttachedProbe> {
         let tracefs = Path::new(TRACEFS);
         let mut loaded: BTreeSet<&'static str> = BTreeSet::new();
         let mut failed_load: std::collections::HashMap<&'static str, String> =
             std::collections::HashMap::new();
         let mut statuses = Vec::new();
-        let mut specs = probe_specs();
-        if self.config_written.pidns_ino != 0 {
-            specs.extend(fork_child_specs());
-        }
         for spec in specs {
             let name = format!("{}/{}", spec.category, spec.tracepoint);
             let result = self.attach_one(&spec, tracefs, &mut loaded, &mut failed_load);

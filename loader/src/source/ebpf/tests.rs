@@ -44,6 +44,7 @@ fn args() -> EbpfArgs {
         poll_interval_ms: 10,
         max_traced_processes: 1024,
         tls: true,
+        data_path: super::DataPath::Auto,
     }
 }
 
