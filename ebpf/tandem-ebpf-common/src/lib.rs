@@ -81,6 +81,46 @@ pub mod config_flags {
     pub const EXEC_ALL: u32 = 2;
 }
 
+/// Where the classic tracepoint programs read their records' fields: (name, byte
+/// offset, size), as in the tracepoint's tracefs `format`. One definition: the
+/// programs read at these offsets, and the loader checks each against the running
+/// kernel's format before attaching (a field that moved is reported, never read).
+pub mod tp {
+    pub type Field = (&'static str, usize, usize);
+    /// `sched/sched_process_exec`
+    pub const EXEC_PID: Field = ("pid", 12, 4);
+    /// `sched/sched_process_fork` (runs in the parent)
+    pub const FORK_CHILD_PID: Field = ("child_pid", 20, 4);
+    /// `sched/sched_process_exit`
+    pub const EXIT_PID: Field = ("pid", 24, 4);
+    pub const EXIT_GROUP_DEAD: Field = ("group_dead", 32, 1);
+    /// `sock/inet_sock_set_state` (ports in host order)
+    pub const SKADDR: Field = ("skaddr", 8, 8);
+    pub const OLDSTATE: Field = ("oldstate", 16, 4);
+    pub const NEWSTATE: Field = ("newstate", 20, 4);
+    pub const SPORT: Field = ("sport", 24, 2);
+    pub const DPORT: Field = ("dport", 26, 2);
+    pub const FAMILY: Field = ("family", 28, 2);
+    pub const PROTOCOL: Field = ("protocol", 30, 2);
+    pub const SADDR: Field = ("saddr", 32, 4);
+    pub const DADDR: Field = ("daddr", 36, 4);
+    pub const SADDR_V6: Field = ("saddr_v6", 40, 16);
+    pub const DADDR_V6: Field = ("daddr_v6", 56, 16);
+    pub const SET_STATE: [Field; 11] = [
+        SKADDR, OLDSTATE, NEWSTATE, SPORT, DPORT, FAMILY, PROTOCOL, SADDR, DADDR, SADDR_V6,
+        DADDR_V6,
+    ];
+    /// `syscalls/sys_enter_*`: the syscall number, then each argument in 8 bytes
+    /// (named per syscall, see [`sys_arg`]).
+    pub const SYS_NR: Field = ("__syscall_nr", 8, 4);
+    /// `syscalls/sys_exit_*`
+    pub const SYS_EXIT_RET: Field = ("ret", 16, 8);
+    /// Argument `i` of a `sys_enter_*` record, named `name` there.
+    pub const fn sys_arg(name: &'static str, i: usize) -> Field {
+        (name, 16 + 8 * i, 8)
+    }
+}
+
 /// What [`PortSelectEvent::how`] means.
 pub mod port_how {
     pub const LISTEN: u16 = 1;

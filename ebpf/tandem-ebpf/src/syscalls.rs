@@ -28,10 +28,10 @@ struct SysArgs {
     _pad: [u8; 3],
 }
 
-/// Fields of the `syscalls/sys_enter_*` records: `__syscall_nr` (int) at 8, then
-/// each argument as 8 bytes from 16.
-const NR: usize = 8;
-const ARG: usize = 16;
+/// Fields of the `syscalls/sys_{enter,exit}_*` records (`tp`): the syscall number,
+/// then each argument (the return value) as 8 bytes from 16.
+const NR: usize = tp::SYS_NR.1;
+const ARG: usize = tp::sys_arg("", 0).1;
 
 /// `syscalls/sys_enter_{read,write,readv,writev,sendto,recvmsg,sendmsg}`. Reads
 /// the first three arguments only: the kernel refuses to attach a program that

@@ -185,7 +185,9 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         }
     };
     let (conn_id, _) = connection(sk, id, fd, true);
-    emit_data(id, conn_id, moved, call.buf, moved, direction, syscall, NO_TASK);
+    emit_data(
+        id, conn_id, moved, call.buf, moved, direction, syscall, NO_TASK,
+    );
     0
 }
 

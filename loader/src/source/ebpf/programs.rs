@@ -13,6 +13,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use tandem_ebpf_common::tp::{self, Field};
 use tandem_ebpf_common::{counter, Config};
 use tandem_proto::v1::AttachedProbe;
 use tracing::{debug, warn};
@@ -24,9 +25,6 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ta
 
 /// Where tracefs is expected.
 pub const TRACEFS: &str = "/sys/kernel/tracing";
-
-/// A tracepoint field the programs read: (name, offset, size).
-type Field = (&'static str, usize, usize);
 
 /// One attachment: a program on a tracepoint whose format it relies on.
 pub struct ProbeSpec {
@@ -42,7 +40,7 @@ pub struct ProbeSpec {
     pub btf: bool,
 }
 
-const SYS_EXIT: &[Field] = &[("ret", 16, 8)];
+const SYS_EXIT: &[Field] = &[tp::SYS_EXIT_RET];
 
 /// Every probe, in attach order: process lifecycle and TCP state first, so that
 /// by the time data flows the kernel already tracks connections. No syscall
@@ -55,7 +53,7 @@ pub fn probe_specs() -> Vec<ProbeSpec> {
             category: "sched",
             tracepoint: "sched_process_exec",
             feature: "process_discovery",
-            fields: &[("pid", 12, 4)],
+            fields: &[tp::EXEC_PID],
             btf: false,
         },
         ProbeSpec {
@@ -63,7 +61,7 @@ pub fn probe_specs() -> Vec<ProbeSpec> {
             category: "sched",
             tracepoint: "sched_process_fork",
             feature: "process_discovery",
-            fields: &[("child_pid", 20, 4)],
+            fields: &[tp::FORK_CHILD_PID],
             btf: false,
         },
         ProbeSpec {
@@ -71,7 +69,7 @@ pub fn probe_specs() -> Vec<ProbeSpec> {
             category: "sched",
             tracepoint: "sched_process_exit",
             feature: "process_discovery",
-            fields: &[("pid", 24, 4), ("group_dead", 32, 1)],
+            fields: &[tp::EXIT_PID, tp::EXIT_GROUP_DEAD],
             btf: false,
         },
         ProbeSpec {
@@ -79,19 +77,7 @@ pub fn probe_specs() -> Vec<ProbeSpec> {
             category: "sock",
             tracepoint: "inet_sock_set_state",
             feature: "sock_tracepoints",
-            fields: &[
-                ("skaddr", 8, 8),
-                ("oldstate", 16, 4),
-                ("newstate", 20, 4),
-                ("sport", 24, 2),
-                ("dport", 26, 2),
-                ("family", 28, 2),
-                ("protocol", 30, 2),
-                ("saddr", 32, 4),
-                ("daddr", 36, 4),
-                ("saddr_v6", 40, 16),
-                ("daddr_v6", 56, 16),
-            ],
+            fields: &tp::SET_STATE,
             btf: false,
         },
     ]
@@ -118,25 +104,25 @@ pub fn sock_data_specs() -> Vec<ProbeSpec> {
 /// number, the descriptor, the buffer, the flags of the receiving calls) and the
 /// return value `sys_exit_sock_io` reads.
 pub fn syscall_data_specs() -> Vec<ProbeSpec> {
-    const NR: Field = ("__syscall_nr", 8, 4);
-    const FD: Field = ("fd", 16, 8);
+    use tp::{sys_arg, SYS_NR as NR};
+    const FD: Field = sys_arg("fd", 0);
     const ENTER: [(&str, &[Field]); 8] = [
         // sys_enter_sock_io reads the first three arguments (recvmsg's flags);
         // sys_enter_recvfrom the fourth (its flags).
-        ("sys_enter_read", &[NR, FD, ("buf", 24, 8)]),
-        ("sys_enter_write", &[NR, FD, ("buf", 24, 8)]),
-        ("sys_enter_readv", &[NR, FD, ("vec", 24, 8)]),
-        ("sys_enter_writev", &[NR, FD, ("vec", 24, 8)]),
+        ("sys_enter_read", &[NR, FD, sys_arg("buf", 1)]),
+        ("sys_enter_write", &[NR, FD, sys_arg("buf", 1)]),
+        ("sys_enter_readv", &[NR, FD, sys_arg("vec", 1)]),
+        ("sys_enter_writev", &[NR, FD, sys_arg("vec", 1)]),
         (
             "sys_enter_recvfrom",
-            &[NR, FD, ("ubuf", 24, 8), ("flags", 40, 8)],
+            &[NR, FD, sys_arg("ubuf", 1), sys_arg("flags", 3)],
         ),
-        ("sys_enter_sendto", &[NR, FD, ("buff", 24, 8)]),
+        ("sys_enter_sendto", &[NR, FD, sys_arg("buff", 1)]),
         (
             "sys_enter_recvmsg",
-            &[NR, FD, ("msg", 24, 8), ("flags", 32, 8)],
+            &[NR, FD, sys_arg("msg", 1), sys_arg("flags", 2)],
         ),
-        ("sys_enter_sendmsg", &[NR, FD, ("msg", 24, 8)]),
+        ("sys_enter_sendmsg", &[NR, FD, sys_arg("msg", 1)]),
     ];
     const EXIT: [&str; 8] = [
         "sys_exit_read",
