@@ -16,6 +16,8 @@ fi
 
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
+# The eBPF crate is its own workspace (built for bpfel-unknown-none by the loader).
+(cd ebpf/tandem-ebpf && cargo fmt -- --check)
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo clippy: the loader image's build (no replay/synthetic/record code)" >&2
