@@ -227,7 +227,7 @@ pub struct RecordArgs {
 
 impl SourceArgs {
     /// Features of the capability model the chosen source uses with these options.
-    pub fn features(&self) -> Vec<&'static str> {
+    pub fn features(&self) -> Vec<tandem_security::FeatureId> {
         match self.kind() {
             SourceKind::Ebpf => crate::source::ebpf::used_features(&self.ebpf),
             #[cfg(feature = "dev-sources")]

@@ -24,8 +24,11 @@ struct After {
 impl Posture {
     /// Takes the start-up report for a loader whose source uses `enabled` features,
     /// and logs its summary (WARN when anything is excess or unavailable).
-    pub fn new(enabled: &[&str], allowlist: Option<SocketAllowlist>) -> Posture {
-        let enabled: Vec<String> = enabled.iter().map(|s| (*s).to_owned()).collect();
+    pub fn new(
+        enabled: &[tandem_security::FeatureId],
+        allowlist: Option<SocketAllowlist>,
+    ) -> Posture {
+        let enabled: Vec<String> = enabled.iter().map(|f| f.name().to_owned()).collect();
         let opts = Options {
             enabled: enabled.clone(),
             stage: Stage::Attach,

@@ -147,6 +147,41 @@ impl fmt::Display for Facility {
     }
 }
 
+/// The loader's features, typed: the loader names a feature only through these (a
+/// misspelt one does not compile), and every one is in [`FEATURES`] (tested).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FeatureId {
+    SyscallCapture,
+    SockTracepoints,
+    ProcessDiscovery,
+    TlsUprobes,
+}
+
+impl FeatureId {
+    pub const ALL: [FeatureId; 4] = [
+        FeatureId::SyscallCapture,
+        FeatureId::SockTracepoints,
+        FeatureId::ProcessDiscovery,
+        FeatureId::TlsUprobes,
+    ];
+
+    /// The stable identifier ([`Feature::id`]).
+    pub const fn name(self) -> &'static str {
+        match self {
+            FeatureId::SyscallCapture => "syscall_capture",
+            FeatureId::SockTracepoints => "sock_tracepoints",
+            FeatureId::ProcessDiscovery => "process_discovery",
+            FeatureId::TlsUprobes => "tls_uprobes",
+        }
+    }
+}
+
+impl fmt::Display for FeatureId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A loader feature and what it needs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Feature {
@@ -172,7 +207,7 @@ use Capability::*;
 /// as uid 65534 with exactly these capabilities; see `docs/security.md`).
 pub const FEATURES: &[Feature] = &[
     Feature {
-        id: "syscall_capture",
+        id: FeatureId::SyscallCapture.name(),
         description: "BTF tracepoints sock_recv_length/sock_send_length: bytes read and written on TCP sockets (read, write, readv, writev, recv*, send*; sendfile/splice counted)",
         capabilities: &[Bpf, Perfmon],
         runtime_capabilities: &[],
@@ -183,7 +218,7 @@ pub const FEATURES: &[Feature] = &[
         facilities: &[Facility::Btf, Facility::RingBuffer],
     },
     Feature {
-        id: "sock_tracepoints",
+        id: FeatureId::SockTracepoints.name(),
         description: "sock/inet_sock_set_state: TCP connection lifecycle (addresses, ports, role, close) and selection by port",
         capabilities: &[Bpf, Perfmon, DacReadSearch],
         runtime_capabilities: &[],
@@ -193,7 +228,7 @@ pub const FEATURES: &[Feature] = &[
         facilities: &[Facility::Tracefs, Facility::RingBuffer],
     },
     Feature {
-        id: "process_discovery",
+        id: FeatureId::ProcessDiscovery.name(),
         description: "sched exec/exit tracepoints and /proc scans: exe path, cmdline, cgroup, sockets of other users' processes",
         capabilities: &[Bpf, Perfmon, SysPtrace, DacReadSearch],
         runtime_capabilities: &[SysPtrace, DacReadSearch],
@@ -204,7 +239,7 @@ pub const FEATURES: &[Feature] = &[
         facilities: &[Facility::Tracefs, Facility::Procfs, Facility::RingBuffer],
     },
     Feature {
-        id: "tls_uprobes",
+        id: FeatureId::TlsUprobes.name(),
         description: "uprobe_multi links on SSL_read/SSL_write of libssl and of executables with OpenSSL linked in: plaintext of TLS traffic; the binaries' symbols are read by a sandboxed child (no capabilities, no_new_privs, seccomp)",
         capabilities: &[Bpf, Perfmon, SysPtrace, CheckpointRestore],
         runtime_capabilities: &[SysPtrace, CheckpointRestore],
@@ -337,6 +372,9 @@ mod tests {
     #[test]
     fn feature_ids_are_unique() {
         let ids: BTreeSet<_> = FEATURES.iter().map(|f| f.id).collect();
+        // Every typed id is a feature of the model, and every feature has one.
+        let typed: BTreeSet<_> = FeatureId::ALL.iter().map(|f| f.name()).collect();
+        assert_eq!(typed, ids);
         assert_eq!(ids.len(), FEATURES.len());
     }
 

@@ -28,6 +28,7 @@ use futures::FutureExt;
 use tandem_ebpf_common::{counter, Config, FdOffsets, DEFAULT_CAPTURE_BYTES, MAX_CAPTURE_BYTES};
 use tandem_proto::v1::{AttachedProbe, LossLocation};
 use tandem_proto::Selection;
+use tandem_security::FeatureId;
 use tracing::{debug, info, warn};
 
 use super::{probe, EventSource, SourceContext};
@@ -514,20 +515,12 @@ fn kernel_offsets() -> (u32, u32) {
     (protocol, exit)
 }
 
-/// Features of the capability model this source uses (`tls_uprobes` only with
-/// `--tls=true`, see [`used_features`]).
-pub const USED_FEATURES: [&str; 4] = [
-    "syscall_capture",
-    "sock_tracepoints",
-    "process_discovery",
-    "tls_uprobes",
-];
-
-/// The features this source uses with these options.
-pub fn used_features(args: &EbpfArgs) -> Vec<&'static str> {
-    USED_FEATURES
+/// The features of the capability model this source uses with these options (every
+/// one; `tls_uprobes` only with `--tls=true`).
+pub fn used_features(args: &EbpfArgs) -> Vec<FeatureId> {
+    FeatureId::ALL
         .into_iter()
-        .filter(|f| args.tls || *f != "tls_uprobes")
+        .filter(|f| args.tls || *f != FeatureId::TlsUprobes)
         .collect()
 }
 
@@ -541,7 +534,7 @@ fn report_capabilities() {
         }
     };
     for feature in tandem_security::FEATURES {
-        let used = USED_FEATURES.contains(&feature.id);
+        let used = FeatureId::ALL.iter().any(|f| f.name() == feature.id);
         let effect = if used {
             "will not work fully"
         } else {

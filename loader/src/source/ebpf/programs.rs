@@ -16,6 +16,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use tandem_ebpf_common::tp::{self, Field};
 use tandem_ebpf_common::{counter, Config};
 use tandem_proto::v1::AttachedProbe;
+use tandem_security::FeatureId;
 use tracing::{debug, warn};
 
 use crate::source::probe;
@@ -32,7 +33,7 @@ pub struct ProbeSpec {
     pub category: &'static str,
     pub tracepoint: &'static str,
     /// `tandem_security` feature the probe belongs to.
-    pub feature: &'static str,
+    pub feature: FeatureId,
     /// Fields of the tracefs record a classic tracepoint program reads.
     pub fields: &'static [Field],
     /// A BTF tracepoint (`tp_btf`): typed arguments (the `TP_PROTO`) instead of
@@ -52,7 +53,7 @@ pub fn probe_specs() -> Vec<ProbeSpec> {
             program: "sched_process_exec",
             category: "sched",
             tracepoint: "sched_process_exec",
-            feature: "process_discovery",
+            feature: FeatureId::ProcessDiscovery,
             fields: &[tp::EXEC_PID],
             btf: false,
         },
@@ -60,7 +61,7 @@ pub fn probe_specs() -> Vec<ProbeSpec> {
             program: "sched_process_fork",
             category: "sched",
             tracepoint: "sched_process_fork",
-            feature: "process_discovery",
+            feature: FeatureId::ProcessDiscovery,
             fields: &[tp::FORK_CHILD_PID],
             btf: false,
         },
@@ -68,7 +69,7 @@ pub fn probe_specs() -> Vec<ProbeSpec> {
             program: "sched_process_exit",
             category: "sched",
             tracepoint: "sched_process_exit",
-            feature: "process_discovery",
+            feature: FeatureId::ProcessDiscovery,
             fields: &[tp::EXIT_PID, tp::EXIT_GROUP_DEAD],
             btf: false,
         },
@@ -76,7 +77,7 @@ pub fn probe_specs() -> Vec<ProbeSpec> {
             program: "inet_sock_set_state",
             category: "sock",
             tracepoint: "inet_sock_set_state",
-            feature: "sock_tracepoints",
+            feature: FeatureId::SockTracepoints,
             fields: &tp::SET_STATE,
             btf: false,
         },
@@ -92,7 +93,7 @@ pub fn sock_data_specs() -> Vec<ProbeSpec> {
             program: tp,
             category: "sock",
             tracepoint: tp,
-            feature: "syscall_capture",
+            feature: FeatureId::SyscallCapture,
             fields: &[],
             btf: true,
         })
@@ -149,7 +150,7 @@ pub fn syscall_data_specs() -> Vec<ProbeSpec> {
             program,
             category: "syscalls",
             tracepoint,
-            feature: "syscall_capture",
+            feature: FeatureId::SyscallCapture,
             fields,
             btf: false,
         })
@@ -171,7 +172,7 @@ pub fn fork_child_specs() -> Vec<ProbeSpec> {
         program: "sys_exit_fork_child",
         category: "syscalls",
         tracepoint,
-        feature: "process_discovery",
+        feature: FeatureId::ProcessDiscovery,
         fields: SYS_EXIT,
         btf: false,
     })
@@ -414,7 +415,7 @@ impl Kernel {
             let name = format!("{}/{}", spec.category, spec.tracepoint);
             let result = self.attach_one(&spec, tracefs, &mut loaded, &mut failed_load);
             if let Err(e) = &result {
-                warn!(probe = %name, feature = spec.feature, "probe not attached: {e}");
+                warn!(probe = %name, feature = spec.feature.name(), "probe not attached: {e}");
             } else {
                 debug!(probe = %name, program = spec.program, "probe attached");
             }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use tandem_ebpf_common::{go_fn, ssl_fn};
 use tandem_proto::v1::AttachedProbe;
+use tandem_security::FeatureId;
 use tracing::{debug, info, warn};
 
 use super::uprobe_multi;
@@ -203,19 +204,19 @@ impl Tls {
     ) -> Tls {
         if let Err(e) = &go_program.0 {
             warn!(
-                feature = "tls_uprobes",
+                feature = FeatureId::TlsUprobes.name(),
                 "Go crypto/tls plaintext capture is unavailable: {e}"
             );
         }
         if let Err(e) = &go_program.1 {
             warn!(
-                feature = "tls_uprobes",
+                feature = FeatureId::TlsUprobes.name(),
                 "Go goroutines are not followed (Go client spans are not linked): {e}"
             );
         }
         if let Err(e) = &programs {
             warn!(
-                feature = "tls_uprobes",
+                feature = FeatureId::TlsUprobes.name(),
                 "TLS plaintext capture is unavailable: {e}"
             );
         }
@@ -440,7 +441,7 @@ impl Tls {
                     self.new_probes.push(probe(&name, "uprobe_multi", Ok(())));
                 }
                 Err(e) => {
-                    warn!(executable = shown, version = %go.version, feature = "tls_uprobes", "Go {what} uprobes not attached: {e}");
+                    warn!(executable = shown, version = %go.version, feature = FeatureId::TlsUprobes.name(), "Go {what} uprobes not attached: {e}");
                     self.new_probes.push(probe(&name, "uprobe_multi", Err(e)));
                 }
             }
@@ -537,7 +538,7 @@ impl Tls {
             Err(e) => {
                 warn!(
                     library = shown,
-                    feature = "tls_uprobes",
+                    feature = FeatureId::TlsUprobes.name(),
                     "TLS uprobes not attached: {e}"
                 );
                 self.libraries.insert(key, None);
