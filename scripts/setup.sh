@@ -65,6 +65,11 @@ if ! command -v bpf-linker >/dev/null 2>&1; then
     --no-default-features --features llvm-22
 fi
 
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  log "cargo install cargo-fuzz 0.13.2 (the fuzz targets: scripts/fuzz.sh)"
+  cargo install cargo-fuzz --version 0.13.2 --locked
+fi
+
 log "ready"
 
 # The processor's export tests run a real OTLP receiver written with grpcio and

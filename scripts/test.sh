@@ -26,3 +26,5 @@ echo "== cargo build" >&2
 cargo build --workspace --bins
 echo "== cargo test" >&2
 cargo test --workspace --no-fail-fast
+echo "== fuzz (every target briefly; docs/fuzzing.md)" >&2
+bash scripts/fuzz.sh 5

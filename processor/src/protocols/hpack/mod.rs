@@ -13,9 +13,13 @@
 //! # Bounds
 //!
 //! The dynamic table holds at most [`MAX_TABLE_SIZE`] bytes (RFC 7541 section 4.1
-//! sizes), whatever size the encoder announces; integers over 2^32 are errors. The
-//! decoded headers of one block are bounded by the caller's block length (Huffman
-//! expands at most 8/5).
+//! sizes), whatever size the encoder announces (larger size updates are clamped and
+//! counted, [`Decoded::clamped_sizes`]); integers over 2^32 are errors. In heap, that
+//! is at most 2,048 entries (32 bytes of each entry's size are overhead) and three
+//! times [`MAX_TABLE_SIZE`] of text (invalid UTF-8 is kept as U+FFFD): under 320 KiB
+//! per direction. A block returns at most [`MAX_FIELDS`] fields of at most
+//! [`MAX_FIELD_LEN`] bytes each; a string's announced length is checked against the
+//! block before anything is allocated for it.
 
 mod huffman;
 
@@ -213,8 +217,13 @@ fn string(input: &[u8], pos: &mut usize) -> Result<Vec<u8>, HpackError> {
     }
 }
 
+/// `bytes` as text, invalid UTF-8 replaced (U+FFFD: up to three bytes for one), in an
+/// allocation no larger than the text: the table keeps these strings, and its heap
+/// bound (see "Bounds") counts their lengths.
 fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    let mut s = String::from_utf8_lossy(bytes).into_owned();
+    s.shrink_to_fit();
+    s
 }
 
 impl Decoder {
@@ -346,5 +355,7 @@ impl Decoder {
     }
 }
 
+#[cfg(test)]
+mod peer_tests;
 #[cfg(test)]
 mod tests;
