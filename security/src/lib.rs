@@ -208,7 +208,7 @@ use Capability::*;
 pub const FEATURES: &[Feature] = &[
     Feature {
         id: FeatureId::SyscallCapture.name(),
-        description: "BTF tracepoints sock_recv_length/sock_send_length: bytes read and written on TCP sockets (read, write, readv, writev, recv*, send*; sendfile/splice counted)",
+        description: "BTF tracepoints sock_recv_length/sock_send_length (Linux 6.3+; before, the socket syscalls' tracepoints, whose tracefs formats are read with DAC_READ_SEARCH as sock_tracepoints does): bytes read and written on TCP sockets (read, write, readv, writev, recv*, send*; sendfile/splice counted on the BTF path)",
         capabilities: &[Bpf, Perfmon],
         runtime_capabilities: &[],
         why: "BPF loads the programs and maps and lets them read the syscall's saved \
@@ -240,7 +240,7 @@ pub const FEATURES: &[Feature] = &[
     },
     Feature {
         id: FeatureId::TlsUprobes.name(),
-        description: "uprobe_multi links on SSL_read/SSL_write of libssl and of executables with OpenSSL linked in: plaintext of TLS traffic; the binaries' symbols are read by a sandboxed child (no capabilities, no_new_privs, seccomp)",
+        description: "uprobe_multi links on SSL_read/SSL_write of libssl and of executables with OpenSSL linked in, and on Go binaries' crypto/tls Read/Write and runtime (goroutine ancestry, net/http's writer): plaintext of TLS traffic and Go trace linking; the binaries' symbols are read by a sandboxed child (no capabilities, no_new_privs, seccomp)",
         capabilities: &[Bpf, Perfmon, SysPtrace, CheckpointRestore],
         runtime_capabilities: &[SysPtrace, CheckpointRestore],
         why: "BPF and PERFMON load the programs (no SYS_ADMIN needed); SYS_PTRACE \
