@@ -166,6 +166,11 @@ impl Structs {
     /// The byte offset of `strukt.member` (not a bitfield), of any type (a pointer
     /// the programs follow).
     pub fn member(&self, strukt: &str, member: &str) -> Result<u32, String> {
+        Ok(self.lookup(strukt, member)?.offset)
+    }
+
+    /// `strukt.member`, refused when it is a bitfield.
+    fn lookup(&self, strukt: &str, member: &str) -> Result<&Member, String> {
         let m = self
             .structs
             .get(strukt)
@@ -175,21 +180,13 @@ impl Structs {
         if m.bitfield_bits != 0 {
             return Err(format!("{strukt}.{member} is a bitfield"));
         }
-        Ok(m.offset)
+        Ok(m)
     }
 
     /// The byte offset of `strukt.member`, checked to be a plain (not bitfield)
     /// integer of `size` bytes (through typedefs and qualifiers).
     pub fn int_member(&self, strukt: &str, member: &str, size: u32) -> Result<u32, String> {
-        let m = self
-            .structs
-            .get(strukt)
-            .ok_or_else(|| format!("struct {strukt} is not in the kernel's BTF"))?
-            .get(member)
-            .ok_or_else(|| format!("struct {strukt} has no member {member}"))?;
-        if m.bitfield_bits != 0 {
-            return Err(format!("{strukt}.{member} is a bitfield"));
-        }
+        let m = self.lookup(strukt, member)?;
         let mut ty = m.type_id;
         for _ in 0..16 {
             match self.aliases.get(&ty) {

@@ -13,6 +13,7 @@ pub mod convert;
 pub mod pidns;
 pub mod proc;
 pub mod programs;
+pub mod specs;
 pub mod tls;
 pub mod tracker;
 pub mod uprobe_multi;
