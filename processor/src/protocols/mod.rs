@@ -87,11 +87,16 @@ impl<'a> Segment<'a> {
 
 /// Cuts `s` to at most `max` bytes, at a char boundary.
 pub(crate) fn truncate_utf8(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
+    let end = prefix_utf8(s, max).len();
+    s.truncate(end);
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character
+/// boundary (what [`truncate_utf8`] keeps).
+pub(crate) fn prefix_utf8(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
     }
+    &s[..end]
 }

@@ -100,6 +100,10 @@ pub struct MySqlSession {
     encrypted: bool,
     /// The database named by the handshake response or the last `COM_INIT_DB`.
     database: Option<String>,
+    /// A command (sequence 0) was seen: the connection phase is over, and client
+    /// packets of a higher sequence are continuations of a command longer than
+    /// 16 MiB or authentication data (`COM_CHANGE_USER`), never an SSL request.
+    commanding: bool,
 }
 
 impl MySqlSession {
@@ -113,6 +117,7 @@ impl MySqlSession {
             statements: HashMap::new(),
             encrypted: false,
             database: None,
+            commanding: false,
         }
     }
 
@@ -124,6 +129,9 @@ impl MySqlSession {
         out: &mut Vec<Finished>,
     ) {
         if p.seq != 0 {
+            if self.commanding {
+                return;
+            }
             // Connection phase: handshake response, SSL request, auth data.
             let caps = le32(&p.body, 0).unwrap_or(0);
             if p.seq == 1 && p.len == 32 && caps & CLIENT_SSL != 0 {
@@ -134,6 +142,7 @@ impl MySqlSession {
             }
             return;
         }
+        self.commanding = true;
         // The client waits for whole answers: an earlier answered command is over.
         while self.pending.front().is_some_and(|f| f.last_ns.is_some()) {
             if let Some(f) = self.pending.pop_front() {

@@ -39,7 +39,7 @@ pub use crate::protocols::db::Input;
 use crate::protocols::db::{
     text, untracked, DbSession, DbStats, Finished, Origin, Segment, MAX_ERROR_MESSAGE, MAX_KEEP,
 };
-use crate::protocols::truncate_utf8;
+use crate::protocols::{prefix_utf8, truncate_utf8};
 
 mod frame;
 #[cfg(test)]
@@ -111,13 +111,14 @@ impl Names {
         }
     }
 
+    /// Names are kept cut to [`MAX_NAME`] bytes at a character boundary, and
+    /// looked up cut the same way.
     fn get(&self, name: &str) -> Option<String> {
-        let name = name.get(..name.len().min(MAX_NAME)).unwrap_or(name);
-        self.map.get(name).cloned().flatten()
+        self.map.get(prefix_utf8(name, MAX_NAME)).cloned().flatten()
     }
 
     fn remove(&mut self, name: &str) {
-        let name = name.get(..name.len().min(MAX_NAME)).unwrap_or(name);
+        let name = prefix_utf8(name, MAX_NAME);
         if self.map.remove(name).is_some() {
             self.order.retain(|n| n != name);
         }

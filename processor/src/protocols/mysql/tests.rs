@@ -194,6 +194,32 @@ fn ssl_request_stops_reading() {
 }
 
 #[test]
+fn a_continuation_packet_in_the_command_phase_is_not_an_ssl_request() {
+    // The second packet of a command longer than 16 MiB has sequence 1; 32 bytes of
+    // it whose first four look like capabilities with CLIENT_SSL must not make the
+    // connection look encrypted (which would hide its later commands).
+    let mut session = MySqlSession::new(true);
+    let mut tail = vec![0x0d, 0xaa, 0x0f, 0x00];
+    tail.extend_from_slice(&[b'x'; 28]);
+    let (out, stats) = run(
+        &mut session,
+        &[
+            (false, greeting()),
+            (true, pkt(1, b"\x0d\xa2\x00\x00response")),
+            (false, ok(2)),
+            (true, query("SELECT 1")),
+            (false, ok(1)),
+            (true, pkt(1, &tail)),
+            (true, query("SELECT 2")),
+            (false, ok(1)),
+        ],
+    );
+    assert!(!session.encrypted());
+    assert_eq!(stats.encrypted_connections, 0);
+    assert_eq!(out.len(), 2, "{out:?}");
+}
+
+#[test]
 fn detection() {
     let g = greeting();
     assert!(looks_like_greeting(&g, g.len() as u64));

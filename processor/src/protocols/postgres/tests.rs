@@ -321,6 +321,19 @@ fn closed_before_answer() {
 }
 
 #[test]
+fn a_long_statement_name_cut_inside_a_character_is_found_again() {
+    // 60 three-byte characters: cut to MAX_NAME bytes, the cut falls inside one.
+    let name = "€".repeat(60);
+    assert!(!name.is_char_boundary(MAX_NAME));
+    let mut names = Names::default();
+    let mut stats = DbStats::default();
+    names.insert(name.clone(), Some("SELECT 1".into()), &mut stats);
+    assert_eq!(names.get(&name).as_deref(), Some("SELECT 1"));
+    names.remove(&name);
+    assert_eq!(names.len(), 0);
+}
+
+#[test]
 fn statements_are_bounded() {
     let mut session = PgSession::new(false);
     let mut steps = vec![];
