@@ -243,6 +243,28 @@ pub fn write_config(dir: &Path, yaml: &str) -> PathBuf {
     path
 }
 
+/// The environment of a processor exporting to `receiver` over OTLP/gRPC and
+/// selecting the processes that use `port`.
+pub fn grpc_export_env(receiver: &Receiver, port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            receiver.endpoint(Protocol::Grpc),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()),
+        ("OTEL_EBPF_OPEN_PORT", port.to_string()),
+    ]
+}
+
+/// The standard error of each of `parts` under its name: what a failed wait shows.
+pub fn stderr_of(parts: &[(&str, &Running)]) -> String {
+    parts
+        .iter()
+        .map(|(name, p)| format!("{name}:\n{}", p.stderr.text()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A processor with `--config config`, printing nothing on stdout, with the extra
 /// environment `env`; returned once subscribed.
 pub fn start_exporting_processor(

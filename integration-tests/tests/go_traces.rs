@@ -186,13 +186,7 @@ fn go_client_calls_are_children_of_the_request_their_goroutine_serves() {
     receiver.until(
         "four linked calls",
         Duration::from_secs(30),
-        &|| {
-            format!(
-                "loader:\n{}\nprocessor:\n{}",
-                loader.stderr.text(),
-                exporter.stderr.text()
-            )
-        },
+        &|| stderr_of(&[("loader", &loader), ("processor", &exporter)]),
         |r| {
             let s = spans(r);
             (1..=4).all(|n| {
@@ -258,14 +252,7 @@ fn go_database_sql_calls_are_children_of_the_request() {
     let loader = start_unprivileged_ebpf_loader(&loader_caps(), dir.path(), &socket, &[]);
     let mut receiver = Receiver::start();
     let config = write_config(dir.path(), "routes:\n  patterns:\n    - /pg/{n}\n");
-    let env = vec![
-        (
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            receiver.endpoint(Protocol::Grpc),
-        ),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()),
-        ("OTEL_EBPF_OPEN_PORT", port.to_string()),
-    ];
+    let env = grpc_export_env(&receiver, port);
     let mut exporter = start_exporting_processor(&socket, test, &config, &env);
     wait_instrumenting(&loader, &port.to_string());
     let mut cmd = Command::new(&bin);
@@ -292,13 +279,7 @@ fn go_database_sql_calls_are_children_of_the_request() {
     receiver.until(
         "three requests and their SELECTs",
         Duration::from_secs(30),
-        &|| {
-            format!(
-                "loader:\n{}\nprocessor:\n{}",
-                loader.stderr.text(),
-                exporter.stderr.text()
-            )
-        },
+        &|| stderr_of(&[("loader", &loader), ("processor", &exporter)]),
         |r| {
             let s = spans(r);
             (1..=3).all(|n| {

@@ -84,15 +84,8 @@ fn grpc_go_over_tls_gives_rpc_spans_and_metrics() {
     let loader = start_unprivileged_ebpf_loader(&loader_caps(), dir.path(), &socket, &[]);
     let mut receiver = Receiver::start();
     let config = write_config(dir.path(), "routes:\n  unmatched: path\n");
-    let env = vec![
-        (
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            receiver.endpoint(Protocol::Grpc),
-        ),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()),
-        ("OTEL_EBPF_OPEN_PORT", port.to_string()),
-        ("OTEL_METRIC_EXPORT_INTERVAL", "1000".to_string()),
-    ];
+    let mut env = grpc_export_env(&receiver, port);
+    env.push(("OTEL_METRIC_EXPORT_INTERVAL", "1000".to_string()));
     let exporter = start_exporting_processor(&socket, test, &config, &env);
     wait_instrumenting(&loader, &format!("ports {port}"));
     let (cert, key) = make_certificate(dir.path());
@@ -131,13 +124,7 @@ fn grpc_go_over_tls_gives_rpc_spans_and_metrics() {
     receiver.until(
         "the measured client's RPC spans at both ends",
         Duration::from_secs(30),
-        &|| {
-            format!(
-                "loader:\n{}\nprocessor:\n{}",
-                loader.stderr.text(),
-                exporter.stderr.text()
-            )
-        },
+        &|| stderr_of(&[("loader", &loader), ("processor", &exporter)]),
         |r| {
             [(2, pid), (3, client_pid)].iter().all(|(kind, p)| {
                 let s = spans_of(r, *kind, Some(*p));

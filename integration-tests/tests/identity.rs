@@ -20,14 +20,7 @@ fn short_lived_clients_are_named_by_the_kernel() {
     let loader = start_ebpf_loader(&socket, &[]);
     let mut receiver = Receiver::start();
     let config = write_config(dir.path(), "routes:\n  unmatched: path\n");
-    let env = vec![
-        (
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            receiver.endpoint(Protocol::Grpc),
-        ),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()),
-        ("OTEL_EBPF_OPEN_PORT", port.to_string()),
-    ];
+    let env = grpc_export_env(&receiver, port);
     let exporter = start_exporting_processor(&socket, test, &config, &env);
     wait_instrumenting(&loader, &format!("ports {port}"));
     let mut cmd = Command::new("python3");
@@ -61,13 +54,7 @@ fn short_lived_clients_are_named_by_the_kernel() {
     receiver.until(
         "every curl's client span",
         Duration::from_secs(30),
-        &|| {
-            format!(
-                "loader:\n{}\nprocessor:\n{}",
-                loader.stderr.text(),
-                exporter.stderr.text()
-            )
-        },
+        &|| stderr_of(&[("loader", &loader), ("processor", &exporter)]),
         |r| client_spans(r).len() >= CLIENTS,
     );
     let all = client_spans(&receiver.records);

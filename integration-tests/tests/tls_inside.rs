@@ -63,14 +63,7 @@ impl Setup {
             dir.path(),
             &format!("routes:\n  patterns:\n    - {route}\n"),
         );
-        let env = vec![
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                receiver.endpoint(Protocol::Grpc),
-            ),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()),
-            ("OTEL_EBPF_OPEN_PORT", port.to_string()),
-        ];
+        let env = grpc_export_env(&receiver, port);
         let exporter = start_exporting_processor(&socket, test, &config, &env);
         wait_instrumenting(&loader, &format!("ports {port}"));
         Setup {
@@ -93,13 +86,7 @@ impl Setup {
         self.receiver.until(
             what,
             Duration::from_secs(30),
-            &|| {
-                format!(
-                    "loader:\n{}\nprocessor:\n{}",
-                    loader.stderr.text(),
-                    exporter.stderr.text()
-                )
-            },
+            &|| stderr_of(&[("loader", loader), ("processor", exporter)]),
             |r| done(&server_spans(r, pid)),
         );
     }

@@ -24,6 +24,7 @@ use tandem_proto::{selection, Event, EventBatch, EventKind, Selection};
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
+use crate::clock::{kernel_release, monotonic_ns, realtime_offset_ns};
 use crate::selection::{Matcher, ProcessFacts, SelectionError};
 
 /// How long an exited process stays routable, for its late events (closes).
@@ -31,6 +32,9 @@ const EXITED_GRACE: Duration = Duration::from_secs(10);
 
 /// Most ports remembered per process for port-based selection.
 const MAX_PORTS_PER_PROCESS: usize = 64;
+
+/// Largest resume state a subscriber may leave with its subscription (`Ack`).
+pub const MAX_RESUME_STATE: usize = 256 * 1024;
 
 /// Sizes and times of the hub.
 #[derive(Debug, Clone)]
@@ -80,6 +84,10 @@ struct Queue {
     resend: VecDeque<EventBatch>,
     /// Events in `unacked` and `resend`; they count against the capacity.
     held_events: usize,
+    /// The subscriber's last acknowledged resume state (opaque, bounded).
+    resume_state: bytes::Bytes,
+    /// The next batch sent carries `resume_state` (set when a connection resumes).
+    state_due: bool,
 }
 
 impl Queue {
@@ -141,7 +149,7 @@ struct ProcEntry {
 impl ProcEntry {
     /// Sets who selects the process; those new to it get its `ProcessStarted` first.
     fn reselect(&mut self, selected_by: Vec<Arc<Subscription>>) {
-        if let Some(started) = &self.started {
+        if let Some(started) = self.facts_event() {
             for s in &selected_by {
                 if !self.selected_by.iter().any(|old| old.id == s.id) && s.push(started.clone()) {
                     s.notify.notify_one();
@@ -149,6 +157,21 @@ impl ProcEntry {
             }
         }
         self.selected_by = selected_by;
+    }
+
+    /// The process's `ProcessStarted` for a subscriber that did not see it, with the
+    /// ports seen since (a selection by port needs them before the next connection).
+    fn facts_event(&self) -> Option<Event> {
+        let mut event = self.started.clone()?;
+        if let Some(EventKind::ProcessStarted(p)) = &mut event.kind {
+            p.ports = self
+                .facts
+                .ports
+                .iter()
+                .map(|&port| u32::from(port))
+                .collect();
+        }
+        Some(event)
     }
 }
 
@@ -436,6 +459,7 @@ impl Hub {
                 let mut resend = std::mem::take(&mut q.unacked);
                 resend.append(&mut q.resend);
                 q.resend = resend;
+                q.state_due = !q.resume_state.is_empty();
                 drop(q);
                 resume_with_facts(&st, &s, self.realtime_offset_ns.load(Relaxed));
                 s
@@ -455,6 +479,8 @@ impl Hub {
                         unacked: VecDeque::new(),
                         resend: VecDeque::new(),
                         held_events: 0,
+                        resume_state: bytes::Bytes::new(),
+                        state_due: false,
                     }),
                     notify: Notify::new(),
                     generation: AtomicU64::new(0),
@@ -585,12 +611,16 @@ impl Hub {
         if s.generation.load(Relaxed) != attachment.generation {
             return Next::TakenOver;
         }
-        if let Some(batch) = q.resend.pop_front() {
+        if let Some(mut batch) = q.resend.pop_front() {
             if acknowledging {
                 q.unacked.push_back(batch.clone());
             } else {
                 q.held_events -= batch.events.len();
-                drop(q);
+            }
+            take_state(&mut q, &mut batch);
+            let freed = !acknowledging;
+            drop(q);
+            if freed {
                 self.room_freed();
             }
             return Next::Batch(batch);
@@ -612,25 +642,30 @@ impl Hub {
         }
         let len = events.len();
         s.delivered.fetch_add(len as u64, Relaxed);
-        let batch = EventBatch {
+        let mut batch = EventBatch {
             subscription_seq: s.next_subscription_seq.fetch_add(len as u64, Relaxed),
             events,
             realtime_offset_ns: self.realtime_offset_ns.load(Relaxed),
             subscription_epoch: s.epoch,
+            resume_state: bytes::Bytes::new(),
         };
         if acknowledging {
             q.unacked.push_back(batch.clone());
             q.held_events += len;
-        } else {
-            drop(q);
+        }
+        take_state(&mut q, &mut batch);
+        drop(q);
+        if !acknowledging {
             self.room_freed();
         }
         Next::Batch(batch)
     }
 
-    /// Forgets the batches of subscription `name` processed through `seq`.
+    /// Forgets the batches of subscription `name` processed through `seq`, and
+    /// keeps `resume_state` (at most [`MAX_RESUME_STATE`] bytes, checked by the
+    /// server) for the next connection that resumes it.
     /// Returns false when no such subscription (or epoch) exists.
-    pub fn ack(&self, name: &str, epoch: u64, seq: u64) -> bool {
+    pub fn ack(&self, name: &str, epoch: u64, seq: u64, resume_state: bytes::Bytes) -> bool {
         let Some(s) = lock(&self.state)
             .subscriptions
             .iter()
@@ -640,6 +675,7 @@ impl Hub {
             return false;
         };
         let mut q = lock(&s.queue);
+        q.resume_state = resume_state;
         while let Some(front) = q.unacked.front() {
             let last = front.subscription_seq + front.events.len() as u64 - 1;
             if last > seq {
@@ -762,7 +798,7 @@ fn resume_with_facts(st: &State, s: &Arc<Subscription>, realtime_offset_ns: i64)
         .processes
         .iter()
         .filter(|(_, p)| p.exited_at.is_none() && p.selected_by.iter().any(|x| x.id == s.id))
-        .filter_map(|(pid, p)| p.started.clone().map(|e| (*pid, e)))
+        .filter_map(|(pid, p)| p.facts_event().map(|e| (*pid, e)))
         .collect();
     if facts.is_empty() {
         return;
@@ -788,10 +824,18 @@ fn resume_with_facts(st: &State, s: &Arc<Subscription>, realtime_offset_ns: i64)
                 events: facts,
                 realtime_offset_ns,
                 subscription_epoch: s.epoch,
+                resume_state: bytes::Bytes::new(),
             });
         }
     }
     q.held_events += n as usize;
+}
+
+/// Puts the resume state on `batch` when the connection's first batch is due it.
+fn take_state(q: &mut Queue, batch: &mut EventBatch) {
+    if std::mem::take(&mut q.state_due) {
+        batch.resume_state = q.resume_state.clone();
+    }
 }
 
 fn subscriber_loss(count: u64) -> Event {
@@ -820,34 +864,10 @@ fn display_name(name: &str) -> &str {
     }
 }
 
-/// CLOCK_MONOTONIC now, in nanoseconds (the clock of `bpf_ktime_get_ns`).
-pub fn monotonic_ns() -> u64 {
-    clock_ns(nix::time::ClockId::CLOCK_MONOTONIC)
-}
-
-/// CLOCK_REALTIME - CLOCK_MONOTONIC, in nanoseconds.
-pub fn realtime_offset_ns() -> i64 {
-    let mono = monotonic_ns() as i64;
-    let real = clock_ns(nix::time::ClockId::CLOCK_REALTIME) as i64;
-    real - mono
-}
-
-fn clock_ns(clock: nix::time::ClockId) -> u64 {
-    nix::time::clock_gettime(clock)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
-}
-
-/// `uname -r`.
-pub fn kernel_release() -> String {
-    nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use futures::FutureExt;
     use tandem_proto::v1::{ConnectionOpened, Data, ProcessStarted, SocketAddress};
 
@@ -857,6 +877,35 @@ mod tests {
             max_batch,
             ..HubConfig::default()
         })
+    }
+
+    fn started(pid: u32, exe: &str) -> Event {
+        Event {
+            seq: 0,
+            mono_ns: 0,
+            kind: Some(EventKind::ProcessStarted(ProcessStarted {
+                pid,
+                exe_path: exe.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// A connection `pid` accepted on `port`.
+    fn accepted(pid: u32, port: u32) -> Event {
+        Event {
+            seq: 0,
+            mono_ns: 0,
+            kind: Some(EventKind::ConnectionOpened(ConnectionOpened {
+                pid,
+                local: Some(SocketAddress {
+                    ip: vec![127, 0, 0, 1].into(),
+                    port,
+                }),
+                role: Role::Server as i32,
+                ..Default::default()
+            })),
+        }
     }
 
     fn data(pid: u32, n: u8) -> Event {
@@ -971,28 +1020,7 @@ mod tests {
                 Peer::default(),
             )
             .unwrap();
-        let start = |pid: u32, exe: &str| Event {
-            seq: 0,
-            mono_ns: 0,
-            kind: Some(EventKind::ProcessStarted(ProcessStarted {
-                pid,
-                exe_path: exe.into(),
-                ..Default::default()
-            })),
-        };
-        let serve = |pid: u32, port: u32| Event {
-            seq: 0,
-            mono_ns: 0,
-            kind: Some(EventKind::ConnectionOpened(ConnectionOpened {
-                pid,
-                local: Some(SocketAddress {
-                    ip: vec![127, 0, 0, 1].into(),
-                    port,
-                }),
-                role: Role::Server as i32,
-                ..Default::default()
-            })),
-        };
+        let (start, serve) = (started, accepted);
         h.publish(vec![
             start(7, "/bin/seven"),
             start(8, "/usr/sbin/nginx"),
@@ -1031,15 +1059,7 @@ mod tests {
         let early = h
             .attach("early", Selection::default(), false, Peer::default())
             .unwrap();
-        let started = Event {
-            seq: 0,
-            mono_ns: 0,
-            kind: Some(EventKind::ProcessStarted(ProcessStarted {
-                pid: 5,
-                exe_path: "/usr/sbin/nginx".into(),
-                ..Default::default()
-            })),
-        };
+        let started = started(5, "/usr/sbin/nginx");
         h.publish(vec![started]);
         assert_eq!(batch(&h, &early).events.len(), 1);
         // A subscriber attaching later gets the ProcessStarted before new events...
@@ -1081,8 +1101,11 @@ mod tests {
         let b1 = batch(&h, &first);
         let b2 = batch(&h, &first);
         assert_eq!((b1.subscription_seq, b2.subscription_seq), (1, 3));
-        assert!(h.ack("p", b1.subscription_epoch, 2));
-        assert!(!h.ack("p", b1.subscription_epoch + 1, 2), "wrong epoch");
+        assert!(h.ack("p", b1.subscription_epoch, 2, Bytes::new()));
+        assert!(
+            !h.ack("p", b1.subscription_epoch + 1, 2, Bytes::new()),
+            "wrong epoch"
+        );
         assert_eq!(h.info().subscribers[0].unacknowledged, 2);
         h.detach(&first);
         // The second batch was never acknowledged: it comes again, then what is new.
@@ -1117,7 +1140,7 @@ mod tests {
         h.publish(vec![started(7), started(5), data(5, 0), data(7, 1)]);
         let b = batch(&h, &first);
         assert_eq!((b.subscription_seq, b.events.len()), (1, 4));
-        assert!(h.ack("p", b.subscription_epoch, 4));
+        assert!(h.ack("p", b.subscription_epoch, 4, Bytes::new()));
         h.detach(&first);
         // Everything was acknowledged; a new processor resumes the subscription.
         let second = h
@@ -1162,6 +1185,46 @@ mod tests {
     }
 
     #[test]
+    fn the_resume_state_and_the_ports_seen_go_to_the_next_connection() {
+        let h = hub(100, 100);
+        let first = h
+            .attach("p", Selection::default(), true, Peer::default())
+            .unwrap();
+        h.publish(vec![
+            started(5, "/usr/bin/python3"),
+            accepted(5, 8080),
+            data(5, 0),
+            data(5, 1),
+        ]);
+        let b = batch(&h, &first);
+        assert!(b.resume_state.is_empty(), "no state was left yet");
+        assert!(h.ack("p", b.subscription_epoch, 4, Bytes::from_static(b"state-1")));
+        h.detach(&first);
+        let second = h
+            .attach("p", Selection::default(), true, Peer::default())
+            .unwrap();
+        let again = batch(&h, &second);
+        assert_eq!(&again.resume_state[..], b"state-1");
+        assert_eq!(
+            again.subscription_seq, 4,
+            "the facts just before what comes next"
+        );
+        match &again.events[..] {
+            [Event {
+                kind: Some(EventKind::ProcessStarted(p)),
+                ..
+            }] => assert_eq!(p.ports, [8080]),
+            other => panic!("the facts: {other:?}"),
+        }
+        h.publish(vec![data(5, 2)]);
+        let next = batch(&h, &second);
+        assert!(
+            next.resume_state.is_empty(),
+            "only the first batch carries it"
+        );
+    }
+
+    #[test]
     fn unacknowledged_events_count_against_the_bound() {
         let h = hub(4, 100);
         let a = h
@@ -1173,7 +1236,7 @@ mod tests {
         assert!(matches!(h.next_batch(&a), Next::Empty));
         h.publish(vec![data(1, 4)]); // 2 held + 2 queued = full: dropped
         assert_eq!(h.info().subscribers[0].dropped, 1);
-        assert!(h.ack("p", a.subscription.epoch, 2));
+        assert!(h.ack("p", a.subscription.epoch, 2, Bytes::new()));
         assert_eq!(payloads(&batch(&h, &a)), ["2", "3", "loss1"]);
     }
 

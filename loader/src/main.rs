@@ -2,6 +2,7 @@
 
 mod analyse;
 mod cli;
+mod clock;
 mod hub;
 mod posture;
 #[cfg(feature = "dev-sources")]

@@ -12,7 +12,8 @@ use tandem_proto::v1::{CaptureHeader, LossLocation};
 use tracing::{info, warn};
 
 use crate::cli::RecordArgs;
-use crate::hub::{realtime_offset_ns, Hub, HubConfig, Next, Peer};
+use crate::clock::realtime_offset_ns;
+use crate::hub::{Hub, HubConfig, Next, Peer};
 use crate::source::SourceContext;
 use tandem_proto::process::shutdown_on_signals;
 

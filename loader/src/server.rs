@@ -25,7 +25,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::hub::{Attachment, Hub, Next, Peer};
+use crate::hub::{self, Attachment, Hub, Next, Peer};
 use crate::posture::Posture;
 
 /// How long a subscription's stream, woken by new events, waits for more before it
@@ -181,10 +181,19 @@ impl Loader for LoaderService {
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
         check_peer(&request, &self.allow)?;
         let req = request.into_inner();
-        if self
-            .hub
-            .ack(&req.name, req.subscription_epoch, req.processed_through)
-        {
+        if req.resume_state.len() > hub::MAX_RESUME_STATE {
+            return Err(Status::invalid_argument(format!(
+                "resume_state is {} bytes; at most {} are kept",
+                req.resume_state.len(),
+                hub::MAX_RESUME_STATE
+            )));
+        }
+        if self.hub.ack(
+            &req.name,
+            req.subscription_epoch,
+            req.processed_through,
+            req.resume_state,
+        ) {
             Ok(Response::new(AckResponse {}))
         } else {
             Err(Status::not_found(format!(

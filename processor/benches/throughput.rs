@@ -233,6 +233,7 @@ fn into_batches(events: Vec<Event>, offset: i64) -> Vec<EventBatch> {
             events,
             realtime_offset_ns: offset,
             subscription_epoch: 1,
+            resume_state: Default::default(),
         });
         seq += len;
     }
@@ -281,6 +282,10 @@ async fn iteration(pass: Pass, batches: &[EventBatch]) -> Result<Run, String> {
         )
         .map_err(|e| e.to_string())?;
         let mut engine = Engine::new(pipeline, Printer::new(PrintFormat::None));
+        // Acknowledging by watermark, as the processor does.
+        engine.set_progress(std::sync::Arc::new(
+            tandem_processor::resume::Progress::new(1),
+        ));
         for b in batches {
             engine.on_batch(b);
             // Let the export task run, as the loader's batches come with pauses.

@@ -41,6 +41,9 @@ pub struct ClientConfig {
     pub selection_updates: Option<watch::Receiver<Selection>>,
     /// Told whether the processor is subscribed now (the health endpoint).
     pub health: Option<std::sync::Arc<crate::health::Health>>,
+    /// When given, acknowledgements follow it (the watermark and resume state of
+    /// `crate::resume`) instead of every batch as soon as it was handed over.
+    pub progress: Option<std::sync::Arc<crate::resume::Progress>>,
 }
 
 impl ClientConfig {
@@ -212,20 +215,62 @@ where
     }
     config.set_connected(true);
     *backoff = BACKOFF_MIN;
+    if let Some(progress) = &config.progress {
+        // The watermark may lag a quarter of the loader's queue: it holds what is
+        // not acknowledged against its bound (and stops sending at half of it).
+        if let Ok(info) = client.info(InfoRequest {}).await {
+            let info = info.into_inner();
+            let capacity = info
+                .subscribers
+                .iter()
+                .find(|s| s.name == config.name)
+                .or(info.subscribers.first())
+                .map(|s| s.queue_capacity);
+            if let Some(c) = capacity {
+                progress.set_lag_max((c / 4).max(1));
+            }
+        }
+    }
     // Acknowledgements go out from their own task, coalesced: only the latest
     // processed position matters (acks are cumulative).
     let (ack_tx, mut ack_rx) = watch::channel::<Option<AckRequest>>(None);
     let mut ack_client = client.clone();
+    let name = config.name.clone();
+    let progress = config.progress.clone();
     let ack_task = tokio::spawn(async move {
-        while ack_rx.changed().await.is_ok() {
-            // At most one Ack per ACK_INTERVAL: acknowledgements are cumulative, and
-            // one per batch would cost a round trip (and wake-ups) per batch.
-            tokio::time::sleep(ACK_INTERVAL).await;
-            let Some(req) = ack_rx.borrow_and_update().clone() else {
-                continue;
-            };
-            if let Err(s) = ack_client.ack(req).await {
-                debug!("ack failed: {}", s.message());
+        match progress {
+            Some(progress) => {
+                // The watermark also moves without new batches (the collector
+                // answers later): polled every ACK_INTERVAL, sent when it changed.
+                let mut sent = None;
+                loop {
+                    tokio::time::sleep(ACK_INTERVAL).await;
+                    let Some((version, ack)) = progress.ack() else {
+                        continue;
+                    };
+                    if sent == Some(version) {
+                        continue;
+                    }
+                    if let Err(s) = ack_client.ack(ack_request(&name, ack)).await {
+                        debug!("ack failed: {}", s.message());
+                    } else {
+                        sent = Some(version);
+                    }
+                }
+            }
+            None => {
+                while ack_rx.changed().await.is_ok() {
+                    // At most one Ack per ACK_INTERVAL: acknowledgements are
+                    // cumulative, and one per batch would cost a round trip (and
+                    // wake-ups) per batch.
+                    tokio::time::sleep(ACK_INTERVAL).await;
+                    let Some(req) = ack_rx.borrow_and_update().clone() else {
+                        continue;
+                    };
+                    if let Err(s) = ack_client.ack(req).await {
+                        debug!("ack failed: {}", s.message());
+                    }
+                }
             }
         }
     });
@@ -243,7 +288,10 @@ where
     ack_task.abort();
     // Acknowledge the final position before leaving, so that the next processor with
     // this name starts exactly after it.
-    let last = ack_tx.borrow().clone();
+    let last = match &config.progress {
+        Some(p) => p.ack().map(|(_, ack)| ack_request(&config.name, ack)),
+        None => ack_tx.borrow().clone(),
+    };
     if let Some(req) = last {
         let ack = client.ack(req);
         if !matches!(
@@ -365,6 +413,7 @@ where
                         name: name.to_owned(),
                         subscription_epoch: batch.subscription_epoch,
                         processed_through: (batch.subscription_seq + batch.events.len() as u64).saturating_sub(1),
+                        resume_state: Default::default(),
                     };
                     on_batch(batch);
                     ack_tx.send_replace(Some(processed));
@@ -375,6 +424,15 @@ where
             },
             _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
         }
+    }
+}
+
+fn ack_request(name: &str, ack: crate::resume::Ack) -> AckRequest {
+    AckRequest {
+        name: name.to_owned(),
+        subscription_epoch: ack.epoch,
+        processed_through: ack.through,
+        resume_state: ack.state,
     }
 }
 

@@ -4,7 +4,8 @@
 //! (`run`), the integration tests (through the binary) and the throughput
 //! benchmark all go through it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tandem_proto::v1::{LossLocation, Role};
@@ -14,6 +15,7 @@ use tracing::{info, warn};
 use crate::model::Transaction;
 use crate::pipeline::Pipeline;
 use crate::printer::Printer;
+use crate::resume::{Begin, Progress, State};
 use crate::select::Selector;
 use crate::stats::{SeqCheck, Stats};
 use crate::stitch::Stitcher;
@@ -35,6 +37,19 @@ pub struct Engine {
     /// The exact process selection (`crate::select`); `None`: every event passes.
     selector: Option<Selector>,
     started: Instant,
+    /// What is acknowledged to the loader (`crate::resume`); `None`: every batch
+    /// as soon as it was handed over.
+    progress: Option<Arc<Progress>>,
+    /// Transactions a predecessor already delivered, rebuilt from events sent
+    /// again: not reported a second time.
+    delivered_before: HashSet<Begin>,
+    /// Transactions completed in the current batch.
+    finished: Vec<Begin>,
+    /// Transactions skipped as delivered by a predecessor.
+    resent_skipped: u64,
+    /// Reading what a predecessor processed already (after a takeover, until the
+    /// first new event).
+    taking_over: bool,
 }
 
 impl Engine {
@@ -54,7 +69,66 @@ impl Engine {
             processes: BTreeMap::new(),
             selector: None,
             started: Instant::now(),
+            progress: None,
+            delivered_before: HashSet::new(),
+            finished: Vec::new(),
+            resent_skipped: 0,
+            taking_over: false,
         }
+    }
+
+    /// Acknowledges through `progress` (see `crate::resume`); its sinks report
+    /// what they hold to it.
+    pub fn set_progress(&mut self, progress: Arc<Progress>) {
+        self.stitcher.set_id_key(progress.key());
+        self.pipeline.set_progress(&progress);
+        self.progress = Some(progress);
+    }
+
+    /// Transactions rebuilt after a takeover and not reported again (their
+    /// predecessor had delivered them).
+    pub fn resent_skipped(&self) -> u64 {
+        self.resent_skipped
+    }
+
+    /// A batch carrying a predecessor's resume state, before anything else was
+    /// processed: continue where it stopped.
+    fn take_over(&mut self, batch: &EventBatch) {
+        let Some(progress) = &self.progress else {
+            return;
+        };
+        let Some(state) = State::decode(&batch.resume_state) else {
+            warn!(
+                bytes = batch.resume_state.len(),
+                "the loader handed back a resume state this processor cannot read; \
+                 continuing without it (spans may be exported twice)"
+            );
+            return;
+        };
+        if !self
+            .input
+            .resume_at(batch.subscription_epoch, state.watermark)
+        {
+            return;
+        }
+        progress.resume(batch.subscription_epoch, &state);
+        self.taking_over = true;
+        self.stitcher.set_id_key(state.key);
+        self.delivered_before = state.done.iter().copied().collect();
+        if state.unprotected > 0 {
+            *self.input.lost.entry("resume_bound").or_default() += state.unprotected;
+            warn!(
+                transactions = state.unprotected,
+                "the previous processor stopped with transactions in progress beyond \
+                 the resume bound (a quarter of the loader's queue): they are lost"
+            );
+        }
+        info!(
+            watermark = state.watermark,
+            delivered = state.done.len(),
+            "taking over from the previous processor: events after its watermark are \
+             processed again, transactions it delivered are not reported twice"
+        );
     }
 
     /// Judges every process with `selector`: events of processes it does not
@@ -84,6 +158,9 @@ impl Engine {
     /// then every event through stitching and the pipeline; the sinks are flushed
     /// at the end.
     pub fn on_batch(&mut self, batch: &EventBatch) {
+        if !batch.resume_state.is_empty() {
+            self.take_over(batch);
+        }
         let offset = batch.realtime_offset_ns;
         let check = self.input.record_batch(
             batch.subscription_epoch,
@@ -114,11 +191,56 @@ impl Engine {
                 info!("subscription sequence restarted (new loader or expired subscription)")
             }
         }
-        let events = batch.events.get(check.skip()..).unwrap_or_default();
-        for event in gap.iter().chain(events) {
+        if let Some(p) = &self.progress {
+            p.start_batch(batch.subscription_epoch);
+        }
+        let skip = check.skip();
+        // A process's facts are handed to a resumed subscription at positions
+        // already processed: a replacement needs them, a reader that read on
+        // takes them again harmlessly. A replacement also takes the connections
+        // opened and closed there (their ends, their role, their ports).
+        let mut taken_again = Vec::new();
+        for event in batch.events.iter().take(skip) {
+            let wanted = match &event.kind {
+                Some(EventKind::ProcessStarted(_)) => true,
+                Some(EventKind::ConnectionOpened(_) | EventKind::ConnectionClosed(_)) => {
+                    self.taking_over
+                }
+                _ => false,
+            };
+            if wanted {
+                self.event(event, offset);
+                if self.taking_over {
+                    taken_again.push(event.clone());
+                }
+            }
+        }
+        if skip < batch.events.len() {
+            self.taking_over = false;
+        }
+        let events = batch.events.get(skip..).unwrap_or_default();
+        let first = batch.subscription_seq + skip as u64;
+        if let Some(marker) = &gap {
+            self.stitcher.set_position(first);
+            self.event(marker, offset);
+        }
+        for (i, event) in events.iter().enumerate() {
+            self.stitcher.set_position(first + i as u64);
             self.event(event, offset);
         }
         self.pipeline.flush();
+        if let Some(progress) = &self.progress {
+            let through = (batch.subscription_seq + batch.events.len() as u64).saturating_sub(1);
+            let (pending, stale) = self.stitcher.pending(progress.lag_floor());
+            progress.processed(through, pending, stale, &self.finished);
+            if self.delivered_before.iter().all(|b| b.seq <= through) {
+                self.delivered_before.clear();
+            }
+        }
+        self.finished.clear();
+        if !taken_again.is_empty() {
+            self.print_raw(&taken_again, offset);
+        }
         if let Some(marker) = &gap {
             self.print_raw(std::slice::from_ref(marker), offset);
         }
@@ -151,6 +273,14 @@ impl Engine {
         }
         self.stitcher.push(event, offset, &mut self.scratch);
         for tx in self.scratch.drain(..) {
+            if self.progress.is_some() {
+                let begin = tx.trace.map(|t| t.begin).unwrap_or_default();
+                self.finished.push(begin);
+                if self.delivered_before.remove(&begin) {
+                    self.resent_skipped += 1;
+                    continue;
+                }
+            }
             *self.by_protocol.entry(tx.protocol_name()).or_default() += 1;
             self.pipeline.on_transaction(&tx);
         }

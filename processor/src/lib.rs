@@ -20,6 +20,7 @@ pub mod model;
 pub mod pipeline;
 pub mod printer;
 pub mod protocols;
+pub mod resume;
 pub mod run;
 pub mod select;
 pub mod settings;

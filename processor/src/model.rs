@@ -101,6 +101,8 @@ pub struct TraceIds {
     /// The pid of the traced process on the other end of the connection, when this
     /// span was linked to its span there (0: not linked by connection).
     pub peer_pid: u32,
+    /// Where the request began in the subscription's stream (see `crate::resume`).
+    pub begin: crate::resume::Begin,
 }
 
 /// The protocol part of a [`Transaction`].

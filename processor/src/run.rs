@@ -117,6 +117,11 @@ pub async fn run(
         selector.set_kubernetes(k.store.clone());
     }
     engine.set_selector(selector);
+    // Acknowledge only what is delivered, so that a processor killed and replaced
+    // loses nothing (`crate::resume`); span ids derive from a random key unless a
+    // predecessor's state hands its key over.
+    let progress = std::sync::Arc::new(crate::resume::Progress::new(random_key()));
+    engine.set_progress(progress.clone());
     let (posture_tx, mut posture_rx) = tokio::sync::watch::channel(None);
     let health = std::sync::Arc::new(crate::health::Health::default());
     let health_endpoint = crate::health::start(&config.health_check, health.clone())?;
@@ -127,6 +132,7 @@ pub async fn run(
         posture: Some(posture_tx),
         selection_updates,
         health: Some(health),
+        progress: Some(progress),
     };
     let interval = opts.summary_interval;
     let mut next_summary = (!interval.is_zero()).then(|| tokio::time::Instant::now() + interval);
@@ -192,4 +198,11 @@ pub async fn run(
     info!("processor stopped after {:.1?}:\n{summary}", summary.uptime);
     result.map_err(anyhow::Error::from)?;
     Ok(summary)
+}
+
+/// A random key for span ids (the standard library's per-process random hash keys
+/// and the time).
+fn random_key() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now()) | 1
 }

@@ -336,11 +336,18 @@ impl Selector {
     /// A process started (or was found running): judged now.
     pub fn on_started(&mut self, p: &ProcessStarted) {
         let args = p.cmdline.get(1..).unwrap_or_default().join(" ");
-        let ports = self
+        let mut ports = self
             .by_pid
             .remove(&p.pid)
             .map(|o| o.ports)
             .unwrap_or_default();
+        // The ports the loader saw it use, when it hands the facts of a process
+        // this processor did not see start (a takeover after a restart).
+        for port in p.ports.iter().filter_map(|&port| u16::try_from(port).ok()) {
+            if !ports.contains(&port) && ports.len() < MAX_PORTS {
+                ports.push(port);
+            }
+        }
         if !self.order.contains(&p.pid) {
             self.order.push_back(p.pid);
         }

@@ -147,6 +147,27 @@ fn ports_are_learnt_from_connections_and_anded_with_the_rest() {
 }
 
 #[test]
+fn ports_the_loader_hands_with_a_process_select_it_at_once() {
+    // A processor taking over sees no connection opened before it started: the
+    // loader's facts carry the ports the process used.
+    let d = discovery(
+        "- open_ports: 8080
+",
+        "",
+    );
+    let with_ports = |pid, ports: Vec<u32>| ProcessStarted {
+        ports,
+        ..started(pid, 1, "/usr/bin/python3", &[], "")
+    };
+    let mut s = judged(
+        &d,
+        &[with_ports(10, vec![8080]), with_ports(11, vec![9090])],
+    );
+    assert!(s.admits(10));
+    assert!(!s.admits(11));
+}
+
+#[test]
 fn languages_containers_only_and_target_pids() {
     let cid = "a".repeat(64);
     let d = discovery(

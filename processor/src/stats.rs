@@ -33,6 +33,17 @@ pub enum SeqCheck {
 }
 
 impl Stats {
+    /// A processor taking a subscription over from a predecessor that processed
+    /// its events through `watermark` (see `crate::resume`). Only before the first
+    /// batch: false (and nothing changes) afterwards.
+    pub fn resume_at(&mut self, epoch: u64, watermark: u64) -> bool {
+        if self.position.is_some() {
+            return false;
+        }
+        self.position = Some((epoch, watermark + 1));
+        true
+    }
+
     /// Checks a batch's position and counts its new events. Returns the check; the
     /// events to process are `events[check.skip()..]`.
     pub fn record_batch(&mut self, epoch: u64, seq: u64, events: &[Event]) -> SeqCheck {

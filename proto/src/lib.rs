@@ -19,7 +19,7 @@ pub use v1::{event::Kind as EventKind, Event, EventBatch, ProtocolVersion, Selec
 /// Major version of the protocol this build speaks. Bump only for breaking changes.
 pub const PROTOCOL_MAJOR: u32 = 1;
 /// Minor version: bumped for additive changes.
-pub const PROTOCOL_MINOR: u32 = 1;
+pub const PROTOCOL_MINOR: u32 = 3;
 
 /// The protocol version this build speaks.
 pub fn protocol_version() -> ProtocolVersion {

@@ -10,7 +10,7 @@ use tandem_proto::v1::{CaptureHeader, LossLocation};
 use tracing::{error, info};
 
 use super::{probe, wait_for_subscribers, EventSource, SourceContext};
-use crate::hub::monotonic_ns;
+use crate::clock::monotonic_ns;
 
 /// Events published per batch when not rate-limited.
 const BATCH: usize = 256;

@@ -12,7 +12,7 @@ use tandem_proto::{Event, EventKind};
 use tracing::info;
 
 use super::{probe, wait_for_subscribers, EventSource, SourceContext};
-use crate::hub::monotonic_ns;
+use crate::clock::monotonic_ns;
 
 pub const DEMO_PID: u32 = 4242;
 pub const DEMO_PORT: u32 = 8080;
@@ -43,6 +43,7 @@ pub fn process_start(mono_ns: u64) -> Event {
             preexisting: true,
             otel_env: Vec::new(),
             comm: String::new(),
+            ports: Vec::new(),
         })),
     }
 }

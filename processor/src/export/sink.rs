@@ -62,6 +62,10 @@ pub trait Sink: Send {
     /// The end of an input batch: a sink that batches may hand work on.
     fn flush(&mut self) {}
 
+    /// A sink that holds spans after the input batch (an exporter) tells
+    /// `progress` which, and when they are delivered (see `crate::resume`).
+    fn set_progress(&mut self, _progress: &Arc<crate::resume::Progress>) {}
+
     /// What it did so far.
     fn report(&self) -> SinkReport;
 
@@ -123,10 +127,15 @@ impl Sink for OtlpTraces {
         "otlp-traces"
     }
 
-    fn span(&mut self, span: &SpanRecord, _tx: &Transaction, process: &Arc<ProcessResource>) {
+    fn span(&mut self, span: &SpanRecord, tx: &Transaction, process: &Arc<ProcessResource>) {
         if span.sampled {
-            self.0.offer(process, &span.data);
+            let begin = tx.trace.map(|t| t.begin).unwrap_or_default();
+            self.0.offer(process, &span.data, begin);
         }
+    }
+
+    fn set_progress(&mut self, progress: &Arc<crate::resume::Progress>) {
+        self.0.set_progress(progress.clone());
     }
 
     fn reads_spans(&self) -> bool {

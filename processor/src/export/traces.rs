@@ -19,7 +19,7 @@
 //! discarded: the throughput benchmark measures the same path without a network.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -33,6 +33,10 @@ use crate::export::encode::SpanGroups;
 use crate::export::transport::Transport;
 use crate::pipeline::resource::ProcessResource;
 use crate::pipeline::span::Span;
+use crate::resume::{Begin, Progress};
+
+/// Told which spans the collector answered for (see `crate::resume`).
+type Confirm = Arc<OnceLock<Arc<Progress>>>;
 
 /// Defaults of the batching settings (see `config`: `otel_traces_export.*`).
 pub const DEFAULT_MAX_EXPORT_BATCH_SIZE: usize = 4096;
@@ -97,8 +101,8 @@ impl TraceExportStats {
     }
 }
 
-/// An encoded chunk and how many spans it holds.
-type Chunk = (Bytes, u64);
+/// An encoded chunk, how many spans it holds and where their requests began.
+type Chunk = (Bytes, u64, Vec<Begin>);
 
 /// Batching settings. Memory is bounded by the queue, plus the request being
 /// filled, plus the requests in flight.
@@ -131,6 +135,9 @@ pub struct TraceExport {
     batching: Batching,
     stats: Arc<TraceExportStats>,
     task: JoinHandle<()>,
+    /// Where the spans of `pending` began (only with a progress to tell).
+    begins: Vec<Begin>,
+    confirm: Confirm,
 }
 
 impl TraceExport {
@@ -153,7 +160,15 @@ impl TraceExport {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(TraceExportStats::default());
         let waiting = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(run(transport, rx, waiting.clone(), batching, stats.clone()));
+        let confirm = Confirm::default();
+        let task = tokio::spawn(run(
+            transport,
+            rx,
+            waiting.clone(),
+            batching,
+            stats.clone(),
+            confirm.clone(),
+        ));
         TraceExport {
             pending: SpanGroups::default(),
             tx,
@@ -161,12 +176,20 @@ impl TraceExport {
             batching,
             stats,
             task,
+            begins: Vec::new(),
+            confirm,
         }
     }
 
-    /// Queues `span` of `process` for export (a sampled span), encoding it now;
-    /// drops and counts it when the queue is full. Never waits.
-    pub fn offer(&mut self, process: &Arc<ProcessResource>, span: &Span) {
+    /// Tells `progress` which spans wait for the collector, and when it answered.
+    pub fn set_progress(&mut self, progress: Arc<Progress>) {
+        let _ = self.confirm.set(progress);
+    }
+
+    /// Queues `span` of `process` for export (a sampled span; its request began at
+    /// `begin`), encoding it now; drops and counts it when the queue is full.
+    /// Never waits.
+    pub fn offer(&mut self, process: &Arc<ProcessResource>, span: &Span, begin: Begin) {
         let queued = self.waiting.load(Ordering::Acquire) + self.pending.len() as usize;
         if queued >= self.batching.max_queue_size {
             let before = self
@@ -183,6 +206,9 @@ impl TraceExport {
             return;
         }
         self.pending.add(process, span);
+        if self.confirm.get().is_some() {
+            self.begins.push(begin);
+        }
         if self.pending.len() >= CHUNK {
             self.flush();
         }
@@ -197,10 +223,19 @@ impl TraceExport {
         let (body, n) = self.pending.take();
         self.waiting.fetch_add(n as usize, Ordering::AcqRel);
         self.stats.queued.fetch_add(n, Ordering::Relaxed);
-        if self.tx.send((Bytes::from(body), n)).is_err() {
+        let begins = std::mem::take(&mut self.begins);
+        if let Some(p) = self.confirm.get() {
+            p.hold(&begins);
+        }
+        if let Err(mpsc::error::SendError((_, _, begins))) =
+            self.tx.send((Bytes::from(body), n, begins))
+        {
             // The task is gone (only after a panic): what it would have sent is lost.
             self.waiting.fetch_sub(n as usize, Ordering::AcqRel);
             self.stats.failed.fetch_add(n, Ordering::Relaxed);
+            if let Some(p) = self.confirm.get() {
+                p.confirm(&begins);
+            }
         }
     }
 
@@ -251,10 +286,12 @@ async fn run(
     waiting: Arc<AtomicUsize>,
     batching: Batching,
     stats: Arc<TraceExportStats>,
+    confirm: Confirm,
 ) {
     let max_in_flight = transport.as_ref().map_or(1, |t| t.max_in_flight().max(1));
     let max_batch = batching.max_export_batch_size as u64;
     let mut request = BytesMut::new();
+    let mut begins: Vec<Begin> = Vec::new();
     let mut items = 0u64;
     let mut in_flight = FuturesUnordered::new();
     let mut deadline: Option<Instant> = None;
@@ -268,13 +305,20 @@ async fn run(
             deadline = None;
             stats.requests.fetch_add(1, Ordering::Relaxed);
             stats.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-            in_flight.push(send(transport.clone(), body, n, stats.clone()));
+            in_flight.push(send(
+                transport.clone(),
+                body,
+                n,
+                stats.clone(),
+                (std::mem::take(&mut begins), confirm.clone()),
+            ));
             continue;
         }
         let sleep_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             msg = rx.recv(), if open && items < max_batch => match msg {
-                Some((body, n)) => {
+                Some((body, n, mut b)) => {
+                    begins.append(&mut b);
                     // Out of the queue into the request being filled (as the SDK's
                     // batch processor does): the queue has room again.
                     waiting.fetch_sub(n as usize, Ordering::AcqRel);
@@ -293,8 +337,15 @@ async fn run(
     }
 }
 
-/// Sends one request and counts what became of its spans.
-async fn send(transport: Option<Transport>, body: Bytes, items: u64, stats: Arc<TraceExportStats>) {
+/// Sends one request and counts what became of its spans; then tells the progress
+/// that nothing more will be done for them.
+async fn send(
+    transport: Option<Transport>,
+    body: Bytes,
+    items: u64,
+    stats: Arc<TraceExportStats>,
+    (begins, confirm): (Vec<Begin>, Confirm),
+) {
     let (ok, rejected) = match transport {
         Some(t) => match t.export(body, items).await {
             Ok(done) => (done.accepted(), done.rejected),
@@ -312,6 +363,9 @@ async fn send(transport: Option<Transport>, body: Bytes, items: u64, stats: Arc<
     };
     stats.exported.fetch_add(ok, Ordering::Relaxed);
     stats.failed.fetch_add(rejected, Ordering::Relaxed);
+    if let Some(p) = confirm.get() {
+        p.confirm(&begins);
+    }
 }
 
 #[cfg(test)]

@@ -449,6 +449,13 @@ impl Pipeline {
         self.otel_instrumented.remove(&pid);
     }
 
+    /// Sinks that hold spans past the input batch report to `progress`.
+    pub fn set_progress(&mut self, progress: &std::sync::Arc<crate::resume::Progress>) {
+        for s in &mut self.sinks {
+            s.set_progress(progress);
+        }
+    }
+
     /// The end of an input batch: the sinks hand their work on.
     pub fn flush(&mut self) {
         for s in &mut self.sinks {

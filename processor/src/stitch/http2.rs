@@ -471,4 +471,8 @@ impl Session for Http2Session {
             entries: self.ingress.table_size() + self.egress.table_size(),
         }
     }
+
+    fn resumable(&self) -> bool {
+        false
+    }
 }

@@ -193,6 +193,12 @@ pub struct Linker {
     until_sweep: u32,
     hasher: RandomState,
     rng: u64,
+    /// Span ids derive from it and the position (see `crate::resume`).
+    key: u64,
+    /// The subscription position of the event being fed, and how many requests
+    /// began in it so far.
+    position: u64,
+    nth: u32,
     stats: LinkStats,
 }
 
@@ -210,6 +216,9 @@ impl Default for Linker {
             until_sweep: SWEEP_EVERY,
             hasher,
             rng: seed | 1,
+            key: seed,
+            position: 0,
+            nth: 0,
             stats: LinkStats::default(),
         }
     }
@@ -263,6 +272,20 @@ impl Linker {
         self.entries -= removed;
     }
 
+    /// The events fed next are at subscription position `seq`: the ids of the
+    /// requests they begin derive from the key and `seq` alone, so that a processor
+    /// taking over (with the key) gives a request it rebuilds the ids its
+    /// predecessor gave it.
+    pub fn at(&mut self, seq: u64) {
+        self.position = seq;
+        self.nth = 0;
+        self.rng = self.key ^ seq.wrapping_mul(0xA24B_AED4_963E_E407);
+    }
+
+    pub fn set_key(&mut self, key: u64) {
+        self.key = key;
+    }
+
     /// Splitmix64: fast, and random enough for trace ids (never zero).
     fn next(&mut self) -> u64 {
         self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -281,6 +304,7 @@ impl Linker {
             link: LinkKind::Root,
             remote_sampled: None,
             peer_pid: 0,
+            begin: crate::resume::Begin::default(),
         }
     }
 
@@ -292,6 +316,7 @@ impl Linker {
             link,
             remote_sampled: parent.remote_sampled,
             peer_pid: 0,
+            begin: crate::resume::Begin::default(),
         }
     }
 
@@ -304,6 +329,7 @@ impl Linker {
             link: LinkKind::TraceParent,
             remote_sampled: Some(tp.sampled),
             peer_pid: 0,
+            begin: crate::resume::Begin::default(),
         })
     }
 
@@ -327,10 +353,16 @@ impl Linker {
             self.sweep();
         }
         let tp = traceparent.and_then(parse_traceparent);
-        match side {
+        let begin = crate::resume::Begin {
+            seq: self.position,
+            nth: self.nth,
+        };
+        self.nth = self.nth.saturating_add(1);
+        let ids = match side {
             Side::Server => self.begin_server(meta, On::of(task), begin_ns, stream, tp),
             Side::Client => self.begin_client(meta, task, begin_ns, stream, tp),
-        }
+        };
+        TraceIds { begin, ..ids }
     }
 
     fn begin_server(
@@ -603,6 +635,9 @@ impl Linker {
                         self.threads.remove(&key);
                     }
                 }
+                // Where it began stays the transaction's (the entry kept its ids
+                // as they were linked).
+                last.begin = ids.begin;
                 if let (Some(local), Some(peer)) = (meta.local, meta.peer) {
                     let ends = (canonical(peer), canonical(local));
                     if self

@@ -67,6 +67,7 @@ mod tests_toy;
 #[cfg(test)]
 mod toykv;
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tandem_proto::v1::{self, Direction, Role};
@@ -186,6 +187,10 @@ pub struct Stitcher {
     stats: StitchStats,
     evicted: Vec<Conn>,
     linker: Linker,
+    /// The position of the event being fed (see `crate::resume`).
+    position: u64,
+    /// How many connections are pending from each position (`Conn::pending_from`).
+    pending: BTreeMap<u64, u32>,
 }
 
 impl Default for Stitcher {
@@ -217,6 +222,8 @@ impl Stitcher {
             stats: StitchStats::default(),
             evicted: Vec::new(),
             linker: Linker::default(),
+            position: 0,
+            pending: BTreeMap::new(),
         }
     }
 
@@ -255,6 +262,41 @@ impl Stitcher {
             .iter()
             .filter_map(|c| c.session.as_ref())
             .fold(Footprint::default(), |acc, s| acc.max(s.footprint()))
+    }
+
+    /// The events fed next are at subscription position `seq` (see `crate::resume`):
+    /// marks where connections become pending and seeds the span ids.
+    pub fn set_position(&mut self, seq: u64) {
+        self.position = seq;
+        self.linker.at(seq);
+    }
+
+    /// Span ids derive from `key` and the position (see `crate::resume`).
+    pub fn set_id_key(&mut self, key: u64) {
+        self.linker.set_key(key);
+    }
+
+    /// The first position of the oldest connection with unfinished bytes, and how
+    /// many connections have been unfinished since `floor` or earlier.
+    pub fn pending(&self, floor: u64) -> (Option<u64>, u64) {
+        let first = self.pending.keys().next().copied();
+        let stale = self
+            .pending
+            .range(..=floor)
+            .map(|(_, n)| u64::from(*n))
+            .sum();
+        (first, stale)
+    }
+
+    fn unpend(pending: &mut BTreeMap<u64, u32>, conn: &mut Conn) {
+        if let Some(p) = conn.pending_from.take() {
+            if let Some(n) = pending.get_mut(&p) {
+                *n -= 1;
+                if *n == 0 {
+                    pending.remove(&p);
+                }
+            }
+        }
     }
 
     /// Feeds one event (in stream order); appends completed transactions to `out`.
@@ -303,6 +345,10 @@ impl Stitcher {
                             realtime_offset_ns,
                         };
                         s.lose(mono_ns, &mut ctx);
+                        let f = s.footprint();
+                        if f.buffered == 0 && f.pending == 0 {
+                            Self::unpend(&mut self.pending, conn);
+                        }
                     }
                 }
             }
@@ -372,6 +418,7 @@ impl Stitcher {
             meta,
             session,
             opaque,
+            pending_from,
             ..
         } = conn;
         match session.as_mut() {
@@ -383,6 +430,10 @@ impl Stitcher {
                     linker: &mut self.linker,
                     realtime_offset_ns: offset,
                 };
+                if pending_from.is_none() && s.resumable() {
+                    *pending_from = Some(self.position);
+                    *self.pending.entry(self.position).or_default() += 1;
+                }
                 s.feed(&seg, direction, &mut ctx);
                 if s.finished() {
                     *session = None;
@@ -390,6 +441,13 @@ impl Stitcher {
                 }
             }
             None => self.stats.skipped_bytes += seg.total(),
+        }
+        let idle = conn.session.as_ref().is_none_or(|s| {
+            let f = s.footprint();
+            f.buffered == 0 && f.pending == 0
+        });
+        if idle {
+            Self::unpend(&mut self.pending, conn);
         }
         self.drop_evicted();
     }
@@ -405,6 +463,7 @@ impl Stitcher {
         self.stats.evicted_connections += self.evicted.len() as u64;
         let (mut out, mut stats) = (Vec::new(), StitchStats::default());
         for mut conn in self.evicted.drain(..) {
+            Self::unpend(&mut self.pending, &mut conn);
             if let Some(s) = conn.session.as_mut() {
                 let mut ctx = Ctx {
                     meta: &mut conn.meta,
@@ -423,6 +482,7 @@ impl Stitcher {
         let Some(mut conn) = self.table.remove(key) else {
             return;
         };
+        Self::unpend(&mut self.pending, &mut conn);
         if let Some(s) = conn.session.as_mut() {
             let mut ctx = Ctx {
                 meta: &mut conn.meta,

@@ -194,6 +194,13 @@ pub trait Session: Send + fmt::Debug {
     fn finished(&self) -> bool {
         false
     }
+
+    /// Whether a processor that takes over can pick the connection up again at a
+    /// moment it is idle (nothing buffered, nothing pending; see `crate::resume`).
+    /// HTTP/2 cannot: its header compression state spans the whole connection.
+    fn resumable(&self) -> bool {
+        true
+    }
 }
 
 /// What a detector is shown: one payload of a connection whose protocol is not

@@ -26,6 +26,10 @@ pub struct Conn {
     pub attempts: u32,
     /// Nothing more can be read (e.g. it switched to TLS): bytes are skipped.
     pub opaque: bool,
+    /// The position of the first event since the connection was last idle (no
+    /// bytes buffered, no request in flight): a replacement processor must be sent
+    /// the events from there on (see `crate::resume`).
+    pub pending_from: Option<u64>,
     stamp: u64,
 }
 
@@ -133,6 +137,7 @@ impl ConnTable {
                     fresh: true,
                     attempts: 0,
                     opaque: false,
+                    pending_from: None,
                     stamp,
                 },
             );

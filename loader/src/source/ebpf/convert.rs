@@ -249,6 +249,7 @@ pub fn process_started(mono_ns: u64, info: &ProcessInfo, preexisting: bool) -> E
             preexisting,
             otel_env: info.otel_env.clone(),
             comm: info.comm.clone(),
+            ports: Vec::new(),
         })),
     }
 }

@@ -33,7 +33,7 @@ use tandem_security::FeatureId;
 use tracing::{debug, info, warn};
 
 use super::{probe, EventSource, SourceContext};
-use crate::hub::monotonic_ns;
+use crate::clock::monotonic_ns;
 use crate::selection::Matcher;
 use programs::{Kernel, LoadOptions};
 use tracker::Tracker;

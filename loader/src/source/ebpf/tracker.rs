@@ -15,7 +15,7 @@ use super::convert::{self, Record};
 use super::proc::{self, ProcFs, ProcessInfo};
 use super::programs::{port_bitmap, Kernel};
 use super::tls::Tls;
-use crate::hub::monotonic_ns;
+use crate::clock::monotonic_ns;
 use crate::selection::{Matcher, ProcessFacts};
 
 /// What the tracker knows of one process.

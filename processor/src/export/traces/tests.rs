@@ -70,9 +70,9 @@ async fn one_request_holds_every_process_and_shutdown_flushes() {
     let s = server(200, Duration::ZERO).await;
     let mut export = TraceExport::spawn(transport(&s, 4), Batching::default());
     let mut p = procs();
-    export.offer(&p.get(1), &span("/x"));
-    export.offer(&p.get(2), &span("/y"));
-    export.offer(&p.get(1), &span("/z"));
+    export.offer(&p.get(1), &span("/x"), Begin::default());
+    export.offer(&p.get(2), &span("/y"), Begin::default());
+    export.offer(&p.get(1), &span("/z"), Begin::default());
     let c = export.shutdown().await;
     assert_eq!((c.queued, c.exported, c.requests), (3, 3, 1), "{c:?}");
     let seen = s.record.seen();
@@ -113,7 +113,7 @@ async fn a_stalled_collector_never_blocks_and_drops_are_counted() {
     let mut p = procs();
     let started = std::time::Instant::now();
     for _ in 0..10_000 {
-        export.offer(&p.get(1), &span("/x"));
+        export.offer(&p.get(1), &span("/x"), Begin::default());
     }
     export.flush();
     assert!(started.elapsed() < Duration::from_secs(2), "offer blocked");
@@ -129,7 +129,7 @@ async fn a_stalled_collector_never_blocks_and_drops_are_counted() {
 async fn refused_exports_are_counted_as_failed() {
     let s = server(400, Duration::ZERO).await;
     let mut export = TraceExport::spawn(transport(&s, 4), Batching::default());
-    export.offer(&procs().get(1), &span("/x"));
+    export.offer(&procs().get(1), &span("/x"), Begin::default());
     let c = export.shutdown().await;
     assert_eq!((c.exported, c.failed), (0, 1), "{c:?}");
     assert_eq!(s.record.requests(), 1);
@@ -146,7 +146,7 @@ async fn requests_of_the_batch_size_go_out_several_at_once() {
     let mut export = TraceExport::spawn(transport(&s, 4), batching);
     let mut p = procs();
     for i in 0..80 {
-        export.offer(&p.get(1), &span(&format!("/{i}")));
+        export.offer(&p.get(1), &span(&format!("/{i}")), Begin::default());
         if i % 10 == 9 {
             // The end of an input batch: a chunk of 10.
             export.flush();
@@ -162,7 +162,7 @@ async fn encode_only_counts_what_it_would_send() {
     let mut export = TraceExport::encode_only(Batching::default());
     let mut p = procs();
     for _ in 0..1000 {
-        export.offer(&p.get(2), &span("/x"));
+        export.offer(&p.get(2), &span("/x"), Begin::default());
     }
     let c = export.shutdown().await;
     assert_eq!((c.queued, c.exported, c.requests), (1000, 1000, 1), "{c:?}");

@@ -214,6 +214,7 @@ fn span_metrics_and_service_graph_follow_the_features() {
             link: LinkKind::Connection,
             remote_sampled: None,
             peer_pid: peer,
+            begin: Default::default(),
         });
         t
     };

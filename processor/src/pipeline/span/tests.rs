@@ -265,6 +265,7 @@ fn linked_spans_are_sampled_with_their_root() {
                 link: LinkKind::Root,
                 remote_sampled,
                 peer_pid: 0,
+                begin: Default::default(),
             };
             let chain = [
                 root,
