@@ -22,6 +22,18 @@ echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo clippy: the loader image's build (no replay/synthetic/record code)" >&2
 cargo clippy -p tandem-loader --no-default-features --all-targets -- -D warnings
+echo "== cargo clippy: the eBPF programs (bpfel-unknown-none, nightly)" >&2
+if cargo +nightly --version >/dev/null 2>&1 &&
+  rustup component list --toolchain nightly --installed 2>/dev/null | grep '^rust-src' >/dev/null; then
+  EBPF_TARGET_DIR="$(realpath -m "${CARGO_TARGET_DIR:-target}")/ebpf-clippy"
+  (cd ebpf/tandem-ebpf && CARGO_TARGET_DIR="$EBPF_TARGET_DIR" cargo +nightly clippy \
+    --target bpfel-unknown-none -Z build-std=core --release -- -D warnings)
+elif [ "$(id -u)" = 0 ]; then
+  echo "test: the nightly toolchain with rust-src is missing after setup.sh" >&2
+  exit 1
+else
+  echo "test: SKIP eBPF clippy: no nightly toolchain with rust-src (sudo bash scripts/setup.sh installs it)" >&2
+fi
 echo "== cargo build" >&2
 cargo build --workspace --bins
 echo "== cargo test" >&2

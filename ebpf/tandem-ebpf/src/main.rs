@@ -16,6 +16,10 @@
 //! the kernel side that are keyed by thread (`SSL_ACTIVE`, `FORKING`) use the global ids, which need no translation.
 #![no_std]
 #![no_main]
+// aya's map methods take `impl Borrow<K>`: passing references keeps keys and values
+// where they are instead of copying them into the call, and the BPF stack holds
+// 512 bytes in all.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 use core::ptr;
 

@@ -49,7 +49,7 @@ impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             queue_capacity: 65_536,
-            max_batch: 512,
+            max_batch: 2048,
             retention: Duration::from_secs(300),
             max_processes: 65_536,
             backpressure: false,
@@ -203,7 +203,7 @@ impl Hub {
     }
 
     /// Stamps, routes and queues `events`. Never blocks on subscribers.
-    pub fn publish(&self, events: Vec<Event>) {
+    pub fn publish(&self, events: impl IntoIterator<Item = Event>) {
         let mut st = lock(&self.state);
         let mut touched: Vec<Arc<Subscription>> = Vec::new();
         for mut event in events {

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Who selects a process: shared, so that routing an event allocates nothing.
+pub(super) type Targets = Arc<[Arc<Subscription>]>;
+
 /// How long an exited process stays routable, for its late events (closes).
 pub(super) const EXITED_GRACE: Duration = Duration::from_secs(10);
 
@@ -12,7 +15,7 @@ pub(super) const MAX_PORTS_PER_PROCESS: usize = 64;
 
 pub(super) struct ProcEntry {
     pub(super) facts: ProcessFacts,
-    pub(super) selected_by: Vec<Arc<Subscription>>,
+    pub(super) selected_by: Targets,
     /// The process's latest `ProcessStarted`, handed to subscriptions that select the
     /// process after it was published (they attached later, or a port matched later).
     pub(super) started: Option<Event>,
@@ -22,9 +25,9 @@ pub(super) struct ProcEntry {
 
 impl ProcEntry {
     /// Sets who selects the process; those new to it get its `ProcessStarted` first.
-    pub(super) fn reselect(&mut self, selected_by: Vec<Arc<Subscription>>) {
+    pub(super) fn reselect(&mut self, selected_by: Targets) {
         if let Some(started) = self.facts_event() {
-            for s in &selected_by {
+            for s in selected_by.iter() {
                 if !self.selected_by.iter().any(|old| old.id == s.id) && s.push(started.clone()) {
                     s.notify.notify_one();
                 }
@@ -51,7 +54,7 @@ impl ProcEntry {
 
 impl Hub {
     /// Updates what is known of `pid` from `event` and returns who selects it.
-    pub(super) fn route(&self, st: &mut State, pid: u32, event: &Event) -> Vec<Arc<Subscription>> {
+    pub(super) fn route(&self, st: &mut State, pid: u32, event: &Event) -> Targets {
         let changed_facts = |facts: &mut ProcessFacts| -> bool {
             match &event.kind {
                 Some(EventKind::ProcessStarted(p)) => {
@@ -125,28 +128,33 @@ impl Hub {
     }
 }
 
+/// Queues `event` for each of `targets` (the last one takes it, the others a
+/// clone: payloads are shared `Bytes`, never copied).
 pub(super) fn deliver(
     targets: &[Arc<Subscription>],
     event: Event,
     touched: &mut Vec<Arc<Subscription>>,
 ) -> usize {
-    for s in targets {
-        if s.push(event.clone()) && !touched.iter().any(|t| t.id == s.id) {
+    let mut queue = |s: &Arc<Subscription>, event: Event| {
+        if s.push(event) && !touched.iter().any(|t| t.id == s.id) {
             touched.push(s.clone());
         }
+    };
+    if let Some((last, others)) = targets.split_last() {
+        for s in others {
+            queue(s, event.clone());
+        }
+        queue(last, event);
     }
     targets.len()
 }
 
-pub(super) fn selected_by(
-    subs: &[Arc<Subscription>],
-    pid: u32,
-    facts: &ProcessFacts,
-) -> Vec<Arc<Subscription>> {
+pub(super) fn selected_by(subs: &[Arc<Subscription>], pid: u32, facts: &ProcessFacts) -> Targets {
     subs.iter()
         .filter(|s| lock(&s.matcher).matches(pid, facts))
         .cloned()
-        .collect()
+        .collect::<Vec<_>>()
+        .into()
 }
 
 /// A resumed subscription begins with the `ProcessStarted` of every live process it

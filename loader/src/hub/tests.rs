@@ -90,13 +90,13 @@ fn overflow_drops_counts_and_marks_the_gap_in_place() {
     let a = h
         .attach("p", Selection::default(), false, Peer::default())
         .unwrap();
-    h.publish((0..5).map(|n| data(1, n)).collect());
+    h.publish((0..5).map(|n| data(1, n)));
     // 3 queued, 2 dropped: the marker follows the last event queued before the gap.
     assert_eq!(payloads(&batch(&h, &a)), ["0", "1", "2", "loss2"]);
     h.publish(vec![data(1, 5)]);
     assert_eq!(payloads(&batch(&h, &a)), ["5"]);
     // With room freed before the drain ends, the marker precedes the next event.
-    h.publish((6..10).map(|n| data(1, n)).collect()); // 6,7,8 queued, 9 dropped
+    h.publish((6..10).map(|n| data(1, n))); // 6,7,8 queued, 9 dropped
     let first = h.next_batch_limited(&a, 1);
     assert_eq!(payloads(&first), ["6"]);
     h.publish(vec![data(1, 10)]);
@@ -112,7 +112,7 @@ fn a_loss_at_the_end_is_reported_when_the_queue_drains() {
     let a = h
         .attach("p", Selection::default(), false, Peer::default())
         .unwrap();
-    h.publish((0..4).map(|n| data(1, n)).collect());
+    h.publish((0..4).map(|n| data(1, n)));
     assert_eq!(payloads(&batch(&h, &a)), ["0", "1", "loss2"]);
     assert!(matches!(h.next_batch(&a), Next::Empty));
 }
@@ -230,7 +230,7 @@ fn unacknowledged_batches_go_to_the_next_connection() {
     let first = h
         .attach("p", Selection::default(), true, Peer::default())
         .unwrap();
-    h.publish((0..5).map(|n| data(1, n)).collect());
+    h.publish((0..5).map(|n| data(1, n)));
     let b1 = batch(&h, &first);
     let b2 = batch(&h, &first);
     assert_eq!((b1.subscription_seq, b2.subscription_seq), (1, 3));
@@ -363,7 +363,7 @@ fn unacknowledged_events_count_against_the_bound() {
     let a = h
         .attach("p", Selection::default(), true, Peer::default())
         .unwrap();
-    h.publish((0..4).map(|n| data(1, n)).collect());
+    h.publish((0..4).map(|n| data(1, n)));
     // At most half the capacity may be in flight unacknowledged.
     assert_eq!(payloads(&batch(&h, &a)), ["0", "1"]);
     assert!(matches!(h.next_batch(&a), Next::Empty));
@@ -458,7 +458,7 @@ fn without_backpressure_waiting_for_room_never_waits() {
     let _a = h
         .attach("p", Selection::default(), false, Peer::default())
         .unwrap();
-    h.publish((0..3).map(|n| data(1, n)).collect());
+    h.publish((0..3).map(|n| data(1, n)));
     assert!(!h.backpressure());
     assert!(h.wait_for_room(10).now_or_never().is_some());
 }
@@ -470,7 +470,7 @@ fn with_backpressure_a_full_queue_holds_the_source_and_drops_nothing() {
         .attach("", Selection::default(), false, Peer::default())
         .unwrap();
     assert!(h.wait_for_room(4).now_or_never().is_some(), "empty queue");
-    h.publish((0..3).map(|n| data(1, n)).collect());
+    h.publish((0..3).map(|n| data(1, n)));
     assert!(
         h.wait_for_room(1).now_or_never().is_some(),
         "3 + 1 fit in 4"
@@ -483,7 +483,7 @@ fn with_backpressure_a_full_queue_holds_the_source_and_drops_nothing() {
     assert!(h.wait_for_room(2).now_or_never().is_some());
     assert_eq!(payloads(&batch(&h, &a)), ["2"]);
     assert!(h.wait_for_room(6).now_or_never().is_some());
-    h.publish((3..9).map(|n| data(1, n)).collect());
+    h.publish((3..9).map(|n| data(1, n)));
     let mut got = Vec::new();
     while let Next::Batch(b) = h.next_batch(&a) {
         got.extend(payloads(&b));
@@ -498,7 +498,7 @@ async fn draining_wakes_a_waiting_source() {
     let a = h
         .attach("", Selection::default(), false, Peer::default())
         .unwrap();
-    h.publish((0..2).map(|n| data(1, n)).collect());
+    h.publish((0..2).map(|n| data(1, n)));
     let waiter = {
         let h = h.clone();
         tokio::spawn(async move { h.wait_for_room(1).await })

@@ -308,7 +308,8 @@ impl EbpfSource {
                 if !wait_for_room(&ctx, events.len()) {
                     break;
                 }
-                hub.publish(std::mem::take(&mut events));
+                // Drained, not replaced: the batch's buffer is reused.
+                hub.publish(events.drain(..));
             }
             let tls_probes = tracker.tls().take_probes();
             if !tls_probes.is_empty() {
