@@ -38,5 +38,14 @@ echo "== cargo build" >&2
 cargo build --workspace --bins
 echo "== cargo test" >&2
 cargo test --workspace --no-fail-fast
+if [ "$(id -u)" = 0 ]; then
+  # Processor kills, a loader restart, a collector outage and process churn under
+  # load, briefly (docs/benchmarks.md has the full run): exits 1 on unreported loss
+  # or RSS growth.
+  echo "== fault benchmark, short (SHORT=1 integration-tests/bench/faults.sh)" >&2
+  SHORT=1 BIN="$(realpath -m "${CARGO_TARGET_DIR:-target}")/debug" bash integration-tests/bench/faults.sh
+else
+  echo "test: SKIP the fault benchmark: it needs root (eBPF); sudo bash scripts/test.sh runs it" >&2
+fi
 echo "== fuzz (every target briefly; docs/fuzzing.md)" >&2
 bash scripts/fuzz.sh 5

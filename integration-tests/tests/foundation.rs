@@ -415,8 +415,15 @@ fn the_processor_rides_out_a_loader_restart() {
     // While the loader is away the processor retries, and says so once.
     thread::sleep(Duration::from_millis(1500));
     let _loader = start_loader(&socket, &replay);
-    let again = read_events(&p, 9, PATIENCE);
-    assert_eq!(seqs(&again), (1..=9).collect::<Vec<u64>>());
+    // The restart is a gap of unknown size, reported in place, then the new stream.
+    let again = read_events(&p, 10, PATIENCE);
+    assert_eq!(again[0]["kind"], "loss", "{}", again[0]);
+    assert_eq!(
+        again[0]["location"], "subscription_restarted",
+        "{}",
+        again[0]
+    );
+    assert_eq!(seqs(&again[1..]), (1..=9).collect::<Vec<u64>>());
     assert_eq!(
         p.stderr.count("loader unavailable"),
         1,

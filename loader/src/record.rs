@@ -130,6 +130,7 @@ fn location_name(location: i32) -> &'static str {
         Ok(LossLocation::SubscriberQueue) => "in the loader queue",
         Ok(LossLocation::Source) => "at the source",
         Ok(LossLocation::InTransit) => "in transit",
+        Ok(LossLocation::SubscriptionRestarted) => "at a subscription restart",
         Ok(LossLocation::Unspecified) | Err(_) => "at an unspecified place",
     }
 }

@@ -188,7 +188,17 @@ impl Engine {
                 ));
             }
             SeqCheck::Restarted => {
-                info!("subscription sequence restarted (new loader or expired subscription)")
+                warn!(
+                    "the subscription started again (a new loader, or it expired): what \
+                     happened meanwhile was not captured, requests in progress are cut"
+                );
+                gap = Some(Event::loss(
+                    batch.events.first().map_or(0, |e| e.mono_ns),
+                    0,
+                    LossLocation::SubscriptionRestarted,
+                    "subscription restarted: the loader restarted or the subscription \
+                     expired; what happened meanwhile is unknown",
+                ));
             }
         }
         if let Some(p) = &self.progress {
@@ -221,11 +231,12 @@ impl Engine {
         let events = batch.events.get(skip..).unwrap_or_default();
         let first = batch.subscription_seq + skip as u64;
         if let Some(marker) = &gap {
-            self.stitcher.set_position(first);
+            self.stitcher.set_position(batch.subscription_epoch, first);
             self.event(marker, offset);
         }
         for (i, event) in events.iter().enumerate() {
-            self.stitcher.set_position(first + i as u64);
+            self.stitcher
+                .set_position(batch.subscription_epoch, first + i as u64);
             self.event(event, offset);
         }
         self.pipeline.flush();

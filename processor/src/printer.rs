@@ -74,6 +74,7 @@ pub fn location_name(location: i32) -> &'static str {
         Ok(LossLocation::SubscriberQueue) => "subscriber_queue",
         Ok(LossLocation::Source) => "source",
         Ok(LossLocation::InTransit) => "in_transit",
+        Ok(LossLocation::SubscriptionRestarted) => "subscription_restarted",
         _ => "unspecified",
     }
 }

@@ -17,6 +17,8 @@ pub struct Stats {
     pub lost: BTreeMap<&'static str, u64>,
     /// Epoch and next expected sequence number of the subscription, once known.
     position: Option<(u64, u64)>,
+    /// Times the subscription started again (a new loader, or it expired).
+    pub restarts: u64,
 }
 
 /// What a batch's position says about the stream.
@@ -50,7 +52,10 @@ impl Stats {
         let end = seq + events.len() as u64;
         let check = match self.position {
             None => SeqCheck::Contiguous,
-            Some((e, _)) if e != epoch => SeqCheck::Restarted,
+            Some((e, _)) if e != epoch => {
+                self.restarts += 1;
+                SeqCheck::Restarted
+            }
             Some((_, expected)) if seq == expected => SeqCheck::Contiguous,
             Some((_, expected)) if seq > expected => {
                 let gap = seq - expected;

@@ -69,10 +69,11 @@ impl fmt::Display for Summary {
         let e = &p.span_export;
         writeln!(
             f,
-            "  in      {} events ({}); {} processes instrumented",
+            "  in      {} events ({}); {} processes instrumented; subscription restarts {}",
             thousands(i.events),
             list(i.by_kind.iter().map(|(k, v)| (*k, *v))),
             thousands(self.processes_total()),
+            thousands(i.restarts),
         )?;
         writeln!(
             f,
@@ -100,12 +101,14 @@ impl fmt::Display for Summary {
 
         writeln!(
             f,
-            "  out     spans queued {}, exported {}, dropped {} (queue full), failed {}, abandoned {}; metric exports {} ok, {} failed; printed {}",
+            "  out     spans queued {}, exported {}, dropped {} (queue full), failed {}, abandoned {}; server spans dropped {}, failed {}; metric exports {} ok, {} failed; printed {}",
             thousands(e.queued),
             thousands(e.exported),
             thousands(e.dropped_queue_full),
             thousands(e.failed),
             thousands(e.abandoned),
+            thousands(e.server_dropped),
+            thousands(e.server_failed),
             thousands(p.metric_exports.0),
             thousands(p.metric_exports.1),
             thousands(p.printed),

@@ -34,6 +34,7 @@ use crate::export::transport::Transport;
 use crate::pipeline::resource::ProcessResource;
 use crate::pipeline::span::Span;
 use crate::resume::{Begin, Progress};
+use opentelemetry::trace::SpanKind;
 
 /// Told which spans the collector answered for (see `crate::resume`).
 type Confirm = Arc<OnceLock<Arc<Progress>>>;
@@ -65,6 +66,9 @@ pub struct TraceExportStats {
     pub requests: AtomicU64,
     /// Bytes of the encoded requests.
     pub bytes: AtomicU64,
+    /// Of the dropped and the failed, the server spans (one per request served).
+    pub server_dropped: AtomicU64,
+    pub server_failed: AtomicU64,
 }
 
 /// A plain copy of [`TraceExportStats`].
@@ -77,6 +81,8 @@ pub struct TraceExportCounts {
     pub abandoned: u64,
     pub requests: u64,
     pub bytes: u64,
+    pub server_dropped: u64,
+    pub server_failed: u64,
 }
 
 impl TraceExportCounts {
@@ -97,12 +103,15 @@ impl TraceExportStats {
             abandoned: l(&self.abandoned),
             requests: l(&self.requests),
             bytes: l(&self.bytes),
+            server_dropped: l(&self.server_dropped),
+            server_failed: l(&self.server_failed),
         }
     }
 }
 
-/// An encoded chunk, how many spans it holds and where their requests began.
-type Chunk = (Bytes, u64, Vec<Begin>);
+/// An encoded chunk, how many spans it holds and how many of them are server
+/// spans, and where their requests began.
+type Chunk = (Bytes, (u64, u64), Vec<Begin>);
 
 /// Batching settings. Memory is bounded by the queue, plus the request being
 /// filled, plus the requests in flight.
@@ -137,6 +146,8 @@ pub struct TraceExport {
     task: JoinHandle<()>,
     /// Where the spans of `pending` began (only with a progress to tell).
     begins: Vec<Begin>,
+    /// Server spans in `pending`.
+    pending_servers: u64,
     confirm: Confirm,
 }
 
@@ -177,6 +188,7 @@ impl TraceExport {
             stats,
             task,
             begins: Vec::new(),
+            pending_servers: 0,
             confirm,
         }
     }
@@ -196,6 +208,9 @@ impl TraceExport {
                 .stats
                 .dropped_queue_full
                 .fetch_add(1, Ordering::Relaxed);
+            if span.span_kind == SpanKind::Server {
+                self.stats.server_dropped.fetch_add(1, Ordering::Relaxed);
+            }
             if before == 0 {
                 warn!(
                     max_queue_size = self.batching.max_queue_size,
@@ -206,6 +221,7 @@ impl TraceExport {
             return;
         }
         self.pending.add(process, span);
+        self.pending_servers += u64::from(span.span_kind == SpanKind::Server);
         if self.confirm.get().is_some() {
             self.begins.push(begin);
         }
@@ -224,15 +240,19 @@ impl TraceExport {
         self.waiting.fetch_add(n as usize, Ordering::AcqRel);
         self.stats.queued.fetch_add(n, Ordering::Relaxed);
         let begins = std::mem::take(&mut self.begins);
+        let servers = std::mem::take(&mut self.pending_servers);
         if let Some(p) = self.confirm.get() {
             p.hold(&begins);
         }
         if let Err(mpsc::error::SendError((_, _, begins))) =
-            self.tx.send((Bytes::from(body), n, begins))
+            self.tx.send((Bytes::from(body), (n, servers), begins))
         {
             // The task is gone (only after a panic): what it would have sent is lost.
             self.waiting.fetch_sub(n as usize, Ordering::AcqRel);
             self.stats.failed.fetch_add(n, Ordering::Relaxed);
+            self.stats
+                .server_failed
+                .fetch_add(servers, Ordering::Relaxed);
             if let Some(p) = self.confirm.get() {
                 p.confirm(&begins);
             }
@@ -293,6 +313,7 @@ async fn run(
     let mut request = BytesMut::new();
     let mut begins: Vec<Begin> = Vec::new();
     let mut items = 0u64;
+    let mut servers = 0u64;
     let mut in_flight = FuturesUnordered::new();
     let mut deadline: Option<Instant> = None;
     let mut open = true;
@@ -308,7 +329,7 @@ async fn run(
             in_flight.push(send(
                 transport.clone(),
                 body,
-                n,
+                (n, std::mem::take(&mut servers)),
                 stats.clone(),
                 (std::mem::take(&mut begins), confirm.clone()),
             ));
@@ -317,8 +338,9 @@ async fn run(
         let sleep_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             msg = rx.recv(), if open && items < max_batch => match msg {
-                Some((body, n, mut b)) => {
+                Some((body, (n, s), mut b)) => {
                     begins.append(&mut b);
+                    servers += s;
                     // Out of the queue into the request being filled (as the SDK's
                     // batch processor does): the queue has room again.
                     waiting.fetch_sub(n as usize, Ordering::AcqRel);
@@ -342,7 +364,7 @@ async fn run(
 async fn send(
     transport: Option<Transport>,
     body: Bytes,
-    items: u64,
+    (items, servers): (u64, u64),
     stats: Arc<TraceExportStats>,
     (begins, confirm): (Vec<Begin>, Confirm),
 ) {
@@ -350,6 +372,7 @@ async fn send(
         Some(t) => match t.export(body, items).await {
             Ok(done) => (done.accepted(), done.rejected),
             Err(e) => {
+                stats.server_failed.fetch_add(servers, Ordering::Relaxed);
                 let before = stats.failed.fetch_add(items, Ordering::Relaxed);
                 warn!(
                     spans = items,

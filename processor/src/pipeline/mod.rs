@@ -447,6 +447,7 @@ impl Pipeline {
     /// A process exited: forget what was learnt of it.
     pub fn on_exit(&mut self, pid: u32) {
         self.otel_instrumented.remove(&pid);
+        self.processes.on_exit(pid);
     }
 
     /// Sinks that hold spans past the input batch report to `progress`.

@@ -214,6 +214,9 @@ struct Entry {
     kube_attrs: Option<BTreeMap<String, String>>,
     /// `k8s.pod.ip` from evidence ([`pod_ip_evidence`]), once found.
     pod_ip: Option<IpAddr>,
+    /// The process exited: its facts are kept for its last events (a close after
+    /// the exit), and forgotten first when the map is full.
+    exited: bool,
 }
 
 /// What is known of each process, fed from `ProcessStarted` events.
@@ -226,6 +229,8 @@ pub struct ProcessMap {
     by_pid: HashMap<u32, Entry>,
     /// Insertion order, for forgetting the oldest past `MAX_PROCESSES`.
     order: std::collections::VecDeque<u32>,
+    /// Exited processes in exit order: forgotten before any live one.
+    exited: std::collections::VecDeque<u32>,
 }
 
 impl ProcessMap {
@@ -236,6 +241,7 @@ impl ProcessMap {
             kube: None,
             by_pid: HashMap::new(),
             order: Default::default(),
+            exited: Default::default(),
         }
     }
 
@@ -263,8 +269,25 @@ impl ProcessMap {
                 kube_version,
                 kube_attrs,
                 pod_ip: None,
+                exited: false,
             },
         );
+    }
+
+    /// Process `pid` exited: its facts stay for its late events until the map
+    /// needs the room (exited processes go first, oldest exit first).
+    pub fn on_exit(&mut self, pid: u32) {
+        if let Some(e) = self.by_pid.get_mut(&pid) {
+            if !e.exited {
+                e.exited = true;
+                self.exited.push_back(pid);
+            }
+        }
+        if self.exited.len() > 2 * MAX_PROCESSES {
+            let by_pid = &self.by_pid;
+            self.exited
+                .retain(|pid| by_pid.get(pid).is_some_and(|e| e.exited));
+        }
     }
 
     /// Process `pid` accepted a connection on local address `local` (it is the
@@ -367,6 +390,7 @@ impl ProcessMap {
                 kube_version: kube_version.unwrap_or(0),
                 kube_attrs: None,
                 pod_ip: None,
+                exited: false,
             },
         );
         res
@@ -377,12 +401,24 @@ impl ProcessMap {
             self.order.push_back(pid);
         }
         while self.by_pid.len() > MAX_PROCESSES {
+            // An exited process first (skipping pids that started again).
+            if let Some(old) = self.exited.pop_front() {
+                if self.by_pid.get(&old).is_some_and(|e| e.exited) {
+                    self.by_pid.remove(&old);
+                }
+                continue;
+            }
             match self.order.pop_front() {
                 Some(old) => {
                     self.by_pid.remove(&old);
                 }
                 None => break,
             }
+        }
+        // The order keeps pids forgotten as exited: dropped now and then.
+        if self.order.len() > 2 * MAX_PROCESSES {
+            let live = &self.by_pid;
+            self.order.retain(|pid| live.contains_key(pid));
         }
     }
 
@@ -586,6 +622,23 @@ mod tests {
         assert_eq!(m.by_pid.len(), MAX_PROCESSES);
         assert!(!m.by_pid.contains_key(&0));
         assert!(m.by_pid.contains_key(&(MAX_PROCESSES as u32 + 9)));
+    }
+
+    #[test]
+    fn churn_forgets_exited_processes_before_long_lived_ones() {
+        let mut m = ProcessMap::new(settings());
+        m.on_started(&started(1, "/usr/sbin/nginx"));
+        // Far more short-lived processes than the map holds, each exiting.
+        for pid in 100..(100 + 3 * MAX_PROCESSES as u32) {
+            m.on_started(&started(pid, "/usr/bin/curl"));
+            m.on_exit(pid);
+        }
+        assert_eq!(m.get(1).service_name, "nginx");
+        // The last exited ones are still known (for their late events).
+        assert_eq!(m.get(99 + 3 * MAX_PROCESSES as u32).service_name, "curl");
+        assert!(m.by_pid.len() <= MAX_PROCESSES);
+        assert!(m.order.len() <= 2 * MAX_PROCESSES + 1);
+        assert!(m.exited.len() <= MAX_PROCESSES);
     }
 
     #[test]

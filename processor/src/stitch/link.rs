@@ -272,14 +272,17 @@ impl Linker {
         self.entries -= removed;
     }
 
-    /// The events fed next are at subscription position `seq`: the ids of the
-    /// requests they begin derive from the key and `seq` alone, so that a processor
-    /// taking over (with the key) gives a request it rebuilds the ids its
-    /// predecessor gave it.
-    pub fn at(&mut self, seq: u64) {
+    /// The events fed next are at position `seq` of the subscription of `epoch`:
+    /// the ids of the requests they begin derive from the key, the epoch and `seq`
+    /// alone, so that a processor taking over (with the key) gives a request it
+    /// rebuilds the ids its predecessor gave it. (The epoch changes when the loader
+    /// restarts, and positions start again.)
+    pub fn at(&mut self, epoch: u64, seq: u64) {
         self.position = seq;
         self.nth = 0;
-        self.rng = self.key ^ seq.wrapping_mul(0xA24B_AED4_963E_E407);
+        self.rng = self.key
+            ^ epoch.wrapping_mul(0x9FB2_1C65_1E98_DF25)
+            ^ seq.wrapping_mul(0xA24B_AED4_963E_E407);
     }
 
     pub fn set_key(&mut self, key: u64) {

@@ -264,11 +264,12 @@ impl Stitcher {
             .fold(Footprint::default(), |acc, s| acc.max(s.footprint()))
     }
 
-    /// The events fed next are at subscription position `seq` (see `crate::resume`):
-    /// marks where connections become pending and seeds the span ids.
-    pub fn set_position(&mut self, seq: u64) {
+    /// The events fed next are at position `seq` of the subscription of `epoch`
+    /// (see `crate::resume`): marks where connections become pending and seeds the
+    /// span ids.
+    pub fn set_position(&mut self, epoch: u64, seq: u64) {
         self.position = seq;
-        self.linker.at(seq);
+        self.linker.at(epoch, seq);
     }
 
     /// Span ids derive from `key` and the position (see `crate::resume`).

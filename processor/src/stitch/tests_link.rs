@@ -105,6 +105,48 @@ impl Script {
     }
 }
 
+impl Script {
+    /// As [`Script::run`], with ids derived from `key` and the positions of a
+    /// subscription of `epoch` (the events at positions 1, 2, ...), as the engine
+    /// feeds them.
+    fn run_at(&self, key: u64, epoch: u64) -> Vec<Transaction> {
+        let mut s = Stitcher::new();
+        s.set_id_key(key);
+        let mut out = Vec::new();
+        for (i, e) in self.events.iter().enumerate() {
+            s.set_position(epoch, i as u64 + 1);
+            s.push(e, 0, &mut out);
+        }
+        out
+    }
+}
+
+#[test]
+fn ids_derive_from_the_key_the_epoch_and_the_position() {
+    let script = two_tier("/usr/bin/python3.11");
+    let spans = |txs: &[Transaction]| -> Vec<(u128, u64, u64, crate::resume::Begin)> {
+        txs.iter()
+            .map(|t| {
+                let i = ids(t);
+                (i.trace_id, i.span_id, i.parent_span_id, i.begin)
+            })
+            .collect()
+    };
+    let first = spans(&script.run_at(7, 1));
+    assert_eq!(first.len(), 4);
+    // A processor taking over (same key, same subscription) rebuilds the same ids.
+    assert_eq!(spans(&script.run_at(7, 1)), first);
+    // After a loader restart positions start again: new epoch, new ids.
+    let restarted = spans(&script.run_at(7, 2));
+    for (a, b) in first.iter().zip(&restarted) {
+        assert_ne!(a.1, b.1, "span ids repeat across epochs");
+        assert_eq!(a.3, b.3, "where each began is the same");
+    }
+    let span_ids: std::collections::BTreeSet<u64> =
+        first.iter().chain(&restarted).map(|s| s.1).collect();
+    assert_eq!(span_ids.len(), 8);
+}
+
 pub(super) fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes()
 }
