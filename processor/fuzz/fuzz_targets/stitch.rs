@@ -91,6 +91,10 @@ fuzz_target!(|input: &[u8]| {
         pipeline,
         Printer::new(PrintFormat::None),
     );
+    // Acknowledging by watermark, as the processor does.
+    engine.set_progress(std::sync::Arc::new(
+        tandem_processor::resume::Progress::new(1),
+    ));
     let mut seq = 0u64;
     let mut batch = |engine: &mut Engine, events: Vec<Event>| {
         let n = u64::try_from(events.len()).unwrap_or(0);
@@ -99,6 +103,7 @@ fuzz_target!(|input: &[u8]| {
             events,
             realtime_offset_ns: 1_700_000_000_000_000_000,
             subscription_epoch: 1,
+            ..Default::default()
         });
         seq += n;
     };
