@@ -84,6 +84,8 @@ use tandem_proto::v1::ProcessStarted;
 
 use crate::model::{LinkKind, Side, TraceIds};
 use crate::pipeline::span::{parse_traceparent, TraceParent};
+
+use super::ids::IdSource;
 use crate::protocols::Task;
 
 pub use super::link_rules::{thread_rule, LinkStats, ThreadRule, Unlinked};
@@ -192,13 +194,8 @@ pub struct Linker {
     newest_ns: u64,
     until_sweep: u32,
     hasher: RandomState,
-    rng: u64,
-    /// Span ids derive from it and the position (see `crate::resume`).
-    key: u64,
-    /// The subscription position of the event being fed, and how many requests
-    /// began in it so far.
-    position: u64,
-    nth: u32,
+    /// Span ids, and where each request began (see `crate::resume`).
+    ids: IdSource,
     stats: LinkStats,
 }
 
@@ -215,10 +212,7 @@ impl Default for Linker {
             newest_ns: 0,
             until_sweep: SWEEP_EVERY,
             hasher,
-            rng: seed | 1,
-            key: seed,
-            position: 0,
-            nth: 0,
+            ids: IdSource::new(seed),
             stats: LinkStats::default(),
         }
     }
@@ -272,68 +266,14 @@ impl Linker {
         self.entries -= removed;
     }
 
-    /// The events fed next are at position `seq` of the subscription of `epoch`:
-    /// the ids of the requests they begin derive from the key, the epoch and `seq`
-    /// alone, so that a processor taking over (with the key) gives a request it
-    /// rebuilds the ids its predecessor gave it. (The epoch changes when the loader
-    /// restarts, and positions start again.)
+    /// The events fed next are at position `seq` of the subscription of `epoch`
+    /// (see [`IdSource::at`]).
     pub fn at(&mut self, epoch: u64, seq: u64) {
-        self.position = seq;
-        self.nth = 0;
-        self.rng = self.key
-            ^ epoch.wrapping_mul(0x9FB2_1C65_1E98_DF25)
-            ^ seq.wrapping_mul(0xA24B_AED4_963E_E407);
+        self.ids.at(epoch, seq);
     }
 
     pub fn set_key(&mut self, key: u64) {
-        self.key = key;
-    }
-
-    /// Splitmix64: fast, and random enough for trace ids (never zero).
-    fn next(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)).max(1)
-    }
-
-    fn root(&mut self) -> TraceIds {
-        let trace_id = (u128::from(self.next()) << 64) | u128::from(self.next());
-        TraceIds {
-            trace_id,
-            span_id: self.next(),
-            parent_span_id: 0,
-            link: LinkKind::Root,
-            remote_sampled: None,
-            peer_pid: 0,
-            begin: crate::resume::Begin::default(),
-        }
-    }
-
-    fn child_of(&mut self, parent: &TraceIds, link: LinkKind) -> TraceIds {
-        TraceIds {
-            trace_id: parent.trace_id,
-            span_id: self.next(),
-            parent_span_id: parent.span_id,
-            link,
-            remote_sampled: parent.remote_sampled,
-            peer_pid: 0,
-            begin: crate::resume::Begin::default(),
-        }
-    }
-
-    fn continuing(&mut self, tp: Option<TraceParent>) -> Option<TraceIds> {
-        let tp = tp?;
-        Some(TraceIds {
-            trace_id: u128::from_be_bytes(tp.trace_id.to_bytes()),
-            span_id: self.next(),
-            parent_span_id: u64::from_be_bytes(tp.parent_id.to_bytes()),
-            link: LinkKind::TraceParent,
-            remote_sampled: Some(tp.sampled),
-            peer_pid: 0,
-            begin: crate::resume::Begin::default(),
-        })
+        self.ids.set_key(key);
     }
 
     /// A request of connection `meta` began on `task` at `begin_ns`, seen
@@ -356,11 +296,7 @@ impl Linker {
             self.sweep();
         }
         let tp = traceparent.and_then(parse_traceparent);
-        let begin = crate::resume::Begin {
-            seq: self.position,
-            nth: self.nth,
-        };
-        self.nth = self.nth.saturating_add(1);
+        let begin = self.ids.begin();
         let ids = match side {
             Side::Server => self.begin_server(meta, On::of(task), begin_ns, stream, tp),
             Side::Client => self.begin_client(meta, task, begin_ns, stream, tp),
@@ -376,18 +312,18 @@ impl Linker {
         stream: u32,
         tp: Option<TraceParent>,
     ) -> TraceIds {
-        let ids = if let Some(ids) = self.continuing(tp) {
+        let ids = if let Some(ids) = self.ids.continuing(tp) {
             self.stats.server_by_traceparent += 1;
             ids
         } else if let Some((client, client_pid)) = self.take_client(meta, stream) {
             self.stats.server_by_connection += 1;
             TraceIds {
                 peer_pid: client_pid,
-                ..self.child_of(&client, LinkKind::Connection)
+                ..self.ids.child_of(&client, LinkKind::Connection)
             }
         } else {
             self.stats.server_roots += 1;
-            self.root()
+            self.ids.root()
         };
         if self.entries >= MAX_ENTRIES {
             self.stats.dropped += 1;
@@ -460,7 +396,7 @@ impl Linker {
         stream: u32,
         tp: Option<TraceParent>,
     ) -> TraceIds {
-        let ids = if let Some(ids) = self.continuing(tp) {
+        let ids = if let Some(ids) = self.ids.continuing(tp) {
             self.stats.client_by_traceparent += 1;
             ids
         } else {
@@ -478,11 +414,11 @@ impl Linker {
                     } else {
                         self.stats.client_by_thread += 1;
                     }
-                    self.child_of(&server, link)
+                    self.ids.child_of(&server, link)
                 }
                 Err(reason) => {
                     self.stats.client_unlinked[reason as usize] += 1;
-                    self.root()
+                    self.ids.root()
                 }
             }
         };

@@ -45,6 +45,7 @@
 mod db;
 mod http1;
 mod http2;
+mod ids;
 pub mod link;
 mod link_rules;
 mod session;
